@@ -1,0 +1,199 @@
+//! The bridge: the one process Ash starts inside each sandbox.
+//!
+//! It talks to the host over the socket inherited as fd `ASH_BRIDGE_FD` (the host keeps the
+//! other end of a socketpair, so there is no socket file to find, race for or chmod), says
+//! `ready`, takes a `configure` naming the backend, then runs `query` commands, each in its
+//! own task so `interrupt` can stop one. All events go out through one writer task, a line
+//! at a time. A line from the host that is not a valid command gets an `error` event (with
+//! the line's `id` when it has one) and the bridge carries on; losing the host connection
+//! ends the bridge.
+
+mod command;
+mod echo;
+
+use std::collections::HashMap;
+use std::os::fd::FromRawFd;
+
+use ash_protocol::{encode, Backend, Command, Event, LineReader, MAX_LINE_BYTES, PROTOCOL_VERSION};
+use serde_json::Value;
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+
+/// Where a backend sends the events of the commands it runs.
+pub(crate) type Events = mpsc::Sender<Event>;
+
+/// Runs the bridge until the host hangs up or sends `shutdown`.
+pub fn main() -> std::process::ExitCode {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ash-bridge: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), String> {
+    let fd: i32 = std::env::var("ASH_BRIDGE_FD")
+        .map_err(|_| {
+            "ASH_BRIDGE_FD is not set: the bridge is started by the ash server".to_owned()
+        })?
+        .parse()
+        .map_err(|_| "ASH_BRIDGE_FD is not a file descriptor number".to_owned())?;
+    // SAFETY: the host passes this fd for us alone; nothing else in this process owns it.
+    let socket = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
+    socket.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let socket = tokio::net::UnixStream::from_std(socket).map_err(|e| e.to_string())?;
+    let (read, mut write) = socket.into_split();
+
+    let (events, mut outbox) = mpsc::channel::<Event>(256);
+    let writer = tokio::spawn(async move {
+        while let Some(event) = outbox.recv().await {
+            if write.write_all(&encode(&event)).await.is_err() {
+                break;
+            }
+        }
+    });
+    let _ = events
+        .send(Event::Ready {
+            protocol: PROTOCOL_VERSION,
+        })
+        .await;
+
+    let mut commands = LineReader::new(BufReader::new(read), MAX_LINE_BYTES);
+    let mut bridge = Bridge {
+        events: events.clone(),
+        backend: None,
+        running: HashMap::new(),
+    };
+    while let Some(line) = commands.next::<Value>().await {
+        let outcome = match line {
+            Ok(value) => bridge.handle(value).await,
+            Err(ash_protocol::ProtocolError::Io(e)) => {
+                return Err(format!("host connection failed: {e}"))
+            }
+            Err(e) => bridge.reply_error(String::new(), e.to_string()).await,
+        };
+        if outcome == Flow::Stop {
+            break;
+        }
+    }
+    drop(bridge);
+    drop(events);
+    let _ = writer.await;
+    Ok(())
+}
+
+#[derive(PartialEq)]
+enum Flow {
+    Continue,
+    Stop,
+}
+
+enum Driver {
+    Echo,
+    Command(command::Program),
+}
+
+struct Bridge {
+    events: Events,
+    backend: Option<Driver>,
+    running: HashMap<String, AbortHandle>,
+}
+
+impl Bridge {
+    async fn handle(&mut self, line: Value) -> Flow {
+        let id = line
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let command = match serde_json::from_value::<Command>(line) {
+            Ok(command) => command,
+            Err(e) => return self.reply_error(id, format!("invalid command: {e}")).await,
+        };
+        self.running.retain(|_, task| !task.is_finished());
+        match command {
+            Command::Configure { id, backend } => {
+                let result = match backend {
+                    Backend::Echo => Ok(Driver::Echo),
+                    Backend::Command { argv } => {
+                        command::Program::start(&argv, self.events.clone()).map(Driver::Command)
+                    }
+                };
+                match result {
+                    Ok(driver) => {
+                        self.backend = Some(driver);
+                        self.send(Event::Done { id }).await;
+                    }
+                    Err(e) => self.send(Event::Error { id, error: e }).await,
+                }
+            }
+            Command::Query {
+                id,
+                prompt,
+                session_id,
+                options,
+            } => {
+                let events = self.events.clone();
+                let task = match &self.backend {
+                    None => {
+                        return self
+                            .reply_error(id, "query before configure: no backend chosen".into())
+                            .await
+                    }
+                    Some(Driver::Echo) => {
+                        tokio::spawn(echo::turn(id.clone(), prompt, session_id, options, events))
+                    }
+                    Some(Driver::Command(program)) => {
+                        let query = Command::Query {
+                            id: id.clone(),
+                            prompt,
+                            session_id,
+                            options,
+                        };
+                        tokio::spawn(program.forward(query))
+                    }
+                };
+                self.running.insert(id, task.abort_handle());
+            }
+            Command::Interrupt { id, target } => {
+                if let Some(Driver::Command(program)) = &self.backend {
+                    program.forward(Command::Interrupt { id, target }).await;
+                    return Flow::Continue;
+                }
+                if let Some(task) = self.running.remove(&target) {
+                    task.abort();
+                    self.send(Event::Error {
+                        id: target,
+                        error: "interrupted".into(),
+                    })
+                    .await;
+                }
+                self.send(Event::Done { id }).await;
+            }
+            Command::Shutdown { id } => {
+                for task in self.running.values() {
+                    task.abort();
+                }
+                self.send(Event::Done { id }).await;
+                return Flow::Stop;
+            }
+        }
+        Flow::Continue
+    }
+
+    async fn reply_error(&self, id: String, error: String) -> Flow {
+        self.send(Event::Error { id, error }).await;
+        Flow::Continue
+    }
+
+    async fn send(&self, event: Event) {
+        let _ = self.events.send(event).await;
+    }
+}

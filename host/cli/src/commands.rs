@@ -1,0 +1,325 @@
+//! The client commands: each one REST call (or a stream), output as JSON or chat text.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use ash_cli::client::Client;
+use base64::Engine;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::Command;
+
+/// Folders never uploaded by `ash deploy`.
+const SKIP_DIRS: &[&str] = &[
+    ".git",
+    "node_modules",
+    "__pycache__",
+    ".cache",
+    ".venv",
+    "venv",
+];
+
+#[derive(clap::Args)]
+pub struct DeployArgs {
+    /// The agent folder.
+    path: PathBuf,
+    /// Agent name [default: the folder's name]
+    #[arg(short, long)]
+    name: Option<String>,
+    /// Environment for the agent's sandboxes, KEY=VALUE (repeatable); adds to .env
+    #[arg(short, long = "env", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+}
+
+#[derive(clap::Subcommand)]
+pub enum AgentCommand {
+    /// List deployed agents.
+    List,
+    /// Show one agent.
+    Info { name: String },
+    /// Delete an agent and end its sessions.
+    Delete { name: String },
+}
+
+#[derive(clap::Subcommand)]
+pub enum SessionCommand {
+    /// Start a session with an agent; prints the session.
+    Create {
+        agent: String,
+        /// Extra environment for this session, KEY=VALUE (repeatable)
+        #[arg(short, long = "env", value_parser = parse_env)]
+        env: Vec<(String, String)>,
+    },
+    /// Send a message and print the reply as it streams.
+    Send {
+        id: String,
+        message: String,
+        /// Print every SSE frame as it arrives instead of the reply text.
+        #[arg(long)]
+        raw: bool,
+    },
+    /// List sessions, newest first.
+    List {
+        #[arg(long)]
+        agent: Option<String>,
+    },
+    /// Show one session.
+    Info { id: String },
+    /// Show a session's stored messages.
+    Messages { id: String },
+    /// End a session; its sandbox stops and its workspace is deleted.
+    End { id: String },
+}
+
+#[derive(clap::Args)]
+pub struct ChatArgs {
+    agent: String,
+    /// Send this one message and exit; without it, read messages line by line.
+    message: Option<String>,
+    /// Continue this session instead of creating one.
+    #[arg(short, long)]
+    session_id: Option<String>,
+    /// End the session when done.
+    #[arg(long)]
+    end: bool,
+}
+
+fn parse_env(raw: &str) -> Result<(String, String), String> {
+    raw.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{raw:?} is not KEY=VALUE"))
+}
+
+pub async fn run(server: Option<String>, command: Command) -> anyhow::Result<ExitCode> {
+    let client = Client::discover(server)?;
+    let printed = match command {
+        Command::Start(_) => unreachable!("handled by main"),
+        Command::Health => client.call(Method::GET, "/health", None).await?,
+        Command::Deploy(args) => deploy(&client, args).await?,
+        Command::Agent(AgentCommand::List) => client.call(Method::GET, "/api/agents", None).await?,
+        Command::Agent(AgentCommand::Info { name }) => {
+            client
+                .call(Method::GET, &format!("/api/agents/{name}"), None)
+                .await?
+        }
+        Command::Agent(AgentCommand::Delete { name }) => {
+            client
+                .call(Method::DELETE, &format!("/api/agents/{name}"), None)
+                .await?
+        }
+        Command::Session(SessionCommand::Create { agent, env }) => {
+            create_session(&client, &agent, env.into_iter().collect()).await?
+        }
+        Command::Session(SessionCommand::List { agent }) => {
+            let query = agent.map(|a| format!("?agent={a}")).unwrap_or_default();
+            client
+                .call(Method::GET, &format!("/api/sessions{query}"), None)
+                .await?
+        }
+        Command::Session(SessionCommand::Info { id }) => {
+            client
+                .call(Method::GET, &format!("/api/sessions/{id}"), None)
+                .await?
+        }
+        Command::Session(SessionCommand::Messages { id }) => {
+            client
+                .call(Method::GET, &format!("/api/sessions/{id}/messages"), None)
+                .await?
+        }
+        Command::Session(SessionCommand::End { id }) => {
+            client
+                .call(Method::DELETE, &format!("/api/sessions/{id}"), None)
+                .await?
+        }
+        Command::Session(SessionCommand::Send { id, message, raw }) => {
+            return Ok(if send(&client, &id, &message, raw).await? {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        Command::Chat(args) => return chat(&client, args).await,
+    };
+    println!("{}", serde_json::to_string_pretty(&printed)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn create_session(
+    client: &Client,
+    agent: &str,
+    env: BTreeMap<String, String>,
+) -> anyhow::Result<Value> {
+    client
+        .call(
+            Method::POST,
+            "/api/sessions",
+            Some(&json!({"agent": agent, "extraEnv": env})),
+        )
+        .await
+}
+
+/// Streams one reply to stdout; `false` when the turn ended in an error.
+async fn send(client: &Client, session: &str, message: &str, raw: bool) -> anyhow::Result<bool> {
+    let body = json!({"content": message, "includePartialMessages": true});
+    let mut frames = client.send_message(session, &body).await?;
+    let mut stdout = std::io::stdout();
+    let mut ok = true;
+    let mut streamed = false;
+    while let Some(frame) = frames.next().await {
+        let frame = frame.map_err(anyhow::Error::msg)?;
+        if raw {
+            writeln!(stdout, "{}: {}", frame.event, frame.data)?;
+            continue;
+        }
+        let data: Value = serde_json::from_str(&frame.data).unwrap_or(Value::Null);
+        match frame.event.as_str() {
+            "text_delta" => {
+                write!(stdout, "{}", data["delta"].as_str().unwrap_or_default())?;
+                streamed = true;
+            }
+            "tool_use" => writeln!(stdout, "\n[tool: {}]", data["name"].as_str().unwrap_or("?"))?,
+            "message" if !streamed && data["type"] == "assistant" => {
+                for block in data["message"]["content"].as_array().into_iter().flatten() {
+                    write!(stdout, "{}", block["text"].as_str().unwrap_or_default())?;
+                }
+            }
+            "error" => {
+                eprintln!(
+                    "\nash: error: {}",
+                    data["error"].as_str().unwrap_or(&frame.data)
+                );
+                ok = false;
+            }
+            _ => {}
+        }
+        stdout.flush()?;
+    }
+    writeln!(stdout)?;
+    Ok(ok)
+}
+
+async fn chat(client: &Client, args: ChatArgs) -> anyhow::Result<ExitCode> {
+    let session = match args.session_id {
+        Some(id) => id,
+        None => {
+            let created = create_session(client, &args.agent, BTreeMap::new()).await?;
+            created["session"]["id"]
+                .as_str()
+                .context("server returned no session id")?
+                .to_owned()
+        }
+    };
+    eprintln!("ash: session {session}");
+    let mut ok = true;
+    if let Some(message) = args.message {
+        ok = send(client, &session, &message, false).await?;
+    } else {
+        let stdin = std::io::stdin();
+        loop {
+            eprint!("> ");
+            let mut line = String::new();
+            if stdin.lock().read_line(&mut line)? == 0 {
+                break;
+            }
+            let line = line.trim();
+            if matches!(line, "/exit" | "/quit") {
+                break;
+            }
+            if !line.is_empty() {
+                ok = send(client, &session, line, false).await?;
+            }
+        }
+    }
+    if args.end {
+        client
+            .call(Method::DELETE, &format!("/api/sessions/{session}"), None)
+            .await?;
+    } else {
+        eprintln!("ash: session {session} is kept; `ash session end {session}` ends it");
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn deploy(client: &Client, args: DeployArgs) -> anyhow::Result<Value> {
+    let dir = args
+        .path
+        .canonicalize()
+        .with_context(|| format!("no agent folder at {}", args.path.display()))?;
+    if !dir.join("CLAUDE.md").is_file() {
+        bail!(
+            "{} has no CLAUDE.md: an agent folder needs one (its system prompt)",
+            dir.display()
+        );
+    }
+    let name = match args.name {
+        Some(name) => name,
+        None => dir
+            .file_name()
+            .context("the agent folder has no name")?
+            .to_string_lossy()
+            .into_owned(),
+    };
+    let mut env = read_dotenv(&dir.join(".env"))?;
+    env.extend(read_dotenv(&dir.join(".env.local"))?);
+    env.extend(args.env);
+    let mut files = Vec::new();
+    collect(&dir, &dir, &mut files)?;
+    client
+        .call(
+            Method::POST,
+            "/api/agents",
+            Some(&json!({"name": name, "files": files, "env": env})),
+        )
+        .await
+}
+
+/// Every regular file below `dir`, as `{path, content (base64)}`; `.env` files stay local.
+fn collect(root: &Path, dir: &Path, files: &mut Vec<Value>) -> anyhow::Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let kind = entry.file_type()?;
+        if kind.is_dir() && !SKIP_DIRS.contains(&name.as_str()) {
+            collect(root, &entry.path(), files)?;
+        } else if kind.is_file() && !name.starts_with(".env") {
+            let bytes = std::fs::read(entry.path())?;
+            let path = entry
+                .path()
+                .strip_prefix(root)?
+                .to_string_lossy()
+                .into_owned();
+            files.push(json!({"path": path, "content": base64::engine::general_purpose::STANDARD.encode(bytes)}));
+        }
+    }
+    Ok(())
+}
+
+fn read_dotenv(path: &Path) -> anyhow::Result<BTreeMap<String, String>> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(BTreeMap::new());
+    };
+    let mut env = BTreeMap::new();
+    for line in text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let (key, value) = line
+            .split_once('=')
+            .with_context(|| format!("{}: {line:?} is not KEY=VALUE", path.display()))?;
+        env.insert(
+            key.trim().to_owned(),
+            value.trim().trim_matches('"').to_owned(),
+        );
+    }
+    Ok(env)
+}

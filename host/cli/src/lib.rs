@@ -1,0 +1,4 @@
+//! The `ash` command line: the server (`ash start`) and a client for its REST + SSE API.
+
+pub mod client;
+pub mod sse;

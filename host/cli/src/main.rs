@@ -1,0 +1,56 @@
+//! `ash`: the Ash server and its command-line client in one binary.
+
+mod commands;
+mod start;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "ash",
+    version,
+    about = "Deploy AI agents and run each session in a sandbox"
+)]
+struct Cli {
+    /// Server URL for client commands [env: ASH_SERVER_URL] [default: http://localhost:4100]
+    #[arg(long, global = true)]
+    server: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server in the foreground.
+    Start(start::StartArgs),
+    /// Deploy (or redeploy) an agent folder; it must contain CLAUDE.md.
+    Deploy(commands::DeployArgs),
+    /// List, show or delete agents.
+    #[command(subcommand)]
+    Agent(commands::AgentCommand),
+    /// Create, message, list and end sessions.
+    #[command(subcommand)]
+    Session(commands::SessionCommand),
+    /// Chat with an agent: interactive without MESSAGE, one reply with it.
+    Chat(commands::ChatArgs),
+    /// Show the server's health.
+    Health,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Start(args) => start::run(args).await,
+            command => commands::run(cli.server, command).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ash: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

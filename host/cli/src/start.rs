@@ -1,0 +1,179 @@
+//! `ash start`: settings come from flags, then `ASH_*` variables, then the `--config` file
+//! (`ash.toml`), then defaults.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use ash_cli::client::default_data_dir;
+use ash_server::{SeedAgent, Server, ServerConfig};
+use serde::Deserialize;
+
+#[derive(clap::Args)]
+pub struct StartArgs {
+    /// Port to listen on; 0 picks a free one [env: ASH_PORT] [default: 4100]
+    #[arg(long)]
+    port: Option<u16>,
+    /// Address to listen on [env: ASH_HOST] [default: 127.0.0.1]
+    #[arg(long)]
+    host: Option<String>,
+    /// Where the database, agents and workspaces live [env: ASH_DATA_DIR] [default: ~/.local/share/ash]
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Database; only SQLite for now: sqlite:///path/to/ash.db [env: ASH_DATABASE_URL] [default: <data dir>/ash.db]
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Most live sandboxes at once [env: ASH_MAX_SANDBOXES] [default: 1000]
+    #[arg(long)]
+    max_sandboxes: Option<usize>,
+    /// Settings file (TOML; keys as the flags, with underscores) [env: ASH_CONFIG]
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    port: Option<u16>,
+    host: Option<String>,
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    max_sandboxes: Option<usize>,
+    bwrap: Option<PathBuf>,
+    bridge_bin: Option<PathBuf>,
+}
+
+/// Largest settings file read.
+const MAX_CONFIG_BYTES: u64 = 64 * 1024;
+
+fn env<T: std::str::FromStr>(name: &str) -> anyhow::Result<Option<T>> {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => v
+            .parse()
+            .map(Some)
+            .map_err(|_| anyhow::anyhow!("{name}={v:?} is not valid")),
+        _ => Ok(None),
+    }
+}
+
+fn read_settings(path: Option<PathBuf>) -> anyhow::Result<FileSettings> {
+    let Some(path) = path.or_else(|| std::env::var_os("ASH_CONFIG").map(PathBuf::from)) else {
+        return Ok(FileSettings::default());
+    };
+    let size = std::fs::metadata(&path)
+        .with_context(|| format!("cannot read settings file {}", path.display()))?
+        .len();
+    if size > MAX_CONFIG_BYTES {
+        bail!(
+            "settings file {} is larger than {MAX_CONFIG_BYTES} bytes",
+            path.display()
+        );
+    }
+    let text = std::fs::read_to_string(&path)?;
+    toml::from_str(&text).with_context(|| format!("invalid settings file {}", path.display()))
+}
+
+fn find_bwrap(configured: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = configured {
+        return Ok(path);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("bwrap"))
+        .find(|candidate| candidate.is_file())
+        .context(
+            "bwrap not found: install it with apt-get install bubblewrap (or run scripts/setup.sh)",
+        )
+}
+
+fn sqlite_path(url: Option<String>, data_dir: &Path) -> anyhow::Result<()> {
+    match url {
+        None => Ok(()),
+        Some(url) if url.starts_with("sqlite://") && Path::new(&url["sqlite://".len()..]) == data_dir.join("ash.db") => Ok(()),
+        Some(url) => bail!("ASH_DATABASE_URL={url:?}: this build stores data in <data dir>/ash.db (SQLite) only; unset it or point ASH_DATA_DIR at the folder instead"),
+    }
+}
+
+/// The bundled example agent, deployed on first start.
+fn hello_agent() -> SeedAgent {
+    SeedAgent {
+        name: "hello-agent".into(),
+        files: vec![
+            (
+                "CLAUDE.md".into(),
+                include_bytes!("../../../examples/hello-agent/CLAUDE.md").to_vec(),
+            ),
+            (
+                "ash.toml".into(),
+                include_bytes!("../../../examples/hello-agent/ash.toml").to_vec(),
+            ),
+        ],
+    }
+}
+
+pub async fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ASH_LOG")
+                .unwrap_or_else(|_| "info,tower_http=warn,sqlx=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let file = read_settings(args.config)?;
+    let data_dir = args
+        .data_dir
+        .or(env("ASH_DATA_DIR")?)
+        .or(file.data_dir)
+        .unwrap_or_else(default_data_dir);
+    sqlite_path(
+        args.database_url
+            .or(env("ASH_DATABASE_URL")?)
+            .or(file.database_url),
+        &data_dir,
+    )?;
+    let bridge = match env::<PathBuf>("ASH_BRIDGE_BIN")?.or(file.bridge_bin) {
+        Some(path) => path,
+        None => std::env::current_exe()?.with_file_name("ash-bridge"),
+    };
+    let config = ServerConfig {
+        host: args
+            .host
+            .or(env("ASH_HOST")?)
+            .or(file.host)
+            .unwrap_or_else(|| "127.0.0.1".into()),
+        port: args.port.or(env("ASH_PORT")?).or(file.port).unwrap_or(4100),
+        data_dir,
+        api_key: env("ASH_API_KEY")?,
+        max_sandboxes: args
+            .max_sandboxes
+            .or(env("ASH_MAX_SANDBOXES")?)
+            .or(file.max_sandboxes)
+            .unwrap_or(1000),
+        bwrap: find_bwrap(env("ASH_BWRAP")?.or(file.bwrap))?,
+        bridge,
+        seed_agents: vec![hello_agent()],
+    };
+    let data_dir = config.data_dir.clone();
+    let server = Server::prepare(config).await?;
+    if let Some(key) = &server.new_api_key {
+        println!(
+            "ash: generated an API key; it is shown once and kept in {} (mode 0600):",
+            data_dir.join("initial-api-key").display()
+        );
+        println!("  {key}");
+    }
+    println!("ash: listening on http://{}", server.local_addr());
+    println!("ash: data in {}", data_dir.display());
+    server.run(shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("signal handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down: stopping sandboxes");
+}

@@ -1,0 +1,189 @@
+use std::collections::BTreeMap;
+use std::path::{Component, Path};
+
+use ash_protocol::Backend;
+use serde::{Deserialize, Serialize};
+
+use crate::CoreError;
+
+/// The agent's runtime settings file, at the root of the agent folder.
+pub const MANIFEST_FILE: &str = "ash.toml";
+/// `ash.toml` larger than this is rejected unread.
+pub const MAX_MANIFEST_BYTES: usize = 64 * 1024;
+
+/// A deployed agent, as the REST API shows it (`env` values are never shown).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Agent {
+    pub id: String,
+    pub name: AgentName,
+    pub tenant_id: String,
+    pub version: i64,
+    /// Host folder the agent is copied from when a sandbox starts.
+    pub path: String,
+    /// Shown with every value replaced by `***`.
+    #[serde(serialize_with = "redacted", skip_deserializing)]
+    pub env: BTreeMap<String, String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+fn redacted<S: serde::Serializer>(env: &BTreeMap<String, String>, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(env.keys().map(|k| (k, "***")))
+}
+
+/// An agent name: 1–255 characters of `[A-Za-z0-9_-]`, the reference API's pattern.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct AgentName(String);
+
+impl AgentName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for AgentName {
+    type Error = CoreError;
+    fn try_from(name: String) -> Result<Self, CoreError> {
+        let ok = (1..=255).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if ok {
+            Ok(Self(name))
+        } else {
+            Err(CoreError::InvalidAgentName(name))
+        }
+    }
+}
+
+impl From<AgentName> for String {
+    fn from(name: AgentName) -> String {
+        name.0
+    }
+}
+
+impl std::fmt::Display for AgentName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A path below some root that cannot name anything outside it: relative, no `..`, no
+/// root or prefix, no empty name, at most 4096 bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelativePath(String);
+
+impl RelativePath {
+    pub fn parse(raw: &str) -> Result<Self, CoreError> {
+        let invalid = || CoreError::InvalidPath(raw.to_owned());
+        if raw.is_empty() || raw.len() > 4096 || raw.contains('\0') {
+            return Err(invalid());
+        }
+        let normal = Path::new(raw)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+        if !normal
+            || !Path::new(raw)
+                .components()
+                .any(|c| matches!(c, Component::Normal(_)))
+        {
+            return Err(invalid());
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_path(&self) -> &Path {
+        Path::new(&self.0)
+    }
+}
+
+/// The agent's `ash.toml`: which backend the bridge drives. A missing file means `echo`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentManifest {
+    #[serde(default = "echo")]
+    pub backend: Backend,
+}
+
+fn echo() -> Backend {
+    Backend::Echo
+}
+
+impl AgentManifest {
+    /// Parses `ash.toml` text; `None` (no file) gives the defaults.
+    pub fn parse(text: Option<&str>) -> Result<Self, CoreError> {
+        let text = text.unwrap_or("");
+        if text.len() > MAX_MANIFEST_BYTES {
+            return Err(CoreError::InvalidManifest(format!(
+                "larger than {MAX_MANIFEST_BYTES} bytes"
+            )));
+        }
+        let manifest: Self =
+            toml::from_str(text).map_err(|e| CoreError::InvalidManifest(e.message().to_owned()))?;
+        if let Backend::Command { argv } = &manifest.backend {
+            if argv.first().is_none_or(|program| program.is_empty()) {
+                return Err(CoreError::InvalidManifest(
+                    "backend.argv needs a program to run".into(),
+                ));
+            }
+        }
+        Ok(manifest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_names_follow_the_reference_pattern() {
+        assert!(AgentName::try_from("hello-agent_2".to_owned()).is_ok());
+        for bad in ["", "a b", "../x", "é", &"a".repeat(256)] {
+            assert!(
+                AgentName::try_from(bad.to_owned()).is_err(),
+                "{bad:?} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn relative_paths_cannot_leave_their_root() {
+        for ok in ["CLAUDE.md", "a/b/c.txt", "./x", ".claude/settings.json"] {
+            assert!(RelativePath::parse(ok).is_ok(), "{ok:?} refused");
+        }
+        for bad in ["", "/etc/passwd", "../x", "a/../../x", "a/..", ".", "a\0b"] {
+            assert!(RelativePath::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn missing_manifest_means_echo() {
+        assert_eq!(AgentManifest::parse(None).unwrap().backend, Backend::Echo);
+    }
+
+    #[test]
+    fn command_backend_is_read_from_toml() {
+        let m = AgentManifest::parse(Some(
+            "[backend]\nkind = \"command\"\nargv = [\"./agent.sh\", \"-v\"]\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            m.backend,
+            Backend::Command {
+                argv: vec!["./agent.sh".into(), "-v".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn bad_manifests_say_what_is_wrong() {
+        let err = AgentManifest::parse(Some("[backend]\nkind = \"gpt\"\n")).unwrap_err();
+        assert!(err.to_string().contains("unknown variant `gpt`"), "{err}");
+        let err =
+            AgentManifest::parse(Some("[backend]\nkind = \"command\"\nargv = []\n")).unwrap_err();
+        assert!(err.to_string().contains("needs a program"), "{err}");
+        assert!(AgentManifest::parse(Some("backend = 3 = 4")).is_err());
+    }
+}

@@ -1,0 +1,16 @@
+/// A rule of the domain was broken; each message says what to fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CoreError {
+    #[error("invalid agent name {0:?}: use 1-255 characters from a-z, A-Z, 0-9, '_' and '-'")]
+    InvalidAgentName(String),
+    #[error(
+        "invalid file path {0:?}: paths must be relative, without '..', and at most 4096 bytes"
+    )]
+    InvalidPath(String),
+    #[error("invalid session id {0:?}: session ids are UUIDs")]
+    InvalidSessionId(String),
+    #[error("invalid ash.toml: {0}")]
+    InvalidManifest(String),
+    #[error("Session is {0}")]
+    SessionNotActive(crate::SessionStatus),
+}

@@ -1,0 +1,14 @@
+//! The Ash domain: agents, sessions and messages, and the rules that keep them consistent.
+//!
+//! This crate does no I/O. Values are parsed once at the edge into types that cannot hold
+//! an invalid state (an [`AgentName`] matches the reference API's pattern, a [`RelativePath`]
+//! cannot leave its root, a [`SessionStatus`] only moves along legal transitions), so the
+//! server and the store never re-validate.
+
+mod agent;
+mod error;
+mod session;
+
+pub use agent::{Agent, AgentManifest, AgentName, RelativePath, MANIFEST_FILE, MAX_MANIFEST_BYTES};
+pub use error::CoreError;
+pub use session::{Message, Role, Session, SessionId, SessionStatus, DEFAULT_TENANT};

@@ -1,0 +1,161 @@
+use serde::{Deserialize, Serialize};
+
+use crate::{AgentName, CoreError};
+
+/// The tenant every row belongs to until multi-tenancy arrives.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// A session id: a UUID, as the reference API requires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SessionId(uuid::Uuid);
+
+impl SessionId {
+    pub fn new() -> Self {
+        Self(uuid::Uuid::new_v4())
+    }
+
+    pub fn parse(raw: &str) -> Result<Self, CoreError> {
+        uuid::Uuid::parse_str(raw)
+            .map(Self)
+            .map_err(|_| CoreError::InvalidSessionId(raw.to_owned()))
+    }
+}
+
+impl Default for SessionId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+/// Where a session is in its life. Only `active` sessions take messages; `ended` is final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionStatus {
+    Starting,
+    Active,
+    Paused,
+    Stopped,
+    Ended,
+    Error,
+}
+
+impl SessionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Active => "active",
+            Self::Paused => "paused",
+            Self::Stopped => "stopped",
+            Self::Ended => "ended",
+            Self::Error => "error",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        [
+            Self::Starting,
+            Self::Active,
+            Self::Paused,
+            Self::Stopped,
+            Self::Ended,
+            Self::Error,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == raw)
+    }
+
+    /// A message may be sent only to an active session.
+    pub fn accept_message(self) -> Result<(), CoreError> {
+        match self {
+            Self::Active => Ok(()),
+            other => Err(CoreError::SessionNotActive(other)),
+        }
+    }
+}
+
+impl std::fmt::Display for SessionStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A session as the REST API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Session {
+    pub id: SessionId,
+    pub tenant_id: String,
+    pub agent_name: AgentName,
+    pub sandbox_id: String,
+    pub status: SessionStatus,
+    pub runner_id: Option<String>,
+    pub parent_session_id: Option<String>,
+    /// The session's own environment (`extraEnv`), re-applied whenever its sandbox starts.
+    #[serde(skip)]
+    pub env: std::collections::BTreeMap<String, String>,
+    pub created_at: String,
+    pub last_active_at: String,
+}
+
+/// Who wrote a stored message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    User,
+    Assistant,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Assistant => "assistant",
+        }
+    }
+}
+
+/// A stored conversation message; `content` is the JSON text of the SDK message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Message {
+    pub id: String,
+    pub session_id: String,
+    pub tenant_id: String,
+    pub role: Role,
+    pub content: String,
+    pub sequence: i64,
+    pub created_at: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_active_sessions_accept_messages() {
+        assert!(SessionStatus::Active.accept_message().is_ok());
+        let err = SessionStatus::Ended.accept_message().unwrap_err();
+        assert_eq!(err.to_string(), "Session is ended");
+    }
+
+    #[test]
+    fn status_text_round_trips() {
+        for s in ["starting", "active", "paused", "stopped", "ended", "error"] {
+            assert_eq!(SessionStatus::parse(s).unwrap().as_str(), s);
+        }
+        assert_eq!(SessionStatus::parse("zombie"), None);
+    }
+
+    #[test]
+    fn session_ids_are_uuids() {
+        let id = SessionId::new();
+        assert_eq!(SessionId::parse(&id.to_string()).unwrap(), id);
+        assert!(SessionId::parse("../etc").is_err());
+    }
+}

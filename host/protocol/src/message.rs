@@ -1,0 +1,127 @@
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Version announced in the bridge's `ready` event; the host refuses a bridge that differs.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A command from the host to the bridge.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Command {
+    /// Choose the agent backend; sent once, right after `ready`. Answered by `done`.
+    Configure { id: String, backend: Backend },
+    /// Run one agent turn. Answered by any number of `message` events, then `done` or `error`.
+    Query {
+        id: String,
+        /// A string or an array of content blocks, passed to the backend untouched.
+        prompt: Value,
+        #[serde(rename = "sessionId")]
+        session_id: String,
+        #[serde(default, flatten)]
+        options: QueryOptions,
+    },
+    /// Stop the running command named by `target`. Answered by `done`.
+    Interrupt { id: String, target: String },
+    /// Finish what is running and exit. Answered by `done`, then the bridge exits.
+    Shutdown { id: String },
+}
+
+impl Command {
+    /// The id every event answering this command carries.
+    pub fn id(&self) -> &str {
+        match self {
+            Command::Configure { id, .. }
+            | Command::Query { id, .. }
+            | Command::Interrupt { id, .. }
+            | Command::Shutdown { id } => id,
+        }
+    }
+}
+
+/// Per-turn options; the named ones are read by the bridge, the rest pass through to the backend.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct QueryOptions {
+    #[serde(
+        rename = "includePartialMessages",
+        default,
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub include_partial_messages: bool,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// The agent backend a bridge drives, chosen by the agent's `ash.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Backend {
+    /// Deterministic, offline: repeats the prompt back in several deltas.
+    Echo,
+    /// A program in the agent folder that speaks this protocol on stdin/stdout.
+    Command { argv: Vec<String> },
+}
+
+/// An event from the bridge to the host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "ev", rename_all = "snake_case")]
+pub enum Event {
+    /// First line on every connection.
+    Ready { protocol: u32 },
+    /// One agent SDK message, untranslated.
+    Message { id: String, data: Value },
+    /// The command `id` failed; no further events for it follow. `id` is empty when the
+    /// bridge could not tell which command a bad line belonged to.
+    Error { id: String, error: String },
+    /// The command `id` finished.
+    Done { id: String },
+    /// A diagnostic line from the bridge or its backend.
+    Log { level: String, text: String },
+}
+
+impl Event {
+    /// The command this event answers, if any.
+    pub fn command_id(&self) -> Option<&str> {
+        match self {
+            Event::Message { id, .. } | Event::Error { id, .. } | Event::Done { id } => Some(id),
+            Event::Ready { .. } | Event::Log { .. } => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn query_round_trips_with_passthrough_options() {
+        let line = json!({"cmd": "query", "id": "1", "prompt": "hi", "sessionId": "s",
+                          "includePartialMessages": true, "model": "m", "maxTurns": 3});
+        let cmd: Command = serde_json::from_value(line.clone()).unwrap();
+        let Command::Query { options, .. } = &cmd else {
+            panic!("not a query: {cmd:?}")
+        };
+        assert!(options.include_partial_messages);
+        assert_eq!(options.extra["model"], "m");
+        assert_eq!(serde_json::to_value(&cmd).unwrap(), line);
+    }
+
+    #[test]
+    fn unknown_command_is_rejected() {
+        let err = serde_json::from_value::<Command>(json!({"cmd": "rm", "id": "1"})).unwrap_err();
+        assert!(err.to_string().contains("unknown variant"), "{err}");
+    }
+
+    #[test]
+    fn query_without_session_is_rejected() {
+        let r =
+            serde_json::from_value::<Command>(json!({"cmd": "query", "id": "1", "prompt": "x"}));
+        assert!(r.unwrap_err().to_string().contains("sessionId"));
+    }
+
+    #[test]
+    fn events_name_the_command_they_answer() {
+        assert_eq!(Event::Done { id: "7".into() }.command_id(), Some("7"));
+        assert_eq!(Event::Ready { protocol: 1 }.command_id(), None);
+    }
+}

@@ -1,0 +1,183 @@
+//! Sandboxes: one bubblewrap jail per session, with the bridge inside.
+//!
+//! A sandbox sees a read-only `/usr` (and the `/bin`, `/lib` links into it), a few
+//! read-only files from `/etc`, fresh `/proc`, `/dev` and `/tmp`, its own workspace at
+//! `/workspace`, and the bridge binary at `/ash/bridge` — never the host's `/`, the data
+//! dir or another session's files. Every namespace is unshared (network included), the
+//! process runs as uid 1000 with no capabilities, in a new session, and dies with the
+//! server. The environment is cleared and rebuilt from an allowlist plus the agent's env.
+//!
+//! The host speaks to the bridge over a socketpair inherited as fd 3. If the bridge dies,
+//! every command waiting on it sees its event stream end, so no caller waits forever.
+
+mod bwrap;
+mod client;
+mod workspace;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ash_protocol::{Backend, Command, Event};
+
+pub use bwrap::{bwrap_args, SANDBOX_UID, WORKSPACE};
+pub use client::Turn;
+pub use workspace::{copy_agent, MAX_AGENT_BYTES};
+
+/// How long a new bridge may take to say `ready` and accept its backend.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a bridge may take to exit after `shutdown` before it is killed.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a sandbox could not start or answer.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("cannot prepare the sandbox workspace: {0}")]
+    Workspace(String),
+    #[error("cannot start bwrap at {path}: {source} (install it with apt-get install bubblewrap)")]
+    Spawn {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("sandbox failed to start: {0}")]
+    Start(String),
+    #[error("the sandbox's bridge has exited")]
+    Gone,
+}
+
+/// Where the sandbox's pieces live on the host.
+#[derive(Debug, Clone)]
+pub struct SandboxHost {
+    /// The `bwrap` executable.
+    pub bwrap: PathBuf,
+    /// The `ash-bridge` executable, bound read-only into every sandbox.
+    pub bridge: PathBuf,
+    /// Parent of every sandbox's own folder.
+    pub root: PathBuf,
+}
+
+/// What one sandbox runs.
+pub struct SandboxSpec<'a> {
+    pub id: &'a str,
+    /// Copied into the workspace when the workspace does not exist yet.
+    pub agent_dir: &'a Path,
+    /// Replaces the workspace's `CLAUDE.md` when the workspace is first made.
+    pub system_prompt: Option<&'a str>,
+    pub backend: Backend,
+    /// Added to the allowlisted environment; cannot override the bridge's own variables.
+    pub env: &'a BTreeMap<String, String>,
+}
+
+/// A running sandbox. Dropping it kills the sandbox.
+pub struct Sandbox {
+    id: String,
+    dir: PathBuf,
+    child: tokio::sync::Mutex<tokio::process::Child>,
+    bridge: client::BridgeClient,
+}
+
+impl Sandbox {
+    /// Prepares the workspace (a copy of the agent on first start), starts bwrap with the
+    /// bridge and configures the backend. Returns once the bridge is ready for queries.
+    pub async fn start(host: &SandboxHost, spec: SandboxSpec<'_>) -> Result<Self, SandboxError> {
+        let dir = host.root.join(spec.id);
+        let workspace = dir.join("workspace");
+        if !workspace.exists() {
+            let (from, to) = (spec.agent_dir.to_owned(), workspace.clone());
+            let prompt = spec.system_prompt.map(str::to_owned);
+            tokio::task::spawn_blocking(move || {
+                copy_agent(&from, &to)?;
+                prompt.map_or(Ok(()), |prompt| {
+                    std::fs::write(to.join("CLAUDE.md"), prompt)
+                })
+            })
+            .await
+            .map_err(|e| SandboxError::Workspace(e.to_string()))?
+            .map_err(|e| SandboxError::Workspace(e.to_string()))?;
+        }
+        let (mut child, socket) = bwrap::spawn(host, &workspace, spec.id, spec.env)?;
+        let bridge = match tokio::time::timeout(
+            START_TIMEOUT,
+            client::BridgeClient::connect(socket),
+        )
+        .await
+        {
+            Ok(Ok(bridge)) => bridge,
+            Ok(Err(_)) | Err(_) => {
+                return Err(SandboxError::Start(bwrap::failure(&mut child).await))
+            }
+        };
+        bwrap::log_stderr(&mut child, spec.id.to_owned());
+        let sandbox = Self {
+            id: spec.id.to_owned(),
+            dir,
+            child: tokio::sync::Mutex::new(child),
+            bridge,
+        };
+        let configure = Command::Configure {
+            id: client::next_id(),
+            backend: spec.backend,
+        };
+        let mut answer = sandbox.bridge.send(configure).await?;
+        match tokio::time::timeout(START_TIMEOUT, answer.next()).await {
+            Ok(Some(Event::Done { .. })) => Ok(sandbox),
+            Ok(Some(Event::Error { error, .. })) => Err(SandboxError::Start(error)),
+            _ => Err(SandboxError::Start(
+                "the bridge did not accept its backend in time".into(),
+            )),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Starts one turn; its events arrive on the returned [`Turn`].
+    pub async fn query(
+        &self,
+        prompt: serde_json::Value,
+        session_id: String,
+        options: ash_protocol::QueryOptions,
+    ) -> Result<Turn, SandboxError> {
+        self.bridge
+            .send(Command::Query {
+                id: client::next_id(),
+                prompt,
+                session_id,
+                options,
+            })
+            .await
+    }
+
+    /// Asks the bridge to exit and kills it if it does not; the workspace stays on disk.
+    pub async fn stop(&self) {
+        if let Ok(mut answer) = self
+            .bridge
+            .send(Command::Shutdown {
+                id: client::next_id(),
+            })
+            .await
+        {
+            let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, answer.next()).await;
+        }
+        let mut child = self.child.lock().await;
+        if tokio::time::timeout(SHUTDOWN_TIMEOUT, child.wait())
+            .await
+            .is_err()
+        {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// Stops the sandbox and deletes its files.
+    pub async fn destroy(&self) {
+        self.stop().await;
+        let dir = self.dir.clone();
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+    }
+
+    /// True while the bridge process is running.
+    pub async fn is_alive(&self) -> bool {
+        matches!(self.child.lock().await.try_wait(), Ok(None))
+    }
+}

@@ -1,0 +1,129 @@
+//! API keys. Keys are `ash_` + 32 random bytes (base64url) and only their SHA-256 is stored:
+//! with 256 bits of entropy a fast hash is enough, and lookups stay O(1). A key given in
+//! `ASH_API_KEY` is accepted as-is and compared in constant time. On first start, with no
+//! key anywhere, one is generated, written to `<data>/initial-api-key` (0600) and shown once.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
+use base64::Engine;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::{ApiError, AppState, ServerConfig, StartError};
+
+/// File the first generated key is written to, inside the data dir.
+pub const INITIAL_KEY_FILE: &str = "initial-api-key";
+
+pub struct Keys {
+    env_key: Option<[u8; 32]>,
+}
+
+impl Keys {
+    pub(crate) async fn bootstrap(
+        store: &ash_store::Store,
+        config: &ServerConfig,
+    ) -> Result<(Self, Option<String>), StartError> {
+        if let Some(key) = &config.api_key {
+            return Ok((
+                Self {
+                    env_key: Some(digest(key)),
+                },
+                None,
+            ));
+        }
+        if store.count_api_keys().await? > 0 {
+            return Ok((Self { env_key: None }, None));
+        }
+        let key = generate();
+        let path = config.data_dir.join(INITIAL_KEY_FILE);
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut file| file.write_all(format!("{key}\n").as_bytes()));
+        written.map_err(|source| StartError::DataDir {
+            path: path.display().to_string(),
+            source,
+        })?;
+        store
+            .insert_api_key(&hex(&digest(&key)), "auto-generated")
+            .await?;
+        Ok((Self { env_key: None }, Some(key)))
+    }
+}
+
+fn generate() -> String {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the OS random source works");
+    format!(
+        "ash_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+fn digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Lets the request through only with a valid `Authorization: Bearer <key>`.
+pub(crate) async fn require_key(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let unauthorized = |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, message);
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| unauthorized("Missing Authorization header"))?;
+    let key = header
+        .to_str()
+        .ok()
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .filter(|k| !k.is_empty() && !k.contains(' '))
+        .ok_or_else(|| {
+            unauthorized("Invalid Authorization header format: use 'Bearer <api key>'")
+        })?;
+    let hash = digest(key);
+    let env_match = state
+        .keys
+        .env_key
+        .is_some_and(|env| bool::from(env.ct_eq(&hash)));
+    if !env_match && state.store.api_key_tenant(&hex(&hash)).await?.is_none() {
+        state.metrics.auth_failures.inc();
+        return Err(unauthorized("Invalid API key"));
+    }
+    Ok(next.run(request).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_are_long_random_and_prefixed() {
+        let (a, b) = (generate(), generate());
+        assert!(a.starts_with("ash_") && a.len() == 4 + 43, "{a}");
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn stored_hash_is_sha256_hex() {
+        assert_eq!(
+            hex(&digest("abc")),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

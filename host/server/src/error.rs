@@ -1,0 +1,100 @@
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// An error answered as `{"error": "...", "statusCode": N}`, the reference API's shape.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+
+    /// A server-side failure: logged in full, answered without internals.
+    pub fn internal(context: &str, error: impl std::fmt::Display) -> Self {
+        tracing::error!("{context}: {error}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{context}; see the server log"),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": self.message, "statusCode": self.status.as_u16()});
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+impl From<ash_core::CoreError> for ApiError {
+    fn from(e: ash_core::CoreError) -> Self {
+        Self::bad_request(e.to_string())
+    }
+}
+
+impl From<ash_store::StoreError> for ApiError {
+    fn from(e: ash_store::StoreError) -> Self {
+        Self::internal("storage failed", e)
+    }
+}
+
+impl From<std::io::Error> for ApiError {
+    fn from(e: std::io::Error) -> Self {
+        Self::internal("file operation failed", e)
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        let status = rejection.status();
+        let message = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                "request body is too large for this endpoint".to_owned()
+            }
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                "send the body as JSON with Content-Type: application/json".to_owned()
+            }
+            _ => format!("invalid JSON body: {}", rejection.body_text()),
+        };
+        Self::new(status, message)
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::bad_request(format!("invalid query string: {}", rejection.body_text()))
+    }
+}
+
+/// `axum::Json` whose rejections use [`ApiError`]'s body.
+#[derive(axum::extract::FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct Json<T>(pub T);
+
+/// `axum::extract::Query` whose rejections use [`ApiError`]'s body.
+#[derive(axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct Query<T>(pub T);
+
+impl<T: serde::Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}

@@ -1,0 +1,147 @@
+//! The Ash server: REST + SSE over axum, API-key auth, Prometheus metrics.
+//!
+//! Requests are authenticated before any route runs (only `/health` is public). Every
+//! error is answered as `{"error", "statusCode"}` with a message that says what to fix;
+//! storage and sandbox failures are logged in full and answered without internals. Every
+//! request body has a size cap. Agent turns run in their own task, so a client that goes
+//! away never stops a turn half-way through its writes.
+
+mod agents;
+mod auth;
+mod error;
+mod health;
+mod metrics;
+mod sessions;
+mod state;
+mod stream;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::Router;
+
+pub use error::ApiError;
+pub use state::AppState;
+
+/// Everything the server needs to start; the CLI fills it from flags, env and `ash.toml`.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub host: String,
+    /// 0 picks a free port.
+    pub port: u16,
+    pub data_dir: PathBuf,
+    /// A key accepted as-is (`ASH_API_KEY`); no key is generated when it is set.
+    pub api_key: Option<String>,
+    pub max_sandboxes: usize,
+    pub bwrap: PathBuf,
+    pub bridge: PathBuf,
+    /// Agents deployed on start when no agent of that name exists (the bundled examples).
+    pub seed_agents: Vec<SeedAgent>,
+}
+
+/// An agent shipped inside the binary: its name and its files (relative path, bytes).
+#[derive(Debug, Clone)]
+pub struct SeedAgent {
+    pub name: String,
+    pub files: Vec<(String, Vec<u8>)>,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot use data dir {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] ash_store::StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("cannot deploy a bundled agent: {0}")]
+    Seed(String),
+    #[error("bridge binary not found at {0}: build it with cargo build, or set ASH_BRIDGE_BIN")]
+    NoBridge(String),
+}
+
+/// A server that has opened its store and bound its port, ready to [`run`](Self::run).
+pub struct Server {
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    /// The key generated on first start, to be shown to the operator once.
+    pub new_api_key: Option<String>,
+}
+
+impl Server {
+    /// Opens the data dir and database, makes sure an API key exists, binds the port.
+    pub async fn prepare(config: ServerConfig) -> Result<Self, StartError> {
+        if !config.bridge.is_file() {
+            return Err(StartError::NoBridge(config.bridge.display().to_string()));
+        }
+        state::create_private_dir(&config.data_dir).map_err(|source| StartError::DataDir {
+            path: config.data_dir.display().to_string(),
+            source,
+        })?;
+        let addr = format!("{}:{}", config.host, config.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        let seeds = config.seed_agents.clone();
+        let (state, new_api_key) = AppState::open(config).await?;
+        for seed in seeds {
+            agents::seed(&state, seed)
+                .await
+                .map_err(|e| StartError::Seed(e.message))?;
+        }
+        Ok(Self {
+            listener,
+            state: Arc::new(state),
+            new_api_key,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` completes, then stops every sandbox.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let app = router(self.state.clone());
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        self.state.sessions.stop_all().await;
+        Ok(())
+    }
+}
+
+/// Default cap for request bodies.
+const BODY_LIMIT: usize = 1024 * 1024;
+
+fn router(state: Arc<AppState>) -> Router {
+    let api = Router::new()
+        .merge(agents::routes())
+        .merge(sessions::routes())
+        .route("/metrics", axum::routing::get(health::metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ));
+    Router::new()
+        .route("/health", axum::routing::get(health::health))
+        .merge(api)
+        .fallback(|| async { ApiError::not_found("Not found: no such route") })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}

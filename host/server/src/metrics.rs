@@ -1,0 +1,89 @@
+use std::time::Instant;
+
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+/// The server's Prometheus metrics. Gauges are set when scraped; counters as things happen.
+pub struct Metrics {
+    pub registry: Registry,
+    pub started: Instant,
+    pub up: IntGauge,
+    pub uptime: IntGauge,
+    pub active_sessions: IntGauge,
+    pub active_sandboxes: IntGauge,
+    pub pool: IntGaugeVec,
+    pub max_capacity: IntGauge,
+    pub sandbox_start: Histogram,
+    pub turns: IntCounterVec,
+    pub auth_failures: IntCounter,
+}
+
+impl Metrics {
+    pub fn new(max_sandboxes: usize) -> Self {
+        let registry = Registry::new();
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let up = gauge("ash_up", "1 while the server runs");
+        let uptime = gauge("ash_uptime_seconds", "Seconds since the server started");
+        let active_sessions = gauge("ash_active_sessions", "Sessions with status active");
+        let active_sandboxes = gauge("ash_active_sandboxes", "Live sandboxes on this node");
+        let max_capacity = gauge(
+            "ash_pool_max_capacity",
+            "Most sandboxes this node runs at once",
+        );
+        let pool = IntGaugeVec::new(
+            Opts::new("ash_pool_sandboxes", "Live sandboxes by state"),
+            &["state"],
+        )
+        .expect("valid metric");
+        let sandbox_start = Histogram::with_opts(
+            HistogramOpts::new(
+                "ash_sandbox_start_seconds",
+                "Time to start a sandbox until its bridge is ready",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+            ]),
+        )
+        .expect("valid metric");
+        let turns = IntCounterVec::new(
+            Opts::new("ash_turns_total", "Agent turns by outcome"),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let auth_failures = IntCounter::new(
+            "ash_auth_failures_total",
+            "Requests refused for a bad API key",
+        )
+        .expect("valid metric");
+        for m in [
+            Box::new(pool.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(sandbox_start.clone()),
+            Box::new(turns.clone()),
+            Box::new(auth_failures.clone()),
+        ] {
+            registry.register(m).expect("unique metric");
+        }
+        up.set(1);
+        max_capacity.set(max_sandboxes as i64);
+        Self {
+            registry,
+            started: Instant::now(),
+            up,
+            uptime,
+            active_sessions,
+            active_sandboxes,
+            pool,
+            max_capacity,
+            sandbox_start,
+            turns,
+            auth_failures,
+        }
+    }
+}

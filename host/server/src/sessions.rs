@@ -1,0 +1,446 @@
+//! Sessions and their sandboxes.
+//!
+//! The database says which sessions exist and their status; this module holds the live
+//! sandboxes. A session whose sandbox is gone (the server restarted, or the bridge died) gets
+//! a new one over its kept workspace on its next message, with the agent's and the session's
+//! env re-applied. One turn runs at a time per session: a second message while one runs gets
+//! 409. `ASH_MAX_SANDBOXES` bounds live sandboxes; past it, creation gets 503.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use ash_core::{
+    Agent, AgentManifest, AgentName, Role, Session, SessionId, SessionStatus, DEFAULT_TENANT,
+};
+use ash_protocol::QueryOptions;
+use ash_sandbox::{Sandbox, SandboxHost, SandboxSpec};
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::response::sse::{KeepAlive, Sse};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::agents::{agent_not_found, blocking, read_manifest, validate_env};
+use crate::error::{Json, Query};
+use crate::{ApiError, AppState, ServerConfig};
+
+/// Cap for a message body (content blocks may carry base64 images and documents).
+const MESSAGE_BODY_LIMIT: usize = 16 * 1024 * 1024;
+/// The reference API's caps on message content.
+const MAX_CONTENT_CHARS: usize = 500_000;
+const MAX_CONTENT_BLOCKS: usize = 20;
+
+/// The live sandboxes of this node.
+pub struct Sessions {
+    host: SandboxHost,
+    slots: Mutex<HashMap<SessionId, Arc<Slot>>>,
+    max_sandboxes: usize,
+    capacity: Arc<Semaphore>,
+    running: Arc<AtomicUsize>,
+}
+
+#[derive(Default)]
+struct Slot {
+    live: tokio::sync::Mutex<Option<Arc<Live>>>,
+}
+
+/// A session's running sandbox and its one-turn-at-a-time lock.
+pub(crate) struct Live {
+    pub(crate) sandbox: Sandbox,
+    turn: Arc<tokio::sync::Mutex<()>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Held while a turn runs; counts the sandbox as running.
+pub(crate) struct TurnGuard {
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+    running: Arc<AtomicUsize>,
+}
+
+impl Drop for TurnGuard {
+    fn drop(&mut self) {
+        self.running.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Sessions {
+    pub(crate) fn new(config: &ServerConfig) -> Self {
+        let host = SandboxHost {
+            bwrap: config.bwrap.clone(),
+            bridge: config.bridge.clone(),
+            root: config.data_dir.join("sandboxes"),
+        };
+        Self {
+            host,
+            slots: Mutex::default(),
+            max_sandboxes: config.max_sandboxes,
+            capacity: Arc::new(Semaphore::new(config.max_sandboxes)),
+            running: Arc::default(),
+        }
+    }
+
+    /// (live sandboxes, sandboxes in a turn).
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        (
+            self.max_sandboxes - self.capacity.available_permits(),
+            self.running.load(Ordering::Relaxed),
+        )
+    }
+
+    fn slot(&self, id: SessionId) -> Arc<Slot> {
+        self.slots
+            .lock()
+            .expect("lock")
+            .entry(id)
+            .or_default()
+            .clone()
+    }
+
+    /// The session's live sandbox, starting one over its workspace if it has none.
+    pub(crate) async fn live(
+        &self,
+        state: &AppState,
+        session: &Session,
+        system_prompt: Option<&str>,
+    ) -> Result<Arc<Live>, ApiError> {
+        let slot = self.slot(session.id);
+        let mut live = slot.live.lock().await;
+        if let Some(current) = live.as_ref() {
+            if current.sandbox.is_alive().await {
+                return Ok(current.clone());
+            }
+            tracing::warn!(session = %session.id, "sandbox had exited; starting a new one over its workspace");
+            *live = None;
+        }
+        let agent = state
+            .store
+            .get_agent(&session.agent_name)
+            .await?
+            .ok_or_else(agent_not_found)?;
+        let started = self.start(state, session, &agent, system_prompt).await?;
+        *live = Some(started.clone());
+        Ok(started)
+    }
+
+    async fn start(
+        &self,
+        state: &AppState,
+        session: &Session,
+        agent: &Agent,
+        system_prompt: Option<&str>,
+    ) -> Result<Arc<Live>, ApiError> {
+        let permit = self.capacity.clone().try_acquire_owned().map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "Sandbox capacity reached ({} live); end a session or raise ASH_MAX_SANDBOXES",
+                    self.max_sandboxes
+                ),
+            )
+        })?;
+        let agent_dir = Path::new(&agent.path).to_owned();
+        let manifest = {
+            let dir = agent_dir.clone();
+            blocking(move || {
+                if !dir.is_dir() {
+                    return Err(ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        format!(
+                            "Agent directory {} is missing; redeploy the agent",
+                            dir.display()
+                        ),
+                    ));
+                }
+                Ok(read_manifest(&dir)?)
+            })
+            .await?
+        };
+        let manifest = AgentManifest::parse(manifest.as_deref())
+            .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+        let mut env = agent.env.clone();
+        env.extend(session.env.clone());
+        let id = session.id.to_string();
+        let spec = SandboxSpec {
+            id: &id,
+            agent_dir: &agent_dir,
+            system_prompt,
+            backend: manifest.backend,
+            env: &env,
+        };
+        let clock = Instant::now();
+        let sandbox = Sandbox::start(&self.host, spec)
+            .await
+            .map_err(|e| ApiError::internal("Failed to create session sandbox", e))?;
+        state
+            .metrics
+            .sandbox_start
+            .observe(clock.elapsed().as_secs_f64());
+        Ok(Arc::new(Live {
+            sandbox,
+            turn: Arc::default(),
+            _permit: permit,
+        }))
+    }
+
+    /// Claims the session's turn, or says which status code explains why not.
+    pub(crate) fn begin_turn(&self, live: &Live) -> Result<TurnGuard, ApiError> {
+        let turn = live.turn.clone().try_lock_owned().map_err(|_| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "A turn is already running in this session; wait for its done event",
+            )
+        })?;
+        self.running.fetch_add(1, Ordering::Relaxed);
+        Ok(TurnGuard {
+            _turn: turn,
+            running: self.running.clone(),
+        })
+    }
+
+    /// Forgets a sandbox that failed mid-turn, so the next message starts a new one.
+    pub(crate) async fn discard(&self, id: SessionId) {
+        let slot = self.slot(id);
+        let live = slot.live.lock().await.take();
+        if let Some(live) = live {
+            live.sandbox.stop().await;
+        }
+    }
+
+    /// Stops the session's sandbox, if any, and deletes its workspace.
+    pub(crate) async fn end(&self, id: SessionId) {
+        let slot = self.slots.lock().expect("lock").remove(&id);
+        if let Some(slot) = slot {
+            let live = slot.live.lock().await.take();
+            if let Some(live) = live {
+                live.sandbox.destroy().await;
+            }
+        }
+    }
+
+    /// Stops every sandbox, keeping workspaces for the next start.
+    pub(crate) async fn stop_all(&self) {
+        let slots: Vec<_> = self
+            .slots
+            .lock()
+            .expect("lock")
+            .drain()
+            .map(|(_, slot)| slot)
+            .collect();
+        for slot in slots {
+            let live = slot.live.lock().await.take();
+            if let Some(live) = live {
+                live.sandbox.stop().await;
+            }
+        }
+    }
+}
+
+pub(crate) fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/api/sessions", post(create).get(list))
+        .route("/api/sessions/{id}", get(show).delete(end))
+        .route(
+            "/api/sessions/{id}/messages",
+            post(send)
+                .layer(DefaultBodyLimit::max(MESSAGE_BODY_LIMIT))
+                .get(messages),
+        )
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CreateBody {
+    agent: String,
+    #[serde(default)]
+    extra_env: BTreeMap<String, String>,
+    system_prompt: Option<String>,
+}
+
+async fn create(
+    State(state): State<Arc<AppState>>,
+    Json(body): Json<CreateBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let agent_name = AgentName::try_from(body.agent)?;
+    validate_env(&body.extra_env)?;
+    if body
+        .system_prompt
+        .as_ref()
+        .is_some_and(|p| p.len() > 1_000_000)
+    {
+        return Err(ApiError::bad_request(
+            "systemPrompt must be at most 1,000,000 bytes",
+        ));
+    }
+    state
+        .store
+        .get_agent(&agent_name)
+        .await?
+        .ok_or_else(agent_not_found)?;
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let id = SessionId::new();
+    let session = Session {
+        id,
+        tenant_id: DEFAULT_TENANT.into(),
+        agent_name,
+        sandbox_id: id.to_string(),
+        status: SessionStatus::Active,
+        runner_id: None,
+        parent_session_id: None,
+        env: body.extra_env,
+        created_at: now.clone(),
+        last_active_at: now,
+    };
+    state
+        .sessions
+        .live(&state, &session, body.system_prompt.as_deref())
+        .await?;
+    if let Err(e) = state.store.insert_session(&session).await {
+        state.sessions.end(id).await;
+        return Err(e.into());
+    }
+    tracing::info!(session = %id, agent = %session.agent_name, "session created");
+    Ok((StatusCode::CREATED, Json(json!({ "session": session }))))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    agent: Option<String>,
+}
+
+async fn list(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let agent = query.agent.map(AgentName::try_from).transpose()?;
+    Ok(Json(
+        json!({ "sessions": state.store.list_sessions(agent.as_ref()).await? }),
+    ))
+}
+
+pub(crate) async fn find(state: &AppState, raw_id: &str) -> Result<Session, ApiError> {
+    let id = SessionId::parse(raw_id)?;
+    state
+        .store
+        .get_session(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("Session not found"))
+}
+
+async fn show(
+    State(state): State<Arc<AppState>>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({ "session": find(&state, &id).await? })))
+}
+
+async fn end(
+    State(state): State<Arc<AppState>>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    let session = find(&state, &id).await?;
+    state.sessions.end(session.id).await;
+    let session = state
+        .store
+        .set_session_status(session.id, SessionStatus::Ended)
+        .await?
+        .ok_or_else(|| ApiError::not_found("Session not found"))?;
+    tracing::info!(session = %session.id, "session ended");
+    Ok(Json(json!({ "session": session })))
+}
+
+#[derive(Deserialize)]
+struct MessagesQuery {
+    limit: Option<i64>,
+    after: Option<i64>,
+}
+
+async fn messages(
+    State(state): State<Arc<AppState>>,
+    UrlPath(id): UrlPath<String>,
+    Query(query): Query<MessagesQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let session = find(&state, &id).await?;
+    let limit = query.limit.unwrap_or(100);
+    let after = query.after.unwrap_or(0);
+    if !(1..=1000).contains(&limit) || after < 0 {
+        return Err(ApiError::bad_request(
+            "limit must be 1-1000 and after at least 0",
+        ));
+    }
+    Ok(Json(
+        json!({ "messages": state.store.list_messages(session.id, after, limit).await? }),
+    ))
+}
+
+#[derive(Deserialize)]
+struct SendBody {
+    content: Value,
+    #[serde(flatten)]
+    options: QueryOptions,
+}
+
+async fn send(
+    State(state): State<Arc<AppState>>,
+    UrlPath(id): UrlPath<String>,
+    Json(body): Json<SendBody>,
+) -> Result<Sse<axum::response::sse::KeepAliveStream<crate::stream::Frames>>, ApiError> {
+    validate_content(&body.content)?;
+    let session = find(&state, &id).await?;
+    session.status.accept_message()?;
+    let live = state.sessions.live(&state, &session, None).await?;
+    let guard = state.sessions.begin_turn(&live)?;
+    let user = json!({"type": "user", "content": body.content});
+    state
+        .store
+        .append_message(session.id, Role::User, &user.to_string())
+        .await?;
+    let turn = match live
+        .sandbox
+        .query(body.content, session.id.to_string(), body.options)
+        .await
+    {
+        Ok(turn) => turn,
+        Err(e) => {
+            state.sessions.discard(session.id).await;
+            return Err(ApiError::internal("Sandbox not available", e));
+        }
+    };
+    let frames = crate::stream::start(state.clone(), session.id, turn, guard);
+    Ok(Sse::new(frames).keep_alive(KeepAlive::default()))
+}
+
+fn validate_content(content: &Value) -> Result<(), ApiError> {
+    match content {
+        Value::String(text) if text.chars().count() <= MAX_CONTENT_CHARS => Ok(()),
+        Value::String(_) => Err(ApiError::bad_request(format!(
+            "content must be at most {MAX_CONTENT_CHARS} characters"
+        ))),
+        Value::Array(blocks) if blocks.is_empty() || blocks.len() > MAX_CONTENT_BLOCKS => Err(
+            ApiError::bad_request(format!("content must have 1-{MAX_CONTENT_BLOCKS} blocks")),
+        ),
+        Value::Array(blocks) => {
+            let known = |b: &Value| {
+                matches!(
+                    b.get("type").and_then(Value::as_str),
+                    Some("text" | "image" | "document")
+                )
+            };
+            if blocks.iter().all(known) {
+                Ok(())
+            } else {
+                Err(ApiError::bad_request(
+                    "each content block needs type text, image or document",
+                ))
+            }
+        }
+        _ => Err(ApiError::bad_request(
+            "content must be a string or an array of content blocks",
+        )),
+    }
+}

@@ -1,0 +1,299 @@
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::str::FromStr;
+
+use ash_core::{
+    Agent, AgentName, Message, Role, Session, SessionId, SessionStatus, DEFAULT_TENANT,
+};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, SqlitePool};
+
+use crate::{now, StoreError};
+
+/// The SQLite-backed store. Cheap to clone: clones share one connection pool.
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database file and brings its schema up to date.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(|source| StoreError::Open {
+                path: path.display().to_string(),
+                source,
+            })?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await
+            .map_err(|source| StoreError::Open {
+                path: path.display().to_string(),
+                source,
+            })?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// Creates the agent, or replaces its path and env and bumps its version.
+    pub async fn upsert_agent(
+        &self,
+        name: &AgentName,
+        path: &str,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Agent, StoreError> {
+        let now = now();
+        let env = serde_json::to_string(env).expect("a string map serialises");
+        let row = sqlx::query(
+            "INSERT INTO agents (id, tenant_id, name, version, path, env, created_at, updated_at)
+             VALUES (?, ?, ?, 1, ?, ?, ?, ?)
+             ON CONFLICT (tenant_id, name) DO UPDATE
+               SET version = version + 1, path = excluded.path, env = excluded.env, updated_at = excluded.updated_at
+             RETURNING *",
+        )
+        .bind(uuid::Uuid::new_v4().to_string())
+        .bind(DEFAULT_TENANT)
+        .bind(name.as_str())
+        .bind(path)
+        .bind(env)
+        .bind(&now)
+        .bind(&now)
+        .fetch_one(&self.pool)
+        .await?;
+        agent_from_row(&row)
+    }
+
+    pub async fn get_agent(&self, name: &AgentName) -> Result<Option<Agent>, StoreError> {
+        let row = sqlx::query("SELECT * FROM agents WHERE tenant_id = ? AND name = ?")
+            .bind(DEFAULT_TENANT)
+            .bind(name.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(agent_from_row).transpose()
+    }
+
+    pub async fn list_agents(&self) -> Result<Vec<Agent>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM agents WHERE tenant_id = ? ORDER BY name")
+            .bind(DEFAULT_TENANT)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(agent_from_row).collect()
+    }
+
+    /// Removes the agent; `false` if there was none.
+    pub async fn delete_agent(&self, name: &AgentName) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM agents WHERE tenant_id = ? AND name = ?")
+            .bind(DEFAULT_TENANT)
+            .bind(name.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub async fn insert_session(&self, session: &Session) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO sessions (id, tenant_id, agent_name, sandbox_id, status, runner_id, parent_session_id, env, created_at, last_active_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(session.id.to_string())
+        .bind(&session.tenant_id)
+        .bind(session.agent_name.as_str())
+        .bind(&session.sandbox_id)
+        .bind(session.status.as_str())
+        .bind(&session.runner_id)
+        .bind(&session.parent_session_id)
+        .bind(serde_json::to_string(&session.env).expect("a string map serialises"))
+        .bind(&session.created_at)
+        .bind(&session.last_active_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn get_session(&self, id: SessionId) -> Result<Option<Session>, StoreError> {
+        let row = sqlx::query("SELECT * FROM sessions WHERE id = ? AND tenant_id = ?")
+            .bind(id.to_string())
+            .bind(DEFAULT_TENANT)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(session_from_row).transpose()
+    }
+
+    /// Sessions newest first, optionally of one agent only.
+    pub async fn list_sessions(
+        &self,
+        agent: Option<&AgentName>,
+    ) -> Result<Vec<Session>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM sessions WHERE tenant_id = ? AND (? IS NULL OR agent_name = ?)
+             ORDER BY created_at DESC, id",
+        )
+        .bind(DEFAULT_TENANT)
+        .bind(agent.map(AgentName::as_str))
+        .bind(agent.map(AgentName::as_str))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(session_from_row).collect()
+    }
+
+    /// Sets the status and returns the updated session.
+    pub async fn set_session_status(
+        &self,
+        id: SessionId,
+        status: SessionStatus,
+    ) -> Result<Option<Session>, StoreError> {
+        let row = sqlx::query("UPDATE sessions SET status = ?, last_active_at = ? WHERE id = ? AND tenant_id = ? RETURNING *")
+            .bind(status.as_str())
+            .bind(now())
+            .bind(id.to_string())
+            .bind(DEFAULT_TENANT)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(session_from_row).transpose()
+    }
+
+    pub async fn count_sessions(&self, status: SessionStatus) -> Result<i64, StoreError> {
+        let count =
+            sqlx::query_scalar("SELECT COUNT(*) FROM sessions WHERE tenant_id = ? AND status = ?")
+                .bind(DEFAULT_TENANT)
+                .bind(status.as_str())
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(count)
+    }
+
+    /// Appends a message with the next sequence number of its session (first is 1).
+    pub async fn append_message(
+        &self,
+        session: SessionId,
+        role: Role,
+        content: &str,
+    ) -> Result<Message, StoreError> {
+        let row = sqlx::query(
+            "INSERT INTO messages (id, tenant_id, session_id, role, content, sequence, created_at)
+             SELECT ?, ?, ?, ?, ?, COALESCE(MAX(sequence), 0) + 1, ? FROM messages WHERE session_id = ?
+             RETURNING *",
+        )
+        .bind(uuid::Uuid::new_v4().to_string())
+        .bind(DEFAULT_TENANT)
+        .bind(session.to_string())
+        .bind(role.as_str())
+        .bind(content)
+        .bind(now())
+        .bind(session.to_string())
+        .fetch_one(&self.pool)
+        .await?;
+        sqlx::query("UPDATE sessions SET last_active_at = ? WHERE id = ?")
+            .bind(now())
+            .bind(session.to_string())
+            .execute(&self.pool)
+            .await?;
+        message_from_row(&row)
+    }
+
+    /// Messages with a sequence above `after`, oldest first, at most `limit`.
+    pub async fn list_messages(
+        &self,
+        session: SessionId,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<Message>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM messages WHERE session_id = ? AND sequence > ? ORDER BY sequence LIMIT ?")
+            .bind(session.to_string())
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(message_from_row).collect()
+    }
+
+    pub async fn insert_api_key(&self, key_hash: &str, label: &str) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO api_keys (id, tenant_id, key_hash, label, created_at) VALUES (?, ?, ?, ?, ?)")
+            .bind(uuid::Uuid::new_v4().to_string())
+            .bind(DEFAULT_TENANT)
+            .bind(key_hash)
+            .bind(label)
+            .bind(now())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The tenant owning the key with this hash, if any.
+    pub async fn api_key_tenant(&self, key_hash: &str) -> Result<Option<String>, StoreError> {
+        let tenant = sqlx::query_scalar("SELECT tenant_id FROM api_keys WHERE key_hash = ?")
+            .bind(key_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(tenant)
+    }
+
+    pub async fn count_api_keys(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM api_keys")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+}
+
+fn agent_from_row(row: &SqliteRow) -> Result<Agent, StoreError> {
+    let name: String = row.try_get("name")?;
+    let env: String = row.try_get("env")?;
+    Ok(Agent {
+        id: row.try_get("id")?,
+        name: AgentName::try_from(name).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        tenant_id: row.try_get("tenant_id")?,
+        version: row.try_get("version")?,
+        path: row.try_get("path")?,
+        env: serde_json::from_str(&env)
+            .map_err(|e| StoreError::Corrupt(format!("agent env: {e}")))?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+fn session_from_row(row: &SqliteRow) -> Result<Session, StoreError> {
+    let id: String = row.try_get("id")?;
+    let agent: String = row.try_get("agent_name")?;
+    let status: String = row.try_get("status")?;
+    let env: String = row.try_get("env")?;
+    let corrupt = |what: String| StoreError::Corrupt(what);
+    Ok(Session {
+        id: SessionId::parse(&id).map_err(|e| corrupt(e.to_string()))?,
+        tenant_id: row.try_get("tenant_id")?,
+        agent_name: AgentName::try_from(agent).map_err(|e| corrupt(e.to_string()))?,
+        sandbox_id: row.try_get("sandbox_id")?,
+        status: SessionStatus::parse(&status)
+            .ok_or_else(|| corrupt(format!("session status {status:?}")))?,
+        runner_id: row.try_get("runner_id")?,
+        parent_session_id: row.try_get("parent_session_id")?,
+        env: serde_json::from_str(&env).map_err(|e| corrupt(format!("session env: {e}")))?,
+        created_at: row.try_get("created_at")?,
+        last_active_at: row.try_get("last_active_at")?,
+    })
+}
+
+fn message_from_row(row: &SqliteRow) -> Result<Message, StoreError> {
+    let role: String = row.try_get("role")?;
+    Ok(Message {
+        id: row.try_get("id")?,
+        session_id: row.try_get("session_id")?,
+        tenant_id: row.try_get("tenant_id")?,
+        role: match role.as_str() {
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            other => return Err(StoreError::Corrupt(format!("message role {other:?}"))),
+        },
+        content: row.try_get("content")?,
+        sequence: row.try_get("sequence")?,
+        created_at: row.try_get("created_at")?,
+    })
+}

@@ -1,0 +1,131 @@
+//! The SQLite store against a real database file in a temp dir.
+
+use std::collections::BTreeMap;
+
+use ash_core::{AgentName, Role, Session, SessionId, SessionStatus, DEFAULT_TENANT};
+use ash_store::Store;
+
+async fn open() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("ash.db")).await.unwrap();
+    (dir, store)
+}
+
+fn name(n: &str) -> AgentName {
+    AgentName::try_from(n.to_owned()).unwrap()
+}
+
+fn session(agent: &str) -> Session {
+    Session {
+        id: SessionId::new(),
+        tenant_id: DEFAULT_TENANT.into(),
+        agent_name: name(agent),
+        sandbox_id: "sb".into(),
+        status: SessionStatus::Active,
+        runner_id: None,
+        parent_session_id: None,
+        env: BTreeMap::from([("K".to_owned(), "v".to_owned())]),
+        created_at: "2026-01-01T00:00:00.000Z".into(),
+        last_active_at: "2026-01-01T00:00:00.000Z".into(),
+    }
+}
+
+#[tokio::test]
+async fn redeploying_an_agent_bumps_its_version_and_replaces_env() {
+    let (_dir, store) = open().await;
+    let env = BTreeMap::from([("K".to_owned(), "v".to_owned())]);
+    let first = store.upsert_agent(&name("a"), "/p1", &env).await.unwrap();
+    let second = store
+        .upsert_agent(&name("a"), "/p2", &BTreeMap::new())
+        .await
+        .unwrap();
+    assert_eq!((first.version, second.version), (1, 2));
+    assert_eq!(first.id, second.id);
+    let got = store.get_agent(&name("a")).await.unwrap().unwrap();
+    assert_eq!((got.path.as_str(), got.env.len()), ("/p2", 0));
+}
+
+#[tokio::test]
+async fn concurrent_appends_get_unique_gap_free_sequences() {
+    let (_dir, store) = open().await;
+    let s = session("a");
+    store.insert_session(&s).await.unwrap();
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .append_message(s.id, Role::User, &format!("{i}"))
+                    .await
+                    .unwrap()
+                    .sequence
+            })
+        })
+        .collect();
+    let mut seqs = Vec::new();
+    for t in tasks {
+        seqs.push(t.await.unwrap());
+    }
+    seqs.sort();
+    assert_eq!(seqs, (1..=40).collect::<Vec<_>>());
+    let page = store.list_messages(s.id, 10, 5).await.unwrap();
+    assert_eq!(
+        page.iter().map(|m| m.sequence).collect::<Vec<_>>(),
+        vec![11, 12, 13, 14, 15]
+    );
+}
+
+#[tokio::test]
+async fn sessions_survive_reopening_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ash.db");
+    let s = session("a");
+    {
+        let store = Store::open(&path).await.unwrap();
+        store.insert_session(&s).await.unwrap();
+        store
+            .set_session_status(s.id, SessionStatus::Ended)
+            .await
+            .unwrap();
+    }
+    let store = Store::open(&path).await.unwrap();
+    let listed = store.list_sessions(None).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].status, SessionStatus::Ended);
+    assert_eq!(listed[0].env, s.env);
+    assert_eq!(
+        store
+            .list_sessions(Some(&name("other")))
+            .await
+            .unwrap()
+            .len(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn api_keys_are_found_by_hash_only() {
+    let (_dir, store) = open().await;
+    store.insert_api_key("h1", "auto-generated").await.unwrap();
+    assert_eq!(
+        store.api_key_tenant("h1").await.unwrap().as_deref(),
+        Some(DEFAULT_TENANT)
+    );
+    assert_eq!(store.api_key_tenant("h2").await.unwrap(), None);
+    assert_eq!(store.count_api_keys().await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn a_garbage_file_is_refused_with_the_path_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ash.db");
+    std::fs::write(&path, vec![0x42u8; 8192]).unwrap();
+    let err = Store::open(&path)
+        .await
+        .err()
+        .expect("garbage must not open");
+    assert!(
+        err.to_string().contains("ash.db") || err.to_string().contains("not a database"),
+        "{err}"
+    );
+}
