@@ -1,0 +1,263 @@
+//! Starts the real `ash` binary on port 0 over a temp data dir, and talks to it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use ash_cli::sse::{Frame, Reader};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+pub const ASH: &str = env!("CARGO_BIN_EXE_ash");
+pub const BRIDGE: &str = env!("CARGO_BIN_EXE_ash-bridge");
+
+pub struct Server {
+    pub data: tempfile::TempDir,
+    pub url: String,
+    pub key: String,
+    pub stdout: Vec<String>,
+    child: tokio::process::Child,
+    http: reqwest::Client,
+}
+
+impl Server {
+    pub async fn start() -> Self {
+        Self::start_in(tempfile::tempdir().unwrap(), &[]).await
+    }
+
+    pub async fn start_with_env(env: &[(&str, &str)]) -> Self {
+        Self::start_in(tempfile::tempdir().unwrap(), env).await
+    }
+
+    /// Starts `ash start` on the data dir; env adds to the server's environment.
+    pub async fn start_in(data: tempfile::TempDir, env: &[(&str, &str)]) -> Self {
+        let mut child = tokio::process::Command::new(ASH)
+            .args(["start", "--port", "0"])
+            .env("ASH_DATA_DIR", data.path())
+            .env("ASH_BRIDGE_BIN", BRIDGE)
+            .env_remove("ASH_API_KEY")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut stdout = Vec::new();
+        let url = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let line = lines
+                    .next_line()
+                    .await
+                    .unwrap()
+                    .expect("ash exited before listening");
+                stdout.push(line.clone());
+                if let Some(addr) = line.strip_prefix("ash: listening on ") {
+                    return addr.to_owned();
+                }
+            }
+        })
+        .await
+        .expect("ash did not start listening");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let key = env
+            .iter()
+            .find(|(k, _)| *k == "ASH_API_KEY")
+            .map(|(_, v)| v.to_string())
+            .unwrap_or_else(|| {
+                std::fs::read_to_string(data.path().join("initial-api-key"))
+                    .unwrap()
+                    .trim()
+                    .to_owned()
+            });
+        Self {
+            data,
+            url,
+            key,
+            stdout,
+            child,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Stops the server (SIGTERM, as an operator would) and starts it again on the same data.
+    pub async fn restart(mut self) -> Self {
+        let pid = self.child.id().unwrap().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        self.child.wait().await.unwrap();
+        let key = self.key.clone();
+        let mut again = Self::start_in(self.data, &[]).await;
+        again.key = key;
+        again
+    }
+
+    pub fn data_path(&self) -> &Path {
+        self.data.path()
+    }
+
+    pub fn workspace(&self, session: &str) -> PathBuf {
+        self.data
+            .path()
+            .join("sandboxes")
+            .join(session)
+            .join("workspace")
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(&self.key);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    pub async fn raw_post(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(&self.key)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Deploys an agent in managed mode from (path, text) pairs.
+    pub async fn deploy(&self, name: &str, files: &[(&str, &str)]) -> (u16, Value) {
+        use base64::Engine;
+        let files: Vec<Value> = files
+            .iter()
+            .map(|(p, c)| json!({"path": p, "content": base64::engine::general_purpose::STANDARD.encode(c)}))
+            .collect();
+        self.post("/api/agents", json!({"name": name, "files": files}))
+            .await
+    }
+
+    /// Creates a session and returns its id.
+    pub async fn session(&self, agent: &str) -> String {
+        let (status, body) = self.post("/api/sessions", json!({"agent": agent})).await;
+        assert_eq!(status, 201, "{body}");
+        body["session"]["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Opens a message's SSE stream.
+    pub async fn open_stream(
+        &self,
+        session: &str,
+        body: Value,
+    ) -> Reader<impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin> {
+        let response = self
+            .http
+            .post(format!("{}/api/sessions/{session}/messages", self.url))
+            .bearer_auth(&self.key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        Reader::new(response.bytes_stream())
+    }
+
+    /// Sends a message and reads its whole SSE reply.
+    pub async fn message(&self, session: &str, content: &str) -> Vec<Frame> {
+        let mut reader = self
+            .open_stream(
+                session,
+                json!({"content": content, "includePartialMessages": true}),
+            )
+            .await;
+        let mut frames = Vec::new();
+        while let Some(frame) = tokio::time::timeout(Duration::from_secs(30), reader.next())
+            .await
+            .expect("stream stalled")
+        {
+            frames.push(frame.unwrap());
+        }
+        frames
+    }
+
+    /// Runs the `ash` CLI against this server.
+    pub async fn cli(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+        use tokio::io::AsyncWriteExt;
+        let mut child = tokio::process::Command::new(ASH)
+            .args(args)
+            .env("ASH_SERVER_URL", &self.url)
+            .env("ASH_API_KEY", &self.key)
+            .env("XDG_CONFIG_HOME", self.data.path().join("no-config"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut pipe = child.stdin.take().unwrap();
+        pipe.write_all(stdin.unwrap_or("").as_bytes())
+            .await
+            .unwrap();
+        drop(pipe);
+        tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+            .await
+            .expect("cli hung")
+            .unwrap()
+    }
+}
+
+/// The text an assistant produced in a turn: concatenated `text_delta`s.
+pub fn streamed_text(frames: &[Frame]) -> String {
+    frames
+        .iter()
+        .filter(|f| f.event == "text_delta")
+        .map(|f| {
+            serde_json::from_str::<Value>(&f.data).unwrap()["delta"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+/// The text of the turn's `assistant` messages.
+pub fn assistant_text(frames: &[Frame]) -> String {
+    frames
+        .iter()
+        .filter(|f| f.event == "message")
+        .map(|f| serde_json::from_str::<Value>(&f.data).unwrap())
+        .filter(|m| m["type"] == "assistant")
+        .flat_map(|m| {
+            m["message"]["content"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|b| b["text"].as_str().map(str::to_owned))
+        .collect()
+}
+
+pub fn events(frames: &[Frame]) -> Vec<&str> {
+    frames.iter().map(|f| f.event.as_str()).collect()
+}

@@ -1,0 +1,351 @@
+//! The REST + SSE path end to end: the real `ash` binary, real bwrap sandboxes, real SQLite.
+
+mod common;
+
+use common::{assistant_text, events, streamed_text, Server};
+use serde_json::{json, Value};
+
+const SHELL_AGENT: &str = r#"#!/bin/sh
+# Answers every query with "shell says: <turn number>", speaking the bridge protocol on stdio.
+n=0
+while IFS= read -r line; do
+  id=$(printf '%s\n' "$line" | sed -n 's/^{"cmd":"query","id":"\([^"]*\)".*/\1/p')
+  [ -n "$id" ] || continue
+  n=$((n + 1))
+  printf '{"ev":"message","id":"%s","data":{"type":"assistant","message":{"role":"assistant","content":[{"type":"text","text":"shell says: %s"}]}}}\n' "$id" "$n"
+  printf '{"ev":"done","id":"%s"}\n' "$id"
+done
+"#;
+
+const COMMAND_TOML: &str = "[backend]\nkind = \"command\"\nargv = [\"/bin/sh\", \"agent.sh\"]\n";
+
+#[tokio::test]
+async fn first_start_makes_a_key_shown_once_kept_0600_and_stored_only_as_a_hash() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = Server::start().await;
+    let file = server.data_path().join("initial-api-key");
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(
+        server.stdout.iter().any(|l| l.trim() == server.key),
+        "key not printed: {:?}",
+        server.stdout
+    );
+    let db = std::fs::read(server.data_path().join("ash.db")).unwrap();
+    let wal = std::fs::read(server.data_path().join("ash.db-wal")).unwrap_or_default();
+    let contains = |hay: &[u8]| {
+        hay.windows(server.key.len())
+            .any(|w| w == server.key.as_bytes())
+    };
+    assert!(
+        !contains(&db) && !contains(&wal),
+        "the plain key is in the database"
+    );
+    let again = server.restart().await;
+    assert!(
+        !again
+            .stdout
+            .iter()
+            .any(|l| l.contains("generated an API key")),
+        "a second key was minted"
+    );
+    assert_eq!(again.get("/api/agents").await.0, 200);
+}
+
+#[tokio::test]
+async fn api_key_from_the_environment_is_accepted_as_is_and_none_is_generated() {
+    let server = Server::start_with_env(&[("ASH_API_KEY", "my-own-key-123")]).await;
+    assert!(!server.data_path().join("initial-api-key").exists());
+    assert_eq!(server.get("/api/agents").await.0, 200);
+}
+
+#[tokio::test]
+async fn missing_or_wrong_keys_get_401_and_health_stays_public() {
+    let server = Server::start().await;
+    let http = reqwest::Client::new();
+    let none = http
+        .get(format!("{}/api/agents", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(none.status(), 401);
+    assert_eq!(
+        none.json::<Value>().await.unwrap(),
+        json!({"error": "Missing Authorization header", "statusCode": 401})
+    );
+    let wrong = http
+        .get(format!("{}/api/agents", server.url))
+        .bearer_auth("ash_nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        wrong.json::<Value>().await.unwrap()["error"],
+        "Invalid API key"
+    );
+    let basic = http
+        .get(format!("{}/api/agents", server.url))
+        .header("authorization", "Basic abc")
+        .send()
+        .await
+        .unwrap();
+    assert!(basic.json::<Value>().await.unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .contains("Bearer"));
+    let metrics = http
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), 401);
+    let health: Value = http
+        .get(format!("{}/health", server.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    assert!(health["pool"]["maxCapacity"].is_number());
+}
+
+#[tokio::test]
+async fn the_example_agent_is_deployed_on_first_start() {
+    let server = Server::start().await;
+    let (status, body) = server.get("/api/agents/hello-agent").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["agent"]["version"], 1);
+}
+
+#[tokio::test]
+async fn a_message_streams_deltas_then_the_message_then_done_every_frame_with_an_id() {
+    let server = Server::start().await;
+    let session = server.session("hello-agent").await;
+    let frames = server.message(&session, "hello streaming world").await;
+    let names = events(&frames);
+    assert_eq!(names.first(), Some(&"session_start"));
+    assert_eq!(names.last(), Some(&"done"));
+    assert!(
+        names.iter().filter(|n| **n == "text_delta").count() >= 3,
+        "{names:?}"
+    );
+    assert!(names.contains(&"turn_complete"));
+    assert_eq!(streamed_text(&frames), "Echo: hello streaming world");
+    assert_eq!(assistant_text(&frames), "Echo: hello streaming world");
+    let ids: Vec<u64> = frames
+        .iter()
+        .map(|f| f.id.as_deref().expect("frame without id").parse().unwrap())
+        .collect();
+    assert_eq!(ids, (1..=frames.len() as u64).collect::<Vec<_>>());
+    let done: Value = serde_json::from_str(&frames.last().unwrap().data).unwrap();
+    assert_eq!(done["sessionId"], session);
+}
+
+#[tokio::test]
+async fn messages_are_stored_in_order_and_paged() {
+    let server = Server::start().await;
+    let session = server.session("hello-agent").await;
+    server.message(&session, "one").await;
+    server.message(&session, "two").await;
+    let (status, body) = server
+        .get(&format!("/api/sessions/{session}/messages"))
+        .await;
+    assert_eq!(status, 200);
+    let messages = body["messages"].as_array().unwrap();
+    let roles: Vec<&str> = messages
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            "user",
+            "assistant",
+            "assistant",
+            "user",
+            "assistant",
+            "assistant"
+        ]
+    );
+    let first: Value = serde_json::from_str(messages[0]["content"].as_str().unwrap()).unwrap();
+    assert_eq!(first, json!({"type": "user", "content": "one"}));
+    let (_, page) = server
+        .get(&format!("/api/sessions/{session}/messages?after=3&limit=2"))
+        .await;
+    let seqs: Vec<i64> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["sequence"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs, [4, 5]);
+}
+
+#[tokio::test]
+async fn managed_deploy_writes_files_and_a_redeploy_replaces_them() {
+    let server = Server::start().await;
+    let (status, body) = server
+        .deploy(
+            "shell",
+            &[
+                ("CLAUDE.md", "# shell"),
+                ("ash.toml", COMMAND_TOML),
+                ("agent.sh", SHELL_AGENT),
+                ("old.txt", "x"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["agent"]["version"], 1);
+    let dir = std::path::PathBuf::from(body["agent"]["path"].as_str().unwrap());
+    assert!(dir.join("old.txt").exists());
+    let (_, body) = server
+        .deploy(
+            "shell",
+            &[
+                ("CLAUDE.md", "# shell"),
+                ("ash.toml", COMMAND_TOML),
+                ("agent.sh", SHELL_AGENT),
+            ],
+        )
+        .await;
+    assert_eq!(body["agent"]["version"], 2);
+    assert!(
+        !dir.join("old.txt").exists(),
+        "a redeploy left the old version's file"
+    );
+}
+
+#[tokio::test]
+async fn the_command_backend_runs_a_program_from_the_agent_folder() {
+    let server = Server::start().await;
+    server
+        .deploy(
+            "shell",
+            &[("ash.toml", COMMAND_TOML), ("agent.sh", SHELL_AGENT)],
+        )
+        .await;
+    let session = server.session("shell").await;
+    assert_eq!(
+        assistant_text(&server.message(&session, "hi").await),
+        "shell says: 1"
+    );
+    let second = server.message(&session, "again").await;
+    assert_eq!(assistant_text(&second), "shell says: 2");
+    assert_eq!(events(&second).last(), Some(&"done"));
+}
+
+#[tokio::test]
+async fn path_mode_deploys_a_folder_on_the_server_and_needs_claude_md() {
+    let server = Server::start().await;
+    let folder = tempfile::tempdir().unwrap();
+    let (status, body) = server
+        .post(
+            "/api/agents",
+            json!({"name": "local", "path": folder.path()}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("Agent directory must contain CLAUDE.md"))
+    );
+    std::fs::write(folder.path().join("CLAUDE.md"), "# local").unwrap();
+    let (status, body) = server
+        .post(
+            "/api/agents",
+            json!({"name": "local", "path": folder.path()}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let session = server.session("local").await;
+    assert_eq!(
+        assistant_text(&server.message(&session, "x").await),
+        "Echo: x"
+    );
+}
+
+#[tokio::test]
+async fn sessions_are_listed_shown_and_ended() {
+    let server = Server::start().await;
+    let a = server.session("hello-agent").await;
+    let b = server.session("hello-agent").await;
+    let (_, list) = server.get("/api/sessions?agent=hello-agent").await;
+    let ids: Vec<&str> = list["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert!(ids.contains(&a.as_str()) && ids.contains(&b.as_str()));
+    let (status, ended) = server
+        .call(reqwest::Method::DELETE, &format!("/api/sessions/{a}"), None)
+        .await;
+    assert_eq!(
+        (status, ended["session"]["status"].as_str()),
+        (200, Some("ended"))
+    );
+    assert!(
+        !server.workspace(&a).exists(),
+        "an ended session's workspace was kept"
+    );
+    let (_, shown) = server.get(&format!("/api/sessions/{b}")).await;
+    assert_eq!(shown["session"]["status"], "active");
+    assert_eq!(shown["session"]["agentName"], "hello-agent");
+}
+
+#[tokio::test]
+async fn a_restarted_server_lists_its_sessions_and_they_carry_on() {
+    let server = Server::start().await;
+    let session = server.session("hello-agent").await;
+    server.message(&session, "before").await;
+    std::fs::write(server.workspace(&session).join("note.txt"), "kept").unwrap();
+    let server = server.restart().await;
+    let (_, list) = server.get("/api/sessions").await;
+    assert_eq!(list["sessions"][0]["id"], session);
+    let frames = server.message(&session, "after").await;
+    assert_eq!(assistant_text(&frames), "Echo: after");
+    assert_eq!(
+        std::fs::read_to_string(server.workspace(&session).join("note.txt")).unwrap(),
+        "kept"
+    );
+    let (_, messages) = server
+        .get(&format!("/api/sessions/{session}/messages"))
+        .await;
+    assert_eq!(messages["messages"].as_array().unwrap().len(), 6);
+}
+
+#[tokio::test]
+async fn deleting_an_agent_ends_its_sessions() {
+    let server = Server::start().await;
+    let session = server.session("hello-agent").await;
+    let (status, body) = server
+        .call(reqwest::Method::DELETE, "/api/agents/hello-agent", None)
+        .await;
+    assert_eq!((status, body), (200, json!({"ok": true})));
+    assert_eq!(server.get("/api/agents/hello-agent").await.0, 404);
+    let (_, shown) = server.get(&format!("/api/sessions/{session}")).await;
+    assert_eq!(shown["session"]["status"], "ended");
+}
+
+#[tokio::test]
+async fn metrics_count_turns_and_sandbox_starts() {
+    let server = Server::start().await;
+    let session = server.session("hello-agent").await;
+    server.message(&session, "m").await;
+    let response = reqwest::Client::new()
+        .get(format!("{}/metrics", server.url))
+        .bearer_auth(&server.key)
+        .send()
+        .await
+        .unwrap();
+    let text = response.text().await.unwrap();
+    assert!(text.contains("ash_up 1"), "{text}");
+    assert!(text.contains("ash_turns_total{outcome=\"ok\"} 1"), "{text}");
+    assert!(text.contains("ash_sandbox_start_seconds_count 1"), "{text}");
+    assert!(text.contains("ash_active_sandboxes 1"), "{text}");
+}
