@@ -1,6 +1,7 @@
 //! The `command` backend: a program from the agent folder that speaks the bridge protocol on
 //! stdio. The bridge forwards `query` and `interrupt` lines to its stdin and relays the events
-//! it prints. Its stderr becomes `log` events. If it exits, every command still waiting on it
+//! it prints; a line that is not a valid event becomes an `error` with no id, which the host
+//! shows to every turn in flight without ending them. Its stderr becomes `log` events. If it exits, every command still waiting on it
 //! gets an `error` event, so no turn hangs on a dead program.
 
 use std::collections::HashSet;
@@ -58,12 +59,14 @@ impl Program {
             while let Some(line) = lines.next::<Event>().await {
                 let event = match line {
                     Ok(event) => event,
-                    Err(e) => Event::Log {
-                        level: "system".into(),
-                        text: format!("backend program printed a bad line: {e}"),
+                    // Not attributable to one command: an error with no id reaches every turn in flight.
+                    Err(e) => Event::Error {
+                        id: String::new(),
+                        error: format!("backend program printed a bad line: {e}"),
                     },
                 };
                 if let Event::Done { id } | Event::Error { id, .. } = &event {
+                    // An empty id matches no waiting command, so nothing is removed for it.
                     open.lock().expect("lock").remove(id);
                 }
                 let _ = relay.send(event).await;
