@@ -90,7 +90,22 @@ fn sqlite_path(url: Option<String>, data_dir: &Path) -> anyhow::Result<()> {
     match url {
         None => Ok(()),
         Some(url) if url.starts_with("sqlite://") && Path::new(&url["sqlite://".len()..]) == data_dir.join("ash.db") => Ok(()),
-        Some(url) => bail!("ASH_DATABASE_URL={url:?}: this build stores data in <data dir>/ash.db (SQLite) only; unset it or point ASH_DATA_DIR at the folder instead"),
+        Some(url) => bail!("ASH_DATABASE_URL={:?}: this build stores data in <data dir>/ash.db (SQLite) only; unset it or point ASH_DATA_DIR at the folder instead", redact_password(&url)),
+    }
+}
+
+/// The URL with any password replaced by `***`, for messages and logs.
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            format!("{scheme}://{user}:***@{host}{}", &rest[authority_end..])
+        }
+        None => url.to_owned(),
     }
 }
 
@@ -176,4 +191,18 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
     }
     tracing::info!("shutting down: stopping sandboxes");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_password;
+
+    #[test]
+    fn passwords_never_appear_in_database_urls_shown() {
+        assert_eq!(
+            redact_password("postgres://u:p%40ss@db:5432/ash"),
+            "postgres://u:***@db:5432/ash"
+        );
+        assert_eq!(redact_password("postgres://db/ash"), "postgres://db/ash");
+    }
 }

@@ -95,6 +95,10 @@ impl Server {
         again
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap()
+    }
+
     pub fn data_path(&self) -> &Path {
         self.data.path()
     }

@@ -1,0 +1,158 @@
+//! The `ash` CLI against a real server: deploy, sessions, chat.
+
+mod common;
+
+use common::{Server, ASH};
+use serde_json::Value;
+
+fn json_out(output: &std::process::Output) -> Value {
+    assert!(
+        output.status.success(),
+        "ash failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn example(name: &str) -> String {
+    format!("{}/../../examples/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[tokio::test]
+async fn deploy_then_session_create_send_list_end() {
+    let server = Server::start().await;
+    let deployed = json_out(
+        &server
+            .cli(
+                &["deploy", &example("hello-agent"), "-e", "GREETING=hi"],
+                None,
+            )
+            .await,
+    );
+    assert_eq!(deployed["agent"]["name"], "hello-agent");
+    assert_eq!(
+        deployed["agent"]["version"], 2,
+        "the bundled copy was version 1"
+    );
+    assert_eq!(deployed["agent"]["env"]["GREETING"], "***");
+
+    let created = json_out(
+        &server
+            .cli(&["session", "create", "hello-agent"], None)
+            .await,
+    );
+    let id = created["session"]["id"].as_str().unwrap();
+    let sent = server
+        .cli(&["session", "send", id, "hello from the cli"], None)
+        .await;
+    assert!(sent.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&sent.stdout).trim(),
+        "Echo: hello from the cli"
+    );
+
+    let listed = json_out(&server.cli(&["session", "list"], None).await);
+    assert_eq!(listed["sessions"][0]["id"], id);
+    let ended = json_out(&server.cli(&["session", "end", id], None).await);
+    assert_eq!(ended["session"]["status"], "ended");
+    let refused = server.cli(&["session", "send", id, "too late"], None).await;
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("Session is ended"));
+}
+
+#[tokio::test]
+async fn chat_answers_one_message_or_a_conversation_on_stdin() {
+    let server = Server::start().await;
+    let once = server
+        .cli(&["chat", "hello-agent", "just once", "--end"], None)
+        .await;
+    assert!(
+        once.status.success(),
+        "{}",
+        String::from_utf8_lossy(&once.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&once.stdout).trim(),
+        "Echo: just once"
+    );
+
+    let talk = server
+        .cli(
+            &["chat", "hello-agent"],
+            Some("first line\nsecond line\n/exit\n"),
+        )
+        .await;
+    assert!(talk.status.success());
+    let out = String::from_utf8_lossy(&talk.stdout);
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["Echo: first line", "Echo: second line"]
+    );
+    assert!(String::from_utf8_lossy(&talk.stderr).contains("is kept"));
+}
+
+#[tokio::test]
+async fn the_cli_finds_the_local_servers_key_in_the_data_dir() {
+    let server = Server::start().await;
+    let output = tokio::process::Command::new(ASH)
+        .args(["agent", "list"])
+        .env("ASH_SERVER_URL", &server.url)
+        .env("ASH_DATA_DIR", server.data_path())
+        .env("XDG_CONFIG_HOME", server.data_path().join("none"))
+        .env_remove("ASH_API_KEY")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(json_out(&output)["agents"][0]["name"], "hello-agent");
+}
+
+#[tokio::test]
+async fn the_cli_reads_server_and_key_from_its_config_file() {
+    let server = Server::start().await;
+    let config = server.data_path().join("cfg");
+    std::fs::create_dir_all(config.join("ash")).unwrap();
+    let text = format!(
+        "server_url = \"{}\"\napi_key = \"{}\"\n",
+        server.url, server.key
+    );
+    std::fs::write(config.join("ash/config.toml"), text).unwrap();
+    let output = tokio::process::Command::new(ASH)
+        .arg("health")
+        .env("XDG_CONFIG_HOME", &config)
+        .env_remove("ASH_API_KEY")
+        .env_remove("ASH_SERVER_URL")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(json_out(&output)["status"], "ok");
+}
+
+#[tokio::test]
+async fn deploying_a_folder_without_claude_md_fails_before_any_upload() {
+    let server = Server::start().await;
+    let empty = tempfile::tempdir().unwrap();
+    let output = server
+        .cli(&["deploy", empty.path().to_str().unwrap()], None)
+        .await;
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("has no CLAUDE.md"));
+}
+
+#[tokio::test]
+async fn start_refuses_a_database_url_it_cannot_serve() {
+    let data = tempfile::tempdir().unwrap();
+    let output = tokio::process::Command::new(ASH)
+        .args(["start", "--port", "0"])
+        .env("ASH_DATA_DIR", data.path())
+        .env("ASH_BRIDGE_BIN", common::BRIDGE)
+        .env("ASH_DATABASE_URL", "postgres://user:secret@db/ash")
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("ASH_DATABASE_URL") && !stderr.contains("secret"),
+        "{stderr}"
+    );
+}
