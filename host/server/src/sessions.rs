@@ -157,7 +157,7 @@ impl Sessions {
                         ),
                     ));
                 }
-                Ok(read_manifest(&dir)?)
+                read_manifest(&dir)
             })
             .await?
         };

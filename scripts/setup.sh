@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs what building, running and testing Ash needs on Debian/Ubuntu, beyond the Rust
+# toolchain: bubblewrap (the sandbox), a C compiler (bundled SQLite), cargo-nextest, and
+# the rustfmt/clippy components. Safe to run again: it skips what is already there.
+set -euo pipefail
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+missing=()
+command -v bwrap >/dev/null || missing+=(bubblewrap)
+command -v cc >/dev/null || missing+=(gcc libc6-dev)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if command -v rustup >/dev/null; then
+  rustup component add rustfmt clippy >/dev/null 2>&1 || true
+fi
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-nextest"
+  cargo install cargo-nextest --locked
+fi
+
+# bwrap must be able to create a user namespace; say so plainly if the host forbids it.
+if ! bwrap --unshare-all --unshare-user --ro-bind /usr /usr --symlink usr/bin /bin -- /bin/true 2>/dev/null; then
+  echo "setup: bwrap cannot create a sandbox here; enable unprivileged user namespaces" >&2
+  echo "       (sysctl kernel.unprivileged_userns_clone=1) or run the server as root" >&2
+  exit 1
+fi
+echo "setup: ready"
