@@ -143,6 +143,10 @@ pub async fn run(server: Option<String>, command: Command) -> anyhow::Result<Exi
             });
         }
         Command::Chat(args) => return chat(&client, args).await,
+        Command::Bench(args) => {
+            crate::bench::run(&client, args).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
     };
     println!("{}", serde_json::to_string_pretty(&printed)?);
     Ok(ExitCode::SUCCESS)

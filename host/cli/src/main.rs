@@ -1,5 +1,6 @@
 //! `ash`: the Ash server and its command-line client in one binary.
 
+mod bench;
 mod commands;
 mod start;
 
@@ -35,6 +36,8 @@ enum Command {
     Chat(commands::ChatArgs),
     /// Show the server's health.
     Health,
+    /// Measure session create and message latency against a running server.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {

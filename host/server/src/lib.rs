@@ -117,7 +117,14 @@ impl Server {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let app = router(self.state.clone());
-        axum::serve(self.listener, app)
+        // Frames are small and written one by one: without TCP_NODELAY, Nagle's algorithm
+        // and the client's delayed ACK hold each one back for ~40 ms.
+        let listener = axum::serve::ListenerExt::tap_io(self.listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::warn!("cannot set TCP_NODELAY: {e}");
+            }
+        });
+        axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await?;
         self.state.sessions.stop_all().await;
