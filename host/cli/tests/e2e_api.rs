@@ -5,19 +5,10 @@ mod common;
 use common::{assistant_text, events, streamed_text, Server};
 use serde_json::{json, Value};
 
-const SHELL_AGENT: &str = r#"#!/bin/sh
-# Answers every query with "shell says: <turn number>", speaking the bridge protocol on stdio.
-n=0
-while IFS= read -r line; do
-  id=$(printf '%s\n' "$line" | sed -n 's/^{"cmd":"query","id":"\([^"]*\)".*/\1/p')
-  [ -n "$id" ] || continue
-  n=$((n + 1))
-  printf '{"ev":"message","id":"%s","data":{"type":"assistant","message":{"role":"assistant","content":[{"type":"text","text":"shell says: %s"}]}}}\n' "$id" "$n"
-  printf '{"ev":"done","id":"%s"}\n' "$id"
-done
-"#;
+/// The `command`-backend example agent, deployed from `examples/shell-agent`.
+const SHELL_AGENT: &str = include_str!("../../../examples/shell-agent/agent.sh");
 
-const COMMAND_TOML: &str = "[backend]\nkind = \"command\"\nargv = [\"/bin/sh\", \"agent.sh\"]\n";
+const COMMAND_TOML: &str = include_str!("../../../examples/shell-agent/ash.toml");
 
 #[tokio::test]
 async fn first_start_makes_a_key_shown_once_kept_0600_and_stored_only_as_a_hash() {
