@@ -27,7 +27,7 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 
 # bwrap must be able to create a user namespace; say so plainly if the host forbids it.
-if ! bwrap --unshare-all --unshare-user --ro-bind /usr /usr --symlink usr/bin /bin -- /bin/true 2>/dev/null; then
+if ! bwrap --unshare-all --unshare-user --ro-bind / / -- true 2>/dev/null; then
   echo "setup: bwrap cannot create a sandbox here; enable unprivileged user namespaces" >&2
   echo "       (sysctl kernel.unprivileged_userns_clone=1) or run the server as root" >&2
   exit 1

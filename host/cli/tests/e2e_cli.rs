@@ -161,7 +161,16 @@ async fn start_refuses_a_database_url_it_cannot_serve() {
 async fn the_shell_agent_example_deploys_and_answers() {
     let server = Server::start().await;
     json_out(&server.cli(&["deploy", &example("shell-agent")], None).await);
-    let reply = server.cli(&["chat", "shell-agent", "hi", "--end"], None).await;
-    assert!(reply.status.success(), "{}", String::from_utf8_lossy(&reply.stderr));
-    assert_eq!(String::from_utf8_lossy(&reply.stdout).trim(), "shell says: 1");
+    let reply = server
+        .cli(&["chat", "shell-agent", "hi", "--end"], None)
+        .await;
+    assert!(
+        reply.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reply.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&reply.stdout).trim(),
+        "shell says: 1"
+    );
 }

@@ -78,16 +78,6 @@ pub enum Event {
     Log { level: String, text: String },
 }
 
-impl Event {
-    /// The command this event answers, if any.
-    pub fn command_id(&self) -> Option<&str> {
-        match self {
-            Event::Message { id, .. } | Event::Error { id, .. } | Event::Done { id } => Some(id),
-            Event::Ready { .. } | Event::Log { .. } => None,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,11 +107,5 @@ mod tests {
         let r =
             serde_json::from_value::<Command>(json!({"cmd": "query", "id": "1", "prompt": "x"}));
         assert!(r.unwrap_err().to_string().contains("sessionId"));
-    }
-
-    #[test]
-    fn events_name_the_command_they_answer() {
-        assert_eq!(Event::Done { id: "7".into() }.command_id(), Some("7"));
-        assert_eq!(Event::Ready { protocol: 1 }.command_id(), None);
     }
 }

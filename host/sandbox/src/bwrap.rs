@@ -10,9 +10,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use crate::{SandboxError, SandboxHost};
 
 /// The workspace's path inside every sandbox.
-pub const WORKSPACE: &str = "/workspace";
+pub(crate) const WORKSPACE: &str = "/workspace";
 /// The uid (and gid) the agent runs as inside the sandbox.
-pub const SANDBOX_UID: u32 = 1000;
+const SANDBOX_UID: u32 = 1000;
 /// The fd number the bridge finds its socket on.
 const BRIDGE_FD: i32 = 3;
 /// Files from the host's `/etc` that programs commonly need and that hold no secrets.
@@ -27,7 +27,7 @@ const ETC_FILES: &[&str] = &[
 const SYSTEM_DIRS: &[&str] = &["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"];
 
 /// The bwrap arguments for a sandbox whose workspace is `workspace` on the host.
-pub fn bwrap_args(bridge: &Path, workspace: &Path) -> Vec<OsString> {
+pub(crate) fn bwrap_args(bridge: &Path, workspace: &Path) -> Vec<OsString> {
     let mut args: Vec<OsString> = [
         "--unshare-all",
         "--unshare-user",

@@ -25,16 +25,10 @@ type Pending = Arc<Mutex<HashMap<String, mpsc::Sender<Event>>>>;
 /// The events answering one command. The stream ends after `done`, after a final `error`,
 /// or when the bridge goes away (then the last item is `None` without a `done`).
 pub struct Turn {
-    id: String,
     events: mpsc::Receiver<Event>,
 }
 
 impl Turn {
-    /// The command id, as used by `interrupt`.
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
     pub async fn next(&mut self) -> Option<Event> {
         self.events.recv().await
     }
@@ -86,7 +80,7 @@ impl BridgeClient {
             self.pending.lock().expect("lock").remove(&id);
             return Err(SandboxError::Gone);
         }
-        Ok(Turn { id, events })
+        Ok(Turn { events })
     }
 }
 

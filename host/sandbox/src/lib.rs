@@ -20,9 +20,8 @@ use std::time::Duration;
 
 use ash_protocol::{Backend, Command, Event};
 
-pub use bwrap::{bwrap_args, SANDBOX_UID, WORKSPACE};
 pub use client::Turn;
-pub use workspace::{copy_agent, MAX_AGENT_BYTES};
+use workspace::copy_agent;
 
 /// How long a new bridge may take to say `ready` and accept its backend.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -70,7 +69,6 @@ pub struct SandboxSpec<'a> {
 
 /// A running sandbox. Dropping it kills the sandbox.
 pub struct Sandbox {
-    id: String,
     dir: PathBuf,
     child: tokio::sync::Mutex<tokio::process::Child>,
     bridge: client::BridgeClient,
@@ -109,7 +107,6 @@ impl Sandbox {
         };
         bwrap::log_stderr(&mut child, spec.id.to_owned());
         let sandbox = Self {
-            id: spec.id.to_owned(),
             dir,
             child: tokio::sync::Mutex::new(child),
             bridge,
@@ -126,10 +123,6 @@ impl Sandbox {
                 "the bridge did not accept its backend in time".into(),
             )),
         }
-    }
-
-    pub fn id(&self) -> &str {
-        &self.id
     }
 
     /// Starts one turn; its events arrive on the returned [`Turn`].

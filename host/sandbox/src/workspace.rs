@@ -3,12 +3,12 @@ use std::io;
 use std::path::Path;
 
 /// The largest agent folder copied into a workspace: 512 MiB.
-pub const MAX_AGENT_BYTES: u64 = 512 * 1024 * 1024;
+const MAX_AGENT_BYTES: u64 = 512 * 1024 * 1024;
 
 /// Copies an agent folder into a new workspace. Symlinks are copied as links (they resolve
 /// inside the sandbox, never on the host); sockets, pipes and devices are skipped; the copy
 /// fails past [`MAX_AGENT_BYTES`]. Blocking: call it from `spawn_blocking`.
-pub fn copy_agent(from: &Path, to: &Path) -> io::Result<()> {
+pub(crate) fn copy_agent(from: &Path, to: &Path) -> io::Result<()> {
     let mut budget = MAX_AGENT_BYTES;
     let staging = to.with_extension("partial");
     let _ = fs::remove_dir_all(&staging);
