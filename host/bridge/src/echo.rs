@@ -3,17 +3,29 @@
 //! messages are asked for, then `assistant`, then `result`).
 
 use ash_protocol::{Event, QueryOptions};
+use std::time::Duration;
+
 use serde_json::{json, Value};
 
 use crate::Events;
 
-pub(crate) async fn turn(
-    id: String,
-    prompt: Value,
-    session_id: String,
-    options: QueryOptions,
-    events: Events,
-) {
+pub(crate) struct Turn {
+    pub id: String,
+    pub prompt: Value,
+    pub session_id: String,
+    pub options: QueryOptions,
+    /// Waited before each delta, so demos and tests can watch (and interrupt) a turn.
+    pub delay: Duration,
+}
+
+pub(crate) async fn run(turn: Turn, events: Events) {
+    let Turn {
+        id,
+        prompt,
+        session_id,
+        options,
+        delay,
+    } = turn;
     let reply = format!("Echo: {}", prompt_text(&prompt));
     let send = |data: Value| {
         let events = events.clone();
@@ -22,6 +34,9 @@ pub(crate) async fn turn(
     };
     if options.include_partial_messages {
         for piece in reply.split_inclusive(' ') {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             let delta = json!({"type": "stream_event", "session_id": session_id, "event": {
                 "type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}}});
             if !send(delta).await {

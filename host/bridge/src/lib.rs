@@ -96,7 +96,7 @@ enum Flow {
 }
 
 enum Driver {
-    Echo,
+    Echo { delay: std::time::Duration },
     Command(command::Program),
 }
 
@@ -121,7 +121,9 @@ impl Bridge {
         match command {
             Command::Configure { id, backend } => {
                 let result = match backend {
-                    Backend::Echo => Ok(Driver::Echo),
+                    Backend::Echo { delay_ms } => Ok(Driver::Echo {
+                        delay: std::time::Duration::from_millis(delay_ms),
+                    }),
                     Backend::Command { argv } => {
                         command::Program::start(&argv, self.events.clone()).map(Driver::Command)
                     }
@@ -147,8 +149,15 @@ impl Bridge {
                             .reply_error(id, "query before configure: no backend chosen".into())
                             .await
                     }
-                    Some(Driver::Echo) => {
-                        tokio::spawn(echo::turn(id.clone(), prompt, session_id, options, events))
+                    Some(Driver::Echo { delay }) => {
+                        let turn = echo::Turn {
+                            id: id.clone(),
+                            prompt,
+                            session_id,
+                            options,
+                            delay: *delay,
+                        };
+                        tokio::spawn(echo::run(turn, events))
                     }
                     Some(Driver::Command(program)) => {
                         let query = Command::Query {

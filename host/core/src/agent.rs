@@ -108,7 +108,7 @@ pub struct AgentManifest {
 }
 
 fn echo() -> Backend {
-    Backend::Echo
+    Backend::Echo { delay_ms: 0 }
 }
 
 impl AgentManifest {
@@ -160,7 +160,13 @@ mod tests {
 
     #[test]
     fn missing_manifest_means_echo() {
-        assert_eq!(AgentManifest::parse(None).unwrap().backend, Backend::Echo);
+        assert_eq!(
+            AgentManifest::parse(None).unwrap().backend,
+            Backend::Echo { delay_ms: 0 }
+        );
+        let slow =
+            AgentManifest::parse(Some("[backend]\nkind = \"echo\"\ndelay_ms = 5\n")).unwrap();
+        assert_eq!(slow.backend, Backend::Echo { delay_ms: 5 });
     }
 
     #[test]

@@ -11,4 +11,4 @@ mod session;
 
 pub use agent::{Agent, AgentManifest, AgentName, RelativePath, MANIFEST_FILE, MAX_MANIFEST_BYTES};
 pub use error::CoreError;
-pub use session::{Message, Role, Session, SessionId, SessionStatus, DEFAULT_TENANT};
+pub use session::{Message, Role, Session, SessionEvent, SessionId, SessionStatus, DEFAULT_TENANT};

@@ -133,6 +133,23 @@ pub struct Message {
     pub created_at: String,
 }
 
+/// One entry of a session's event log: an SSE frame exactly as clients see it. `sequence`
+/// is gap-free per session and is the frame's SSE `id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionEvent {
+    pub id: String,
+    pub session_id: String,
+    pub tenant_id: String,
+    /// The SSE event name (`session_start`, `text_delta`, `message`, `error`, `done`, …).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The frame's JSON data, as text.
+    pub data: Option<String>,
+    pub sequence: i64,
+    pub created_at: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

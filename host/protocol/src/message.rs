@@ -55,8 +55,12 @@ pub struct QueryOptions {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Backend {
-    /// Deterministic, offline: repeats the prompt back in several deltas.
-    Echo,
+    /// Deterministic, offline: repeats the prompt back in several deltas, waiting
+    /// `delay_ms` before each one (0 by default).
+    Echo {
+        #[serde(default)]
+        delay_ms: u64,
+    },
     /// A program in the agent folder that speaks this protocol on stdin/stdout.
     Command { argv: Vec<String> },
 }

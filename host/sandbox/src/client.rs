@@ -25,10 +25,21 @@ type Pending = Arc<Mutex<HashMap<String, mpsc::Sender<Event>>>>;
 /// The events answering one command. The stream ends after `done`, after a final `error`,
 /// or when the bridge goes away (then the last item is `None` without a `done`).
 pub struct Turn {
+    id: String,
     events: mpsc::Receiver<Event>,
 }
 
 impl Turn {
+    /// The command id, which `interrupt` names.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// An event already received, without waiting.
+    pub fn try_next(&mut self) -> Option<Event> {
+        self.events.try_recv().ok()
+    }
+
     pub async fn next(&mut self) -> Option<Event> {
         self.events.recv().await
     }
@@ -80,7 +91,7 @@ impl BridgeClient {
             self.pending.lock().expect("lock").remove(&id);
             return Err(SandboxError::Gone);
         }
-        Ok(Turn { events })
+        Ok(Turn { id, events })
     }
 }
 

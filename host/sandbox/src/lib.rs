@@ -142,6 +142,21 @@ impl Sandbox {
             .await
     }
 
+    /// Stops the running command `target`; returns once the bridge has acted on it.
+    pub async fn interrupt(&self, target: &str) -> Result<(), SandboxError> {
+        let command = Command::Interrupt {
+            id: client::next_id(),
+            target: target.to_owned(),
+        };
+        let mut answer = self.bridge.send(command).await?;
+        while let Some(event) = answer.next().await {
+            if matches!(event, Event::Done { .. } | Event::Error { .. }) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Asks the bridge to exit and kills it if it does not; the workspace stays on disk.
     pub async fn stop(&self) {
         if let Ok(mut answer) = self

@@ -98,6 +98,12 @@ impl Server {
                 .await
                 .map_err(|e| StartError::Seed(e.message))?;
         }
+        for session in state.store.unfinished_turns().await? {
+            let error = "the server stopped during this turn; send the message again";
+            let closing = stream::closing(session, Some(error));
+            state.store.append(session, &[], &closing).await?;
+            tracing::warn!(session = %session, "closed a turn the last run left open");
+        }
         Ok(Self {
             listener,
             state: Arc::new(state),

@@ -19,7 +19,7 @@ use ash_protocol::QueryOptions;
 use ash_sandbox::{Sandbox, SandboxHost, SandboxSpec};
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
 use axum::http::StatusCode;
-use axum::response::sse::{KeepAlive, Sse};
+use axum::response::sse::{KeepAlive, KeepAliveStream, Sse};
 use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
@@ -28,6 +28,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::agents::{agent_not_found, blocking, read_manifest, validate_env};
 use crate::error::{Json, Query};
+use crate::stream::{self, closing, follow, publish, Frames, Hub, HUB_CAPACITY};
 use crate::{ApiError, AppState, ServerConfig};
 
 /// Cap for a message body (content blocks may carry base64 images and documents).
@@ -45,15 +46,26 @@ pub struct Sessions {
     running: Arc<AtomicUsize>,
 }
 
-#[derive(Default)]
 struct Slot {
     live: tokio::sync::Mutex<Option<Arc<Live>>>,
+    hub: Hub,
+}
+
+impl Default for Slot {
+    fn default() -> Self {
+        Self {
+            live: Default::default(),
+            hub: tokio::sync::broadcast::channel(HUB_CAPACITY).0,
+        }
+    }
 }
 
 /// A session's running sandbox and its one-turn-at-a-time lock.
 pub(crate) struct Live {
     pub(crate) sandbox: Sandbox,
     turn: Arc<tokio::sync::Mutex<()>>,
+    /// The bridge command id of the running turn, for `interrupt`.
+    current: Mutex<Option<String>>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -184,6 +196,7 @@ impl Sessions {
         Ok(Arc::new(Live {
             sandbox,
             turn: Arc::default(),
+            current: Mutex::default(),
             _permit: permit,
         }))
     }
@@ -201,6 +214,28 @@ impl Sessions {
             _turn: turn,
             running: self.running.clone(),
         })
+    }
+
+    /// The session's hub, which publishes its log as it grows.
+    pub(crate) fn hub(&self, id: SessionId) -> Hub {
+        self.slot(id).hub.clone()
+    }
+
+    /// Stops the session's running turn; `false` when none is running.
+    pub(crate) async fn interrupt(&self, id: SessionId) -> Result<bool, ApiError> {
+        let slot = self.slots.lock().expect("lock").get(&id).cloned();
+        let Some(slot) = slot else { return Ok(false) };
+        let live = slot.live.lock().await.clone();
+        let Some(live) = live else { return Ok(false) };
+        let target = live.current.lock().expect("lock").clone();
+        let Some(target) = target else {
+            return Ok(false);
+        };
+        live.sandbox
+            .interrupt(&target)
+            .await
+            .map_err(|e| ApiError::internal("interrupt failed", e))?;
+        Ok(true)
     }
 
     /// Forgets a sandbox that failed mid-turn, so the next message starts a new one.
@@ -251,6 +286,9 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
                 .layer(DefaultBodyLimit::max(MESSAGE_BODY_LIMIT))
                 .get(messages),
         )
+        .route("/api/sessions/{id}/events", get(events))
+        .route("/api/sessions/{id}/stream", get(stream))
+        .route("/api/sessions/{id}/interrupt", post(interrupt))
 }
 
 #[derive(Deserialize)]
@@ -389,30 +427,134 @@ async fn send(
     State(state): State<Arc<AppState>>,
     UrlPath(id): UrlPath<String>,
     Json(body): Json<SendBody>,
-) -> Result<Sse<axum::response::sse::KeepAliveStream<crate::stream::Frames>>, ApiError> {
+) -> Result<Sse<KeepAliveStream<Frames>>, ApiError> {
     validate_content(&body.content)?;
     let session = find(&state, &id).await?;
     session.status.accept_message()?;
     let live = state.sessions.live(&state, &session, None).await?;
     let guard = state.sessions.begin_turn(&live)?;
-    let user = json!({"type": "user", "content": body.content});
-    state
-        .store
-        .append_message(session.id, Role::User, &user.to_string())
-        .await?;
-    let turn = match live
+    let hub = state.sessions.hub(session.id);
+    let followers = hub.subscribe();
+    let user = json!({"type": "user", "content": body.content}).to_string();
+    let start = json!({"sessionId": session.id, "version": env!("CARGO_PKG_VERSION")}).to_string();
+    let started = publish(
+        &state,
+        &hub,
+        session.id,
+        &[(Role::User, user)],
+        &[("session_start".to_owned(), start)],
+    )
+    .await?;
+    let after = started[0].sequence - 1;
+    match live
         .sandbox
         .query(body.content, session.id.to_string(), body.options)
         .await
     {
-        Ok(turn) => turn,
-        Err(e) => {
-            state.sessions.discard(session.id).await;
-            return Err(ApiError::internal("Sandbox not available", e));
+        Ok(turn) => {
+            *live.current.lock().expect("lock") = Some(turn.id().to_owned());
+            let live = live.clone();
+            let state = state.clone();
+            tokio::spawn(async move {
+                stream::run_turn(state, session.id, hub, turn, guard).await;
+                live.current.lock().expect("lock").take();
+            });
         }
+        Err(e) => {
+            tracing::error!(session = %session.id, "cannot start a turn: {e}");
+            state.sessions.discard(session.id).await;
+            publish(
+                &state,
+                &hub,
+                session.id,
+                &[],
+                &closing(
+                    session.id,
+                    Some("the sandbox is not available; send the message again"),
+                ),
+            )
+            .await?;
+        }
+    }
+    Ok(
+        Sse::new(follow(state, session.id, followers, after, true))
+            .keep_alive(KeepAlive::default()),
+    )
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    limit: Option<i64>,
+    after: Option<i64>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+/// `GET /api/sessions/:id/events`: the log as paged JSON.
+async fn events(
+    State(state): State<Arc<AppState>>,
+    UrlPath(id): UrlPath<String>,
+    Query(query): Query<EventsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let session = find(&state, &id).await?;
+    let limit = query.limit.unwrap_or(200);
+    let after = query.after.unwrap_or(0);
+    if !(1..=1000).contains(&limit) || after < 0 {
+        return Err(ApiError::bad_request(
+            "limit must be 1-1000 and after at least 0",
+        ));
+    }
+    let events = state
+        .store
+        .list_events(session.id, after, limit, query.kind.as_deref())
+        .await?;
+    Ok(Json(json!({ "events": events })))
+}
+
+#[derive(Deserialize)]
+struct StreamQuery {
+    after: Option<i64>,
+}
+
+/// `GET /api/sessions/:id/stream`: the log after `Last-Event-ID` (or `?after=`, else from the
+/// start) as SSE, then live frames as they are logged, until the client leaves.
+async fn stream(
+    State(state): State<Arc<AppState>>,
+    UrlPath(id): UrlPath<String>,
+    headers: axum::http::HeaderMap,
+    Query(query): Query<StreamQuery>,
+) -> Result<Sse<KeepAliveStream<Frames>>, ApiError> {
+    let session = find(&state, &id).await?;
+    let last_event_id = match headers.get("last-event-id") {
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<i64>().ok())
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| {
+                    ApiError::bad_request("Last-Event-ID must be an event sequence number")
+                })?,
+        ),
+        None => None,
     };
-    let frames = crate::stream::start(state.clone(), session.id, turn, guard);
-    Ok(Sse::new(frames).keep_alive(KeepAlive::default()))
+    let after = last_event_id.or(query.after).unwrap_or(0);
+    if after < 0 {
+        return Err(ApiError::bad_request("after must be at least 0"));
+    }
+    let followers = state.sessions.hub(session.id).subscribe();
+    Ok(Sse::new(follow(state, session.id, followers, after, false))
+        .keep_alive(KeepAlive::default()))
+}
+
+/// `POST /api/sessions/:id/interrupt`: stops the running turn, which ends with `error` + `done`.
+async fn interrupt(
+    State(state): State<Arc<AppState>>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<Value>, ApiError> {
+    let session = find(&state, &id).await?;
+    let interrupted = state.sessions.interrupt(session.id).await?;
+    Ok(Json(json!({ "interrupted": interrupted })))
 }
 
 fn validate_content(content: &Value) -> Result<(), ApiError> {

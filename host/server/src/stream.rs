@@ -1,112 +1,118 @@
-//! The SSE stream of one turn, in the reference API's vocabulary: `session_start`, the
-//! granular events derived from each SDK message (`text_delta`, `tool_use`, …), the raw
-//! `message`, then `done` — or `error`. Every frame carries an `id:`.
+//! The event log and its streams.
 //!
-//! The turn runs in its own task and stores each assistant message before its frames are
-//! sent, so a client that disconnects loses nothing and stops nothing. If the bridge dies
-//! mid-turn the stream ends with `error` and `done`, and the session's next message gets a
-//! new sandbox over the same workspace.
+//! Every frame a client sees is first appended to the session's log (gap-free sequence
+//! numbers, kept across restarts), then published on the session's hub. A stream is a view
+//! of the log: it replays what the client missed from storage, then follows the hub, skipping
+//! what it already sent, so it never shows a gap or a duplicate; a follower that falls behind
+//! the hub goes back to reading the log. The turn never waits for a client: each follower has
+//! a bounded buffer, and a client that does not take a frame within [`SLOW_CLIENT_TIMEOUT`] is
+//! cut; it can reconnect with `Last-Event-ID` and replay. A client that goes away stops nothing.
+//!
+//! A turn is logged as `session_start`, the granular events and raw `message` of each agent
+//! message, and always ends with `done` (after an `error` when it failed). If the bridge dies
+//! mid-turn the turn ends with `error` + `done` at once; if the server dies, the next start
+//! closes the turn the same way.
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
-use ash_core::{Role, SessionId};
+use ash_core::{Role, SessionEvent, SessionId};
 use ash_protocol::Event;
 use ash_sandbox::Turn;
 use axum::response::sse;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::sessions::TurnGuard;
-use crate::AppState;
+use crate::{ApiError, AppState};
 
-/// Frames buffered for a client before the turn waits for it.
-const CLIENT_BUFFER: usize = 64;
+/// Frames a follower may trail the newest by before it goes back to reading the log.
+pub(crate) const HUB_CAPACITY: usize = 1024;
+/// Frames buffered for one client.
+const CLIENT_BUFFER: usize = 256;
+/// How long a client may leave its buffer full before it is cut.
+const SLOW_CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Events stored in one transaction, at most.
+const BATCH: usize = 256;
 
+/// What a session's hub carries to its followers.
+#[derive(Clone, Debug)]
+pub(crate) enum Published {
+    /// A frame that is in the log.
+    Logged(Arc<SessionEvent>),
+    /// The turn failed in a way the log could not record (storage down): followers end.
+    Broken(String),
+}
+
+pub(crate) type Hub = broadcast::Sender<Published>;
 pub(crate) type Frames = ReceiverStream<Result<sse::Event, Infallible>>;
 
-/// Runs the turn in the background and returns its frames.
-pub(crate) fn start(
-    state: Arc<AppState>,
+/// Appends to the log and publishes the stored frames; returns them.
+pub(crate) async fn publish(
+    state: &AppState,
+    hub: &Hub,
     session: SessionId,
-    turn: Turn,
-    guard: TurnGuard,
-) -> Frames {
-    let (tx, rx) = mpsc::channel(CLIENT_BUFFER);
-    tokio::spawn(run(state, session, turn, guard, Out { tx, next_id: 1 }));
-    ReceiverStream::new(rx)
-}
-
-struct Out {
-    tx: mpsc::Sender<Result<sse::Event, Infallible>>,
-    next_id: u64,
-}
-
-impl Out {
-    /// Sends a frame; a client that has gone away is ignored, the turn goes on.
-    async fn send(&mut self, name: &str, data: &Value) {
-        let frame = sse::Event::default()
-            .id(self.next_id.to_string())
-            .event(name)
-            .data(data.to_string());
-        self.next_id += 1;
-        let _ = self.tx.send(Ok(frame)).await;
+    messages: &[(Role, String)],
+    frames: &[(String, String)],
+) -> Result<Vec<Arc<SessionEvent>>, ApiError> {
+    let stored = state.store.append(session, messages, frames).await?;
+    let stored: Vec<_> = stored.into_iter().map(Arc::new).collect();
+    for event in &stored {
+        let _ = hub.send(Published::Logged(event.clone()));
     }
+    Ok(stored)
 }
 
-async fn run(
+/// The frames that close a turn: an error (when there is one) and `done`.
+pub(crate) fn closing(session: SessionId, error: Option<&str>) -> Vec<(String, String)> {
+    let mut frames = Vec::new();
+    if let Some(error) = error {
+        frames.push(("error".to_owned(), json!({ "error": error }).to_string()));
+    }
+    frames.push((
+        "done".to_owned(),
+        json!({ "sessionId": session }).to_string(),
+    ));
+    frames
+}
+
+/// Drives one turn to its end: logs and publishes everything the bridge sends.
+pub(crate) async fn run_turn(
     state: Arc<AppState>,
     session: SessionId,
+    hub: Hub,
     mut turn: Turn,
     guard: TurnGuard,
-    mut out: Out,
 ) {
-    out.send(
-        "session_start",
-        &json!({"sessionId": session, "version": env!("CARGO_PKG_VERSION")}),
-    )
-    .await;
-    let mut outcome = None;
-    while let Some(event) = turn.next().await {
-        match event {
-            Event::Message { data, .. } => {
-                if matches!(
-                    data.get("type").and_then(Value::as_str),
-                    Some("assistant" | "result")
-                ) {
-                    if let Err(e) = state
-                        .store
-                        .append_message(session, Role::Assistant, &data.to_string())
-                        .await
-                    {
-                        tracing::error!(session = %session, "cannot store an assistant message: {e}");
-                        out.send("error", &json!({"error": "the server could not store this message; see its log"})).await;
-                    }
-                }
-                for (name, payload) in classify(&data) {
-                    out.send(&name, &payload).await;
-                }
-                out.send("message", &data).await;
+    let mut batch = Batch::new(session);
+    let outcome = loop {
+        let Some(first) = turn.next().await else {
+            break None;
+        };
+        batch.add(first);
+        while batch.frames.len() < BATCH && batch.outcome.is_none() {
+            match turn.try_next() {
+                Some(event) => batch.add(event),
+                None => break,
             }
-            Event::Error { id, error } => {
-                out.send("error", &json!({ "error": error })).await;
-                if !id.is_empty() {
-                    outcome = Some("error");
-                }
-            }
-            Event::Done { .. } => {
-                out.send("done", &json!({ "sessionId": session })).await;
-                outcome = Some("ok");
-            }
-            Event::Ready { .. } | Event::Log { .. } => {}
         }
-    }
+        if let Err(e) = publish(&state, &hub, session, &batch.messages, &batch.frames).await {
+            let _ = hub.send(Published::Broken(e.message));
+            break Some("storage_failed");
+        }
+        if let Some(outcome) = batch.outcome {
+            break Some(outcome);
+        }
+        batch = Batch::new(session);
+    };
     if outcome.is_none() {
         tracing::warn!(session = %session, "bridge went away mid-turn");
         let error = "the sandbox stopped during this turn; send the message again to continue in a new sandbox";
-        out.send("error", &json!({ "error": error })).await;
-        out.send("done", &json!({ "sessionId": session })).await;
+        if let Err(e) = publish(&state, &hub, session, &[], &closing(session, Some(error))).await {
+            let _ = hub.send(Published::Broken(e.message));
+        }
         state.sessions.discard(session).await;
     }
     state
@@ -115,6 +121,155 @@ async fn run(
         .with_label_values(&[outcome.unwrap_or("sandbox_lost")])
         .inc();
     drop(guard);
+}
+
+/// What one bridge read adds: messages to store and frames to log.
+struct Batch {
+    session: SessionId,
+    messages: Vec<(Role, String)>,
+    frames: Vec<(String, String)>,
+    outcome: Option<&'static str>,
+}
+
+impl Batch {
+    fn new(session: SessionId) -> Self {
+        Self {
+            session,
+            messages: Vec::new(),
+            frames: Vec::new(),
+            outcome: None,
+        }
+    }
+
+    fn add(&mut self, event: Event) {
+        match event {
+            Event::Message { data, .. } => {
+                let text = data.to_string();
+                if matches!(
+                    data.get("type").and_then(Value::as_str),
+                    Some("assistant" | "result")
+                ) {
+                    self.messages.push((Role::Assistant, text.clone()));
+                }
+                for (name, payload) in classify(&data) {
+                    self.frames.push((name, payload.to_string()));
+                }
+                self.frames.push(("message".to_owned(), text));
+            }
+            // An error naming no command is a warning to the turn, not its end.
+            Event::Error { id, error } if id.is_empty() => {
+                self.frames
+                    .push(("error".to_owned(), json!({ "error": error }).to_string()));
+            }
+            Event::Error { error, .. } => {
+                self.frames.extend(closing(self.session, Some(&error)));
+                self.outcome = Some("error");
+            }
+            Event::Done { .. } => {
+                self.frames.extend(closing(self.session, None));
+                self.outcome = Some("ok");
+            }
+            Event::Ready { .. } | Event::Log { .. } => {}
+        }
+    }
+}
+
+/// A stream of the log after `after`, then live frames; ends at `done` when `until_done`.
+pub(crate) fn follow(
+    state: Arc<AppState>,
+    session: SessionId,
+    hub: broadcast::Receiver<Published>,
+    after: i64,
+    until_done: bool,
+) -> Frames {
+    let (tx, rx) = mpsc::channel(CLIENT_BUFFER);
+    tokio::spawn(async move {
+        let mut follower = Follower {
+            tx,
+            last: after,
+            until_done,
+        };
+        if let Err(reason) = follower.run(&state, session, hub).await {
+            tracing::debug!(session = %session, "stream closed: {reason}");
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+struct Follower {
+    tx: mpsc::Sender<Result<sse::Event, Infallible>>,
+    last: i64,
+    until_done: bool,
+}
+
+/// Why a follower stopped early.
+type Stop = &'static str;
+
+impl Follower {
+    async fn run(
+        &mut self,
+        state: &AppState,
+        session: SessionId,
+        mut hub: broadcast::Receiver<Published>,
+    ) -> Result<(), Stop> {
+        loop {
+            // Catch up from the log; a follower that falls behind the hub comes back here.
+            loop {
+                let page = state
+                    .store
+                    .list_events(session, self.last, 1000, None)
+                    .await
+                    .map_err(|_| "storage failed during replay")?;
+                if page.is_empty() {
+                    break;
+                }
+                for event in page {
+                    if self.push(&event).await? {
+                        return Ok(());
+                    }
+                }
+            }
+            loop {
+                match hub.recv().await {
+                    Ok(Published::Logged(event)) if event.sequence > self.last => {
+                        if self.push(&event).await? {
+                            return Ok(());
+                        }
+                    }
+                    Ok(Published::Logged(_)) => {}
+                    Ok(Published::Broken(error)) => {
+                        let data = json!({ "error": error }).to_string();
+                        let frame = sse::Event::default()
+                            .id(self.last.to_string())
+                            .event("error")
+                            .data(data);
+                        let _ = self.tx.send(Ok(frame)).await;
+                        return Err("the turn broke");
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                }
+            }
+        }
+    }
+
+    /// Sends one frame; `true` when it was the `done` this stream waits for.
+    async fn push(&mut self, event: &SessionEvent) -> Result<bool, Stop> {
+        let data = event.data.as_deref().unwrap_or("null");
+        let frame = sse::Event::default()
+            .id(event.sequence.to_string())
+            .event(&event.kind)
+            .data(data);
+        self.tx
+            .send_timeout(Ok(frame), SLOW_CLIENT_TIMEOUT)
+            .await
+            .map_err(|e| match e {
+                mpsc::error::SendTimeoutError::Timeout(_) => "client too slow",
+                mpsc::error::SendTimeoutError::Closed(_) => "client went away",
+            })?;
+        self.last = event.sequence;
+        Ok(self.until_done && event.kind == "done")
+    }
 }
 
 /// The granular events the reference API derives from one SDK message.

@@ -3,7 +3,8 @@ use std::path::Path;
 use std::str::FromStr;
 
 use ash_core::{
-    Agent, AgentName, Message, Role, Session, SessionId, SessionStatus, DEFAULT_TENANT,
+    Agent, AgentName, Message, Role, Session, SessionEvent, SessionId, SessionStatus,
+    DEFAULT_TENANT,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -171,33 +172,96 @@ impl Store {
         Ok(count)
     }
 
-    /// Appends a message with the next sequence number of its session (first is 1).
-    pub async fn append_message(
+    /// Appends messages and log events to a session in one transaction, each with the next
+    /// sequence number of its kind (the first is 1), and returns the stored events.
+    pub async fn append<K: AsRef<str> + Sync>(
         &self,
         session: SessionId,
-        role: Role,
-        content: &str,
-    ) -> Result<Message, StoreError> {
-        let row = sqlx::query(
-            "INSERT INTO messages (id, tenant_id, session_id, role, content, sequence, created_at)
-             SELECT ?, ?, ?, ?, ?, COALESCE(MAX(sequence), 0) + 1, ? FROM messages WHERE session_id = ?
-             RETURNING *",
-        )
-        .bind(uuid::Uuid::new_v4().to_string())
-        .bind(DEFAULT_TENANT)
-        .bind(session.to_string())
-        .bind(role.as_str())
-        .bind(content)
-        .bind(now())
-        .bind(session.to_string())
-        .fetch_one(&self.pool)
-        .await?;
-        sqlx::query("UPDATE sessions SET last_active_at = ? WHERE id = ?")
-            .bind(now())
-            .bind(session.to_string())
-            .execute(&self.pool)
+        messages: &[(Role, String)],
+        events: &[(K, String)],
+    ) -> Result<Vec<SessionEvent>, StoreError> {
+        let id = session.to_string();
+        let now = now();
+        // The first statement writes, so the transaction holds the write lock from the start
+        // and MAX(sequence) cannot change under it.
+        let mut tx = self.pool.begin().await?;
+        for (role, content) in messages {
+            sqlx::query(
+                "INSERT INTO messages (id, tenant_id, session_id, role, content, sequence, created_at)
+                 SELECT ?, ?, ?, ?, ?, COALESCE(MAX(sequence), 0) + 1, ? FROM messages WHERE session_id = ?",
+            )
+            .bind(uuid::Uuid::new_v4().to_string())
+            .bind(DEFAULT_TENANT)
+            .bind(&id)
+            .bind(role.as_str())
+            .bind(content)
+            .bind(&now)
+            .bind(&id)
+            .execute(&mut *tx)
             .await?;
-        message_from_row(&row)
+        }
+        let mut stored = Vec::with_capacity(events.len());
+        for (kind, data) in events {
+            let row = sqlx::query(
+                "INSERT INTO session_events (id, tenant_id, session_id, type, data, sequence, created_at)
+                 SELECT ?, ?, ?, ?, ?, COALESCE(MAX(sequence), 0) + 1, ? FROM session_events WHERE session_id = ?
+                 RETURNING *",
+            )
+            .bind(uuid::Uuid::new_v4().to_string())
+            .bind(DEFAULT_TENANT)
+            .bind(&id)
+            .bind(kind.as_ref())
+            .bind(data)
+            .bind(&now)
+            .bind(&id)
+            .fetch_one(&mut *tx)
+            .await?;
+            stored.push(event_from_row(&row)?);
+        }
+        sqlx::query("UPDATE sessions SET last_active_at = ? WHERE id = ?")
+            .bind(&now)
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    /// Log events with a sequence above `after`, oldest first, at most `limit`, of one type if given.
+    pub async fn list_events(
+        &self,
+        session: SessionId,
+        after: i64,
+        limit: i64,
+        kind: Option<&str>,
+    ) -> Result<Vec<SessionEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM session_events WHERE session_id = ? AND sequence > ? AND (? IS NULL OR type = ?)
+             ORDER BY sequence LIMIT ?",
+        )
+        .bind(session.to_string())
+        .bind(after)
+        .bind(kind)
+        .bind(kind)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    /// Sessions whose log ends in the middle of a turn (the server stopped before its `done`).
+    pub async fn unfinished_turns(&self) -> Result<Vec<SessionId>, StoreError> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT e.session_id FROM session_events e
+             JOIN (SELECT session_id, MAX(sequence) AS last FROM session_events GROUP BY session_id) m
+               ON e.session_id = m.session_id AND e.sequence = m.last
+             WHERE e.type != 'done'",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        ids.iter()
+            .map(|id| SessionId::parse(id).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .collect()
     }
 
     /// Messages with a sequence above `after`, oldest first, at most `limit`.
@@ -293,6 +357,18 @@ fn message_from_row(row: &SqliteRow) -> Result<Message, StoreError> {
             other => return Err(StoreError::Corrupt(format!("message role {other:?}"))),
         },
         content: row.try_get("content")?,
+        sequence: row.try_get("sequence")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn event_from_row(row: &SqliteRow) -> Result<SessionEvent, StoreError> {
+    Ok(SessionEvent {
+        id: row.try_get("id")?,
+        session_id: row.try_get("session_id")?,
+        tenant_id: row.try_get("tenant_id")?,
+        kind: row.try_get("type")?,
+        data: row.try_get("data")?,
         sequence: row.try_get("sequence")?,
         created_at: row.try_get("created_at")?,
     })

@@ -46,7 +46,7 @@ async fn redeploying_an_agent_bumps_its_version_and_replaces_env() {
 }
 
 #[tokio::test]
-async fn concurrent_appends_get_unique_gap_free_sequences() {
+async fn concurrent_appends_get_unique_gap_free_sequences_for_messages_and_events() {
     let (_dir, store) = open().await;
     let s = session("a");
     store.insert_session(&s).await.unwrap();
@@ -54,11 +54,9 @@ async fn concurrent_appends_get_unique_gap_free_sequences() {
         .map(|i| {
             let store = store.clone();
             tokio::spawn(async move {
-                store
-                    .append_message(s.id, Role::User, &format!("{i}"))
-                    .await
-                    .unwrap()
-                    .sequence
+                let message = [(Role::User, format!("{i}"))];
+                let event = [("text", format!("{i}"))];
+                store.append(s.id, &message, &event).await.unwrap()[0].sequence
             })
         })
         .collect();
@@ -127,5 +125,37 @@ async fn a_garbage_file_is_refused_with_the_path_named() {
     assert!(
         err.to_string().contains("ash.db") || err.to_string().contains("not a database"),
         "{err}"
+    );
+}
+
+#[tokio::test]
+async fn events_are_paged_filtered_by_type_and_open_turns_found() {
+    let (_dir, store) = open().await;
+    let s = session("a");
+    store.insert_session(&s).await.unwrap();
+    let events = [
+        ("session_start", "{}".to_owned()),
+        ("text_delta", "{}".to_owned()),
+        ("done", "{}".to_owned()),
+    ];
+    store.append(s.id, &[], &events).await.unwrap();
+    assert!(store.unfinished_turns().await.unwrap().is_empty());
+    store
+        .append(s.id, &[], &[("session_start", "{}".to_owned())])
+        .await
+        .unwrap();
+    assert_eq!(store.unfinished_turns().await.unwrap(), vec![s.id]);
+    let after = store.list_events(s.id, 1, 10, None).await.unwrap();
+    assert_eq!(
+        after.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        vec![2, 3, 4]
+    );
+    let starts = store
+        .list_events(s.id, 0, 10, Some("session_start"))
+        .await
+        .unwrap();
+    assert_eq!(
+        starts.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        vec![1, 4]
     );
 }

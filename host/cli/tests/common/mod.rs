@@ -95,6 +95,34 @@ impl Server {
         again
     }
 
+    /// Kills the server with SIGKILL, as a crash would, and starts it again on the same data.
+    pub async fn crash_and_restart(mut self) -> Self {
+        self.child.start_kill().unwrap();
+        self.child.wait().await.unwrap();
+        let key = self.key.clone();
+        let mut again = Self::start_in(self.data, &[]).await;
+        again.key = key;
+        again
+    }
+
+    /// Opens `GET /api/sessions/:id/stream`, resuming after `last_event_id` when given.
+    pub async fn open_log_stream(
+        &self,
+        session: &str,
+        last_event_id: Option<i64>,
+    ) -> Reader<impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin> {
+        let mut request = self
+            .http
+            .get(format!("{}/api/sessions/{session}/stream", self.url))
+            .bearer_auth(&self.key);
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id.to_string());
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        Reader::new(response.bytes_stream())
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id().unwrap()
     }
@@ -186,6 +214,26 @@ impl Server {
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["content-type"], "text/event-stream");
         Reader::new(response.bytes_stream())
+    }
+
+    /// Reads frames until (and including) the first one `stop` accepts.
+    pub async fn read_until<S>(reader: &mut Reader<S>, stop: impl Fn(&Frame) -> bool) -> Vec<Frame>
+    where
+        S: futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin,
+    {
+        let mut frames = Vec::new();
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(30), reader.next())
+                .await
+                .expect("stream stalled")
+                .expect("stream ended")
+                .unwrap();
+            let done = stop(&frame);
+            frames.push(frame);
+            if done {
+                return frames;
+            }
+        }
     }
 
     /// Sends a message and reads its whole SSE reply.
