@@ -38,6 +38,8 @@ enum Command {
     Health,
     /// Measure session create and message latency against a running server.
     Bench(bench::BenchArgs),
+    /// Print the server's OpenAPI document (the same as GET /docs/json).
+    Openapi,
 }
 
 fn main() -> std::process::ExitCode {
@@ -46,6 +48,10 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Start(args) => start::run(args).await,
+            Command::Openapi => {
+                println!("{}", ash_server::openapi_document());
+                Ok(std::process::ExitCode::SUCCESS)
+            }
             command => commands::run(cli.server, command).await,
         }
     });

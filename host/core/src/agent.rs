@@ -12,10 +12,12 @@ pub const MANIFEST_FILE: &str = "ash.toml";
 pub const MAX_MANIFEST_BYTES: usize = 64 * 1024;
 
 /// A deployed agent, as the REST API shows it (`env` values are never shown).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Agent {
+    #[schema(format = Uuid)]
     pub id: String,
+    #[schema(value_type = String)]
     pub name: AgentName,
     pub tenant_id: String,
     pub version: i64,
@@ -24,7 +26,9 @@ pub struct Agent {
     /// Shown with every value replaced by `***`.
     #[serde(serialize_with = "redacted", skip_deserializing)]
     pub env: BTreeMap<String, String>,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(format = DateTime)]
     pub updated_at: String,
 }
 

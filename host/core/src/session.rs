@@ -34,7 +34,7 @@ impl std::fmt::Display for SessionId {
 }
 
 /// Where a session is in its life. Only `active` sessions take messages; `ended` is final.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SessionStatus {
     Starting,
@@ -86,11 +86,13 @@ impl std::fmt::Display for SessionStatus {
 }
 
 /// A session as the REST API shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Session {
+    #[schema(value_type = String, format = Uuid)]
     pub id: SessionId,
     pub tenant_id: String,
+    #[schema(value_type = String)]
     pub agent_name: AgentName,
     pub sandbox_id: String,
     pub status: SessionStatus,
@@ -99,12 +101,14 @@ pub struct Session {
     /// The session's own environment (`extraEnv`), re-applied whenever its sandbox starts.
     #[serde(skip)]
     pub env: std::collections::BTreeMap<String, String>,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(format = DateTime)]
     pub last_active_at: String,
 }
 
 /// Who wrote a stored message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     User,
@@ -121,7 +125,7 @@ impl Role {
 }
 
 /// A stored conversation message; `content` is the JSON text of the SDK message.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Message {
     pub id: String,
@@ -135,7 +139,7 @@ pub struct Message {
 
 /// One entry of a session's event log: an SSE frame exactly as clients see it. `sequence`
 /// is gap-free per session and is the frame's SSE `id`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionEvent {
     pub id: String,

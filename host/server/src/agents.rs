@@ -15,9 +15,9 @@ use axum::routing::{get, post};
 use axum::Router;
 use base64::Engine;
 use serde::Deserialize;
-use serde_json::{json, Value};
 
 use crate::error::Json;
+use crate::openapi::{AgentList, AgentReply, Deleted};
 use crate::{ApiError, AppState};
 
 /// Cap for a deploy request (managed mode carries the agent's files, base64-encoded).
@@ -35,9 +35,10 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/api/agents/{name}", get(show).delete(remove))
 }
 
-#[derive(Deserialize)]
+/// Managed mode: `files` (and optionally `systemPrompt`); path mode: `path`, a folder on the server.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct DeployBody {
+pub(crate) struct DeployBody {
     name: String,
     path: Option<String>,
     system_prompt: Option<String>,
@@ -46,16 +47,18 @@ struct DeployBody {
     env: BTreeMap<String, String>,
 }
 
-#[derive(Deserialize)]
-struct FileBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct FileBody {
     path: String,
     content: String,
 }
 
-async fn deploy(
+#[utoipa::path(post, path = "/api/agents", tag = "agents", request_body = DeployBody,
+    responses((status = 201, body = AgentReply), (status = 400, body = crate::openapi::ErrorBody), (status = 413, body = crate::openapi::ErrorBody)))]
+pub(crate) async fn deploy(
     State(state): State<Arc<AppState>>,
     Json(body): Json<DeployBody>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<AgentReply>), ApiError> {
     let name = AgentName::try_from(body.name)?;
     validate_env(&body.env)?;
     let dir = match body.path {
@@ -78,31 +81,38 @@ async fn deploy(
         .upsert_agent(&name, &dir.to_string_lossy(), &body.env)
         .await?;
     tracing::info!(agent = %name, version = agent.version, path = %agent.path, "agent deployed");
-    Ok((StatusCode::CREATED, Json(json!({ "agent": agent }))))
+    Ok((StatusCode::CREATED, Json(AgentReply { agent })))
 }
 
-async fn list(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({ "agents": state.store.list_agents().await? })))
+#[utoipa::path(get, path = "/api/agents", tag = "agents", responses((status = 200, body = AgentList)))]
+pub(crate) async fn list(State(state): State<Arc<AppState>>) -> Result<Json<AgentList>, ApiError> {
+    Ok(Json(AgentList {
+        agents: state.store.list_agents().await?,
+    }))
 }
 
-async fn show(
+#[utoipa::path(get, path = "/api/agents/{name}", tag = "agents", params(("name" = String, Path)),
+    responses((status = 200, body = AgentReply), (status = 404, body = crate::openapi::ErrorBody)))]
+pub(crate) async fn show(
     State(state): State<Arc<AppState>>,
     UrlPath(name): UrlPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AgentReply>, ApiError> {
     let name = AgentName::try_from(name)?;
     let agent = state
         .store
         .get_agent(&name)
         .await?
         .ok_or_else(agent_not_found)?;
-    Ok(Json(json!({ "agent": agent })))
+    Ok(Json(AgentReply { agent }))
 }
 
 /// Ends the agent's live sessions (their sandboxes stop), then forgets the agent.
-async fn remove(
+#[utoipa::path(delete, path = "/api/agents/{name}", tag = "agents", params(("name" = String, Path)),
+    responses((status = 200, body = Deleted), (status = 404, body = crate::openapi::ErrorBody)))]
+pub(crate) async fn remove(
     State(state): State<Arc<AppState>>,
     UrlPath(name): UrlPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Deleted>, ApiError> {
     let name = AgentName::try_from(name)?;
     let agent = state
         .store
@@ -123,7 +133,7 @@ async fn remove(
     if Path::new(&agent.path) == managed {
         blocking(move || Ok(std::fs::remove_dir_all(managed)?)).await?;
     }
-    Ok(Json(json!({ "ok": true })))
+    Ok(Json(Deleted { ok: true }))
 }
 
 /// Deploys a bundled agent unless an agent of that name exists already.

@@ -5,32 +5,70 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use prometheus::Encoder;
-use serde_json::{json, Value};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::error::Json;
 use crate::{ApiError, AppState};
 
 /// `GET /health`: public liveness and pool summary, in the reference API's shape.
-pub(crate) async fn health(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/health", tag = "health", security(()), responses((status = 200, body = Health)))]
+pub(crate) async fn health(State(state): State<Arc<AppState>>) -> Result<Json<Health>, ApiError> {
     let snapshot = refresh(&state).await?;
-    Ok(Json(json!({
-        "status": "ok",
-        "version": env!("CARGO_PKG_VERSION"),
-        "coordinatorId": coordinator_id(),
-        "activeSessions": snapshot.active_sessions,
-        "activeSandboxes": snapshot.live,
-        "remoteRunners": 0,
-        "uptime": state.metrics.started.elapsed().as_secs(),
-        "pool": {
-            "total": snapshot.live, "cold": 0, "warming": 0, "warm": 0,
-            "waiting": snapshot.live - snapshot.running, "running": snapshot.running,
-            "maxCapacity": state.config.max_sandboxes,
-            "resumeWarmHits": 0, "resumeColdHits": 0, "preWarmHits": 0,
+    Ok(Json(Health {
+        status: "ok",
+        version: env!("CARGO_PKG_VERSION"),
+        coordinator_id: coordinator_id(),
+        active_sessions: snapshot.active_sessions,
+        active_sandboxes: snapshot.live,
+        remote_runners: 0,
+        uptime: state.metrics.started.elapsed().as_secs(),
+        pool: PoolStats {
+            total: snapshot.live,
+            waiting: snapshot.live - snapshot.running,
+            running: snapshot.running,
+            max_capacity: state.config.max_sandboxes,
+            ..PoolStats::default()
         },
-    })))
+    }))
+}
+
+/// The server's state, in the reference API's `HealthResponse` shape.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Health {
+    #[schema(value_type = String, example = "ok")]
+    status: &'static str,
+    #[schema(value_type = String)]
+    version: &'static str,
+    /// `<hostname>-<pid>`
+    coordinator_id: String,
+    active_sessions: i64,
+    active_sandboxes: i64,
+    remote_runners: i64,
+    /// Seconds since start.
+    uptime: u64,
+    pool: PoolStats,
+}
+
+/// Sandboxes of this node by state (the reference API's `PoolStats`).
+#[derive(Serialize, ToSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct PoolStats {
+    total: i64,
+    cold: i64,
+    warming: i64,
+    warm: i64,
+    waiting: i64,
+    running: i64,
+    max_capacity: usize,
+    resume_warm_hits: u64,
+    resume_cold_hits: u64,
+    pre_warm_hits: u64,
 }
 
 /// `GET /metrics`: Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, content_type = "text/plain", body = String), (status = 401, body = crate::openapi::ErrorBody)))]
 pub(crate) async fn metrics(
     State(state): State<Arc<AppState>>,
 ) -> Result<impl IntoResponse, ApiError> {

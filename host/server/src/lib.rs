@@ -11,6 +11,7 @@ mod auth;
 mod error;
 mod health;
 mod metrics;
+mod openapi;
 mod sessions;
 mod state;
 mod stream;
@@ -23,6 +24,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::Router;
 
 pub use error::ApiError;
+pub use openapi::document as openapi_document;
 pub use state::AppState;
 
 /// Everything the server needs to start; the CLI fills it from flags, env and `ash.toml`.
@@ -152,6 +154,7 @@ fn router(state: Arc<AppState>) -> Router {
         ));
     Router::new()
         .route("/health", axum::routing::get(health::health))
+        .route("/docs/json", axum::routing::get(openapi::serve))
         .merge(api)
         .fallback(|| async { ApiError::not_found("Not found: no such route") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

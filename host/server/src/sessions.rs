@@ -28,6 +28,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::agents::{agent_not_found, blocking, read_manifest, validate_env};
 use crate::error::{Json, Query};
+use crate::openapi::{EventList, Interrupted, MessageList, SessionList, SessionReply};
 use crate::stream::{self, closing, follow, publish, Frames, Hub, HUB_CAPACITY};
 use crate::{ApiError, AppState, ServerConfig};
 
@@ -291,19 +292,21 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/api/sessions/{id}/interrupt", post(interrupt))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct CreateBody {
+pub(crate) struct CreateBody {
     agent: String,
     #[serde(default)]
     extra_env: BTreeMap<String, String>,
     system_prompt: Option<String>,
 }
 
-async fn create(
+#[utoipa::path(post, path = "/api/sessions", tag = "sessions", request_body = CreateBody,
+    responses((status = 201, body = SessionReply), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 422, body = crate::openapi::ErrorBody), (status = 503, body = crate::openapi::ErrorBody)))]
+pub(crate) async fn create(
     State(state): State<Arc<AppState>>,
     Json(body): Json<CreateBody>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<SessionReply>), ApiError> {
     let agent_name = AgentName::try_from(body.agent)?;
     validate_env(&body.extra_env)?;
     if body
@@ -343,22 +346,23 @@ async fn create(
         return Err(e.into());
     }
     tracing::info!(session = %id, agent = %session.agent_name, "session created");
-    Ok((StatusCode::CREATED, Json(json!({ "session": session }))))
+    Ok((StatusCode::CREATED, Json(SessionReply { session })))
 }
 
-#[derive(Deserialize)]
-struct ListQuery {
+#[derive(Deserialize, utoipa::IntoParams)]
+pub(crate) struct ListQuery {
     agent: Option<String>,
 }
 
-async fn list(
+#[utoipa::path(get, path = "/api/sessions", tag = "sessions", params(ListQuery),
+    responses((status = 200, body = SessionList), (status = 400, body = crate::openapi::ErrorBody)))]
+pub(crate) async fn list(
     State(state): State<Arc<AppState>>,
     Query(query): Query<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SessionList>, ApiError> {
     let agent = query.agent.map(AgentName::try_from).transpose()?;
-    Ok(Json(
-        json!({ "sessions": state.store.list_sessions(agent.as_ref()).await? }),
-    ))
+    let sessions = state.store.list_sessions(agent.as_ref()).await?;
+    Ok(Json(SessionList { sessions }))
 }
 
 pub(crate) async fn find(state: &AppState, raw_id: &str) -> Result<Session, ApiError> {
@@ -370,17 +374,23 @@ pub(crate) async fn find(state: &AppState, raw_id: &str) -> Result<Session, ApiE
         .ok_or_else(|| ApiError::not_found("Session not found"))
 }
 
-async fn show(
+#[utoipa::path(get, path = "/api/sessions/{id}", tag = "sessions", params(("id" = String, Path, format = Uuid)),
+    responses((status = 200, body = SessionReply), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody)))]
+pub(crate) async fn show(
     State(state): State<Arc<AppState>>,
     UrlPath(id): UrlPath<String>,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({ "session": find(&state, &id).await? })))
+) -> Result<Json<SessionReply>, ApiError> {
+    Ok(Json(SessionReply {
+        session: find(&state, &id).await?,
+    }))
 }
 
-async fn end(
+#[utoipa::path(delete, path = "/api/sessions/{id}", tag = "sessions", params(("id" = String, Path, format = Uuid)),
+    responses((status = 200, body = SessionReply), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody)))]
+pub(crate) async fn end(
     State(state): State<Arc<AppState>>,
     UrlPath(id): UrlPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SessionReply>, ApiError> {
     let session = find(&state, &id).await?;
     state.sessions.end(session.id).await;
     let session = state
@@ -389,20 +399,22 @@ async fn end(
         .await?
         .ok_or_else(|| ApiError::not_found("Session not found"))?;
     tracing::info!(session = %session.id, "session ended");
-    Ok(Json(json!({ "session": session })))
+    Ok(Json(SessionReply { session }))
 }
 
-#[derive(Deserialize)]
-struct MessagesQuery {
+#[derive(Deserialize, utoipa::IntoParams)]
+pub(crate) struct MessagesQuery {
     limit: Option<i64>,
     after: Option<i64>,
 }
 
-async fn messages(
+#[utoipa::path(get, path = "/api/sessions/{id}/messages", tag = "sessions", params(("id" = String, Path, format = Uuid), MessagesQuery),
+    responses((status = 200, body = MessageList), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody)))]
+pub(crate) async fn messages(
     State(state): State<Arc<AppState>>,
     UrlPath(id): UrlPath<String>,
     Query(query): Query<MessagesQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MessageList>, ApiError> {
     let session = find(&state, &id).await?;
     let limit = query.limit.unwrap_or(100);
     let after = query.after.unwrap_or(0);
@@ -411,19 +423,26 @@ async fn messages(
             "limit must be 1-1000 and after at least 0",
         ));
     }
-    Ok(Json(
-        json!({ "messages": state.store.list_messages(session.id, after, limit).await? }),
-    ))
+    let messages = state.store.list_messages(session.id, after, limit).await?;
+    Ok(Json(MessageList { messages }))
 }
 
-#[derive(Deserialize)]
-struct SendBody {
+/// `content` is a string (at most 500,000 characters) or 1-20 content blocks of type `text`,
+/// `image` or `document`. `includePartialMessages: true` asks for `text_delta` frames; every
+/// other field (`model`, `maxTurns`, `maxBudgetUsd`, `effort`, `thinking`, `outputFormat`, …)
+/// goes to the backend with the turn.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct SendBody {
+    #[schema(value_type = Object)]
     content: Value,
     #[serde(flatten)]
+    #[schema(ignore)]
     options: QueryOptions,
 }
 
-async fn send(
+#[utoipa::path(post, path = "/api/sessions/{id}/messages", tag = "sessions", params(("id" = String, Path, format = Uuid)), request_body = SendBody,
+    responses((status = 200, content_type = "text/event-stream", body = String, description = "SSE frames: session_start, granular events, message, error, done; each with id: = its log sequence"), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 409, body = crate::openapi::ErrorBody)))]
+pub(crate) async fn send(
     State(state): State<Arc<AppState>>,
     UrlPath(id): UrlPath<String>,
     Json(body): Json<SendBody>,
@@ -482,8 +501,8 @@ async fn send(
     )
 }
 
-#[derive(Deserialize)]
-struct EventsQuery {
+#[derive(Deserialize, utoipa::IntoParams)]
+pub(crate) struct EventsQuery {
     limit: Option<i64>,
     after: Option<i64>,
     #[serde(rename = "type")]
@@ -491,11 +510,13 @@ struct EventsQuery {
 }
 
 /// `GET /api/sessions/:id/events`: the log as paged JSON.
-async fn events(
+#[utoipa::path(get, path = "/api/sessions/{id}/events", tag = "sessions", params(("id" = String, Path, format = Uuid), EventsQuery),
+    responses((status = 200, body = EventList), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody)))]
+pub(crate) async fn events(
     State(state): State<Arc<AppState>>,
     UrlPath(id): UrlPath<String>,
     Query(query): Query<EventsQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EventList>, ApiError> {
     let session = find(&state, &id).await?;
     let limit = query.limit.unwrap_or(200);
     let after = query.after.unwrap_or(0);
@@ -508,17 +529,20 @@ async fn events(
         .store
         .list_events(session.id, after, limit, query.kind.as_deref())
         .await?;
-    Ok(Json(json!({ "events": events })))
+    Ok(Json(EventList { events }))
 }
 
-#[derive(Deserialize)]
-struct StreamQuery {
+#[derive(Deserialize, utoipa::IntoParams)]
+pub(crate) struct StreamQuery {
     after: Option<i64>,
 }
 
 /// `GET /api/sessions/:id/stream`: the log after `Last-Event-ID` (or `?after=`, else from the
 /// start) as SSE, then live frames as they are logged, until the client leaves.
-async fn stream(
+#[utoipa::path(get, path = "/api/sessions/{id}/stream", tag = "sessions",
+    params(("id" = String, Path, format = Uuid), StreamQuery, ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this sequence")),
+    responses((status = 200, content_type = "text/event-stream", body = String, description = "SSE frames: session_start, granular events, message, error, done; each with id: = its log sequence"), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody)))]
+pub(crate) async fn stream(
     State(state): State<Arc<AppState>>,
     UrlPath(id): UrlPath<String>,
     headers: axum::http::HeaderMap,
@@ -548,13 +572,15 @@ async fn stream(
 }
 
 /// `POST /api/sessions/:id/interrupt`: stops the running turn, which ends with `error` + `done`.
-async fn interrupt(
+#[utoipa::path(post, path = "/api/sessions/{id}/interrupt", tag = "sessions", params(("id" = String, Path, format = Uuid)),
+    responses((status = 200, body = Interrupted), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody)))]
+pub(crate) async fn interrupt(
     State(state): State<Arc<AppState>>,
     UrlPath(id): UrlPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Interrupted>, ApiError> {
     let session = find(&state, &id).await?;
     let interrupted = state.sessions.interrupt(session.id).await?;
-    Ok(Json(json!({ "interrupted": interrupted })))
+    Ok(Json(Interrupted { interrupted }))
 }
 
 fn validate_content(content: &Value) -> Result<(), ApiError> {

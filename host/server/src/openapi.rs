@@ -1,0 +1,121 @@
+//! The OpenAPI document, generated from the handlers and types (utoipa), served at
+//! `/docs/json` and committed as `docs/openapi.json` (a test keeps the copy fresh).
+
+use ash_core::{Agent, Message, Role, Session, SessionEvent, SessionStatus};
+use serde::Serialize;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+use crate::{agents, health, sessions};
+
+/// `{"agent": …}`
+#[derive(Serialize, ToSchema)]
+pub(crate) struct AgentReply {
+    pub agent: Agent,
+}
+
+/// `{"agents": […]}`
+#[derive(Serialize, ToSchema)]
+pub(crate) struct AgentList {
+    pub agents: Vec<Agent>,
+}
+
+/// `{"session": …}`
+#[derive(Serialize, ToSchema)]
+pub(crate) struct SessionReply {
+    pub session: Session,
+}
+
+/// `{"sessions": […]}`, newest first.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct SessionList {
+    pub sessions: Vec<Session>,
+}
+
+/// `{"messages": […]}`, by sequence.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct MessageList {
+    pub messages: Vec<Message>,
+}
+
+/// `{"events": […]}`: entries of the session's event log, by sequence.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct EventList {
+    pub events: Vec<SessionEvent>,
+}
+
+/// `{"ok": true}`
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Deleted {
+    pub ok: bool,
+}
+
+/// Whether a running turn was stopped.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Interrupted {
+    pub interrupted: bool,
+}
+
+/// Every error: what went wrong and what to do, with the HTTP status repeated.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ErrorBody {
+    pub error: String,
+    pub status_code: u16,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Ash", description = "Deploy AI agents and run each session in a sandbox. Paths and shapes follow the reference Ash API."),
+    paths(
+        agents::deploy, agents::list, agents::show, agents::remove,
+        sessions::create, sessions::list, sessions::show, sessions::end, sessions::messages, sessions::send,
+        sessions::events, sessions::stream, sessions::interrupt,
+        health::health, health::metrics,
+    ),
+    components(schemas(Role, SessionStatus)),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    tags((name = "agents"), (name = "sessions"), (name = "health"))
+)]
+pub(crate) struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some("An Ash API key"))
+            .build();
+        components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
+
+/// The document as pretty JSON, as committed in `docs/openapi.json`.
+pub fn document() -> String {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("the OpenAPI document serialises")
+}
+
+/// `GET /docs/json`
+pub(crate) async fn serve() -> impl axum::response::IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        document(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_committed_openapi_document_is_current() {
+        let committed = include_str!("../../../docs/openapi.json");
+        assert!(
+            committed.trim_end() == super::document().trim_end(),
+            "docs/openapi.json is stale: run `cargo run -p ash-cli --bin ash -- openapi > docs/openapi.json`"
+        );
+    }
+}
