@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building, running and testing Ash needs on Debian/Ubuntu, beyond the Rust
-# toolchain: bubblewrap (the sandbox), a C compiler (bundled SQLite), cargo-nextest, and
-# the rustfmt/clippy components. Safe to run again: it skips what is already there.
+# toolchain: bubblewrap (the sandbox), a C compiler (bundled SQLite), Python with venv (for
+# the API fuzzer), cargo-nextest, and the rustfmt/clippy components. Safe to run again: it skips what is already there.
 set -euo pipefail
 
 as_root() {
@@ -11,6 +11,7 @@ as_root() {
 missing=()
 command -v bwrap >/dev/null || missing+=(bubblewrap)
 command -v cc >/dev/null || missing+=(gcc libc6-dev)
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3 python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   as_root apt-get update -qq

@@ -39,6 +39,7 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct DeployBody {
+    #[schema(pattern = r"^[A-Za-z0-9_-]{1,255}$")]
     name: String,
     path: Option<String>,
     system_prompt: Option<String>,
@@ -91,7 +92,7 @@ pub(crate) async fn list(State(state): State<Arc<AppState>>) -> Result<Json<Agen
     }))
 }
 
-#[utoipa::path(get, path = "/api/agents/{name}", tag = "agents", params(("name" = String, Path)),
+#[utoipa::path(get, path = "/api/agents/{name}", tag = "agents", params(("name" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,255}$")),
     responses((status = 200, body = AgentReply), (status = 404, body = crate::openapi::ErrorBody)))]
 pub(crate) async fn show(
     State(state): State<Arc<AppState>>,
@@ -107,7 +108,7 @@ pub(crate) async fn show(
 }
 
 /// Ends the agent's live sessions (their sandboxes stop), then forgets the agent.
-#[utoipa::path(delete, path = "/api/agents/{name}", tag = "agents", params(("name" = String, Path)),
+#[utoipa::path(delete, path = "/api/agents/{name}", tag = "agents", params(("name" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,255}$")),
     responses((status = 200, body = Deleted), (status = 404, body = crate::openapi::ErrorBody)))]
 pub(crate) async fn remove(
     State(state): State<Arc<AppState>>,

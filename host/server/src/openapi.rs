@@ -74,7 +74,7 @@ pub(crate) struct ErrorBody {
         health::health, health::metrics,
     ),
     components(schemas(Role, SessionStatus)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &StandardErrors),
     security(("bearer" = [])),
     tags((name = "agents"), (name = "sessions"), (name = "health"))
 )]
@@ -90,6 +90,63 @@ impl Modify for BearerAuth {
             .description(Some("An Ash API key"))
             .build();
         components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
+
+/// Adds the errors every route can answer: 401 wherever a key is needed, 400 wherever a path
+/// parameter is parsed, and the body errors (400 invalid, 413 too large, 415 not JSON, 422
+/// wrong shape) wherever a body is read.
+struct StandardErrors;
+
+impl Modify for StandardErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let error = |description: &str| {
+            let content = ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .build();
+            ResponseBuilder::new()
+                .description(description)
+                .content("application/json", content)
+                .build()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.put,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                let public = operation
+                    .security
+                    .as_ref()
+                    .is_some_and(|s| s.iter().all(|r| r == &Default::default()));
+                let mut add = |code: &str, description: &str| {
+                    operation
+                        .responses
+                        .responses
+                        .entry(code.to_owned())
+                        .or_insert_with(|| error(description).into());
+                };
+                if !public {
+                    add("401", "Missing or invalid API key");
+                }
+                let in_path = |p: &utoipa::openapi::path::Parameter| {
+                    p.parameter_in == utoipa::openapi::path::ParameterIn::Path
+                };
+                if operation.parameters.iter().flatten().any(in_path) {
+                    add("400", "Invalid path parameter");
+                }
+                if operation.request_body.is_some() {
+                    add("400", "Invalid request");
+                    add("413", "Request body too large");
+                    add("415", "Body is not JSON");
+                    add("422", "Body does not have the expected shape");
+                }
+            }
+        }
     }
 }
 

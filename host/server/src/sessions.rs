@@ -295,6 +295,7 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct CreateBody {
+    #[schema(pattern = r"^[A-Za-z0-9_-]{1,255}$")]
     agent: String,
     #[serde(default)]
     extra_env: BTreeMap<String, String>,
@@ -350,7 +351,10 @@ pub(crate) async fn create(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ListQuery {
+    /// Only sessions of this agent.
+    #[param(pattern = r"^[A-Za-z0-9_-]{1,255}$")]
     agent: Option<String>,
 }
 
@@ -403,8 +407,13 @@ pub(crate) async fn end(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct MessagesQuery {
+    /// At most this many messages [default: 100].
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
+    /// Only messages with a higher sequence [default: 0].
+    #[param(minimum = 0)]
     after: Option<i64>,
 }
 
@@ -433,7 +442,7 @@ pub(crate) async fn messages(
 /// goes to the backend with the turn.
 #[derive(Deserialize, utoipa::ToSchema)]
 pub(crate) struct SendBody {
-    #[schema(value_type = Object)]
+    #[schema(schema_with = content_schema)]
     content: Value,
     #[serde(flatten)]
     #[schema(ignore)]
@@ -441,7 +450,7 @@ pub(crate) struct SendBody {
 }
 
 #[utoipa::path(post, path = "/api/sessions/{id}/messages", tag = "sessions", params(("id" = String, Path, format = Uuid)), request_body = SendBody,
-    responses((status = 200, content_type = "text/event-stream", body = String, description = "SSE frames: session_start, granular events, message, error, done; each with id: = its log sequence"), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 409, body = crate::openapi::ErrorBody)))]
+    responses((status = 200, content_type = "text/event-stream", description = "SSE frames: session_start, granular events, message, error, done; each with id: = its log sequence and one line of JSON data"), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 409, body = crate::openapi::ErrorBody)))]
 pub(crate) async fn send(
     State(state): State<Arc<AppState>>,
     UrlPath(id): UrlPath<String>,
@@ -502,10 +511,17 @@ pub(crate) async fn send(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct EventsQuery {
+    /// At most this many events [default: 200].
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
+    /// Only events with a higher sequence [default: 0].
+    #[param(minimum = 0)]
     after: Option<i64>,
+    /// Only events of this type (an SSE event name).
     #[serde(rename = "type")]
+    #[param(rename = "type")]
     kind: Option<String>,
 }
 
@@ -533,7 +549,10 @@ pub(crate) async fn events(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct StreamQuery {
+    /// Replay after this sequence when there is no `Last-Event-ID` [default: 0].
+    #[param(minimum = 0)]
     after: Option<i64>,
 }
 
@@ -541,7 +560,7 @@ pub(crate) struct StreamQuery {
 /// start) as SSE, then live frames as they are logged, until the client leaves.
 #[utoipa::path(get, path = "/api/sessions/{id}/stream", tag = "sessions",
     params(("id" = String, Path, format = Uuid), StreamQuery, ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this sequence")),
-    responses((status = 200, content_type = "text/event-stream", body = String, description = "SSE frames: session_start, granular events, message, error, done; each with id: = its log sequence"), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody)))]
+    responses((status = 200, content_type = "text/event-stream", description = "SSE frames: session_start, granular events, message, error, done; each with id: = its log sequence and one line of JSON data"), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody)))]
 pub(crate) async fn stream(
     State(state): State<Arc<AppState>>,
     UrlPath(id): UrlPath<String>,
@@ -581,6 +600,23 @@ pub(crate) async fn interrupt(
     let session = find(&state, &id).await?;
     let interrupted = state.sessions.interrupt(session.id).await?;
     Ok(Json(Interrupted { interrupted }))
+}
+
+/// The schema `validate_content` enforces, for the OpenAPI document.
+fn content_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+    let text = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .max_length(Some(MAX_CONTENT_CHARS));
+    let kind = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(["text", "image", "document"]));
+    let block = ObjectBuilder::new().property("type", kind).required("type");
+    let blocks = ArrayBuilder::new()
+        .items(block)
+        .min_items(Some(1))
+        .max_items(Some(MAX_CONTENT_BLOCKS));
+    OneOfBuilder::new().item(text).item(blocks).into()
 }
 
 fn validate_content(content: &Value) -> Result<(), ApiError> {
