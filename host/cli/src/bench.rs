@@ -19,6 +19,9 @@ pub struct BenchArgs {
     /// Messages to send in one session (each measured to its `done` frame).
     #[arg(long, default_value_t = 200)]
     messages: usize,
+    /// Live streams to hold open on one session while one more turn runs (0 skips this).
+    #[arg(long, default_value_t = 0)]
+    streams: usize,
 }
 
 pub async fn run(client: &Client, args: BenchArgs) -> anyhow::Result<()> {
@@ -58,6 +61,10 @@ pub async fn run(client: &Client, args: BenchArgs) -> anyhow::Result<()> {
         anyhow::ensure!(done, "turn {i} ended without done");
         turns.push(clock.elapsed());
     }
+    let mut fan_out = match args.streams {
+        0 => Vec::new(),
+        streams => fan_out(client, &session, streams).await?,
+    };
     for id in &ids {
         client
             .call(Method::DELETE, &format!("/api/sessions/{id}"), None)
@@ -71,7 +78,61 @@ pub async fn run(client: &Client, args: BenchArgs) -> anyhow::Result<()> {
         &mut turns,
         "≤ 1 ms p50 overhead",
     );
+    if !fan_out.is_empty() {
+        row(
+            "a turn's `done` reaching each open stream",
+            &mut fan_out,
+            "≥ 20,000 streams per node",
+        );
+    }
     Ok(())
+}
+
+/// Opens `streams` live streams on the session, runs one turn, and times when each stream
+/// sees its `done`, from the moment the turn was sent.
+async fn fan_out(client: &Client, session: &str, streams: usize) -> anyhow::Result<Vec<Duration>> {
+    use futures_util::StreamExt;
+    let log = client
+        .call(
+            Method::GET,
+            &format!("/api/sessions/{session}/events?type=done&limit=1000"),
+            None,
+        )
+        .await?;
+    let after = log["events"]
+        .as_array()
+        .and_then(|e| e.last())
+        .map_or(0, |e| e["sequence"].as_i64().unwrap_or(0));
+    let opened: Vec<_> = futures_util::stream::iter(0..streams)
+        .map(|_| client.stream(session, after))
+        .buffer_unordered(256)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+    let clock = Instant::now();
+    let waiters: Vec<_> = opened
+        .into_iter()
+        .map(|mut frames| {
+            tokio::spawn(async move {
+                while let Some(frame) = frames.next().await {
+                    if frame.map_err(anyhow::Error::msg)?.event == "done" {
+                        return Ok(clock.elapsed());
+                    }
+                }
+                anyhow::bail!("a stream ended before the turn's done")
+            })
+        })
+        .collect();
+    let mut turn = client
+        .send_message(session, &json!({"content": "fan-out"}))
+        .await?;
+    while turn.next().await.is_some() {}
+    let mut times = Vec::with_capacity(streams);
+    for waiter in waiters {
+        times.push(waiter.await??);
+    }
+    Ok(times)
 }
 
 fn row(what: &str, samples: &mut [Duration], budget: &str) {

@@ -102,6 +102,27 @@ impl Client {
         Ok(body)
     }
 
+    /// Opens the session's live stream after log sequence `after`.
+    pub async fn stream(
+        &self,
+        session: &str,
+        after: i64,
+    ) -> anyhow::Result<
+        sse::Reader<impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin>,
+    > {
+        let path = format!("/api/sessions/{session}/stream?after={after}");
+        let response = self
+            .request(reqwest::Method::GET, &path)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the Ash server at {}", self.base))?;
+        let status = response.status();
+        if !status.is_success() {
+            bail!("{status}: cannot open the stream");
+        }
+        Ok(sse::Reader::new(response.bytes_stream()))
+    }
+
     /// Sends a message and returns the reader of its SSE reply.
     pub async fn send_message(
         &self,

@@ -44,6 +44,7 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    raise_open_files_limit();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = runtime.block_on(async move {
         match cli.command {
@@ -61,5 +62,28 @@ fn main() -> std::process::ExitCode {
             eprintln!("ash: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Each live sandbox and each SSE stream holds file descriptors (on the server and in `ash
+/// bench`); the usual soft limit of 1024 would cap a node far below its capacity, so take the
+/// hard limit.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    let raised = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
+        }
+    };
+    if !raised {
+        tracing::warn!(
+            "cannot raise the open-files limit: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }

@@ -134,7 +134,6 @@ pub async fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
         )
         .with_writer(std::io::stderr)
         .init();
-    raise_open_files_limit();
     let file = read_settings(args.config)?;
     let data_dir = args
         .data_dir
@@ -182,28 +181,6 @@ pub async fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
     println!("ash: data in {}", data_dir.display());
     server.run(shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Each live sandbox and each SSE client holds file descriptors; the usual soft limit of 1024
-/// would cap a node far below its capacity, so take the hard limit.
-fn raise_open_files_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    let raised = unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
-        }
-    };
-    if !raised {
-        tracing::warn!(
-            "cannot raise the open-files limit: {}",
-            std::io::Error::last_os_error()
-        );
-    }
 }
 
 async fn shutdown_signal() {
