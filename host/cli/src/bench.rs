@@ -1,19 +1,25 @@
-//! `ash bench`: measures a running server from the client's side with the `echo` backend,
-//! and prints a Markdown table against the budgets of DESIGN §6.
+//! `ash bench`: starts a real server (or uses `--server`), drives it from the client's side
+//! with the `echo` backend, and prints — or writes with `--report` — a dated Markdown table
+//! against the budgets of DESIGN §6.
 
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use ash_cli::client::Client;
+use futures_util::StreamExt;
 use reqwest::Method;
 use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// Agent to create sessions of; it should use the echo backend.
     #[arg(long, default_value = "hello-agent")]
     agent: String,
-    /// Sessions to create (each measured, then ended).
+    /// Sessions to create (each measured; all stay live until the end).
     #[arg(long, default_value_t = 100)]
     sessions: usize,
     /// Messages to send in one session (each measured to its `done` frame).
@@ -22,9 +28,73 @@ pub struct BenchArgs {
     /// Live streams to hold open on one session while one more turn runs (0 skips this).
     #[arg(long, default_value_t = 0)]
     streams: usize,
+    /// Write the report (with date, machine and command) to this file as well.
+    #[arg(long)]
+    report: Option<PathBuf>,
 }
 
-pub async fn run(client: &Client, args: BenchArgs) -> anyhow::Result<()> {
+/// One line of the report.
+struct Row {
+    what: &'static str,
+    n: usize,
+    p50: String,
+    p95: String,
+    budget: &'static str,
+}
+
+impl Row {
+    fn timed(what: &'static str, samples: &mut [Duration], budget: &'static str) -> Self {
+        samples.sort();
+        let at = |q: f64| {
+            format!(
+                "{:.2} ms",
+                samples[((samples.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1000.0
+            )
+        };
+        Self {
+            what,
+            n: samples.len(),
+            p50: at(0.5),
+            p95: at(0.95),
+            budget,
+        }
+    }
+
+    fn single(what: &'static str, value: String, budget: &'static str) -> Self {
+        Self {
+            what,
+            n: 1,
+            p50: value,
+            p95: "—".into(),
+            budget,
+        }
+    }
+}
+
+pub async fn run(server: Option<String>, args: BenchArgs) -> anyhow::Result<()> {
+    let external = server.or_else(|| std::env::var("ASH_SERVER_URL").ok());
+    let own = match external {
+        Some(_) => None,
+        None => Some(OwnServer::start().await?),
+    };
+    let client = match &own {
+        Some(own) => Client::new(&own.url, Some(own.key.clone())),
+        None => Client::discover(external)?,
+    };
+    let mut rows = Vec::new();
+    if let Some(own) = &own {
+        rows.push(Row::single(
+            "server start to listening",
+            format!("{:.1} ms", own.started.as_secs_f64() * 1000.0),
+            "≤ 200 ms",
+        ));
+        rows.push(Row::single(
+            "server idle RSS",
+            mib(rss_kib(own.pid)),
+            "≤ 30 MiB",
+        ));
+    }
+
     let mut creates = Vec::with_capacity(args.sessions);
     let mut ids = Vec::with_capacity(args.sessions);
     for _ in 0..args.sessions {
@@ -44,10 +114,16 @@ pub async fn run(client: &Client, args: BenchArgs) -> anyhow::Result<()> {
                 .to_owned(),
         );
     }
+    rows.push(Row::timed(
+        "session create, fresh sandbox",
+        &mut creates,
+        "≤ 12 ms p50",
+    ));
     let session = ids
         .first()
         .context("--sessions must be at least 1")?
         .clone();
+
     let mut turns = Vec::with_capacity(args.messages);
     for i in 0..args.messages {
         let clock = Instant::now();
@@ -61,29 +137,64 @@ pub async fn run(client: &Client, args: BenchArgs) -> anyhow::Result<()> {
         anyhow::ensure!(done, "turn {i} ended without done");
         turns.push(clock.elapsed());
     }
-    let mut fan_out = match args.streams {
-        0 => Vec::new(),
-        streams => fan_out(client, &session, streams).await?,
-    };
+    rows.push(Row::timed(
+        "message turn, client-seen (echo)",
+        &mut turns,
+        "≤ 1 ms p50",
+    ));
+
+    if let Some(own) = &own {
+        let bridges = bridge_rss_kib();
+        if let Some(median) = median(bridges.clone()) {
+            rows.push(Row {
+                what: "live idle sandbox (bridge RSS)",
+                n: bridges.len(),
+                p50: mib(median),
+                p95: "—".into(),
+                budget: "≤ 4 MiB",
+            });
+        }
+        rows.push(Row::single(
+            "server RSS with the sessions live",
+            mib(rss_kib(own.pid)),
+            "—",
+        ));
+    }
+    if args.streams > 0 {
+        let mut fan_out = fan_out(&client, &session, args.streams).await?;
+        rows.push(Row::timed(
+            "a turn's `done` reaching each open stream",
+            &mut fan_out,
+            "≥ 20,000 streams",
+        ));
+        if let Some(own) = &own {
+            rows.push(Row::single(
+                "server RSS after the streams",
+                mib(rss_kib(own.pid)),
+                "—",
+            ));
+        }
+    }
     for id in &ids {
         client
             .call(Method::DELETE, &format!("/api/sessions/{id}"), None)
             .await?;
     }
-    println!("| what | n | p50 | p95 | budget (DESIGN §6) |");
-    println!("|---|---|---|---|---|");
-    row("session create, fresh sandbox", &mut creates, "≤ 12 ms p50");
-    row(
-        "message turn, client-seen (echo)",
-        &mut turns,
-        "≤ 1 ms p50 overhead",
-    );
-    if !fan_out.is_empty() {
-        row(
-            "a turn's `done` reaching each open stream",
-            &mut fan_out,
-            "≥ 20,000 streams per node",
+
+    let mut table =
+        String::from("| what | n | p50 | p95 | budget (DESIGN §6) |\n|---|---|---|---|---|\n");
+    for row in &rows {
+        let _ = writeln!(
+            table,
+            "| {} | {} | {} | {} | {} |",
+            row.what, row.n, row.p50, row.p95, row.budget
         );
+    }
+    print!("{table}");
+    if let Some(path) = args.report {
+        std::fs::write(&path, format!("{}\n{table}", header(own.is_some())))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("ash: report written to {}", path.display());
     }
     Ok(())
 }
@@ -91,7 +202,6 @@ pub async fn run(client: &Client, args: BenchArgs) -> anyhow::Result<()> {
 /// Opens `streams` live streams on the session, runs one turn, and times when each stream
 /// sees its `done`, from the moment the turn was sent.
 async fn fan_out(client: &Client, session: &str, streams: usize) -> anyhow::Result<Vec<Duration>> {
-    use futures_util::StreamExt;
     let log = client
         .call(
             Method::GET,
@@ -135,15 +245,134 @@ async fn fan_out(client: &Client, session: &str, streams: usize) -> anyhow::Resu
     Ok(times)
 }
 
-fn row(what: &str, samples: &mut [Duration], budget: &str) {
-    samples.sort();
-    let at = |q: f64| {
-        samples[((samples.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1000.0
+/// A server this benchmark started: this binary's `ash start` on a fresh data dir.
+struct OwnServer {
+    url: String,
+    key: String,
+    pid: u32,
+    started: Duration,
+    data: PathBuf,
+    _child: tokio::process::Child,
+}
+
+impl OwnServer {
+    async fn start() -> anyhow::Result<Self> {
+        let exe = std::env::current_exe()?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos();
+        let data = std::env::temp_dir().join(format!("ash-bench-{}-{nanos}", std::process::id()));
+        let key = format!("ash_bench_{nanos:x}");
+        let clock = Instant::now();
+        let mut child = tokio::process::Command::new(&exe)
+            .args(["start", "--port", "0", "--host", "127.0.0.1"])
+            .env("ASH_DATA_DIR", &data)
+            .env("ASH_API_KEY", &key)
+            .env("ASH_LOG", "warn")
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+        let url = loop {
+            match tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await {
+                Ok(Ok(Some(line))) => {
+                    if let Some(url) = line.strip_prefix("ash: listening on ") {
+                        break url.to_owned();
+                    }
+                }
+                _ => bail!(
+                    "the benchmark's server did not start; run `ash start` by hand to see why"
+                ),
+            }
+        };
+        let started = clock.elapsed();
+        let pid = child.id().context("server exited")?;
+        Ok(Self {
+            url,
+            key,
+            pid,
+            started,
+            data,
+            _child: child,
+        })
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status.lines().find_map(|l| {
+                l.strip_prefix("VmRSS:")
+                    .map(|v| v.trim().trim_end_matches(" kB").parse().ok())
+            })
+        })
+        .flatten()
+        .unwrap_or(0)
+}
+
+/// Where every sandbox sees its bridge; `/proc/<pid>/exe` shows that path for bridges.
+const BRIDGE_IN_SANDBOX: &str = "/ash/bridge";
+
+/// RSS of every running sandbox bridge on this machine.
+fn bridge_rss_kib() -> Vec<u64> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
     };
-    println!(
-        "| {what} | {} | {:.2} ms | {:.2} ms | {budget} |",
-        samples.len(),
-        at(0.5),
-        at(0.95)
-    );
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/exe"))
+                .is_ok_and(|exe| exe.as_os_str() == BRIDGE_IN_SANDBOX)
+        })
+        .map(rss_kib)
+        .collect()
+}
+
+fn median(mut values: Vec<u64>) -> Option<u64> {
+    values.sort_unstable();
+    values.get(values.len() / 2).copied()
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+/// Date, machine and command, for the report file.
+fn header(own_server: bool) -> String {
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    let memory = read("/proc/meminfo")
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("MemTotal:")
+        .trim()
+        .to_owned();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let date = chrono::Utc::now().format("%Y-%m-%d %H:%M UTC");
+    let command: Vec<String> = std::env::args().collect();
+    let server = if own_server {
+        "started by the benchmark (`ash start`, fresh data dir, SQLite)"
+    } else {
+        "an already running server"
+    };
+    format!(
+        "# ash bench — {date}\n\n- **Machine**: {cores} cores, {cpu}, {memory}, Linux {}\n- **Command**: `{}`\n- **Server**: {server}; `echo` backend, client on the same machine over loopback\n",
+        read("/proc/sys/kernel/osrelease").trim(),
+        command.join(" ")
+    )
 }

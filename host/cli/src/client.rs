@@ -41,6 +41,15 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client for the server at `base`, sending `key` as the bearer token.
+    pub fn new(base: &str, key: Option<String>) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            base: base.trim_end_matches('/').to_owned(),
+            key,
+        }
+    }
+
     /// Finds the server and key as the module docs describe.
     pub fn discover(server: Option<String>) -> anyhow::Result<Self> {
         let file: ConfigFile = match config_path().filter(|p| p.exists()) {
@@ -60,11 +69,7 @@ impl Client {
             .or(file.api_key)
             .or_else(|| std::fs::read_to_string(default_data_dir().join("initial-api-key")).ok())
             .map(|k| k.trim().to_owned());
-        Ok(Self {
-            http: reqwest::Client::new(),
-            base: base.trim_end_matches('/').to_owned(),
-            key,
-        })
+        Ok(Self::new(&base, key))
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {

@@ -97,7 +97,7 @@ fn parse_env(raw: &str) -> Result<(String, String), String> {
 pub async fn run(server: Option<String>, command: Command) -> anyhow::Result<ExitCode> {
     let client = Client::discover(server)?;
     let printed = match command {
-        Command::Start(_) | Command::Openapi => unreachable!("handled by main"),
+        Command::Start(_) | Command::Openapi | Command::Bench(_) => unreachable!("handled by main"),
         Command::Health => client.call(Method::GET, "/health", None).await?,
         Command::Deploy(args) => deploy(&client, args).await?,
         Command::Agent(AgentCommand::List) => client.call(Method::GET, "/api/agents", None).await?,
@@ -143,10 +143,6 @@ pub async fn run(server: Option<String>, command: Command) -> anyhow::Result<Exi
             });
         }
         Command::Chat(args) => return chat(&client, args).await,
-        Command::Bench(args) => {
-            crate::bench::run(&client, args).await?;
-            return Ok(ExitCode::SUCCESS);
-        }
     };
     println!("{}", serde_json::to_string_pretty(&printed)?);
     Ok(ExitCode::SUCCESS)

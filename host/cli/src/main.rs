@@ -36,7 +36,7 @@ enum Command {
     Chat(commands::ChatArgs),
     /// Show the server's health.
     Health,
-    /// Measure session create and message latency against a running server.
+    /// Measure a server (one it starts, or --server) against the performance budgets.
     Bench(bench::BenchArgs),
     /// Print the server's OpenAPI document (the same as GET /docs/json).
     Openapi,
@@ -49,6 +49,9 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Start(args) => start::run(args).await,
+            Command::Bench(args) => bench::run(cli.server, args)
+                .await
+                .map(|()| std::process::ExitCode::SUCCESS),
             Command::Openapi => {
                 println!("{}", ash_server::openapi_document());
                 Ok(std::process::ExitCode::SUCCESS)

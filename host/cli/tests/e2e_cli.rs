@@ -174,3 +174,41 @@ async fn the_shell_agent_example_deploys_and_answers() {
         "shell says: 1"
     );
 }
+
+#[tokio::test]
+async fn bench_starts_its_own_server_and_writes_a_dated_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.md");
+    let output = tokio::process::Command::new(ASH)
+        .args([
+            "bench",
+            "--sessions",
+            "2",
+            "--messages",
+            "3",
+            "--streams",
+            "3",
+            "--report",
+        ])
+        .arg(&report)
+        .env_remove("ASH_SERVER_URL")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = std::fs::read_to_string(&report).unwrap();
+    for needle in [
+        "# ash bench",
+        "**Machine**",
+        "session create, fresh sandbox | 2 |",
+        "message turn",
+        "bridge RSS",
+        "open stream | 3 |",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+    }
+}

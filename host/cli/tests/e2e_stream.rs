@@ -169,11 +169,17 @@ async fn sigkill_mid_turn_loses_no_logged_event_and_the_next_start_closes_the_tu
     let (_, shown) = server.get(&format!("/api/sessions/{session}")).await;
     assert_eq!(shown["session"]["status"], "active");
 
-    let mut next = server.open_stream(&session, json!({"content": "again"})).await;
+    let mut next = server
+        .open_stream(&session, json!({"content": "again"}))
+        .await;
     Server::read_until(&mut next, |f| f.event == "message").await;
     open_gate(&server, &session).await;
     let end = Server::read_until(&mut next, |f| f.event == "done").await;
-    assert_eq!(seq(end.last().unwrap()), last + 6, "the log goes on without a gap");
+    assert_eq!(
+        seq(end.last().unwrap()),
+        last + 6,
+        "the log goes on without a gap"
+    );
 }
 
 #[tokio::test]
