@@ -285,6 +285,7 @@ impl OwnServer {
                 ),
             }
         };
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let started = clock.elapsed();
         let pid = child.id().context("server exited")?;
         Ok(Self {

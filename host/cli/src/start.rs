@@ -170,15 +170,21 @@ pub async fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
     };
     let data_dir = config.data_dir.clone();
     let server = Server::prepare(config).await?;
+    let mut notes = String::new();
     if let Some(key) = &server.new_api_key {
-        println!(
-            "ash: generated an API key; it is shown once and kept in {} (mode 0600):",
-            data_dir.join("initial-api-key").display()
+        let file = data_dir.join("initial-api-key");
+        notes += &format!(
+            "ash: generated an API key; it is shown once and kept in {} (mode 0600):\n  {key}\n",
+            file.display()
         );
-        println!("  {key}");
     }
-    println!("ash: listening on http://{}", server.local_addr());
-    println!("ash: data in {}", data_dir.display());
+    notes += &format!(
+        "ash: listening on http://{}\nash: data in {}\n",
+        server.local_addr(),
+        data_dir.display()
+    );
+    // A closed stdout (the operator's pipe went away) must not take the server down.
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), notes.as_bytes());
     server.run(shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -299,7 +299,11 @@ async fn a_restarted_server_lists_its_sessions_and_they_carry_on() {
     let (_, list) = server.get("/api/sessions").await;
     assert_eq!(list["sessions"][0]["id"], session);
     let frames = server.message(&session, "after").await;
-    assert_eq!(assistant_text(&frames), "Echo: after");
+    assert_eq!(
+        assistant_text(&frames),
+        "Echo: after (turn 2, previous: before)",
+        "the conversation survives the restart"
+    );
     assert_eq!(
         std::fs::read_to_string(server.workspace(&session).join("note.txt")).unwrap(),
         "kept"

@@ -86,7 +86,10 @@ async fn chat_answers_one_message_or_a_conversation_on_stdin() {
     let out = String::from_utf8_lossy(&talk.stdout);
     assert_eq!(
         out.lines().collect::<Vec<_>>(),
-        ["Echo: first line", "Echo: second line"]
+        [
+            "Echo: first line",
+            "Echo: second line (turn 2, previous: first line)"
+        ]
     );
     assert!(String::from_utf8_lossy(&talk.stderr).contains("is kept"));
 }

@@ -13,4 +13,11 @@ pub enum CoreError {
     InvalidManifest(String),
     #[error("Session is {0}")]
     SessionNotActive(crate::SessionStatus),
+    #[error("Cannot {action} a session that is {from}")]
+    IllegalTransition {
+        from: crate::SessionStatus,
+        action: &'static str,
+    },
+    #[error("Session has ended and cannot be resumed; create a new session")]
+    SessionEnded,
 }

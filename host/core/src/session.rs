@@ -77,6 +77,36 @@ impl SessionStatus {
             other => Err(CoreError::SessionNotActive(other)),
         }
     }
+
+    /// Only an active session can be paused.
+    pub fn pause(self) -> Result<Self, CoreError> {
+        match self {
+            Self::Active => Ok(Self::Paused),
+            other => Err(CoreError::IllegalTransition {
+                from: other,
+                action: "pause",
+            }),
+        }
+    }
+
+    /// An active or starting session can be stopped; its sandbox goes away, its files stay.
+    pub fn stop(self) -> Result<Self, CoreError> {
+        match self {
+            Self::Active | Self::Starting => Ok(Self::Stopped),
+            other => Err(CoreError::IllegalTransition {
+                from: other,
+                action: "stop",
+            }),
+        }
+    }
+
+    /// Any session but an ended one can be resumed; resuming an active one changes nothing.
+    pub fn resume(self) -> Result<Self, CoreError> {
+        match self {
+            Self::Ended => Err(CoreError::SessionEnded),
+            _ => Ok(Self::Active),
+        }
+    }
 }
 
 impl std::fmt::Display for SessionStatus {
@@ -163,6 +193,22 @@ mod tests {
         assert!(SessionStatus::Active.accept_message().is_ok());
         let err = SessionStatus::Ended.accept_message().unwrap_err();
         assert_eq!(err.to_string(), "Session is ended");
+    }
+
+    #[test]
+    fn the_state_machine_allows_only_legal_moves() {
+        use SessionStatus::*;
+        assert_eq!(Active.pause(), Ok(Paused));
+        assert_eq!(
+            Paused.pause().unwrap_err().to_string(),
+            "Cannot pause a session that is paused"
+        );
+        assert_eq!(Active.stop(), Ok(Stopped));
+        assert!(Paused.stop().is_err());
+        for from in [Paused, Stopped, Error, Starting, Active] {
+            assert_eq!(from.resume(), Ok(Active), "resume from {from}");
+        }
+        assert_eq!(Ended.resume(), Err(CoreError::SessionEnded));
     }
 
     #[test]

@@ -45,7 +45,10 @@ impl IntoResponse for ApiError {
 
 impl From<ash_core::CoreError> for ApiError {
     fn from(e: ash_core::CoreError) -> Self {
-        Self::bad_request(e.to_string())
+        match e {
+            ash_core::CoreError::SessionEnded => Self::new(StatusCode::GONE, e.to_string()),
+            e => Self::bad_request(e.to_string()),
+        }
     }
 }
 
