@@ -21,7 +21,7 @@ use std::time::Duration;
 use ash_protocol::{Backend, Command, Event};
 
 pub use client::Turn;
-use workspace::copy_agent;
+use workspace::{copy_into_workspace, latest, snapshot};
 
 /// How long a new bridge may take to say `ready` and accept its backend.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -53,6 +53,32 @@ pub struct SandboxHost {
     pub bridge: PathBuf,
     /// Parent of every sandbox's own folder.
     pub root: PathBuf,
+    /// Parent of every session's snapshot folder.
+    pub snapshots: PathBuf,
+}
+
+impl SandboxHost {
+    /// Makes a durable snapshot of the sandbox's workspace; returns once it is on disk.
+    pub async fn snapshot(&self, id: &str) -> Result<(), SandboxError> {
+        let (workspace, dir) = (
+            self.root.join(id).join("workspace"),
+            self.snapshots.join(id),
+        );
+        tokio::task::spawn_blocking(move || snapshot(&workspace, &dir))
+            .await
+            .map_err(|e| SandboxError::Workspace(e.to_string()))?
+            .map_err(|e| SandboxError::Workspace(format!("snapshot failed: {e}")))
+    }
+
+    /// Deletes the sandbox's workspace and snapshots.
+    pub async fn forget(&self, id: &str) {
+        let (sandbox, snapshots) = (self.root.join(id), self.snapshots.join(id));
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = std::fs::remove_dir_all(sandbox);
+            let _ = std::fs::remove_dir_all(snapshots);
+        })
+        .await;
+    }
 }
 
 /// What one sandbox runs.
@@ -69,25 +95,29 @@ pub struct SandboxSpec<'a> {
 
 /// A running sandbox. Dropping it kills the sandbox.
 pub struct Sandbox {
-    dir: PathBuf,
     child: tokio::sync::Mutex<tokio::process::Child>,
     bridge: client::BridgeClient,
 }
 
 impl Sandbox {
-    /// Prepares the workspace (a copy of the agent on first start), starts bwrap with the
+    /// Prepares the workspace (a copy of the agent on first start, or of the session's last
+    /// snapshot when its workspace was lost), starts bwrap with the
     /// bridge and configures the backend. Returns once the bridge is ready for queries.
     pub async fn start(host: &SandboxHost, spec: SandboxSpec<'_>) -> Result<Self, SandboxError> {
-        let dir = host.root.join(spec.id);
-        let workspace = dir.join("workspace");
+        let workspace = host.root.join(spec.id).join("workspace");
         if !workspace.exists() {
-            let (from, to) = (spec.agent_dir.to_owned(), workspace.clone());
+            let snapshot = latest(&host.snapshots.join(spec.id));
+            let (agent, to) = (spec.agent_dir.to_owned(), workspace.clone());
             let prompt = spec.system_prompt.map(str::to_owned);
-            tokio::task::spawn_blocking(move || {
-                copy_agent(&from, &to)?;
-                prompt.map_or(Ok(()), |prompt| {
-                    std::fs::write(to.join("CLAUDE.md"), prompt)
-                })
+            tokio::task::spawn_blocking(move || match snapshot {
+                // A session whose workspace is gone comes back from its last snapshot.
+                Some(snapshot) => copy_into_workspace(&snapshot, &to),
+                None => {
+                    copy_into_workspace(&agent, &to)?;
+                    prompt.map_or(Ok(()), |prompt| {
+                        std::fs::write(to.join("CLAUDE.md"), prompt)
+                    })
+                }
             })
             .await
             .map_err(|e| SandboxError::Workspace(e.to_string()))?
@@ -107,7 +137,6 @@ impl Sandbox {
         };
         bwrap::log_stderr(&mut child, spec.id.to_owned());
         let sandbox = Self {
-            dir,
             child: tokio::sync::Mutex::new(child),
             bridge,
         };
@@ -175,13 +204,6 @@ impl Sandbox {
         {
             let _ = child.kill().await;
         }
-    }
-
-    /// Stops the sandbox and deletes its files.
-    pub async fn destroy(&self) {
-        self.stop().await;
-        let dir = self.dir.clone();
-        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
     }
 
     /// True while the bridge process is running.

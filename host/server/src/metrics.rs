@@ -16,6 +16,7 @@ pub struct Metrics {
     pub max_capacity: IntGauge,
     pub sandbox_start: Histogram,
     pub turns: IntCounterVec,
+    pub resumes: IntCounterVec,
     pub auth_failures: IntCounter,
 }
 
@@ -57,6 +58,14 @@ impl Metrics {
             &["outcome"],
         )
         .expect("valid metric");
+        let resumes = IntCounterVec::new(
+            Opts::new(
+                "ash_resume_total",
+                "Session resumes by path (warm: sandbox still up; cold: a new one)",
+            ),
+            &["path"],
+        )
+        .expect("valid metric");
         let auth_failures = IntCounter::new(
             "ash_auth_failures_total",
             "Requests refused for a bad API key",
@@ -66,6 +75,7 @@ impl Metrics {
             Box::new(pool.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(sandbox_start.clone()),
             Box::new(turns.clone()),
+            Box::new(resumes.clone()),
             Box::new(auth_failures.clone()),
         ] {
             registry.register(m).expect("unique metric");
@@ -83,6 +93,7 @@ impl Metrics {
             max_capacity,
             sandbox_start,
             turns,
+            resumes,
             auth_failures,
         }
     }
