@@ -10,6 +10,7 @@
 
 mod command;
 mod echo;
+mod exec;
 
 use std::collections::HashMap;
 use std::os::fd::FromRawFd;
@@ -185,6 +186,19 @@ impl Bridge {
                     .await;
                 }
                 self.send(Event::Done { id }).await;
+            }
+            Command::Exec {
+                id,
+                command,
+                timeout_ms,
+            } => {
+                let task = tokio::spawn(exec::run(
+                    id.clone(),
+                    command,
+                    timeout_ms,
+                    self.events.clone(),
+                ));
+                self.running.insert(id, task.abort_handle());
             }
             Command::Shutdown { id } => {
                 for task in self.running.values() {

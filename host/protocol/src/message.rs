@@ -24,6 +24,13 @@ pub enum Command {
     Interrupt { id: String, target: String },
     /// Finish what is running and exit. Answered by `done`, then the bridge exits.
     Shutdown { id: String },
+    /// Run a shell command in the workspace. Answered by one `exec_result`.
+    Exec {
+        id: String,
+        command: String,
+        /// Killed (with everything it started) after this long.
+        timeout_ms: u64,
+    },
 }
 
 impl Command {
@@ -33,7 +40,8 @@ impl Command {
             Command::Configure { id, .. }
             | Command::Query { id, .. }
             | Command::Interrupt { id, .. }
-            | Command::Shutdown { id } => id,
+            | Command::Shutdown { id }
+            | Command::Exec { id, .. } => id,
         }
     }
 }
@@ -80,6 +88,16 @@ pub enum Event {
     Done { id: String },
     /// A diagnostic line from the bridge or its backend.
     Log { level: String, text: String },
+    /// How an `exec` ended. Output past the cap is dropped and `truncated` set; a command
+    /// killed at its timeout has `timed_out` set and exit code 124.
+    ExecResult {
+        id: String,
+        exit_code: i32,
+        stdout: String,
+        stderr: String,
+        timed_out: bool,
+        truncated: bool,
+    },
 }
 
 #[cfg(test)]

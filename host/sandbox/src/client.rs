@@ -119,7 +119,10 @@ async fn route(
                     let _ = tx.send(event.clone()).await;
                 }
             }
-            Event::Message { id, .. } | Event::Error { id, .. } | Event::Done { id } => {
+            Event::Message { id, .. }
+            | Event::Error { id, .. }
+            | Event::Done { id }
+            | Event::ExecResult { id, .. } => {
                 let last = !matches!(event, Event::Message { .. });
                 let tx = {
                     let mut pending = pending.lock().expect("lock");

@@ -171,6 +171,20 @@ impl Sandbox {
             .await
     }
 
+    /// Runs a shell command in the workspace; the bridge kills it at `timeout`.
+    pub async fn exec(&self, command: String, timeout: Duration) -> Result<Event, SandboxError> {
+        let timeout_ms = timeout.as_millis() as u64;
+        let mut answer = self
+            .bridge
+            .send(Command::Exec {
+                id: client::next_id(),
+                command,
+                timeout_ms,
+            })
+            .await?;
+        answer.next().await.ok_or(SandboxError::Gone)
+    }
+
     /// Stops the running command `target`; returns once the bridge has acted on it.
     pub async fn interrupt(&self, target: &str) -> Result<(), SandboxError> {
         let command = Command::Interrupt {

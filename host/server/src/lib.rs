@@ -10,6 +10,7 @@ mod agents;
 mod auth;
 mod error;
 mod health;
+mod lifecycle;
 mod metrics;
 mod openapi;
 mod sessions;
@@ -147,6 +148,7 @@ fn router(state: Arc<AppState>) -> Router {
     let api = Router::new()
         .merge(agents::routes())
         .merge(sessions::routes())
+        .merge(lifecycle::routes())
         .route("/metrics", axum::routing::get(health::metrics))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -6,7 +6,7 @@ use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::{agents, health, sessions};
+use crate::{agents, health, lifecycle, sessions};
 
 /// `{"agent": …}`
 #[derive(Serialize, ToSchema)]
@@ -70,7 +70,7 @@ pub(crate) struct ErrorBody {
     paths(
         agents::deploy, agents::list, agents::show, agents::remove,
         sessions::create, sessions::list, sessions::show, sessions::end, sessions::messages, sessions::send,
-        sessions::events, sessions::stream, sessions::interrupt, sessions::pause, sessions::stop, sessions::resume,
+        sessions::events, sessions::stream, sessions::interrupt, lifecycle::pause, lifecycle::stop, lifecycle::resume, lifecycle::exec,
         health::health, health::metrics,
     ),
     components(schemas(Role, SessionStatus)),

@@ -325,9 +325,6 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/api/sessions/{id}/events", get(events))
         .route("/api/sessions/{id}/stream", get(stream))
         .route("/api/sessions/{id}/interrupt", post(interrupt))
-        .route("/api/sessions/{id}/pause", post(pause))
-        .route("/api/sessions/{id}/stop", post(stop))
-        .route("/api/sessions/{id}/resume", post(resume))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -638,76 +635,6 @@ pub(crate) async fn interrupt(
     let session = find(&state, &id).await?;
     let interrupted = state.sessions.interrupt(session.id).await?;
     Ok(Json(Interrupted { interrupted }))
-}
-
-/// `POST /api/sessions/:id/pause`: writes a durable snapshot of the workspace, then stops
-/// taking messages. The sandbox stays up, so resuming is instant.
-#[utoipa::path(post, path = "/api/sessions/{id}/pause", tag = "sessions", params(("id" = String, Path, format = Uuid)),
-    responses((status = 200, body = SessionReply), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 409, body = crate::openapi::ErrorBody)))]
-pub(crate) async fn pause(
-    State(state): State<Arc<AppState>>,
-    UrlPath(id): UrlPath<String>,
-) -> Result<Json<SessionReply>, ApiError> {
-    let session = find(&state, &id).await?;
-    let paused = session.status.pause()?;
-    let _still = state.sessions.hold(session.id).await?;
-    state.sessions.snapshot(session.id).await?;
-    set_status(&state, session.id, paused).await
-}
-
-/// `POST /api/sessions/:id/stop`: snapshots the workspace and stops the sandbox; the files
-/// and the conversation stay for `resume`.
-#[utoipa::path(post, path = "/api/sessions/{id}/stop", tag = "sessions", params(("id" = String, Path, format = Uuid)),
-    responses((status = 200, body = SessionReply), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 409, body = crate::openapi::ErrorBody)))]
-pub(crate) async fn stop(
-    State(state): State<Arc<AppState>>,
-    UrlPath(id): UrlPath<String>,
-) -> Result<Json<SessionReply>, ApiError> {
-    let session = find(&state, &id).await?;
-    let stopped = session.status.stop()?;
-    let still = state.sessions.hold(session.id).await?;
-    state.sessions.snapshot(session.id).await?;
-    drop(still);
-    state.sessions.discard(session.id).await;
-    set_status(&state, session.id, stopped).await
-}
-
-/// `POST /api/sessions/:id/resume`: back to `active` — warm when its sandbox is still up,
-/// cold otherwise (a new sandbox over its workspace, or over its last snapshot when the
-/// workspace is gone), with the agent's and the session's env applied again.
-#[utoipa::path(post, path = "/api/sessions/{id}/resume", tag = "sessions", params(("id" = String, Path, format = Uuid)),
-    responses((status = 200, body = SessionReply), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 410, body = crate::openapi::ErrorBody), (status = 503, body = crate::openapi::ErrorBody)))]
-pub(crate) async fn resume(
-    State(state): State<Arc<AppState>>,
-    UrlPath(id): UrlPath<String>,
-) -> Result<Json<SessionReply>, ApiError> {
-    let session = find(&state, &id).await?;
-    let active = session.status.resume()?;
-    if session.status == SessionStatus::Active {
-        return Ok(Json(SessionReply { session }));
-    }
-    let path = if state.sessions.is_warm(session.id).await {
-        "warm"
-    } else {
-        "cold"
-    };
-    state.sessions.live(&state, &session, None).await?;
-    state.metrics.resumes.with_label_values(&[path]).inc();
-    tracing::info!(session = %session.id, path, "session resumed");
-    set_status(&state, session.id, active).await
-}
-
-async fn set_status(
-    state: &AppState,
-    id: SessionId,
-    status: SessionStatus,
-) -> Result<Json<SessionReply>, ApiError> {
-    let session = state
-        .store
-        .set_session_status(id, status)
-        .await?
-        .ok_or_else(|| ApiError::not_found("Session not found"))?;
-    Ok(Json(SessionReply { session }))
 }
 
 /// The schema `validate_content` enforces, for the OpenAPI document.

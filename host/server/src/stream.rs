@@ -169,7 +169,7 @@ impl Batch {
                 self.frames.extend(closing(self.session, None));
                 self.outcome = Some("ok");
             }
-            Event::Ready { .. } | Event::Log { .. } => {}
+            Event::Ready { .. } | Event::Log { .. } | Event::ExecResult { .. } => {}
         }
     }
 }

@@ -1,0 +1,181 @@
+//! Session lifecycle beyond messages: pause, stop and resume (warm or cold), and exec.
+//!
+//! Pause and stop write a durable snapshot of the workspace before they answer, holding the
+//! session's turn lock so the files hold still (409 while a turn runs). Resume is warm when the
+//! sandbox is still up; otherwise a new sandbox starts over the workspace — or over the last
+//! snapshot when the workspace is gone — so the files and the backend's conversation survive.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ash_core::{SessionId, SessionStatus};
+use ash_protocol::Event;
+use axum::extract::{Path as UrlPath, State};
+use axum::routing::post;
+use axum::Router;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Json;
+use crate::openapi::SessionReply;
+use crate::sessions::find;
+use crate::{ApiError, AppState};
+
+pub(crate) fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/api/sessions/{id}/pause", post(pause))
+        .route("/api/sessions/{id}/stop", post(stop))
+        .route("/api/sessions/{id}/resume", post(resume))
+        .route("/api/sessions/{id}/exec", post(exec))
+}
+
+/// `POST /api/sessions/:id/pause`: writes a durable snapshot of the workspace, then stops
+/// taking messages. The sandbox stays up, so resuming is instant.
+#[utoipa::path(post, path = "/api/sessions/{id}/pause", tag = "sessions", params(("id" = String, Path, format = Uuid)),
+    responses((status = 200, body = SessionReply), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 409, body = crate::openapi::ErrorBody)))]
+pub(crate) async fn pause(
+    State(state): State<Arc<AppState>>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<SessionReply>, ApiError> {
+    let session = find(&state, &id).await?;
+    let paused = session.status.pause()?;
+    let _still = state.sessions.hold(session.id).await?;
+    state.sessions.snapshot(session.id).await?;
+    set_status(&state, session.id, paused).await
+}
+
+/// `POST /api/sessions/:id/stop`: snapshots the workspace and stops the sandbox; the files
+/// and the conversation stay for `resume`.
+#[utoipa::path(post, path = "/api/sessions/{id}/stop", tag = "sessions", params(("id" = String, Path, format = Uuid)),
+    responses((status = 200, body = SessionReply), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 409, body = crate::openapi::ErrorBody)))]
+pub(crate) async fn stop(
+    State(state): State<Arc<AppState>>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<SessionReply>, ApiError> {
+    let session = find(&state, &id).await?;
+    let stopped = session.status.stop()?;
+    let still = state.sessions.hold(session.id).await?;
+    state.sessions.snapshot(session.id).await?;
+    drop(still);
+    state.sessions.discard(session.id).await;
+    set_status(&state, session.id, stopped).await
+}
+
+/// `POST /api/sessions/:id/resume`: back to `active` — warm when its sandbox is still up,
+/// cold otherwise (a new sandbox over its workspace, or over its last snapshot when the
+/// workspace is gone), with the agent's and the session's env applied again.
+#[utoipa::path(post, path = "/api/sessions/{id}/resume", tag = "sessions", params(("id" = String, Path, format = Uuid)),
+    responses((status = 200, body = SessionReply), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 410, body = crate::openapi::ErrorBody), (status = 503, body = crate::openapi::ErrorBody)))]
+pub(crate) async fn resume(
+    State(state): State<Arc<AppState>>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<SessionReply>, ApiError> {
+    let session = find(&state, &id).await?;
+    let active = session.status.resume()?;
+    if session.status == SessionStatus::Active {
+        return Ok(Json(SessionReply { session }));
+    }
+    let path = if state.sessions.is_warm(session.id).await {
+        "warm"
+    } else {
+        "cold"
+    };
+    state.sessions.live(&state, &session, None).await?;
+    state.metrics.resumes.with_label_values(&[path]).inc();
+    tracing::info!(session = %session.id, path, "session resumed");
+    set_status(&state, session.id, active).await
+}
+
+/// The longest command text `exec` takes.
+const MAX_COMMAND_BYTES: usize = 64 * 1024;
+/// `exec`'s default and largest timeout, as in the reference API.
+const EXEC_DEFAULT_MS: u64 = 30_000;
+const EXEC_MAX_MS: u64 = 300_000;
+
+/// A shell command to run in the session's workspace, inside its sandbox.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct ExecBody {
+    #[schema(min_length = 1, max_length = 65536)]
+    command: String,
+    /// Milliseconds before the command (and everything it started) is killed [default: 30000].
+    #[schema(minimum = 1, maximum = 300000)]
+    timeout: Option<u64>,
+}
+
+/// How the command ended. Each output keeps its first MiB; `truncated` says whether more was dropped.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ExecReply {
+    exit_code: i32,
+    stdout: String,
+    stderr: String,
+    /// Killed at its timeout (exit code 124).
+    timed_out: bool,
+    truncated: bool,
+}
+
+/// `POST /api/sessions/:id/exec`: runs a command in the session's sandbox, as the agent would.
+#[utoipa::path(post, path = "/api/sessions/{id}/exec", tag = "sessions", params(("id" = String, Path, format = Uuid)), request_body = ExecBody,
+    responses((status = 200, body = ExecReply), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody)))]
+pub(crate) async fn exec(
+    State(state): State<Arc<AppState>>,
+    UrlPath(id): UrlPath<String>,
+    Json(body): Json<ExecBody>,
+) -> Result<Json<ExecReply>, ApiError> {
+    if body.command.is_empty() || body.command.len() > MAX_COMMAND_BYTES {
+        return Err(ApiError::bad_request(format!(
+            "command must be 1-{MAX_COMMAND_BYTES} bytes"
+        )));
+    }
+    let timeout = body.timeout.unwrap_or(EXEC_DEFAULT_MS);
+    if !(1..=EXEC_MAX_MS).contains(&timeout) {
+        return Err(ApiError::bad_request(format!(
+            "timeout must be 1-{EXEC_MAX_MS} milliseconds"
+        )));
+    }
+    let session = find(&state, &id).await?;
+    session.status.accept_message()?;
+    let live = state.sessions.live(&state, &session, None).await?;
+    let answer = live
+        .sandbox
+        .exec(body.command, Duration::from_millis(timeout));
+    let grace = Duration::from_millis(timeout) + Duration::from_secs(5);
+    match tokio::time::timeout(grace, answer).await {
+        Ok(Ok(Event::ExecResult {
+            exit_code,
+            stdout,
+            stderr,
+            timed_out,
+            truncated,
+            ..
+        })) => Ok(Json(ExecReply {
+            exit_code,
+            stdout,
+            stderr,
+            timed_out,
+            truncated,
+        })),
+        Ok(Ok(Event::Error { error, .. })) => Err(ApiError::internal("Exec failed", error)),
+        Ok(Ok(other)) => Err(ApiError::internal(
+            "Exec failed",
+            format!("unexpected answer {other:?}"),
+        )),
+        Ok(Err(e)) => Err(ApiError::internal("Sandbox not available", e)),
+        Err(_) => Err(ApiError::internal(
+            "Exec failed",
+            "the sandbox did not answer in time",
+        )),
+    }
+}
+
+async fn set_status(
+    state: &AppState,
+    id: SessionId,
+    status: SessionStatus,
+) -> Result<Json<SessionReply>, ApiError> {
+    let session = state
+        .store
+        .set_session_status(id, status)
+        .await?
+        .ok_or_else(|| ApiError::not_found("Session not found"))?;
+    Ok(Json(SessionReply { session }))
+}
