@@ -73,6 +73,22 @@ pub enum SessionCommand {
     Messages { id: String },
     /// End a session; its sandbox stops and its workspace is deleted.
     End { id: String },
+    /// Pause a session: snapshot its workspace, keep its sandbox warm, take no messages.
+    Pause { id: String },
+    /// Stop a session's sandbox, keeping its files and conversation.
+    Stop { id: String },
+    /// Resume a paused or stopped session (warm or cold).
+    Resume { id: String },
+    /// Run a shell command in the session's sandbox; exits with the command's exit code.
+    Exec {
+        id: String,
+        command: String,
+        /// Kill it after this many milliseconds.
+        #[arg(long, default_value_t = 30_000)]
+        timeout: u64,
+    },
+    /// Stop the session's running turn.
+    Interrupt { id: String },
 }
 
 #[derive(clap::Args)]
@@ -130,6 +146,33 @@ pub async fn run(server: Option<String>, command: Command) -> anyhow::Result<Exi
                 .call(Method::GET, &format!("/api/sessions/{id}/messages"), None)
                 .await?
         }
+        Command::Session(SessionCommand::Pause { id }) => act(&client, &id, "pause").await?,
+        Command::Session(SessionCommand::Stop { id }) => act(&client, &id, "stop").await?,
+        Command::Session(SessionCommand::Resume { id }) => act(&client, &id, "resume").await?,
+        Command::Session(SessionCommand::Interrupt { id }) => {
+            act(&client, &id, "interrupt").await?
+        }
+        Command::Session(SessionCommand::Exec {
+            id,
+            command,
+            timeout,
+        }) => {
+            let body = json!({"command": command, "timeout": timeout});
+            let out = client
+                .call(
+                    Method::POST,
+                    &format!("/api/sessions/{id}/exec"),
+                    Some(&body),
+                )
+                .await?;
+            print!("{}", out["stdout"].as_str().unwrap_or_default());
+            eprint!("{}", out["stderr"].as_str().unwrap_or_default());
+            if out["timedOut"] == true {
+                eprintln!("ash: killed after {timeout} ms");
+            }
+            let code = out["exitCode"].as_i64().unwrap_or(1);
+            return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
+        }
         Command::Session(SessionCommand::End { id }) => {
             client
                 .call(Method::DELETE, &format!("/api/sessions/{id}"), None)
@@ -146,6 +189,16 @@ pub async fn run(server: Option<String>, command: Command) -> anyhow::Result<Exi
     };
     println!("{}", serde_json::to_string_pretty(&printed)?);
     Ok(ExitCode::SUCCESS)
+}
+
+async fn act(client: &Client, session: &str, action: &str) -> anyhow::Result<Value> {
+    client
+        .call(
+            Method::POST,
+            &format!("/api/sessions/{session}/{action}"),
+            Some(&json!({})),
+        )
+        .await
 }
 
 async fn create_session(

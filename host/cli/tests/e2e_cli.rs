@@ -215,3 +215,31 @@ async fn bench_starts_its_own_server_and_writes_a_dated_report() {
         assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
     }
 }
+
+#[tokio::test]
+async fn session_pause_resume_stop_and_exec_from_the_cli() {
+    let server = Server::start().await;
+    let created = json_out(
+        &server
+            .cli(&["session", "create", "hello-agent"], None)
+            .await,
+    );
+    let id = created["session"]["id"].as_str().unwrap();
+    assert_eq!(
+        json_out(&server.cli(&["session", "pause", id], None).await)["session"]["status"],
+        "paused"
+    );
+    assert_eq!(
+        json_out(&server.cli(&["session", "resume", id], None).await)["session"]["status"],
+        "active"
+    );
+    let exec = server
+        .cli(&["session", "exec", id, "echo hi; exit 7"], None)
+        .await;
+    assert_eq!(exec.status.code(), Some(7));
+    assert_eq!(String::from_utf8_lossy(&exec.stdout), "hi\n");
+    assert_eq!(
+        json_out(&server.cli(&["session", "stop", id], None).await)["session"]["status"],
+        "stopped"
+    );
+}
