@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use ash_cli::client::default_data_dir;
-use ash_server::{SeedAgent, Server, ServerConfig};
+use ash_server::{Limits, SeedAgent, Server, ServerConfig};
 use serde::Deserialize;
 
 #[derive(clap::Args)]
@@ -41,6 +41,11 @@ struct FileSettings {
     max_sandboxes: Option<usize>,
     bwrap: Option<PathBuf>,
     bridge_bin: Option<PathBuf>,
+    sandbox_memory_mb: Option<u64>,
+    sandbox_max_processes: Option<u64>,
+    sandbox_cpu_percent: Option<u64>,
+    sandbox_file_size_mb: Option<u64>,
+    sandbox_open_files: Option<u64>,
 }
 
 /// Largest settings file read.
@@ -150,7 +155,27 @@ pub async fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
         Some(path) => path,
         None => std::env::current_exe()?.with_file_name("ash-bridge"),
     };
+    let defaults = Limits::default();
+    const MIB: u64 = 1024 * 1024;
+    let limits = Limits {
+        memory_bytes: env::<u64>("ASH_SANDBOX_MEMORY_MB")?
+            .or(file.sandbox_memory_mb)
+            .map_or(defaults.memory_bytes, |mb| mb * MIB),
+        max_processes: env("ASH_SANDBOX_MAX_PROCESSES")?
+            .or(file.sandbox_max_processes)
+            .unwrap_or(defaults.max_processes),
+        cpu_percent: env("ASH_SANDBOX_CPU_PERCENT")?
+            .or(file.sandbox_cpu_percent)
+            .unwrap_or(defaults.cpu_percent),
+        file_size_bytes: env::<u64>("ASH_SANDBOX_FILE_SIZE_MB")?
+            .or(file.sandbox_file_size_mb)
+            .map_or(defaults.file_size_bytes, |mb| mb * MIB),
+        open_files: env("ASH_SANDBOX_OPEN_FILES")?
+            .or(file.sandbox_open_files)
+            .unwrap_or(defaults.open_files),
+    };
     let config = ServerConfig {
+        limits,
         host: args
             .host
             .or(env("ASH_HOST")?)

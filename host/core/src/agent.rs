@@ -103,12 +103,47 @@ impl RelativePath {
     }
 }
 
-/// The agent's `ash.toml`: which backend the bridge drives. A missing file means `echo`.
+/// The agent's `ash.toml`: which backend the bridge drives (a missing file means `echo`) and
+/// the agent's own resource limits, each replacing the server's default.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentManifest {
     #[serde(default = "echo")]
     pub backend: Backend,
+    #[serde(default)]
+    pub limits: LimitOverrides,
+}
+
+/// `[limits]` in `ash.toml`; unset keys keep the server's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitOverrides {
+    pub memory_mb: Option<u64>,
+    pub max_processes: Option<u64>,
+    /// 100 is one core.
+    pub cpu_percent: Option<u64>,
+    pub file_size_mb: Option<u64>,
+    pub open_files: Option<u64>,
+}
+
+impl LimitOverrides {
+    fn check(&self) -> Result<(), CoreError> {
+        let ranges = [
+            ("memory_mb", self.memory_mb, 16, 1 << 20),
+            ("max_processes", self.max_processes, 8, 100_000),
+            ("cpu_percent", self.cpu_percent, 1, 100_000),
+            ("file_size_mb", self.file_size_mb, 1, 1 << 20),
+            ("open_files", self.open_files, 16, 1 << 20),
+        ];
+        for (name, value, low, high) in ranges {
+            if value.is_some_and(|v| !(low..=high).contains(&v)) {
+                return Err(CoreError::InvalidManifest(format!(
+                    "limits.{name} must be {low}-{high}"
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn echo() -> Backend {
@@ -126,6 +161,7 @@ impl AgentManifest {
         }
         let manifest: Self =
             toml::from_str(text).map_err(|e| CoreError::InvalidManifest(e.message().to_owned()))?;
+        manifest.limits.check()?;
         if let Backend::Command { argv } = &manifest.backend {
             if argv.first().is_none_or(|program| program.is_empty()) {
                 return Err(CoreError::InvalidManifest(
@@ -185,6 +221,26 @@ mod tests {
                 argv: vec!["./agent.sh".into(), "-v".into()]
             }
         );
+    }
+
+    #[test]
+    fn limits_are_read_and_checked() {
+        let m =
+            AgentManifest::parse(Some("[limits]\nmemory_mb = 256\nmax_processes = 32\n")).unwrap();
+        assert_eq!(
+            (
+                m.limits.memory_mb,
+                m.limits.max_processes,
+                m.limits.cpu_percent
+            ),
+            (Some(256), Some(32), None)
+        );
+        let err = AgentManifest::parse(Some("[limits]\nmemory_mb = 1\n")).unwrap_err();
+        assert!(
+            err.to_string().contains("limits.memory_mb must be 16-"),
+            "{err}"
+        );
+        assert!(AgentManifest::parse(Some("[limits]\nswap = 1\n")).is_err());
     }
 
     #[test]

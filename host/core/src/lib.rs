@@ -9,6 +9,9 @@ mod agent;
 mod error;
 mod session;
 
-pub use agent::{Agent, AgentManifest, AgentName, RelativePath, MANIFEST_FILE, MAX_MANIFEST_BYTES};
+pub use agent::{
+    Agent, AgentManifest, AgentName, LimitOverrides, RelativePath, MANIFEST_FILE,
+    MAX_MANIFEST_BYTES,
+};
 pub use error::CoreError;
 pub use session::{Message, Role, Session, SessionEvent, SessionId, SessionStatus, DEFAULT_TENANT};

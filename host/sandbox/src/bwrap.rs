@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
+use crate::limits::{apply_rlimits, Cgroups, Limits};
 use crate::{SandboxError, SandboxHost};
 
 /// The workspace's path inside every sandbox.
@@ -73,7 +74,10 @@ pub(crate) fn spawn(
     workspace: &Path,
     sandbox_id: &str,
     agent_env: &BTreeMap<String, String>,
+    limits: Limits,
+    cgroups: Option<&Cgroups>,
 ) -> Result<(tokio::process::Child, tokio::net::UnixStream), SandboxError> {
+    let join = cgroups.map(Cgroups::join_fds).unwrap_or_default();
     let (ours, theirs) =
         std::os::unix::net::UnixStream::pair().map_err(|e| SandboxError::Start(e.to_string()))?;
     let theirs = OwnedFd::from(theirs);
@@ -95,9 +99,17 @@ pub(crate) fn spawn(
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    // SAFETY: between fork and exec we only call async-signal-safe dup2/fcntl on fds we own.
+    // SAFETY: between fork and exec we only make async-signal-safe calls (write, dup2, fcntl,
+    // setrlimit) on fds and structs we own.
     unsafe {
         command.pre_exec(move || {
+            // Join the sandbox's cgroups before exec, so bwrap and all it starts are inside.
+            for fd in &join {
+                if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            apply_rlimits(&limits)?;
             if their_fd == BRIDGE_FD {
                 let flags = libc::fcntl(BRIDGE_FD, libc::F_GETFD);
                 if flags < 0 || libc::fcntl(BRIDGE_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0

@@ -12,6 +12,7 @@
 
 mod bwrap;
 mod client;
+mod limits;
 mod workspace;
 
 use std::collections::BTreeMap;
@@ -21,6 +22,7 @@ use std::time::Duration;
 use ash_protocol::{Backend, Command, Event};
 
 pub use client::Turn;
+pub use limits::{LimitHit, Limits};
 use workspace::{copy_into_workspace, latest, snapshot};
 
 /// How long a new bridge may take to say `ready` and accept its backend.
@@ -55,9 +57,17 @@ pub struct SandboxHost {
     pub root: PathBuf,
     /// Parent of every session's snapshot folder.
     pub snapshots: PathBuf,
+    /// The cgroup folder (under each controller) holding this server's sandboxes; one per
+    /// data dir, so servers on one machine never touch each other's.
+    pub cgroup_group: String,
 }
 
 impl SandboxHost {
+    /// Removes cgroups that sandboxes of stopped or crashed servers left empty.
+    pub async fn sweep_cgroups(&self) {
+        let _ = tokio::task::spawn_blocking(limits::sweep).await;
+    }
+
     /// Makes a durable snapshot of the sandbox's workspace; returns once it is on disk.
     pub async fn snapshot(&self, id: &str) -> Result<(), SandboxError> {
         let (workspace, dir) = (
@@ -91,12 +101,15 @@ pub struct SandboxSpec<'a> {
     pub backend: Backend,
     /// Added to the allowlisted environment; cannot override the bridge's own variables.
     pub env: &'a BTreeMap<String, String>,
+    pub limits: Limits,
 }
 
 /// A running sandbox. Dropping it kills the sandbox.
 pub struct Sandbox {
     child: tokio::sync::Mutex<tokio::process::Child>,
     bridge: client::BridgeClient,
+    /// `None` where the host offers no usable cgroups (rlimits still apply).
+    cgroups: Option<limits::Cgroups>,
 }
 
 impl Sandbox {
@@ -123,7 +136,22 @@ impl Sandbox {
             .map_err(|e| SandboxError::Workspace(e.to_string()))?
             .map_err(|e| SandboxError::Workspace(e.to_string()))?;
         }
-        let (mut child, socket) = bwrap::spawn(host, &workspace, spec.id, spec.env)?;
+        let cgroups = {
+            let (id, limits) = (spec.id.to_owned(), spec.limits);
+            let group = host.cgroup_group.clone();
+            tokio::task::spawn_blocking(move || limits::Cgroups::create(&group, &id, limits))
+                .await
+                .map_err(|e| SandboxError::Start(e.to_string()))?
+                .map_err(|e| SandboxError::Start(format!("cannot set up cgroups: {e}")))?
+        };
+        let (mut child, socket) = bwrap::spawn(
+            host,
+            &workspace,
+            spec.id,
+            spec.env,
+            spec.limits,
+            cgroups.as_ref(),
+        )?;
         let bridge = match tokio::time::timeout(
             START_TIMEOUT,
             client::BridgeClient::connect(socket),
@@ -139,6 +167,7 @@ impl Sandbox {
         let sandbox = Self {
             child: tokio::sync::Mutex::new(child),
             bridge,
+            cgroups,
         };
         let configure = Command::Configure {
             id: client::next_id(),
@@ -218,6 +247,25 @@ impl Sandbox {
         {
             let _ = child.kill().await;
         }
+        if let Some(cgroups) = &self.cgroups {
+            cgroups.kill_all();
+            // Killed processes leave their cgroup a moment later; give them that moment so the
+            // cgroup can be removed (a server start sweeps up any that outlive it).
+            for _ in 0..20 {
+                if cgroups.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+
+    /// Limits the sandbox ran into since the last call (empty without cgroups).
+    pub fn limit_hits(&self) -> Vec<LimitHit> {
+        self.cgroups
+            .as_ref()
+            .map(limits::Cgroups::new_hits)
+            .unwrap_or_default()
     }
 
     /// True while the bridge process is running.

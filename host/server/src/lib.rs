@@ -24,6 +24,7 @@ use std::sync::Arc;
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
 
+pub use ash_sandbox::Limits;
 pub use error::ApiError;
 pub use openapi::document as openapi_document;
 pub use state::AppState;
@@ -38,6 +39,8 @@ pub struct ServerConfig {
     /// A key accepted as-is (`ASH_API_KEY`); no key is generated when it is set.
     pub api_key: Option<String>,
     pub max_sandboxes: usize,
+    /// Resource limits of every sandbox, unless its agent's `ash.toml` sets its own.
+    pub limits: ash_sandbox::Limits,
     pub bwrap: PathBuf,
     pub bridge: PathBuf,
     /// Agents deployed on start when no agent of that name exists (the bundled examples).
@@ -101,6 +104,7 @@ impl Server {
                 .await
                 .map_err(|e| StartError::Seed(e.message))?;
         }
+        state.sessions.sweep().await;
         for session in state.store.unfinished_turns().await? {
             let error = "the server stopped during this turn; send the message again";
             let closing = stream::closing(session, Some(error));

@@ -17,6 +17,7 @@ pub struct Metrics {
     pub sandbox_start: Histogram,
     pub turns: IntCounterVec,
     pub resumes: IntCounterVec,
+    pub limit_hits: IntCounterVec,
     pub auth_failures: IntCounter,
 }
 
@@ -66,6 +67,14 @@ impl Metrics {
             &["path"],
         )
         .expect("valid metric");
+        let limit_hits = IntCounterVec::new(
+            Opts::new(
+                "ash_limit_hits_total",
+                "Sandbox resource limits hit, by kind (memory: OOM kill; pids: fork refused)",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
         let auth_failures = IntCounter::new(
             "ash_auth_failures_total",
             "Requests refused for a bad API key",
@@ -76,6 +85,7 @@ impl Metrics {
             Box::new(sandbox_start.clone()),
             Box::new(turns.clone()),
             Box::new(resumes.clone()),
+            Box::new(limit_hits.clone()),
             Box::new(auth_failures.clone()),
         ] {
             registry.register(m).expect("unique metric");
@@ -94,6 +104,7 @@ impl Metrics {
             sandbox_start,
             turns,
             resumes,
+            limit_hits,
             auth_failures,
         }
     }

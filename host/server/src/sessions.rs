@@ -13,10 +13,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use ash_core::{
-    Agent, AgentManifest, AgentName, Role, Session, SessionId, SessionStatus, DEFAULT_TENANT,
+    Agent, AgentManifest, AgentName, LimitOverrides, Role, Session, SessionId, SessionStatus,
+    DEFAULT_TENANT,
 };
 use ash_protocol::QueryOptions;
-use ash_sandbox::{Sandbox, SandboxHost, SandboxSpec};
+use ash_sandbox::{Limits, Sandbox, SandboxHost, SandboxSpec};
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::sse::{KeepAlive, KeepAliveStream, Sse};
@@ -89,6 +90,7 @@ impl Sessions {
             bridge: config.bridge.clone(),
             root: config.data_dir.join("sandboxes"),
             snapshots: config.data_dir.join("snapshots"),
+            cgroup_group: cgroup_group(&config.data_dir),
         };
         Self {
             host,
@@ -97,6 +99,11 @@ impl Sessions {
             capacity: Arc::new(Semaphore::new(config.max_sandboxes)),
             running: Arc::default(),
         }
+    }
+
+    /// Removes what sandboxes of an earlier run left in the kernel (empty cgroups).
+    pub(crate) async fn sweep(&self) {
+        self.host.sweep_cgroups().await;
     }
 
     /// (live sandboxes, sandboxes in a turn).
@@ -180,12 +187,14 @@ impl Sessions {
         let mut env = agent.env.clone();
         env.extend(session.env.clone());
         let id = session.id.to_string();
+        let limits = merge_limits(state.config.limits, &manifest.limits);
         let spec = SandboxSpec {
             id: &id,
             agent_dir: &agent_dir,
             system_prompt,
             backend: manifest.backend,
             env: &env,
+            limits,
         };
         let clock = Instant::now();
         let sandbox = Sandbox::start(&self.host, spec)
@@ -309,6 +318,28 @@ impl Sessions {
                 live.sandbox.stop().await;
             }
         }
+    }
+}
+
+/// `ash-<hash of the data dir>`: stable across restarts of one server, distinct between servers.
+fn cgroup_group(data_dir: &Path) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("ash-{hex}")
+}
+
+/// The server's default limits with the agent's `[limits]` laid over them.
+fn merge_limits(defaults: Limits, agent: &LimitOverrides) -> Limits {
+    const MIB: u64 = 1024 * 1024;
+    Limits {
+        memory_bytes: agent.memory_mb.map_or(defaults.memory_bytes, |mb| mb * MIB),
+        max_processes: agent.max_processes.unwrap_or(defaults.max_processes),
+        cpu_percent: agent.cpu_percent.unwrap_or(defaults.cpu_percent),
+        file_size_bytes: agent
+            .file_size_mb
+            .map_or(defaults.file_size_bytes, |mb| mb * MIB),
+        open_files: agent.open_files.unwrap_or(defaults.open_files),
     }
 }
 
@@ -519,7 +550,7 @@ pub(crate) async fn send(
             let live = live.clone();
             let state = state.clone();
             tokio::spawn(async move {
-                stream::run_turn(state, session.id, hub, turn, guard).await;
+                stream::run_turn(state, session.id, hub, turn, &live.sandbox, guard).await;
                 live.current.lock().expect("lock").take();
             });
         }

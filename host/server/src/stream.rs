@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use ash_core::{Role, SessionEvent, SessionId};
 use ash_protocol::Event;
-use ash_sandbox::Turn;
+use ash_sandbox::{Sandbox, Turn};
 use axum::response::sse;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc};
@@ -78,12 +78,14 @@ pub(crate) fn closing(session: SessionId, error: Option<&str>) -> Vec<(String, S
     frames
 }
 
-/// Drives one turn to its end: logs and publishes everything the bridge sends.
+/// Drives one turn to its end: logs and publishes everything the bridge sends, and a `limit`
+/// frame for each resource limit the sandbox hit, just before the turn's closing frames.
 pub(crate) async fn run_turn(
     state: Arc<AppState>,
     session: SessionId,
     hub: Hub,
     mut turn: Turn,
+    sandbox: &Sandbox,
     guard: TurnGuard,
 ) {
     let mut batch = Batch::new(session);
@@ -98,6 +100,10 @@ pub(crate) async fn run_turn(
                 None => break,
             }
         }
+        if let Some(at) = batch.closing_at {
+            let hits = limit_frames(&state, sandbox);
+            batch.frames.splice(at..at, hits);
+        }
         if let Err(e) = publish(&state, &hub, session, &batch.messages, &batch.frames).await {
             let _ = hub.send(Published::Broken(e.message));
             break Some("storage_failed");
@@ -110,7 +116,9 @@ pub(crate) async fn run_turn(
     if outcome.is_none() {
         tracing::warn!(session = %session, "bridge went away mid-turn");
         let error = "the sandbox stopped during this turn; send the message again to continue in a new sandbox";
-        if let Err(e) = publish(&state, &hub, session, &[], &closing(session, Some(error))).await {
+        let mut frames = limit_frames(&state, sandbox);
+        frames.extend(closing(session, Some(error)));
+        if let Err(e) = publish(&state, &hub, session, &[], &frames).await {
             let _ = hub.send(Published::Broken(e.message));
         }
         state.sessions.discard(session).await;
@@ -123,12 +131,31 @@ pub(crate) async fn run_turn(
     drop(guard);
 }
 
+/// A `limit` frame (and a metric) for each limit the sandbox hit since the last look.
+fn limit_frames(state: &AppState, sandbox: &Sandbox) -> Vec<(String, String)> {
+    sandbox
+        .limit_hits()
+        .into_iter()
+        .map(|hit| {
+            state.metrics.limit_hits.with_label_values(&[hit.kind]).inc_by(hit.count);
+            let message = match hit.kind {
+                "memory" => format!("the sandbox reached its memory limit ({} MiB) and the kernel killed a process", hit.limit >> 20),
+                _ => format!("the sandbox reached its process limit ({}) and a new process was refused", hit.limit),
+            };
+            let data = json!({"kind": hit.kind, "limit": hit.limit, "count": hit.count, "message": message});
+            ("limit".to_owned(), data.to_string())
+        })
+        .collect()
+}
+
 /// What one bridge read adds: messages to store and frames to log.
 struct Batch {
     session: SessionId,
     messages: Vec<(Role, String)>,
     frames: Vec<(String, String)>,
     outcome: Option<&'static str>,
+    /// Where the turn's closing frames (`error`, `done`) start, once they are in.
+    closing_at: Option<usize>,
 }
 
 impl Batch {
@@ -138,6 +165,7 @@ impl Batch {
             messages: Vec::new(),
             frames: Vec::new(),
             outcome: None,
+            closing_at: None,
         }
     }
 
@@ -162,10 +190,12 @@ impl Batch {
                     .push(("error".to_owned(), json!({ "error": error }).to_string()));
             }
             Event::Error { error, .. } => {
+                self.closing_at = Some(self.frames.len());
                 self.frames.extend(closing(self.session, Some(&error)));
                 self.outcome = Some("error");
             }
             Event::Done { .. } => {
+                self.closing_at = Some(self.frames.len());
                 self.frames.extend(closing(self.session, None));
                 self.outcome = Some("ok");
             }
