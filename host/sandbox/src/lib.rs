@@ -63,6 +63,11 @@ pub struct SandboxHost {
 }
 
 impl SandboxHost {
+    /// Whether sandboxes get cgroup limits (memory, processes, CPU) here, or rlimits only.
+    pub fn cgroups_available(&self) -> bool {
+        limits::available()
+    }
+
     /// Removes cgroups that sandboxes of stopped or crashed servers left empty.
     pub async fn sweep_cgroups(&self) {
         let _ = tokio::task::spawn_blocking(limits::sweep).await;

@@ -1,6 +1,6 @@
-//! Resource limits for one sandbox: memory, processes and CPU through cgroups (v1 controllers
-//! where the host mounts them, as this machine kind does; v2 where `memory` and `pids` are
-//! enabled), and file size, open files and core dumps through rlimits, always.
+//! Resource limits for one sandbox: memory, processes and CPU through cgroup v1 controllers
+//! where the host mounts them (pure cgroup v2 hosts are not handled yet: they get rlimits
+//! only), and file size, open files and core dumps through rlimits, always.
 //!
 //! The bwrap process joins its cgroups between fork and exec (it writes `0` to each
 //! `cgroup.procs`, opened beforehand), so nothing in the sandbox ever runs outside them. A hit
@@ -64,8 +64,7 @@ pub(crate) struct Cgroups {
 impl Cgroups {
     /// Creates the sandbox's cgroups; `Ok(None)` when the host offers none this process may use.
     pub(crate) fn create(group: &str, id: &str, limits: Limits) -> io::Result<Option<Self>> {
-        let v1 = |controller: &str| Path::new(V1).join(controller).join("cgroup.procs").exists();
-        if !(v1("memory") && v1("pids")) {
+        if !available() {
             return Ok(None);
         }
         let mut cgroups = Self {
@@ -195,6 +194,17 @@ impl Drop for Cgroups {
             let _ = fs::remove_dir(dir);
         }
     }
+}
+
+/// Whether this process can create sandbox cgroups (v1 `memory` and `pids`, writable).
+pub(crate) fn available() -> bool {
+    ["memory", "pids"].iter().all(|controller| {
+        let dir = Path::new(V1).join(controller);
+        let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+            .expect("no NUL in a fixed path");
+        // SAFETY: access(2) only reads the path string.
+        dir.join("cgroup.procs").exists() && unsafe { libc::access(path.as_ptr(), libc::W_OK) } == 0
+    })
 }
 
 /// Removes empty cgroups that servers left behind (a crash, a kill): every sandbox cgroup of

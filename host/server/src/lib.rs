@@ -104,7 +104,7 @@ impl Server {
                 .await
                 .map_err(|e| StartError::Seed(e.message))?;
         }
-        state.sessions.sweep().await;
+        state.sessions.prepare_limits().await;
         for session in state.store.unfinished_turns().await? {
             let error = "the server stopped during this turn; send the message again";
             let closing = stream::closing(session, Some(error));

@@ -101,9 +101,15 @@ impl Sessions {
         }
     }
 
-    /// Removes what sandboxes of an earlier run left in the kernel (empty cgroups).
-    pub(crate) async fn sweep(&self) {
-        self.host.sweep_cgroups().await;
+    /// Says at start how sandboxes are limited, and removes what sandboxes of earlier runs
+    /// left in the kernel (empty cgroups).
+    pub(crate) async fn prepare_limits(&self) {
+        if self.host.cgroups_available() {
+            tracing::info!("sandbox limits: cgroups (memory, processes, CPU) and rlimits");
+            self.host.sweep_cgroups().await;
+        } else {
+            tracing::warn!("no writable cgroup v1 memory/pids controllers: sandboxes get rlimits only, so a fork or memory bomb in one can hurt the host; run as root on a host with cgroup v1 controllers");
+        }
     }
 
     /// (live sandboxes, sandboxes in a turn).
