@@ -30,7 +30,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::agents::{agent_not_found, blocking, read_manifest, validate_env};
 use crate::error::{Json, Query};
 use crate::openapi::{EventList, Interrupted, MessageList, SessionList, SessionReply};
-use crate::stream::{self, closing, follow, publish, Frames, Hub, HUB_CAPACITY};
+use crate::stream::{self, closing, follow, publish, publish_ending, Frames, Hub};
 use crate::{ApiError, AppState, ServerConfig};
 
 /// Cap for a message body (content blocks may carry base64 images and documents).
@@ -57,7 +57,7 @@ impl Default for Slot {
     fn default() -> Self {
         Self {
             live: Default::default(),
-            hub: tokio::sync::broadcast::channel(HUB_CAPACITY).0,
+            hub: Hub::new(),
         }
     }
 }
@@ -71,14 +71,23 @@ pub(crate) struct Live {
     _permit: OwnedSemaphorePermit,
 }
 
-/// Held while a turn runs; counts the sandbox as running.
+/// Held while a turn runs: counts the sandbox as running, names the turn for `interrupt`,
+/// and frees the session for its next turn when dropped.
 pub(crate) struct TurnGuard {
-    _turn: tokio::sync::OwnedMutexGuard<()>,
+    live: Arc<Live>,
     running: Arc<AtomicUsize>,
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl TurnGuard {
+    pub(crate) fn sandbox(&self) -> &Sandbox {
+        &self.live.sandbox
+    }
 }
 
 impl Drop for TurnGuard {
     fn drop(&mut self) {
+        self.live.current.lock().expect("lock").take();
         self.running.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -219,7 +228,7 @@ impl Sessions {
     }
 
     /// Claims the session's turn, or says which status code explains why not.
-    pub(crate) fn begin_turn(&self, live: &Live) -> Result<TurnGuard, ApiError> {
+    pub(crate) fn begin_turn(&self, live: &Arc<Live>) -> Result<TurnGuard, ApiError> {
         let turn = live.turn.clone().try_lock_owned().map_err(|_| {
             ApiError::new(
                 StatusCode::CONFLICT,
@@ -228,8 +237,9 @@ impl Sessions {
         })?;
         self.running.fetch_add(1, Ordering::Relaxed);
         Ok(TurnGuard {
-            _turn: turn,
+            live: live.clone(),
             running: self.running.clone(),
+            _turn: turn,
         })
     }
 
@@ -553,27 +563,27 @@ pub(crate) async fn send(
     {
         Ok(turn) => {
             *live.current.lock().expect("lock") = Some(turn.id().to_owned());
-            let live = live.clone();
-            let state = state.clone();
-            tokio::spawn(async move {
-                stream::run_turn(state, session.id, hub, turn, &live.sandbox, guard).await;
-                live.current.lock().expect("lock").take();
-            });
+            tokio::spawn(stream::run_turn(
+                state.clone(),
+                session.id,
+                hub,
+                turn,
+                guard,
+            ));
         }
         Err(e) => {
             tracing::error!(session = %session.id, "cannot start a turn: {e}");
             state.sessions.discard(session.id).await;
-            publish(
+            let error = "the sandbox is not available; send the message again";
+            publish_ending(
                 &state,
                 &hub,
                 session.id,
                 &[],
-                &closing(
-                    session.id,
-                    Some("the sandbox is not available; send the message again"),
-                ),
+                &closing(session.id, Some(error)),
+                guard,
             )
-            .await?;
+            .await;
         }
     }
     Ok(

@@ -29,7 +29,7 @@ use crate::sessions::TurnGuard;
 use crate::{ApiError, AppState};
 
 /// Frames a follower may trail the newest by before it goes back to reading the log.
-pub(crate) const HUB_CAPACITY: usize = 1024;
+const HUB_CAPACITY: usize = 1024;
 /// Frames buffered for one client.
 const CLIENT_BUFFER: usize = 256;
 /// How long a client may leave its buffer full before it is cut.
@@ -46,7 +46,26 @@ pub(crate) enum Published {
     Broken(String),
 }
 
-pub(crate) type Hub = broadcast::Sender<Published>;
+/// A session's live feed of its log, and the lock that keeps its appends in order: whatever
+/// is appended under the lock is broadcast in the same order.
+#[derive(Clone)]
+pub(crate) struct Hub {
+    feed: broadcast::Sender<Published>,
+    order: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Hub {
+    pub(crate) fn new() -> Self {
+        Self {
+            feed: broadcast::channel(HUB_CAPACITY).0,
+            order: Arc::default(),
+        }
+    }
+
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Published> {
+        self.feed.subscribe()
+    }
+}
 pub(crate) type Frames = ReceiverStream<Result<sse::Event, Infallible>>;
 
 /// Appends to the log and publishes the stored frames; returns them.
@@ -57,10 +76,40 @@ pub(crate) async fn publish(
     messages: &[(Role, String)],
     frames: &[(String, String)],
 ) -> Result<Vec<Arc<SessionEvent>>, ApiError> {
+    let order = hub.order.lock().await;
+    append_and_send(state, hub, session, messages, frames, order).await
+}
+
+/// Publishes a turn's last frames, releasing the turn first (under the order lock): a client
+/// that sees `done` can send its next message at once, and that turn's frames still come
+/// after this one's.
+pub(crate) async fn publish_ending(
+    state: &AppState,
+    hub: &Hub,
+    session: SessionId,
+    messages: &[(Role, String)],
+    frames: &[(String, String)],
+    guard: TurnGuard,
+) {
+    let order = hub.order.lock().await;
+    drop(guard);
+    if let Err(e) = append_and_send(state, hub, session, messages, frames, order).await {
+        let _ = hub.feed.send(Published::Broken(e.message));
+    }
+}
+
+async fn append_and_send(
+    state: &AppState,
+    hub: &Hub,
+    session: SessionId,
+    messages: &[(Role, String)],
+    frames: &[(String, String)],
+    _order: tokio::sync::MutexGuard<'_, ()>,
+) -> Result<Vec<Arc<SessionEvent>>, ApiError> {
     let stored = state.store.append(session, messages, frames).await?;
     let stored: Vec<_> = stored.into_iter().map(Arc::new).collect();
     for event in &stored {
-        let _ = hub.send(Published::Logged(event.clone()));
+        let _ = hub.feed.send(Published::Logged(event.clone()));
     }
     Ok(stored)
 }
@@ -85,13 +134,12 @@ pub(crate) async fn run_turn(
     session: SessionId,
     hub: Hub,
     mut turn: Turn,
-    sandbox: &Sandbox,
     guard: TurnGuard,
 ) {
     let mut batch = Batch::new(session);
-    let outcome = loop {
+    loop {
         let Some(first) = turn.next().await else {
-            break None;
+            break;
         };
         batch.add(first);
         while batch.frames.len() < BATCH && batch.outcome.is_none() {
@@ -100,35 +148,36 @@ pub(crate) async fn run_turn(
                 None => break,
             }
         }
-        if let Some(at) = batch.closing_at {
-            let hits = limit_frames(&state, sandbox);
+        if let (Some(at), Some(outcome)) = (batch.closing_at, batch.outcome) {
+            let hits = limit_frames(&state, guard.sandbox());
             batch.frames.splice(at..at, hits);
+            state.metrics.turns.with_label_values(&[outcome]).inc();
+            return publish_ending(&state, &hub, session, &batch.messages, &batch.frames, guard)
+                .await;
         }
         if let Err(e) = publish(&state, &hub, session, &batch.messages, &batch.frames).await {
-            let _ = hub.send(Published::Broken(e.message));
-            break Some("storage_failed");
-        }
-        if let Some(outcome) = batch.outcome {
-            break Some(outcome);
+            let _ = hub.feed.send(Published::Broken(e.message));
+            state
+                .metrics
+                .turns
+                .with_label_values(&["storage_failed"])
+                .inc();
+            return;
         }
         batch = Batch::new(session);
-    };
-    if outcome.is_none() {
-        tracing::warn!(session = %session, "bridge went away mid-turn");
-        let error = "the sandbox stopped during this turn; send the message again to continue in a new sandbox";
-        let mut frames = limit_frames(&state, sandbox);
-        frames.extend(closing(session, Some(error)));
-        if let Err(e) = publish(&state, &hub, session, &[], &frames).await {
-            let _ = hub.send(Published::Broken(e.message));
-        }
-        state.sessions.discard(session).await;
     }
+    tracing::warn!(session = %session, "bridge went away mid-turn");
+    let error =
+        "the sandbox stopped during this turn; send the message again to continue in a new sandbox";
+    let mut frames = limit_frames(&state, guard.sandbox());
+    frames.extend(closing(session, Some(error)));
+    state.sessions.discard(session).await;
     state
         .metrics
         .turns
-        .with_label_values(&[outcome.unwrap_or("sandbox_lost")])
+        .with_label_values(&["sandbox_lost"])
         .inc();
-    drop(guard);
+    publish_ending(&state, &hub, session, &batch.messages, &frames, guard).await;
 }
 
 /// A `limit` frame (and a metric) for each limit the sandbox hit since the last look.
