@@ -142,6 +142,23 @@ pub async fn run(server: Option<String>, args: BenchArgs) -> anyhow::Result<()> 
         &mut turns,
         "≤ 1 ms p50",
     ));
+    let (mut warm, mut cold) = (Vec::new(), Vec::new());
+    for id in ids.iter().skip(1) {
+        warm.push(pause_then_resume(&client, id, "pause").await?);
+        cold.push(pause_then_resume(&client, id, "stop").await?);
+    }
+    if !warm.is_empty() {
+        rows.push(Row::timed(
+            "resume after pause (warm: sandbox up)",
+            &mut warm,
+            "≤ 0.3 ms p50",
+        ));
+        rows.push(Row::timed(
+            "resume after stop (cold: new sandbox)",
+            &mut cold,
+            "≤ 15 ms p50",
+        ));
+    }
 
     if let Some(own) = &own {
         let bridges = bridge_rss_kib();
@@ -197,6 +214,26 @@ pub async fn run(server: Option<String>, args: BenchArgs) -> anyhow::Result<()> 
         eprintln!("ash: report written to {}", path.display());
     }
     Ok(())
+}
+
+/// Pauses or stops the session, then times its resume.
+async fn pause_then_resume(client: &Client, session: &str, how: &str) -> anyhow::Result<Duration> {
+    client
+        .call(
+            Method::POST,
+            &format!("/api/sessions/{session}/{how}"),
+            Some(&json!({})),
+        )
+        .await?;
+    let clock = Instant::now();
+    client
+        .call(
+            Method::POST,
+            &format!("/api/sessions/{session}/resume"),
+            Some(&json!({})),
+        )
+        .await?;
+    Ok(clock.elapsed())
 }
 
 /// Opens `streams` live streams on the session, runs one turn, and times when each stream

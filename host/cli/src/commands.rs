@@ -113,7 +113,9 @@ fn parse_env(raw: &str) -> Result<(String, String), String> {
 pub async fn run(server: Option<String>, command: Command) -> anyhow::Result<ExitCode> {
     let client = Client::discover(server)?;
     let printed = match command {
-        Command::Start(_) | Command::Openapi | Command::Bench(_) => unreachable!("handled by main"),
+        Command::Start(_) | Command::Openapi | Command::Bench(_) | Command::Doctor(_) => {
+            unreachable!("handled by main")
+        }
         Command::Health => client.call(Method::GET, "/health", None).await?,
         Command::Deploy(args) => deploy(&client, args).await?,
         Command::Agent(AgentCommand::List) => client.call(Method::GET, "/api/agents", None).await?,

@@ -40,6 +40,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Print the server's OpenAPI document (the same as GET /docs/json).
     Openapi,
+    /// Check what this host can do for sandboxes, and how to fix what it cannot.
+    Doctor(start::StartArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -49,6 +51,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Start(args) => start::run(args).await,
+            Command::Doctor(args) => start::doctor(args),
             Command::Bench(args) => bench::run(cli.server, args)
                 .await
                 .map(|()| std::process::ExitCode::SUCCESS),

@@ -151,10 +151,7 @@ pub async fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
             .or(file.database_url),
         &data_dir,
     )?;
-    let bridge = match env::<PathBuf>("ASH_BRIDGE_BIN")?.or(file.bridge_bin) {
-        Some(path) => path,
-        None => std::env::current_exe()?.with_file_name("ash-bridge"),
-    };
+    let bridge = bridge_path(file.bridge_bin)?;
     let defaults = Limits::default();
     const MIB: u64 = 1024 * 1024;
     let limits = Limits {
@@ -212,6 +209,42 @@ pub async fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
     let _ = std::io::Write::write_all(&mut std::io::stdout(), notes.as_bytes());
     server.run(shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `ASH_BRIDGE_BIN`, else the settings file's `bridge_bin`, else `ash-bridge` beside `ash`.
+fn bridge_path(configured: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match env::<PathBuf>("ASH_BRIDGE_BIN")?.or(configured) {
+        Some(path) => Ok(path),
+        None => Ok(std::env::current_exe()?.with_file_name("ash-bridge")),
+    }
+}
+
+/// `ash doctor`: the host checks, with the settings `ash start` would use; exit 1 when
+/// sandboxes cannot run at all.
+pub fn doctor(args: StartArgs) -> anyhow::Result<ExitCode> {
+    use ash_server::doctor::{check, Verdict};
+    let file = read_settings(args.config)?;
+    let bridge = bridge_path(file.bridge_bin)?;
+    let bwrap =
+        find_bwrap(env("ASH_BWRAP")?.or(file.bwrap)).unwrap_or_else(|_| PathBuf::from("bwrap"));
+    let findings = check(&bwrap, &bridge);
+    for finding in &findings {
+        let label = match finding.verdict {
+            Verdict::Ok => "ok",
+            Verdict::Degraded => "degraded",
+            Verdict::Broken => "broken",
+        };
+        println!("{label:<9}{}: {}", finding.what, finding.detail);
+        if !finding.fix.is_empty() {
+            println!("{:<9}fix: {}", "", finding.fix);
+        }
+    }
+    let broken = findings.iter().any(|f| f.verdict == Verdict::Broken);
+    Ok(if broken {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 async fn shutdown_signal() {

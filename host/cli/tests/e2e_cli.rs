@@ -211,6 +211,8 @@ async fn bench_starts_its_own_server_and_writes_a_dated_report() {
         "message turn",
         "bridge RSS",
         "open stream | 3 |",
+        "resume after pause (warm: sandbox up) | 1 |",
+        "resume after stop (cold: new sandbox) | 1 |",
     ] {
         assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
     }
@@ -241,5 +243,37 @@ async fn session_pause_resume_stop_and_exec_from_the_cli() {
     assert_eq!(
         json_out(&server.cli(&["session", "stop", id], None).await)["session"]["status"],
         "stopped"
+    );
+}
+
+#[tokio::test]
+async fn doctor_says_what_works_and_fails_plainly_without_bwrap() {
+    let ok = tokio::process::Command::new(ASH)
+        .arg("doctor")
+        .env("ASH_BRIDGE_BIN", common::BRIDGE)
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success(), "{text}");
+    for line in [
+        "ok       bubblewrap",
+        "ok       user namespaces",
+        "ok       bridge binary",
+    ] {
+        assert!(text.contains(line), "{line:?} missing from:\n{text}");
+    }
+    let missing = tokio::process::Command::new(ASH)
+        .arg("doctor")
+        .env("ASH_BRIDGE_BIN", common::BRIDGE)
+        .env("ASH_BWRAP", "/nonexistent/bwrap")
+        .output()
+        .await
+        .unwrap();
+    assert!(!missing.status.success());
+    let text = String::from_utf8_lossy(&missing.stdout);
+    assert!(
+        text.contains("broken   bubblewrap") && text.contains("apt-get install bubblewrap"),
+        "{text}"
     );
 }

@@ -12,6 +12,7 @@
 
 mod bwrap;
 mod client;
+pub mod doctor;
 mod limits;
 mod workspace;
 

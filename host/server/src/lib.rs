@@ -24,7 +24,7 @@ use std::sync::Arc;
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
 
-pub use ash_sandbox::Limits;
+pub use ash_sandbox::{doctor, Limits};
 pub use error::ApiError;
 pub use openapi::document as openapi_document;
 pub use state::AppState;
@@ -104,7 +104,7 @@ impl Server {
                 .await
                 .map_err(|e| StartError::Seed(e.message))?;
         }
-        state.sessions.prepare_limits().await;
+        state.sessions.check_host().await;
         for session in state.store.unfinished_turns().await? {
             let error = "the server stopped during this turn; send the message again";
             let closing = stream::closing(session, Some(error));

@@ -17,6 +17,7 @@ use ash_core::{
     DEFAULT_TENANT,
 };
 use ash_protocol::QueryOptions;
+use ash_sandbox::doctor::{self, Verdict};
 use ash_sandbox::{Limits, Sandbox, SandboxHost, SandboxSpec};
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
 use axum::http::StatusCode;
@@ -110,14 +111,27 @@ impl Sessions {
         }
     }
 
-    /// Says at start how sandboxes are limited, and removes what sandboxes of earlier runs
-    /// left in the kernel (empty cgroups).
-    pub(crate) async fn prepare_limits(&self) {
+    /// Logs what this host can do for sandboxes (the `ash doctor` findings) and removes what
+    /// sandboxes of earlier runs left in the kernel (empty cgroups).
+    pub(crate) async fn check_host(&self) {
+        let (bwrap, bridge) = (self.host.bwrap.clone(), self.host.bridge.clone());
+        let findings = tokio::task::spawn_blocking(move || doctor::check(&bwrap, &bridge))
+            .await
+            .unwrap_or_default();
+        for f in findings {
+            match f.verdict {
+                Verdict::Ok => tracing::info!("{}: {}", f.what, f.detail),
+                Verdict::Degraded => tracing::warn!("{}: {} (fix: {})", f.what, f.detail, f.fix),
+                Verdict::Broken => tracing::error!(
+                    "{}: {} (fix: {}); sessions cannot start",
+                    f.what,
+                    f.detail,
+                    f.fix
+                ),
+            }
+        }
         if self.host.cgroups_available() {
-            tracing::info!("sandbox limits: cgroups (memory, processes, CPU) and rlimits");
             self.host.sweep_cgroups().await;
-        } else {
-            tracing::warn!("no writable cgroup v1 memory/pids controllers: sandboxes get rlimits only, so a fork or memory bomb in one can hurt the host; run as root on a host with cgroup v1 controllers");
         }
     }
 

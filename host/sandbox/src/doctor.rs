@@ -1,0 +1,134 @@
+//! What this host can do for sandboxes, in plain words: `ash doctor` prints it and the
+//! server logs it at start. Each finding says what works, what is degraded, and how to fix it.
+
+use std::process::{Command, Stdio};
+
+use std::path::Path;
+
+use crate::limits;
+
+/// How a check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Ok,
+    /// Works, with less protection or capacity than it should have.
+    Degraded,
+    /// Sandboxes cannot run.
+    Broken,
+}
+
+/// One check of the host.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    pub what: &'static str,
+    pub verdict: Verdict,
+    pub detail: String,
+    /// What to do about it; empty when nothing needs doing.
+    pub fix: String,
+}
+
+/// Checks bwrap, user namespaces, cgroups, the bridge binary and the open-files limit.
+/// Blocking (it starts bwrap once): call it from `spawn_blocking`.
+pub fn check(bwrap: &Path, bridge: &Path) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let version = Command::new(bwrap).arg("--version").output();
+    let (verdict, detail, fix) = match version {
+        Ok(out) if out.status.success() => (
+            Verdict::Ok,
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            String::new(),
+        ),
+        _ => (
+            Verdict::Broken,
+            format!("cannot run {}", bwrap.display()),
+            "install it: apt-get install bubblewrap".to_owned(),
+        ),
+    };
+    let bwrap_runs = verdict == Verdict::Ok;
+    findings.push(Finding {
+        what: "bubblewrap",
+        verdict,
+        detail,
+        fix,
+    });
+
+    if bwrap_runs {
+        let probe = Command::new(bwrap)
+            .args([
+                "--unshare-all",
+                "--unshare-user",
+                "--ro-bind",
+                "/",
+                "/",
+                "--",
+                "true",
+            ])
+            .stdin(Stdio::null())
+            .output();
+        findings.push(match probe {
+            Ok(out) if out.status.success() => Finding {
+                what: "user namespaces",
+                verdict: Verdict::Ok,
+                detail: "bwrap can unshare every namespace, the user namespace included".into(),
+                fix: String::new(),
+            },
+            Ok(out) => Finding {
+                what: "user namespaces",
+                verdict: Verdict::Broken,
+                detail: format!("bwrap cannot create a sandbox: {}", String::from_utf8_lossy(&out.stderr).trim()),
+                fix: "allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1; on Ubuntu also kernel.apparmor_restrict_unprivileged_userns=0) or run the server as root".into(),
+            },
+            Err(e) => Finding { what: "user namespaces", verdict: Verdict::Broken, detail: e.to_string(), fix: String::new() },
+        });
+    }
+
+    findings.push(if limits::available() {
+        Finding {
+            what: "resource limits",
+            verdict: Verdict::Ok,
+            detail: "cgroup v1 memory, pids and cpu controllers are writable: memory, processes and CPU are enforced per sandbox, plus rlimits".into(),
+            fix: String::new(),
+        }
+    } else {
+        Finding {
+            what: "resource limits",
+            verdict: Verdict::Degraded,
+            detail: "no writable cgroup v1 memory/pids controllers: sandboxes get rlimits (file size, open files) only, so a fork bomb or memory bomb can hurt the host".into(),
+            fix: "run the server as root on a host that mounts cgroup v1 memory and pids controllers".into(),
+        }
+    });
+
+    findings.push(if bridge.is_file() {
+        Finding {
+            what: "bridge binary",
+            verdict: Verdict::Ok,
+            detail: bridge.display().to_string(),
+            fix: String::new(),
+        }
+    } else {
+        Finding {
+            what: "bridge binary",
+            verdict: Verdict::Broken,
+            detail: format!("{} is missing", bridge.display()),
+            fix: "build it (cargo build --release -p ash-cli) or set ASH_BRIDGE_BIN".into(),
+        }
+    });
+
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only the struct we pass.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    findings.push(if limit.rlim_max >= 65_536 {
+        Finding { what: "open files", verdict: Verdict::Ok, detail: format!("hard limit {}", limit.rlim_max), fix: String::new() }
+    } else {
+        Finding {
+            what: "open files",
+            verdict: Verdict::Degraded,
+            detail: format!("hard limit {}: each sandbox and each stream holds descriptors, so this caps the node", limit.rlim_max),
+            fix: "raise it (LimitNOFILE= in the systemd unit, or nofile in /etc/security/limits.conf)".into(),
+        }
+    });
+    findings
+}
