@@ -203,3 +203,50 @@ async fn pause_or_stop_during_a_turn_gets_409_and_the_turn_goes_on() {
     let (status, _) = act(&server, &session, "pause").await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn fork_copies_files_and_conversation_and_both_go_their_own_way() {
+    let server = Server::start().await;
+    let parent = server.session("hello-agent").await;
+    server.message(&parent, "shared past").await;
+    std::fs::write(server.workspace(&parent).join("plan.txt"), "v1").unwrap();
+    let (status, body) = act(&server, &parent, "fork").await;
+    assert_eq!(status, 201, "{body}");
+    let child = body["session"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        (
+            body["session"]["status"].as_str(),
+            body["session"]["parentSessionId"].as_str()
+        ),
+        (Some("paused"), Some(parent.as_str()))
+    );
+    assert_eq!(
+        std::fs::read_to_string(server.workspace(&child).join("plan.txt")).unwrap(),
+        "v1"
+    );
+    let (_, messages) = server.get(&format!("/api/sessions/{child}/messages")).await;
+    assert_eq!(
+        messages["messages"].as_array().unwrap().len(),
+        3,
+        "the conversation is copied"
+    );
+
+    act(&server, &child, "resume").await;
+    assert_eq!(
+        assistant_text(&server.message(&child, "child says").await),
+        "Echo: child says (turn 2, previous: shared past)"
+    );
+    assert_eq!(
+        assistant_text(&server.message(&parent, "parent says").await),
+        "Echo: parent says (turn 2, previous: shared past)"
+    );
+    server
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/sessions/{parent}"),
+            None,
+        )
+        .await;
+    let (status, _) = act(&server, &parent, "fork").await;
+    assert_eq!(status, 410);
+}

@@ -86,6 +86,24 @@ impl SandboxHost {
             .map_err(|e| SandboxError::Workspace(format!("snapshot failed: {e}")))
     }
 
+    /// Copies one sandbox's workspace (or, if it is gone, its last snapshot) to be another's.
+    pub async fn fork(&self, from: &str, to: &str) -> Result<(), SandboxError> {
+        let source = self.root.join(from).join("workspace");
+        let snapshot = latest(&self.snapshots.join(from));
+        let target = self.root.join(to).join("workspace");
+        tokio::task::spawn_blocking(move || {
+            let source = if source.is_dir() {
+                source
+            } else {
+                snapshot.ok_or_else(|| std::io::Error::other("nothing left to copy"))?
+            };
+            copy_into_workspace(&source, &target)
+        })
+        .await
+        .map_err(|e| SandboxError::Workspace(e.to_string()))?
+        .map_err(|e| SandboxError::Workspace(format!("fork failed: {e}")))
+    }
+
     /// Deletes the sandbox's workspace and snapshots.
     pub async fn forget(&self, id: &str) {
         let (sandbox, snapshots) = (self.root.join(id), self.snapshots.join(id));

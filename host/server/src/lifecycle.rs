@@ -8,16 +8,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ash_core::{SessionId, SessionStatus};
+use ash_core::{Session, SessionId, SessionStatus};
 use ash_protocol::Event;
 use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode;
 use axum::routing::post;
 use axum::Router;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Json;
 use crate::openapi::SessionReply;
-use crate::sessions::find;
+use crate::sessions::{find, now};
 use crate::{ApiError, AppState};
 
 pub(crate) fn routes() -> Router<Arc<AppState>> {
@@ -26,6 +27,7 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
         .route("/api/sessions/{id}/stop", post(stop))
         .route("/api/sessions/{id}/resume", post(resume))
         .route("/api/sessions/{id}/exec", post(exec))
+        .route("/api/sessions/{id}/fork", post(fork))
 }
 
 /// `POST /api/sessions/:id/pause`: writes a durable snapshot of the workspace, then stops
@@ -165,6 +167,42 @@ pub(crate) async fn exec(
             "the sandbox did not answer in time",
         )),
     }
+}
+
+/// `POST /api/sessions/:id/fork`: a new session (status `paused`, `parentSessionId` set)
+/// with a copy of the workspace and of the conversation; resume it to use it.
+#[utoipa::path(post, path = "/api/sessions/{id}/fork", tag = "sessions", params(("id" = String, Path, format = Uuid)),
+    responses((status = 201, body = SessionReply), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody),
+        (status = 409, body = crate::openapi::ErrorBody), (status = 410, body = crate::openapi::ErrorBody)))]
+pub(crate) async fn fork(
+    State(state): State<Arc<AppState>>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<(StatusCode, Json<SessionReply>), ApiError> {
+    let parent = find(&state, &id).await?;
+    if parent.status == SessionStatus::Ended {
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            "Session has ended; its files are gone, so it cannot be forked",
+        ));
+    }
+    let _still = state.sessions.hold(parent.id).await?;
+    let child = Session {
+        id: SessionId::new(),
+        status: SessionStatus::Paused,
+        parent_session_id: Some(parent.id.to_string()),
+        created_at: now(),
+        last_active_at: now(),
+        ..parent.clone()
+    };
+    let child = Session {
+        sandbox_id: child.id.to_string(),
+        ..child
+    };
+    state.sessions.fork(parent.id, child.id).await?;
+    state.store.insert_session(&child).await?;
+    state.store.copy_messages(parent.id, child.id).await?;
+    tracing::info!(parent = %parent.id, session = %child.id, "session forked");
+    Ok((StatusCode::CREATED, Json(SessionReply { session: child })))
 }
 
 async fn set_status(

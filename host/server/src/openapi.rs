@@ -70,7 +70,7 @@ pub(crate) struct ErrorBody {
     paths(
         agents::deploy, agents::list, agents::show, agents::remove,
         sessions::create, sessions::list, sessions::show, sessions::end, sessions::messages, sessions::send,
-        sessions::events, sessions::stream, sessions::interrupt, lifecycle::pause, lifecycle::stop, lifecycle::resume, lifecycle::exec,
+        sessions::events, sessions::stream, sessions::interrupt, lifecycle::pause, lifecycle::stop, lifecycle::resume, lifecycle::exec, lifecycle::fork,
         health::health, health::metrics,
     ),
     components(schemas(Role, SessionStatus)),

@@ -316,6 +316,14 @@ impl Sessions {
         })
     }
 
+    /// Copies one session's workspace to a new session.
+    pub(crate) async fn fork(&self, from: SessionId, to: SessionId) -> Result<(), ApiError> {
+        self.host
+            .fork(&from.to_string(), &to.to_string())
+            .await
+            .map_err(|e| ApiError::internal("Failed to fork the workspace", e))
+    }
+
     /// Writes a durable snapshot of the session's workspace.
     pub(crate) async fn snapshot(&self, id: SessionId) -> Result<(), ApiError> {
         self.host
@@ -420,7 +428,7 @@ pub(crate) async fn create(
         .get_agent(&agent_name)
         .await?
         .ok_or_else(agent_not_found)?;
-    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let now = now();
     let id = SessionId::new();
     let session = Session {
         id,
@@ -463,6 +471,11 @@ pub(crate) async fn list(
     let agent = query.agent.map(AgentName::try_from).transpose()?;
     let sessions = state.store.list_sessions(agent.as_ref()).await?;
     Ok(Json(SessionList { sessions }))
+}
+
+/// The current time as the API shows it (RFC 3339, milliseconds, UTC).
+pub(crate) fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 pub(crate) async fn find(state: &AppState, raw_id: &str) -> Result<Session, ApiError> {

@@ -264,6 +264,20 @@ impl Store {
             .collect()
     }
 
+    /// Copies every message of `from` to `to`, keeping their sequence numbers.
+    pub async fn copy_messages(&self, from: SessionId, to: SessionId) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO messages (id, tenant_id, session_id, role, content, sequence, created_at)
+             SELECT lower(hex(randomblob(16))), tenant_id, ?, role, content, sequence, created_at
+             FROM messages WHERE session_id = ? ORDER BY sequence",
+        )
+        .bind(to.to_string())
+        .bind(from.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Messages with a sequence above `after`, oldest first, at most `limit`.
     pub async fn list_messages(
         &self,
