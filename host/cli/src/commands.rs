@@ -89,6 +89,8 @@ pub enum SessionCommand {
     },
     /// Stop the session's running turn.
     Interrupt { id: String },
+    /// Copy a session (workspace and conversation) into a new, paused one.
+    Fork { id: String },
 }
 
 #[derive(clap::Args)]
