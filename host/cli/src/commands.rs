@@ -156,6 +156,7 @@ pub async fn run(server: Option<String>, command: Command) -> anyhow::Result<Exi
         Command::Session(SessionCommand::Interrupt { id }) => {
             act(&client, &id, "interrupt").await?
         }
+        Command::Session(SessionCommand::Fork { id }) => act(&client, &id, "fork").await?,
         Command::Session(SessionCommand::Exec {
             id,
             command,

@@ -244,6 +244,8 @@ async fn session_pause_resume_stop_and_exec_from_the_cli() {
         json_out(&server.cli(&["session", "stop", id], None).await)["session"]["status"],
         "stopped"
     );
+    let forked = json_out(&server.cli(&["session", "fork", id], None).await);
+    assert_eq!(forked["session"]["parentSessionId"], id);
 }
 
 #[tokio::test]
