@@ -46,6 +46,7 @@ struct FileSettings {
     sandbox_cpu_percent: Option<u64>,
     sandbox_file_size_mb: Option<u64>,
     sandbox_open_files: Option<u64>,
+    idle_timeout_ms: Option<u64>,
 }
 
 /// Largest settings file read.
@@ -171,8 +172,12 @@ pub async fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
             .or(file.sandbox_open_files)
             .unwrap_or(defaults.open_files),
     };
+    let idle_ms: u64 = env("ASH_IDLE_TIMEOUT_MS")?
+        .or(file.idle_timeout_ms)
+        .unwrap_or(30 * 60 * 1000);
     let config = ServerConfig {
         limits,
+        idle_timeout: std::time::Duration::from_millis(idle_ms.max(1)),
         host: args
             .host
             .or(env("ASH_HOST")?)

@@ -41,6 +41,8 @@ pub struct ServerConfig {
     pub max_sandboxes: usize,
     /// Resource limits of every sandbox, unless its agent's `ash.toml` sets its own.
     pub limits: ash_sandbox::Limits,
+    /// A session whose sandbox has had no turn for this long is paused and its sandbox freed.
+    pub idle_timeout: std::time::Duration,
     pub bwrap: PathBuf,
     pub bridge: PathBuf,
     /// Agents deployed on start when no agent of that name exists (the bundled examples).
@@ -129,6 +131,7 @@ impl Server {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        let sweeper = tokio::spawn(sweep_idle(self.state.clone()));
         let app = router(self.state.clone());
         // Frames are small and written one by one: without TCP_NODELAY, Nagle's algorithm
         // and the client's delayed ACK hold each one back for ~40 ms.
@@ -140,8 +143,23 @@ impl Server {
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await?;
+        sweeper.abort();
         self.state.sessions.stop_all().await;
         Ok(())
+    }
+}
+
+/// Parks idle sessions, checking at half the idle timeout (at most every minute).
+async fn sweep_idle(state: Arc<AppState>) {
+    let timeout = state.config.idle_timeout;
+    let every = (timeout / 2).clamp(
+        std::time::Duration::from_millis(50),
+        std::time::Duration::from_secs(60),
+    );
+    let mut ticks = tokio::time::interval(every);
+    loop {
+        ticks.tick().await;
+        state.sessions.sweep_idle(&state, timeout).await;
     }
 }
 

@@ -69,6 +69,8 @@ pub(crate) struct Live {
     turn: Arc<tokio::sync::Mutex<()>>,
     /// The bridge command id of the running turn, for `interrupt`.
     current: Mutex<Option<String>>,
+    /// When a turn last started or ended, for the idle sweep and eviction.
+    last_used: Mutex<Instant>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -89,6 +91,7 @@ impl TurnGuard {
 impl Drop for TurnGuard {
     fn drop(&mut self) {
         self.live.current.lock().expect("lock").take();
+        *self.live.last_used.lock().expect("lock") = Instant::now();
         self.running.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -185,14 +188,15 @@ impl Sessions {
         agent: &Agent,
         system_prompt: Option<&str>,
     ) -> Result<Arc<Live>, ApiError> {
-        let permit = self.capacity.clone().try_acquire_owned().map_err(|_| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "Sandbox capacity reached ({} live); end a session or raise ASH_MAX_SANDBOXES",
-                    self.max_sandboxes
-                ),
-            )
+        let permit = match self.capacity.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            // Full: park the least recently used idle session, then try once more.
+            Err(_) if self.evict_one(state).await => self.capacity.clone().try_acquire_owned().ok(),
+            Err(_) => None,
+        };
+        let permit = permit.ok_or_else(|| {
+            let message = format!("Sandbox capacity reached ({} live, all busy); end a session or raise ASH_MAX_SANDBOXES", self.max_sandboxes);
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
         })?;
         let agent_dir = Path::new(&agent.path).to_owned();
         let manifest = {
@@ -237,8 +241,94 @@ impl Sessions {
             sandbox,
             turn: Arc::default(),
             current: Mutex::default(),
+            last_used: Mutex::new(Instant::now()),
             _permit: permit,
         }))
+    }
+
+    /// Parks the least recently used session that has a sandbox and no running turn; `false`
+    /// when every sandbox is busy.
+    async fn evict_one(&self, state: &AppState) -> bool {
+        let mut candidates = self.idle_sandboxes().await;
+        candidates.sort_by_key(|(_, last_used)| *last_used);
+        for (id, _) in candidates {
+            if self.park(state, id, "evicted").await {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Parks every session whose sandbox has had no turn for `timeout`.
+    pub(crate) async fn sweep_idle(&self, state: &AppState, timeout: std::time::Duration) {
+        for (id, last_used) in self.idle_sandboxes().await {
+            if last_used.elapsed() >= timeout {
+                self.park(state, id, "idle").await;
+            }
+        }
+    }
+
+    /// Sessions with a sandbox and no running turn, with when they were last used.
+    async fn idle_sandboxes(&self) -> Vec<(SessionId, Instant)> {
+        let slots: Vec<_> = self
+            .slots
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(id, slot)| (*id, slot.clone()))
+            .collect();
+        let mut idle = Vec::new();
+        for (id, slot) in slots {
+            let Ok(live) = slot.live.try_lock() else {
+                continue;
+            };
+            if let Some(live) = live
+                .as_ref()
+                .filter(|l| l.current.lock().expect("lock").is_none())
+            {
+                idle.push((id, *live.last_used.lock().expect("lock")));
+            }
+        }
+        idle
+    }
+
+    /// Snapshots an idle session, stops its sandbox (freeing its capacity) and marks it paused,
+    /// as a pause would; `false` when it is busy (starting, or in a turn) and was left alone.
+    async fn park(&self, state: &AppState, id: SessionId, reason: &str) -> bool {
+        let slot = self.slots.lock().expect("lock").get(&id).cloned();
+        let Some(slot) = slot else { return false };
+        let Ok(mut held) = slot.live.try_lock() else {
+            return false;
+        };
+        let Some(live) = held.clone() else {
+            return false;
+        };
+        let Ok(_quiet) = live.turn.clone().try_lock_owned() else {
+            return false;
+        };
+        if let Err(e) = self.host.snapshot(&id.to_string()).await {
+            tracing::error!(session = %id, "cannot park the session: {e}");
+            return false;
+        }
+        live.sandbox.stop().await;
+        *held = None;
+        drop((held, live));
+        match state.store.get_session(id).await {
+            Ok(Some(session)) if session.status == SessionStatus::Active => {
+                if let Err(e) = state
+                    .store
+                    .set_session_status(id, SessionStatus::Paused)
+                    .await
+                {
+                    tracing::error!(session = %id, "cannot mark a parked session paused: {e}");
+                }
+            }
+            _ => {}
+        }
+        let data = json!({"action": "paused", "reason": reason}).to_string();
+        let _ = publish(state, &slot.hub, id, &[], &[("lifecycle".to_owned(), data)]).await;
+        tracing::info!(session = %id, reason, "session paused to free its sandbox");
+        true
     }
 
     /// Claims the session's turn, or says which status code explains why not.
@@ -250,6 +340,7 @@ impl Sessions {
             )
         })?;
         self.running.fetch_add(1, Ordering::Relaxed);
+        *live.last_used.lock().expect("lock") = Instant::now();
         Ok(TurnGuard {
             live: live.clone(),
             running: self.running.clone(),

@@ -1,0 +1,79 @@
+//! Capacity: idle sessions are paused by the idle sweep, the least recently used idle one is
+//! evicted when the node is full, and a sandbox in a turn is never taken.
+
+mod common;
+
+use common::{assistant_text, Server};
+use serde_json::{json, Value};
+
+async fn status(server: &Server, session: &str) -> String {
+    server.get(&format!("/api/sessions/{session}")).await.1["session"]["status"].as_str().unwrap().to_owned()
+}
+
+/// Follows the session's log from `after` until its next `lifecycle` frame.
+async fn next_lifecycle(server: &Server, session: &str, after: i64) -> Value {
+    let mut stream = server.open_log_stream(session, Some(after)).await;
+    let frames = Server::read_until(&mut stream, |f| f.event == "lifecycle").await;
+    serde_json::from_str(&frames.last().unwrap().data).unwrap()
+}
+
+fn last_seq(frames: &[ash_cli::sse::Frame]) -> i64 {
+    frames.last().unwrap().id.as_deref().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn an_idle_session_is_paused_and_resumes_with_its_conversation() {
+    let server = Server::start_with_env(&[("ASH_IDLE_TIMEOUT_MS", "300")]).await;
+    let session = server.session("hello-agent").await;
+    let frames = server.message(&session, "before the nap").await;
+    let event = next_lifecycle(&server, &session, last_seq(&frames)).await;
+    assert_eq!(event, json!({"action": "paused", "reason": "idle"}));
+    assert_eq!(status(&server, &session).await, "paused");
+    assert_eq!(server.get("/health").await.1["activeSandboxes"], 0);
+    assert_eq!(server.post(&format!("/api/sessions/{session}/resume"), json!({})).await.0, 200);
+    assert_eq!(assistant_text(&server.message(&session, "awake").await), "Echo: awake (turn 2, previous: before the nap)");
+}
+
+#[tokio::test]
+async fn a_full_node_evicts_the_least_recently_used_idle_session() {
+    let server = Server::start_with_env(&[("ASH_MAX_SANDBOXES", "2")]).await;
+    let first = server.session("hello-agent").await;
+    let second = server.session("hello-agent").await;
+    let seen = server.message(&first, "older").await;
+    server.message(&second, "newer").await;
+    let third = server.session("hello-agent").await;
+    assert_eq!(next_lifecycle(&server, &first, last_seq(&seen)).await, json!({"action": "paused", "reason": "evicted"}));
+    assert_eq!((status(&server, &first).await, status(&server, &second).await, status(&server, &third).await), ("paused".into(), "active".into(), "active".into()));
+    assert_eq!(server.post(&format!("/api/sessions/{first}/resume"), json!({})).await.0, 200);
+    assert_eq!(status(&server, &second).await, "paused", "the next least recently used made room");
+    assert_eq!(assistant_text(&server.message(&first, "back").await), "Echo: back (turn 2, previous: older)");
+}
+
+/// An agent whose turn waits until the test writes to a FIFO in its workspace.
+const GATED_AGENT: &str = r#"#!/bin/sh
+[ -p gate ] || mkfifo gate
+while IFS= read -r line; do
+  id=$(printf '%s\n' "$line" | sed -n 's/^{"cmd":"query","id":"\([^"]*\)".*/\1/p')
+  [ -n "$id" ] || continue
+  printf '{"ev":"message","id":"%s","data":{"type":"assistant","message":{"role":"assistant","content":[{"type":"text","text":"started"}]}}}\n' "$id"
+  read -r _ < gate
+  printf '{"ev":"done","id":"%s"}\n' "$id"
+done
+"#;
+
+#[tokio::test]
+async fn a_sandbox_in_a_turn_is_never_evicted() {
+    let server = Server::start_with_env(&[("ASH_MAX_SANDBOXES", "1")]).await;
+    let toml = "[backend]\nkind = \"command\"\nargv = [\"/bin/sh\", \"agent.sh\"]\n";
+    server.deploy("gated", &[("ash.toml", toml), ("agent.sh", GATED_AGENT)]).await;
+    let busy = server.session("gated").await;
+    let mut stream = server.open_stream(&busy, json!({"content": "hold on"})).await;
+    Server::read_until(&mut stream, |f| f.event == "message").await;
+    let (code, body) = server.post("/api/sessions", json!({"agent": "hello-agent"})).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("capacity reached"));
+    let gate = server.workspace(&busy).join("gate");
+    tokio::task::spawn_blocking(move || std::fs::write(gate, "go\n")).await.unwrap().unwrap();
+    Server::read_until(&mut stream, |f| f.event == "done").await;
+    assert_eq!(status(&server, &busy).await, "active");
+}
