@@ -8,8 +8,6 @@ use serde_json::{json, Value};
 /// The `command`-backend example agent, deployed from `examples/shell-agent`.
 const SHELL_AGENT: &str = include_str!("../../../examples/shell-agent/agent.sh");
 
-const COMMAND_TOML: &str = include_str!("../../../examples/shell-agent/ash.toml");
-
 #[tokio::test]
 async fn first_start_makes_a_key_shown_once_kept_0600_and_stored_only_as_a_hash() {
     use std::os::unix::fs::PermissionsExt;
@@ -184,7 +182,7 @@ async fn managed_deploy_writes_files_and_a_redeploy_replaces_them() {
             "shell",
             &[
                 ("CLAUDE.md", "# shell"),
-                ("ash.toml", COMMAND_TOML),
+                ("ash.toml", common::COMMAND_TOML),
                 ("agent.sh", SHELL_AGENT),
                 ("old.txt", "x"),
             ],
@@ -199,7 +197,7 @@ async fn managed_deploy_writes_files_and_a_redeploy_replaces_them() {
             "shell",
             &[
                 ("CLAUDE.md", "# shell"),
-                ("ash.toml", COMMAND_TOML),
+                ("ash.toml", common::COMMAND_TOML),
                 ("agent.sh", SHELL_AGENT),
             ],
         )
@@ -217,7 +215,10 @@ async fn the_command_backend_runs_a_program_from_the_agent_folder() {
     server
         .deploy(
             "shell",
-            &[("ash.toml", COMMAND_TOML), ("agent.sh", SHELL_AGENT)],
+            &[
+                ("ash.toml", common::COMMAND_TOML),
+                ("agent.sh", SHELL_AGENT),
+            ],
         )
         .await;
     let session = server.session("shell").await;

@@ -210,9 +210,14 @@ done
 #[tokio::test]
 async fn a_bad_line_from_the_agent_is_an_sse_error_and_the_turn_goes_on() {
     let server = Server::start().await;
-    let toml = "[backend]\nkind = \"command\"\nargv = [\"/bin/sh\", \"agent.sh\"]\n";
     server
-        .deploy("noisy", &[("ash.toml", toml), ("agent.sh", NOISY_AGENT)])
+        .deploy(
+            "noisy",
+            &[
+                ("ash.toml", common::COMMAND_TOML),
+                ("agent.sh", NOISY_AGENT),
+            ],
+        )
         .await;
     let session = server.session("noisy").await;
     let frames = server.message(&session, "go").await;
@@ -248,9 +253,14 @@ done
 #[tokio::test]
 async fn a_bridge_that_dies_mid_turn_ends_the_stream_with_error_and_the_session_recovers() {
     let server = Server::start().await;
-    let toml = "[backend]\nkind = \"command\"\nargv = [\"/bin/sh\", \"agent.sh\"]\n";
     server
-        .deploy("killer", &[("ash.toml", toml), ("agent.sh", BRIDGE_KILLER)])
+        .deploy(
+            "killer",
+            &[
+                ("ash.toml", common::COMMAND_TOML),
+                ("agent.sh", BRIDGE_KILLER),
+            ],
+        )
         .await;
     let session = server.session("killer").await;
     let frames = server.message(&session, "die").await;
@@ -268,24 +278,17 @@ async fn a_bridge_that_dies_mid_turn_ends_the_stream_with_error_and_the_session_
     assert_eq!(assistant_text(&again), "back");
 }
 
-/// An agent whose turn waits until the test writes to a FIFO in its workspace.
-const GATED_AGENT: &str = r#"#!/bin/sh
-mkfifo gate
-while IFS= read -r line; do
-  id=$(printf '%s\n' "$line" | sed -n 's/^{"cmd":"query","id":"\([^"]*\)".*/\1/p')
-  [ -n "$id" ] || continue
-  printf '{"ev":"message","id":"%s","data":{"type":"assistant","message":{"role":"assistant","content":[{"type":"text","text":"started"}]}}}\n' "$id"
-  read -r _ < gate
-  printf '{"ev":"done","id":"%s"}\n' "$id"
-done
-"#;
-
 #[tokio::test]
 async fn a_second_message_while_a_turn_runs_gets_409() {
     let server = Server::start().await;
-    let toml = "[backend]\nkind = \"command\"\nargv = [\"/bin/sh\", \"agent.sh\"]\n";
     server
-        .deploy("gated", &[("ash.toml", toml), ("agent.sh", GATED_AGENT)])
+        .deploy(
+            "gated",
+            &[
+                ("ash.toml", common::COMMAND_TOML),
+                ("agent.sh", common::GATED_AGENT),
+            ],
+        )
         .await;
     let session = server.session("gated").await;
     let mut first = server
@@ -304,11 +307,7 @@ async fn a_second_message_while_a_turn_runs_gets_409() {
         )
         .await;
     assert_eq!(status, 409, "{body}");
-    let gate = server.workspace(&session).join("gate");
-    tokio::task::spawn_blocking(move || std::fs::write(gate, "go\n"))
-        .await
-        .unwrap()
-        .unwrap();
+    common::open_gate(&server, &session).await;
     let mut last = String::new();
     while let Some(frame) = first.next().await {
         last = frame.unwrap().event;

@@ -35,9 +35,14 @@ done
 #[tokio::test]
 async fn a_session_cannot_reach_the_data_dir_other_sessions_host_env_network_or_host_processes() {
     let server = Server::start_with_env(&[("ASH_TEST_HOST_SECRET", "hunter2")]).await;
-    let toml = "[backend]\nkind = \"command\"\nargv = [\"/bin/sh\", \"agent.sh\"]\n";
     let (status, body) = server
-        .deploy("probe", &[("ash.toml", toml), ("agent.sh", PROBE_AGENT)])
+        .deploy(
+            "probe",
+            &[
+                ("ash.toml", common::COMMAND_TOML),
+                ("agent.sh", PROBE_AGENT),
+            ],
+        )
         .await;
     assert_eq!(status, 201, "{body}");
     let other = server.session("hello-agent").await;

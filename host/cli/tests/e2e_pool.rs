@@ -7,7 +7,10 @@ use common::{assistant_text, Server};
 use serde_json::{json, Value};
 
 async fn status(server: &Server, session: &str) -> String {
-    server.get(&format!("/api/sessions/{session}")).await.1["session"]["status"].as_str().unwrap().to_owned()
+    server.get(&format!("/api/sessions/{session}")).await.1["session"]["status"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 /// Follows the session's log from `after` until its next `lifecycle` frame.
@@ -18,7 +21,14 @@ async fn next_lifecycle(server: &Server, session: &str, after: i64) -> Value {
 }
 
 fn last_seq(frames: &[ash_cli::sse::Frame]) -> i64 {
-    frames.last().unwrap().id.as_deref().unwrap().parse().unwrap()
+    frames
+        .last()
+        .unwrap()
+        .id
+        .as_deref()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 #[tokio::test]
@@ -30,8 +40,17 @@ async fn an_idle_session_is_paused_and_resumes_with_its_conversation() {
     assert_eq!(event, json!({"action": "paused", "reason": "idle"}));
     assert_eq!(status(&server, &session).await, "paused");
     assert_eq!(server.get("/health").await.1["activeSandboxes"], 0);
-    assert_eq!(server.post(&format!("/api/sessions/{session}/resume"), json!({})).await.0, 200);
-    assert_eq!(assistant_text(&server.message(&session, "awake").await), "Echo: awake (turn 2, previous: before the nap)");
+    assert_eq!(
+        server
+            .post(&format!("/api/sessions/{session}/resume"), json!({}))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        assistant_text(&server.message(&session, "awake").await),
+        "Echo: awake (turn 2, previous: before the nap)"
+    );
 }
 
 #[tokio::test]
@@ -42,38 +61,59 @@ async fn a_full_node_evicts_the_least_recently_used_idle_session() {
     let seen = server.message(&first, "older").await;
     server.message(&second, "newer").await;
     let third = server.session("hello-agent").await;
-    assert_eq!(next_lifecycle(&server, &first, last_seq(&seen)).await, json!({"action": "paused", "reason": "evicted"}));
-    assert_eq!((status(&server, &first).await, status(&server, &second).await, status(&server, &third).await), ("paused".into(), "active".into(), "active".into()));
-    assert_eq!(server.post(&format!("/api/sessions/{first}/resume"), json!({})).await.0, 200);
-    assert_eq!(status(&server, &second).await, "paused", "the next least recently used made room");
-    assert_eq!(assistant_text(&server.message(&first, "back").await), "Echo: back (turn 2, previous: older)");
+    assert_eq!(
+        next_lifecycle(&server, &first, last_seq(&seen)).await,
+        json!({"action": "paused", "reason": "evicted"})
+    );
+    assert_eq!(
+        (
+            status(&server, &first).await,
+            status(&server, &second).await,
+            status(&server, &third).await
+        ),
+        ("paused".into(), "active".into(), "active".into())
+    );
+    assert_eq!(
+        server
+            .post(&format!("/api/sessions/{first}/resume"), json!({}))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        status(&server, &second).await,
+        "paused",
+        "the next least recently used made room"
+    );
+    assert_eq!(
+        assistant_text(&server.message(&first, "back").await),
+        "Echo: back (turn 2, previous: older)"
+    );
 }
-
-/// An agent whose turn waits until the test writes to a FIFO in its workspace.
-const GATED_AGENT: &str = r#"#!/bin/sh
-[ -p gate ] || mkfifo gate
-while IFS= read -r line; do
-  id=$(printf '%s\n' "$line" | sed -n 's/^{"cmd":"query","id":"\([^"]*\)".*/\1/p')
-  [ -n "$id" ] || continue
-  printf '{"ev":"message","id":"%s","data":{"type":"assistant","message":{"role":"assistant","content":[{"type":"text","text":"started"}]}}}\n' "$id"
-  read -r _ < gate
-  printf '{"ev":"done","id":"%s"}\n' "$id"
-done
-"#;
 
 #[tokio::test]
 async fn a_sandbox_in_a_turn_is_never_evicted() {
     let server = Server::start_with_env(&[("ASH_MAX_SANDBOXES", "1")]).await;
-    let toml = "[backend]\nkind = \"command\"\nargv = [\"/bin/sh\", \"agent.sh\"]\n";
-    server.deploy("gated", &[("ash.toml", toml), ("agent.sh", GATED_AGENT)]).await;
+    server
+        .deploy(
+            "gated",
+            &[
+                ("ash.toml", common::COMMAND_TOML),
+                ("agent.sh", common::GATED_AGENT),
+            ],
+        )
+        .await;
     let busy = server.session("gated").await;
-    let mut stream = server.open_stream(&busy, json!({"content": "hold on"})).await;
+    let mut stream = server
+        .open_stream(&busy, json!({"content": "hold on"}))
+        .await;
     Server::read_until(&mut stream, |f| f.event == "message").await;
-    let (code, body) = server.post("/api/sessions", json!({"agent": "hello-agent"})).await;
+    let (code, body) = server
+        .post("/api/sessions", json!({"agent": "hello-agent"}))
+        .await;
     assert_eq!(code, 503, "{body}");
     assert!(body["error"].as_str().unwrap().contains("capacity reached"));
-    let gate = server.workspace(&busy).join("gate");
-    tokio::task::spawn_blocking(move || std::fs::write(gate, "go\n")).await.unwrap().unwrap();
+    common::open_gate(&server, &busy).await;
     Server::read_until(&mut stream, |f| f.event == "done").await;
     assert_eq!(status(&server, &busy).await, "active");
 }

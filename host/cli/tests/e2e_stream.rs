@@ -2,34 +2,11 @@
 
 mod common;
 
-use common::{events, streamed_text, Server};
+use common::{events, open_gate, streamed_text, Server, COMMAND_TOML, GATED_AGENT};
 use serde_json::{json, Value};
-
-const COMMAND_TOML: &str = "[backend]\nkind = \"command\"\nargv = [\"/bin/sh\", \"agent.sh\"]\n";
-
-/// An agent whose turn says "started", then waits until the test writes to a FIFO in its workspace.
-const GATED_AGENT: &str = r#"#!/bin/sh
-[ -p gate ] || mkfifo gate
-while IFS= read -r line; do
-  id=$(printf '%s\n' "$line" | sed -n 's/^{"cmd":"query","id":"\([^"]*\)".*/\1/p')
-  [ -n "$id" ] || continue
-  printf '{"ev":"message","id":"%s","data":{"type":"assistant","message":{"role":"assistant","content":[{"type":"text","text":"started"}]}}}\n' "$id"
-  read -r _ < gate
-  printf '{"ev":"message","id":"%s","data":{"type":"assistant","message":{"role":"assistant","content":[{"type":"text","text":"finished"}]}}}\n' "$id"
-  printf '{"ev":"done","id":"%s"}\n' "$id"
-done
-"#;
 
 fn seq(frame: &ash_cli::sse::Frame) -> i64 {
     frame.id.as_deref().unwrap().parse().unwrap()
-}
-
-async fn open_gate(server: &Server, session: &str) {
-    let gate = server.workspace(session).join("gate");
-    tokio::task::spawn_blocking(move || std::fs::write(gate, "go\n"))
-        .await
-        .unwrap()
-        .unwrap();
 }
 
 #[tokio::test]

@@ -313,3 +313,29 @@ pub fn assistant_text(frames: &[Frame]) -> String {
 pub fn events(frames: &[Frame]) -> Vec<&str> {
     frames.iter().map(|f| f.event.as_str()).collect()
 }
+
+/// The ash.toml of a `command` agent that runs `agent.sh` from its folder.
+pub const COMMAND_TOML: &str =
+    "[backend]\nkind = \"command\"\nargv = [\"/bin/sh\", \"agent.sh\"]\n";
+
+/// An agent whose turn says "started", then waits until the test writes to a FIFO in its workspace.
+pub const GATED_AGENT: &str = r#"#!/bin/sh
+[ -p gate ] || mkfifo gate
+while IFS= read -r line; do
+  id=$(printf '%s\n' "$line" | sed -n 's/^{"cmd":"query","id":"\([^"]*\)".*/\1/p')
+  [ -n "$id" ] || continue
+  printf '{"ev":"message","id":"%s","data":{"type":"assistant","message":{"role":"assistant","content":[{"type":"text","text":"started"}]}}}\n' "$id"
+  read -r _ < gate
+  printf '{"ev":"message","id":"%s","data":{"type":"assistant","message":{"role":"assistant","content":[{"type":"text","text":"finished"}]}}}\n' "$id"
+  printf '{"ev":"done","id":"%s"}\n' "$id"
+done
+"#;
+
+/// Lets a `GATED_AGENT` turn finish.
+pub async fn open_gate(server: &Server, session: &str) {
+    let gate = server.workspace(session).join("gate");
+    tokio::task::spawn_blocking(move || std::fs::write(gate, "go\n"))
+        .await
+        .unwrap()
+        .unwrap();
+}
