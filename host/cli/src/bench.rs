@@ -142,6 +142,12 @@ pub async fn run(server: Option<String>, args: BenchArgs) -> anyhow::Result<()> 
         &mut turns,
         "≤ 1 ms p50",
     ));
+    let mut pooled = from_warm_pool(&client, args.sessions.min(50)).await?;
+    rows.push(Row::timed(
+        "session create from the warm pool",
+        &mut pooled,
+        "≤ 2 ms p50",
+    ));
     let (mut warm, mut cold) = (Vec::new(), Vec::new());
     for id in ids.iter().skip(1) {
         warm.push(pause_then_resume(&client, id, "pause").await?);
@@ -214,6 +220,42 @@ pub async fn run(server: Option<String>, args: BenchArgs) -> anyhow::Result<()> 
         eprintln!("ash: report written to {}", path.display());
     }
     Ok(())
+}
+
+/// Deploys an echo agent with a warm pool of one and times `n` creates, each once the pool
+/// has refilled; then removes the agent and its sessions.
+async fn from_warm_pool(client: &Client, n: usize) -> anyhow::Result<Vec<Duration>> {
+    use base64::Engine;
+    let encode = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+    let files = json!([{"path": "CLAUDE.md", "content": encode("# bench")}, {"path": "ash.toml", "content": encode("[pool]\nprewarm = 1\n")}]);
+    client
+        .call(
+            Method::POST,
+            "/api/agents",
+            Some(&json!({"name": "ash-bench-warm", "files": files})),
+        )
+        .await?;
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while client.call(Method::GET, "/health", None).await?["pool"]["warm"].as_i64() < Some(1) {
+            anyhow::ensure!(Instant::now() < deadline, "the warm pool did not refill");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let clock = Instant::now();
+        client
+            .call(
+                Method::POST,
+                "/api/sessions",
+                Some(&json!({"agent": "ash-bench-warm"})),
+            )
+            .await?;
+        times.push(clock.elapsed());
+    }
+    client
+        .call(Method::DELETE, "/api/agents/ash-bench-warm", None)
+        .await?;
+    Ok(times)
 }
 
 /// Pauses or stops the session, then times its resume.

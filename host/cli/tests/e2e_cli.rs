@@ -212,6 +212,7 @@ async fn bench_starts_its_own_server_and_writes_a_dated_report() {
         "bridge RSS",
         "open stream | 3 |",
         "resume after pause (warm: sandbox up) | 1 |",
+        "session create from the warm pool | 2 |",
         "resume after stop (cold: new sandbox) | 1 |",
     ] {
         assert!(text.contains(needle), "{needle:?} missing from:\n{text}");

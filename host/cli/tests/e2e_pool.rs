@@ -117,3 +117,83 @@ async fn a_sandbox_in_a_turn_is_never_evicted() {
     Server::read_until(&mut stream, |f| f.event == "done").await;
     assert_eq!(status(&server, &busy).await, "active");
 }
+
+/// Polls `/health` until the warm pool holds `n` sandboxes (it fills in the background).
+async fn warm_pool_holds(server: &Server, n: i64) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, health) = server.get("/health").await;
+        if health["pool"]["warm"] == n {
+            return health;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the warm pool never held {n}: {health}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_warm_sandbox_serves_a_plain_session_but_never_one_with_its_own_settings() {
+    let server = Server::start().await;
+    let (status, body) = server
+        .deploy(
+            "warm",
+            &[("ash.toml", "[pool]\nprewarm = 1\n"), ("v1.txt", "1")],
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    warm_pool_holds(&server, 1).await;
+
+    let plain = server.session("warm").await;
+    assert_eq!(server.get("/health").await.1["pool"]["preWarmHits"], 1);
+    assert_eq!(
+        assistant_text(&server.message(&plain, "quick").await),
+        "Echo: quick"
+    );
+    assert!(
+        server.workspace(&plain).join("v1.txt").exists(),
+        "the warm workspace now carries the session's name"
+    );
+    warm_pool_holds(&server, 1).await;
+
+    let (status, body) = server
+        .post(
+            "/api/sessions",
+            json!({"agent": "warm", "extraEnv": {"MINE": "yes"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let own = body["session"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        server.get("/health").await.1["pool"]["preWarmHits"],
+        1,
+        "a session with its own env got a warm sandbox"
+    );
+    let (_, out) = server
+        .post(
+            &format!("/api/sessions/{own}/exec"),
+            json!({"command": "echo $MINE"}),
+        )
+        .await;
+    assert_eq!(out["stdout"], "yes\n");
+
+    server
+        .deploy(
+            "warm",
+            &[("ash.toml", "[pool]\nprewarm = 1\n"), ("v2.txt", "2")],
+        )
+        .await;
+    let after = server.session("warm").await;
+    let (_, out) = server
+        .post(
+            &format!("/api/sessions/{after}/exec"),
+            json!({"command": "ls"}),
+        )
+        .await;
+    assert!(
+        out["stdout"].as_str().unwrap().contains("v2.txt"),
+        "a stale warm sandbox was handed out: {out}"
+    );
+}

@@ -112,6 +112,17 @@ pub struct AgentManifest {
     pub backend: Backend,
     #[serde(default)]
     pub limits: LimitOverrides,
+    #[serde(default)]
+    pub pool: PoolSettings,
+}
+
+/// `[pool]` in `ash.toml`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSettings {
+    /// Sandboxes kept started and waiting for new sessions of this agent (0–64).
+    #[serde(default)]
+    pub prewarm: u32,
 }
 
 /// `[limits]` in `ash.toml`; unset keys keep the server's defaults.
@@ -162,6 +173,11 @@ impl AgentManifest {
         let manifest: Self =
             toml::from_str(text).map_err(|e| CoreError::InvalidManifest(e.message().to_owned()))?;
         manifest.limits.check()?;
+        if manifest.pool.prewarm > 64 {
+            return Err(CoreError::InvalidManifest(
+                "pool.prewarm must be 0-64".into(),
+            ));
+        }
         if let Backend::Command { argv } = &manifest.backend {
             if argv.first().is_none_or(|program| program.is_empty()) {
                 return Err(CoreError::InvalidManifest(

@@ -10,7 +10,7 @@ mod error;
 mod session;
 
 pub use agent::{
-    Agent, AgentManifest, AgentName, LimitOverrides, RelativePath, MANIFEST_FILE,
+    Agent, AgentManifest, AgentName, LimitOverrides, PoolSettings, RelativePath, MANIFEST_FILE,
     MAX_MANIFEST_BYTES,
 };
 pub use error::CoreError;

@@ -82,6 +82,7 @@ pub(crate) async fn deploy(
         .upsert_agent(&name, &dir.to_string_lossy(), &body.env)
         .await?;
     tracing::info!(agent = %name, version = agent.version, path = %agent.path, "agent deployed");
+    tokio::spawn(crate::pool::fill(state.clone(), name));
     Ok((StatusCode::CREATED, Json(AgentReply { agent })))
 }
 
@@ -130,6 +131,9 @@ pub(crate) async fn remove(
         }
     }
     state.store.delete_agent(&name).await?;
+    for (id, live) in state.sessions.pool().drain(Some(&name)) {
+        state.sessions.retire(&id, &live).await;
+    }
     let managed = state.config.data_dir.join("agents").join(name.as_str());
     if Path::new(&agent.path) == managed {
         blocking(move || Ok(std::fs::remove_dir_all(managed)?)).await?;

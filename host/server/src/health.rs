@@ -25,9 +25,11 @@ pub(crate) async fn health(State(state): State<Arc<AppState>>) -> Result<Json<He
         uptime: state.metrics.started.elapsed().as_secs(),
         pool: PoolStats {
             total: snapshot.live,
-            waiting: snapshot.live - snapshot.running,
+            warm: snapshot.warm,
+            waiting: snapshot.live - snapshot.running - snapshot.warm,
             running: snapshot.running,
             max_capacity: state.config.max_sandboxes,
+            pre_warm_hits: state.metrics.prewarm_hits.get(),
             ..PoolStats::default()
         },
     }))
@@ -84,20 +86,26 @@ struct Snapshot {
     active_sessions: i64,
     live: i64,
     running: i64,
+    warm: i64,
 }
 
 async fn refresh(state: &AppState) -> Result<Snapshot, ApiError> {
     let active_sessions = state.store.count_sessions(SessionStatus::Active).await?;
     let (live, running) = state.sessions.counts();
     let (live, running) = (live as i64, running as i64);
+    let warm = state.sessions.pool().len() as i64;
     let m = &state.metrics;
     m.uptime.set(m.started.elapsed().as_secs() as i64);
     m.active_sessions.set(active_sessions);
     m.active_sandboxes.set(live);
     m.pool.with_label_values(&["running"]).set(running);
-    m.pool.with_label_values(&["waiting"]).set(live - running);
+    m.pool
+        .with_label_values(&["waiting"])
+        .set(live - running - warm);
+    m.pool.with_label_values(&["warm"]).set(warm);
     Ok(Snapshot {
         active_sessions,
+        warm,
         live,
         running,
     })

@@ -13,6 +13,7 @@ mod health;
 mod lifecycle;
 mod metrics;
 mod openapi;
+mod pool;
 mod sessions;
 mod state;
 mod stream;
@@ -107,6 +108,7 @@ impl Server {
                 .map_err(|e| StartError::Seed(e.message))?;
         }
         state.sessions.check_host().await;
+        state.sessions.clear_stale_warm().await;
         for session in state.store.unfinished_turns().await? {
             let error = "the server stopped during this turn; send the message again";
             let closing = stream::closing(session, Some(error));
@@ -132,6 +134,9 @@ impl Server {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let sweeper = tokio::spawn(sweep_idle(self.state.clone()));
+        for agent in self.state.store.list_agents().await.unwrap_or_default() {
+            tokio::spawn(pool::fill(self.state.clone(), agent.name));
+        }
         let app = router(self.state.clone());
         // Frames are small and written one by one: without TCP_NODELAY, Nagle's algorithm
         // and the client's delayed ACK hold each one back for ~40 ms.

@@ -18,6 +18,7 @@ pub struct Metrics {
     pub turns: IntCounterVec,
     pub resumes: IntCounterVec,
     pub limit_hits: IntCounterVec,
+    pub prewarm_hits: IntCounter,
     pub auth_failures: IntCounter,
 }
 
@@ -75,6 +76,11 @@ impl Metrics {
             &["kind"],
         )
         .expect("valid metric");
+        let prewarm_hits = IntCounter::new(
+            "ash_prewarm_hits_total",
+            "Sessions started on a warm sandbox",
+        )
+        .expect("valid metric");
         let auth_failures = IntCounter::new(
             "ash_auth_failures_total",
             "Requests refused for a bad API key",
@@ -86,6 +92,7 @@ impl Metrics {
             Box::new(turns.clone()),
             Box::new(resumes.clone()),
             Box::new(limit_hits.clone()),
+            Box::new(prewarm_hits.clone()),
             Box::new(auth_failures.clone()),
         ] {
             registry.register(m).expect("unique metric");
@@ -105,6 +112,7 @@ impl Metrics {
             turns,
             resumes,
             limit_hits,
+            prewarm_hits,
             auth_failures,
         }
     }

@@ -31,6 +31,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::agents::{agent_not_found, blocking, read_manifest, validate_env};
 use crate::error::{Json, Query};
 use crate::openapi::{EventList, Interrupted, MessageList, SessionList, SessionReply};
+use crate::pool::{self, Pool, WARM_PREFIX};
 use crate::stream::{self, closing, follow, publish, publish_ending, Frames, Hub};
 use crate::{ApiError, AppState, ServerConfig};
 
@@ -47,6 +48,7 @@ pub struct Sessions {
     max_sandboxes: usize,
     capacity: Arc<Semaphore>,
     running: Arc<AtomicUsize>,
+    pool: Pool,
 }
 
 struct Slot {
@@ -111,6 +113,7 @@ impl Sessions {
             max_sandboxes: config.max_sandboxes,
             capacity: Arc::new(Semaphore::new(config.max_sandboxes)),
             running: Arc::default(),
+            pool: Pool::default(),
         }
     }
 
@@ -188,9 +191,24 @@ impl Sessions {
         agent: &Agent,
         system_prompt: Option<&str>,
     ) -> Result<Arc<Live>, ApiError> {
+        let mut env = agent.env.clone();
+        env.extend(session.env.clone());
+        self.start_sandbox(state, &session.id.to_string(), agent, &env, system_prompt)
+            .await
+    }
+
+    /// Starts a sandbox `id` for the agent, making room by eviction when the node is full.
+    pub(crate) async fn start_sandbox(
+        &self,
+        state: &AppState,
+        id: &str,
+        agent: &Agent,
+        env: &BTreeMap<String, String>,
+        system_prompt: Option<&str>,
+    ) -> Result<Arc<Live>, ApiError> {
         let permit = match self.capacity.clone().try_acquire_owned() {
             Ok(permit) => Some(permit),
-            // Full: park the least recently used idle session, then try once more.
+            // Full: free a warm sandbox or park the least recently used idle session, then retry.
             Err(_) if self.evict_one(state).await => self.capacity.clone().try_acquire_owned().ok(),
             Err(_) => None,
         };
@@ -198,35 +216,15 @@ impl Sessions {
             let message = format!("Sandbox capacity reached ({} live, all busy); end a session or raise ASH_MAX_SANDBOXES", self.max_sandboxes);
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
         })?;
+        let manifest = manifest(agent).await?;
         let agent_dir = Path::new(&agent.path).to_owned();
-        let manifest = {
-            let dir = agent_dir.clone();
-            blocking(move || {
-                if !dir.is_dir() {
-                    return Err(ApiError::new(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        format!(
-                            "Agent directory {} is missing; redeploy the agent",
-                            dir.display()
-                        ),
-                    ));
-                }
-                read_manifest(&dir)
-            })
-            .await?
-        };
-        let manifest = AgentManifest::parse(manifest.as_deref())
-            .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
-        let mut env = agent.env.clone();
-        env.extend(session.env.clone());
-        let id = session.id.to_string();
         let limits = merge_limits(state.config.limits, &manifest.limits);
         let spec = SandboxSpec {
-            id: &id,
+            id,
             agent_dir: &agent_dir,
             system_prompt,
             backend: manifest.backend,
-            env: &env,
+            env,
             limits,
         };
         let clock = Instant::now();
@@ -246,9 +244,71 @@ impl Sessions {
         }))
     }
 
-    /// Parks the least recently used session that has a sandbox and no running turn; `false`
-    /// when every sandbox is busy.
+    /// The warm pool.
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Starts a new session's sandbox: a warm one from the agent's pool when the session asks
+    /// for nothing of its own (no env, no prompt), else a fresh one.
+    pub(crate) async fn create(
+        &self,
+        state: &Arc<AppState>,
+        session: &Session,
+        agent: &Agent,
+        system_prompt: Option<&str>,
+    ) -> Result<(), ApiError> {
+        if session.env.is_empty() && system_prompt.is_none() {
+            if let Some((warm, live)) = self.pool.claim(agent) {
+                let (from, to) = (
+                    self.host.root.join(&warm),
+                    self.host.root.join(session.id.to_string()),
+                );
+                // The workspace is bind-mounted by inode: renaming its folder moves it under the
+                // session's name while the sandbox keeps running.
+                match tokio::fs::rename(&from, &to).await {
+                    Ok(()) => {
+                        *self.slot(session.id).live.lock().await = Some(live);
+                        state.metrics.prewarm_hits.inc();
+                        tokio::spawn(pool::fill(state.clone(), agent.name.clone()));
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        tracing::warn!(sandbox = %warm, "cannot hand out a warm sandbox: {e}");
+                        self.retire(&warm, &live).await;
+                    }
+                }
+            }
+        }
+        self.live(state, session, system_prompt).await.map(drop)
+    }
+
+    /// Stops a sandbox that belongs to no session and deletes its files.
+    pub(crate) async fn retire(&self, id: &str, live: &Live) {
+        live.sandbox.stop().await;
+        self.host.forget(id).await;
+    }
+
+    /// Deletes warm sandboxes' folders that an earlier run left behind.
+    pub(crate) async fn clear_stale_warm(&self) {
+        let root = self.host.root.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+                if entry.file_name().to_string_lossy().starts_with(WARM_PREFIX) {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Frees a warm sandbox, or else parks the least recently used session that has a sandbox
+    /// and no running turn; `false` when every sandbox is busy.
     async fn evict_one(&self, state: &AppState) -> bool {
+        if let Some((id, live)) = self.pool.take_any() {
+            self.retire(&id, &live).await;
+            return true;
+        }
         let mut candidates = self.idle_sandboxes().await;
         candidates.sort_by_key(|(_, last_used)| *last_used);
         for (id, _) in candidates {
@@ -432,8 +492,11 @@ impl Sessions {
         }
     }
 
-    /// Stops every sandbox, keeping workspaces for the next start.
+    /// Stops every sandbox, keeping workspaces for the next start (warm ones are deleted).
     pub(crate) async fn stop_all(&self) {
+        for (id, live) in self.pool.drain(None) {
+            self.retire(&id, &live).await;
+        }
         let slots: Vec<_> = self
             .slots
             .lock()
@@ -456,6 +519,24 @@ fn cgroup_group(data_dir: &Path) -> String {
     let digest = sha2::Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
     let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
     format!("ash-{hex}")
+}
+
+/// The agent's `ash.toml`, read from its folder now (it may have been redeployed).
+pub(crate) async fn manifest(agent: &Agent) -> Result<AgentManifest, ApiError> {
+    let dir = Path::new(&agent.path).to_owned();
+    let text = blocking(move || {
+        if !dir.is_dir() {
+            let message = format!(
+                "Agent directory {} is missing; redeploy the agent",
+                dir.display()
+            );
+            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message));
+        }
+        read_manifest(&dir)
+    })
+    .await?;
+    AgentManifest::parse(text.as_deref())
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))
 }
 
 /// The server's default limits with the agent's `[limits]` laid over them.
@@ -514,7 +595,7 @@ pub(crate) async fn create(
             "systemPrompt must be at most 1,000,000 bytes",
         ));
     }
-    state
+    let agent = state
         .store
         .get_agent(&agent_name)
         .await?
@@ -535,7 +616,7 @@ pub(crate) async fn create(
     };
     state
         .sessions
-        .live(&state, &session, body.system_prompt.as_deref())
+        .create(&state, &session, &agent, body.system_prompt.as_deref())
         .await?;
     if let Err(e) = state.store.insert_session(&session).await {
         state.sessions.end(id).await;

@@ -1,0 +1,146 @@
+//! The warm pool: sandboxes started ahead of time for agents whose `ash.toml` asks for them
+//! (`[pool] prewarm = N`), so a new session starts without waiting for bwrap.
+//!
+//! A warm sandbox is started with only the agent's own settings, so it serves only a session
+//! that asks for nothing of its own (no `extraEnv`, no `systemPrompt`); any other session gets
+//! a fresh sandbox — a warm one never silently drops a session's settings. Warm sandboxes of an
+//! older version of the agent are stopped, never handed out. They hold capacity like any
+//! sandbox and are the first to go when the node is full.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use ash_core::{Agent, AgentName};
+
+use crate::sessions::{manifest, Live};
+use crate::AppState;
+
+/// Warm sandboxes start with this prefix; anything left with it at start is stale.
+pub(crate) const WARM_PREFIX: &str = "warm-";
+
+struct Warm {
+    id: String,
+    version: i64,
+    live: Arc<Live>,
+}
+
+#[derive(Default)]
+pub(crate) struct Pool {
+    warm: Mutex<HashMap<AgentName, Vec<Warm>>>,
+    filling: Mutex<HashSet<AgentName>>,
+}
+
+impl Pool {
+    /// Takes a warm sandbox of this agent version: (its id, the sandbox).
+    pub(crate) fn claim(&self, agent: &Agent) -> Option<(String, Arc<Live>)> {
+        let mut warm = self.warm.lock().expect("lock");
+        let list = warm.get_mut(&agent.name)?;
+        let at = list.iter().position(|w| w.version == agent.version)?;
+        let taken = list.swap_remove(at);
+        Some((taken.id, taken.live))
+    }
+
+    /// Removes and returns every warm sandbox of the agent (all of them with `None`).
+    pub(crate) fn drain(&self, agent: Option<&AgentName>) -> Vec<(String, Arc<Live>)> {
+        let mut warm = self.warm.lock().expect("lock");
+        let lists: Vec<Vec<Warm>> = match agent {
+            Some(name) => warm.remove(name).into_iter().collect(),
+            None => warm.drain().map(|(_, list)| list).collect(),
+        };
+        lists
+            .into_iter()
+            .flatten()
+            .map(|w| (w.id, w.live))
+            .collect()
+    }
+
+    /// Removes one warm sandbox, any agent's, to make room.
+    pub(crate) fn take_any(&self) -> Option<(String, Arc<Live>)> {
+        let mut warm = self.warm.lock().expect("lock");
+        warm.values_mut()
+            .find_map(|list| list.pop())
+            .map(|w| (w.id, w.live))
+    }
+
+    /// How many sandboxes wait warm.
+    pub(crate) fn len(&self) -> usize {
+        self.warm.lock().expect("lock").values().map(Vec::len).sum()
+    }
+}
+
+/// Brings the agent's warm pool to its `prewarm` count, stopping sandboxes of older versions.
+/// One fill per agent at a time; failures are logged, never fatal.
+pub(crate) async fn fill(state: Arc<AppState>, name: AgentName) {
+    if !state
+        .sessions
+        .pool()
+        .filling
+        .lock()
+        .expect("lock")
+        .insert(name.clone())
+    {
+        return;
+    }
+    if let Err(e) = top_up(&state, &name).await {
+        tracing::warn!(agent = %name, "cannot pre-warm sandboxes: {}", e.message);
+    }
+    state
+        .sessions
+        .pool()
+        .filling
+        .lock()
+        .expect("lock")
+        .remove(&name);
+}
+
+async fn top_up(state: &AppState, name: &AgentName) -> Result<(), crate::ApiError> {
+    let pool = state.sessions.pool();
+    let Some(agent) = state.store.get_agent(name).await? else {
+        for (id, live) in pool.drain(Some(name)) {
+            state.sessions.retire(&id, &live).await;
+        }
+        return Ok(());
+    };
+    let want = manifest(&agent).await?.pool.prewarm as usize;
+    let stale: Vec<Warm> = {
+        let mut warm = pool.warm.lock().expect("lock");
+        let list = warm.entry(name.clone()).or_default();
+        let (mut keep, mut stale): (Vec<Warm>, Vec<Warm>) = std::mem::take(list)
+            .into_iter()
+            .partition(|w| w.version == agent.version);
+        if keep.len() > want {
+            stale.extend(keep.split_off(want));
+        }
+        *list = keep;
+        stale
+    };
+    for w in stale {
+        state.sessions.retire(&w.id, &w.live).await;
+    }
+    loop {
+        let have = pool
+            .warm
+            .lock()
+            .expect("lock")
+            .get(name)
+            .map_or(0, Vec::len);
+        if have >= want {
+            return Ok(());
+        }
+        let id = format!("{WARM_PREFIX}{}", uuid::Uuid::new_v4());
+        let live = state
+            .sessions
+            .start_sandbox(state, &id, &agent, &agent.env, None)
+            .await?;
+        pool.warm
+            .lock()
+            .expect("lock")
+            .entry(name.clone())
+            .or_default()
+            .push(Warm {
+                id,
+                version: agent.version,
+                live,
+            });
+    }
+}
