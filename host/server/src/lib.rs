@@ -107,7 +107,6 @@ impl Server {
                 .await
                 .map_err(|e| StartError::Seed(e.message))?;
         }
-        state.sessions.check_host().await;
         state.sessions.clear_stale_warm().await;
         for session in state.store.unfinished_turns().await? {
             let error = "the server stopped during this turn; send the message again";
@@ -133,6 +132,10 @@ impl Server {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        // Checking the host (it starts bwrap once) and sweeping stale cgroups can take a while;
+        // neither holds up serving.
+        let state = self.state.clone();
+        tokio::spawn(async move { state.sessions.check_host().await });
         let sweeper = tokio::spawn(sweep_idle(self.state.clone()));
         for agent in self.state.store.list_agents().await.unwrap_or_default() {
             tokio::spawn(pool::fill(self.state.clone(), agent.name));
