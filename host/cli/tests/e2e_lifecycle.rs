@@ -65,6 +65,7 @@ async fn pause_then_resume_is_warm_and_keeps_the_conversation() {
         (200, Some("active"))
     );
     assert!(metric(&server, "ash_resume_total{path=\"warm\"} 1").await);
+    assert_eq!(server.get("/health").await.1["pool"]["resumeWarmHits"], 1);
     assert_eq!(
         assistant_text(&server.message(&session, "second").await),
         "Echo: second (turn 2, previous: first)"

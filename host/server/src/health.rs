@@ -30,6 +30,8 @@ pub(crate) async fn health(State(state): State<Arc<AppState>>) -> Result<Json<He
             running: snapshot.running,
             max_capacity: state.config.max_sandboxes,
             pre_warm_hits: state.metrics.prewarm_hits.get(),
+            resume_warm_hits: state.metrics.resumes.with_label_values(&["warm"]).get(),
+            resume_cold_hits: state.metrics.resumes.with_label_values(&["cold"]).get(),
             ..PoolStats::default()
         },
     }))
