@@ -333,13 +333,7 @@ async fn metrics_count_turns_and_sandbox_starts() {
     let server = Server::start().await;
     let session = server.session("hello-agent").await;
     server.message(&session, "m").await;
-    let response = reqwest::Client::new()
-        .get(format!("{}/metrics", server.url))
-        .bearer_auth(&server.key)
-        .send()
-        .await
-        .unwrap();
-    let text = response.text().await.unwrap();
+    let text = server.metrics().await;
     assert!(text.contains("ash_up 1"), "{text}");
     assert!(text.contains("ash_turns_total{outcome=\"ok\"} 1"), "{text}");
     assert!(text.contains("ash_sandbox_start_seconds_count 1"), "{text}");

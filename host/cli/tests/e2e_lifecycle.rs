@@ -19,13 +19,7 @@ async fn live_sandboxes(server: &Server) -> i64 {
 }
 
 async fn metric(server: &Server, line: &str) -> bool {
-    let response = reqwest::Client::new()
-        .get(format!("{}/metrics", server.url))
-        .bearer_auth(&server.key)
-        .send()
-        .await
-        .unwrap();
-    response.text().await.unwrap().lines().any(|l| l == line)
+    server.metrics().await.lines().any(|l| l == line)
 }
 
 #[tokio::test]

@@ -72,15 +72,7 @@ async fn a_memory_bomb_is_killed_at_the_agents_limit_and_reported() {
         assistant_text(&server.message(&other, "still fine").await),
         "Echo: still fine"
     );
-    let metrics = reqwest::Client::new()
-        .get(format!("{}/metrics", server.url))
-        .bearer_auth(&server.key)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains("ash_limit_hits_total{kind=\"memory\"}"),
         "{metrics}"

@@ -27,6 +27,27 @@ const ETC_FILES: &[&str] = &[
 /// Top-level names that are links into `/usr` on merged-/usr hosts, or directories on others.
 const SYSTEM_DIRS: &[&str] = &["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"];
 
+/// How the host lays out `/bin`, `/lib` and friends (links into `/usr`, or directories), as
+/// bwrap arguments; read once, not on every sandbox start.
+fn system_dirs() -> &'static [OsString] {
+    static ARGS: std::sync::OnceLock<Vec<OsString>> = std::sync::OnceLock::new();
+    ARGS.get_or_init(|| {
+        let mut args = Vec::new();
+        for dir in SYSTEM_DIRS {
+            match std::fs::read_link(dir) {
+                Ok(target) => {
+                    args.extend([OsString::from("--symlink"), target.into(), (*dir).into()])
+                }
+                Err(_) if Path::new(dir).is_dir() => {
+                    args.extend(["--ro-bind", dir, dir].map(OsString::from))
+                }
+                Err(_) => {}
+            }
+        }
+        args
+    })
+}
+
 /// The bwrap arguments for a sandbox whose workspace is `workspace` on the host.
 pub(crate) fn bwrap_args(bridge: &Path, workspace: &Path) -> Vec<OsString> {
     let mut args: Vec<OsString> = [
@@ -45,15 +66,7 @@ pub(crate) fn bwrap_args(bridge: &Path, workspace: &Path) -> Vec<OsString> {
     .collect();
     let uid = SANDBOX_UID.to_string();
     args.extend(["--uid", &uid, "--gid", &uid, "--ro-bind", "/usr", "/usr"].map(OsString::from));
-    for dir in SYSTEM_DIRS {
-        match std::fs::read_link(dir) {
-            Ok(target) => args.extend([OsString::from("--symlink"), target.into(), (*dir).into()]),
-            Err(_) if Path::new(dir).is_dir() => {
-                args.extend(["--ro-bind", dir, dir].map(OsString::from))
-            }
-            Err(_) => {}
-        }
-    }
+    args.extend(system_dirs().iter().cloned());
     for file in ETC_FILES {
         args.extend(["--ro-bind-try", file, file].map(OsString::from));
     }

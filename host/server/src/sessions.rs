@@ -645,6 +645,21 @@ pub(crate) async fn list(
     Ok(Json(SessionList { sessions }))
 }
 
+/// A checked page cursor: `limit` 1–1000 (default `default_limit`), `after` ≥ 0 (default 0).
+fn page(
+    limit: Option<i64>,
+    after: Option<i64>,
+    default_limit: i64,
+) -> Result<(i64, i64), ApiError> {
+    let (limit, after) = (limit.unwrap_or(default_limit), after.unwrap_or(0));
+    if !(1..=1000).contains(&limit) || after < 0 {
+        return Err(ApiError::bad_request(
+            "limit must be 1-1000 and after at least 0",
+        ));
+    }
+    Ok((limit, after))
+}
+
 /// The current time as the API shows it (RFC 3339, milliseconds, UTC).
 pub(crate) fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
@@ -706,13 +721,7 @@ pub(crate) async fn messages(
     Query(query): Query<MessagesQuery>,
 ) -> Result<Json<MessageList>, ApiError> {
     let session = find(&state, &id).await?;
-    let limit = query.limit.unwrap_or(100);
-    let after = query.after.unwrap_or(0);
-    if !(1..=1000).contains(&limit) || after < 0 {
-        return Err(ApiError::bad_request(
-            "limit must be 1-1000 and after at least 0",
-        ));
-    }
+    let (limit, after) = page(query.limit, query.after, 100)?;
     let messages = state.store.list_messages(session.id, after, limit).await?;
     Ok(Json(MessageList { messages }))
 }
@@ -815,13 +824,7 @@ pub(crate) async fn events(
     Query(query): Query<EventsQuery>,
 ) -> Result<Json<EventList>, ApiError> {
     let session = find(&state, &id).await?;
-    let limit = query.limit.unwrap_or(200);
-    let after = query.after.unwrap_or(0);
-    if !(1..=1000).contains(&limit) || after < 0 {
-        return Err(ApiError::bad_request(
-            "limit must be 1-1000 and after at least 0",
-        ));
-    }
+    let (limit, after) = page(query.limit, query.after, 200)?;
     let events = state
         .store
         .list_events(session.id, after, limit, query.kind.as_deref())
