@@ -113,7 +113,12 @@ async fn refresh(state: &AppState) -> Result<Snapshot, ApiError> {
     })
 }
 
+/// `<hostname>-<pid>`, read once: `/health` is polled often and must not touch the disk.
 fn coordinator_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    format!("{}-{}", host.trim(), std::process::id())
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    })
+    .clone()
 }
