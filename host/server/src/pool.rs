@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use ash_core::{Agent, AgentName};
 
-use crate::sessions::{manifest, Live};
+use crate::sessions::{manifest, Live, Room};
 use crate::AppState;
 
 /// Warm sandboxes start with this prefix; anything left with it at start is stale.
@@ -130,7 +130,7 @@ async fn top_up(state: &AppState, name: &AgentName) -> Result<(), crate::ApiErro
         let id = format!("{WARM_PREFIX}{}", uuid::Uuid::new_v4());
         let live = state
             .sessions
-            .start_sandbox(state, &id, &agent, &agent.env, None)
+            .start_sandbox(state, &id, &agent, &agent.env, None, Room::OnlyIfFree)
             .await?;
         pool.warm
             .lock()

@@ -41,6 +41,13 @@ const MESSAGE_BODY_LIMIT: usize = 16 * 1024 * 1024;
 const MAX_CONTENT_CHARS: usize = 500_000;
 const MAX_CONTENT_BLOCKS: usize = 20;
 
+/// Whether starting a sandbox on a full node may evict another.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Room {
+    MakeRoom,
+    OnlyIfFree,
+}
+
 /// The live sandboxes of this node.
 pub struct Sessions {
     host: SandboxHost,
@@ -193,11 +200,14 @@ impl Sessions {
     ) -> Result<Arc<Live>, ApiError> {
         let mut env = agent.env.clone();
         env.extend(session.env.clone());
-        self.start_sandbox(state, &session.id.to_string(), agent, &env, system_prompt)
+        let id = session.id.to_string();
+        self.start_sandbox(state, &id, agent, &env, system_prompt, Room::MakeRoom)
             .await
     }
 
-    /// Starts a sandbox `id` for the agent, making room by eviction when the node is full.
+    /// Starts a sandbox `id` for the agent; when the node is full, `room` says whether it may
+    /// evict (a session may; a warm sandbox for the pool may not, or the pool would park the
+    /// very sessions it exists to serve).
     pub(crate) async fn start_sandbox(
         &self,
         state: &AppState,
@@ -205,11 +215,14 @@ impl Sessions {
         agent: &Agent,
         env: &BTreeMap<String, String>,
         system_prompt: Option<&str>,
+        room: Room,
     ) -> Result<Arc<Live>, ApiError> {
         let permit = match self.capacity.clone().try_acquire_owned() {
             Ok(permit) => Some(permit),
             // Full: free a warm sandbox or park the least recently used idle session, then retry.
-            Err(_) if self.evict_one(state).await => self.capacity.clone().try_acquire_owned().ok(),
+            Err(_) if room == Room::MakeRoom && self.evict_one(state).await => {
+                self.capacity.clone().try_acquire_owned().ok()
+            }
             Err(_) => None,
         };
         let permit = permit.ok_or_else(|| {
