@@ -91,20 +91,31 @@ impl Client {
         if let Some(body) = body {
             request = request.json(body);
         }
+        let response = self.checked(request).await?;
+        Ok(response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Sends a request; a failure status becomes an error with the server's message.
+    async fn checked(&self, request: reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
         let response = request
             .send()
             .await
             .with_context(|| format!("cannot reach the Ash server at {}", self.base))?;
         let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
-            let message = body
-                .get("error")
-                .and_then(Value::as_str)
-                .unwrap_or("no error message");
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            let message = body["error"].as_str().unwrap_or("no error message");
             bail!("{status}: {message}");
         }
-        Ok(body)
+        Ok(response)
+    }
+
+    /// Fetches a body that is not JSON (a file, a tar.gz), or the server's error message.
+    pub async fn download(&self, path: &str) -> anyhow::Result<bytes::Bytes> {
+        let response = self
+            .checked(self.request(reqwest::Method::GET, path))
+            .await?;
+        Ok(response.bytes().await?)
     }
 
     /// Opens the session's live stream after log sequence `after`.

@@ -91,6 +91,44 @@ pub enum SessionCommand {
     Interrupt { id: String },
     /// Copy a session (workspace and conversation) into a new, paused one.
     Fork { id: String },
+    /// Read and write the session's workspace files.
+    #[command(subcommand)]
+    Files(FilesCommand),
+}
+
+#[derive(clap::Subcommand)]
+pub enum FilesCommand {
+    /// List the workspace's files.
+    List {
+        id: String,
+        /// Leave out tool folders such as .cache, .venv and tmp.
+        #[arg(long)]
+        no_hidden: bool,
+    },
+    /// Print a file (or save it with --output).
+    Get {
+        id: String,
+        path: String,
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Copy a local file into the workspace [default place: its file name].
+    Put {
+        id: String,
+        file: PathBuf,
+        /// Path in the workspace.
+        path: Option<String>,
+    },
+    /// Delete a file from the workspace.
+    Rm { id: String, path: String },
+    /// Save the whole workspace as a tar.gz [default: workspace-<id>.tar.gz].
+    Download {
+        id: String,
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Unpack a tar.gz over the workspace.
+    Upload { id: String, bundle: PathBuf },
 }
 
 #[derive(clap::Args)]
@@ -191,9 +229,74 @@ pub async fn run(server: Option<String>, command: Command) -> anyhow::Result<Exi
             });
         }
         Command::Chat(args) => return chat(&client, args).await,
+        Command::Session(SessionCommand::Files(command)) => files(&client, command).await?,
     };
-    println!("{}", serde_json::to_string_pretty(&printed)?);
+    if !printed.is_null() {
+        println!("{}", serde_json::to_string_pretty(&printed)?);
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn files(client: &Client, command: FilesCommand) -> anyhow::Result<Value> {
+    let base64 = &base64::engine::general_purpose::STANDARD;
+    match command {
+        FilesCommand::List { id, no_hidden } => {
+            let path = format!("/api/sessions/{id}/files?includeHidden={}", !no_hidden);
+            client.call(Method::GET, &path, None).await
+        }
+        FilesCommand::Get { id, path, output } => {
+            let url = format!("/api/sessions/{id}/files/{path}?format=raw");
+            let bytes = client.download(&url).await?;
+            match output {
+                Some(file) => std::fs::write(&file, &bytes)
+                    .with_context(|| format!("cannot write {}", file.display()))?,
+                None => {
+                    std::io::stdout().write_all(&bytes)?;
+                    return Ok(Value::Null);
+                }
+            }
+            Ok(json!({"path": path, "size": bytes.len()}))
+        }
+        FilesCommand::Put { id, file, path } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let path = match path {
+                Some(path) => path,
+                None => file
+                    .file_name()
+                    .context("give the path in the workspace")?
+                    .to_string_lossy()
+                    .into_owned(),
+            };
+            let body = json!({"files": [{"path": path, "content": base64.encode(bytes)}]});
+            let url = format!("/api/sessions/{id}/files");
+            let reply = client.call(Method::POST, &url, Some(&body)).await?;
+            if let Some(error) = reply["files"][0]["error"].as_str() {
+                bail!("{path}: {error}");
+            }
+            Ok(reply)
+        }
+        FilesCommand::Rm { id, path } => {
+            let url = format!("/api/sessions/{id}/files/{path}");
+            client.call(Method::DELETE, &url, None).await
+        }
+        FilesCommand::Download { id, output } => {
+            let bytes = client
+                .download(&format!("/api/sessions/{id}/workspace"))
+                .await?;
+            let file = output.unwrap_or_else(|| PathBuf::from(format!("workspace-{id}.tar.gz")));
+            std::fs::write(&file, &bytes)
+                .with_context(|| format!("cannot write {}", file.display()))?;
+            Ok(json!({"file": file, "size": bytes.len()}))
+        }
+        FilesCommand::Upload { id, bundle } => {
+            let bytes = std::fs::read(&bundle)
+                .with_context(|| format!("cannot read {}", bundle.display()))?;
+            let body = json!({"bundle": base64.encode(bytes)});
+            let url = format!("/api/sessions/{id}/workspace");
+            client.call(Method::POST, &url, Some(&body)).await
+        }
+    }
 }
 
 async fn act(client: &Client, session: &str, action: &str) -> anyhow::Result<Value> {

@@ -13,6 +13,7 @@
 mod bwrap;
 mod client;
 pub mod doctor;
+mod files;
 mod limits;
 mod workspace;
 
@@ -23,6 +24,7 @@ use std::time::Duration;
 use ash_protocol::{Backend, Command, Event};
 
 pub use client::Turn;
+pub use files::{FileEntry, FileError, Workspace};
 pub use limits::{LimitHit, Limits};
 use workspace::{copy_into_workspace, latest, snapshot};
 
@@ -74,12 +76,35 @@ impl SandboxHost {
         let _ = tokio::task::spawn_blocking(limits::sweep).await;
     }
 
+    /// The sandbox's workspace folder (it may not exist).
+    pub fn workspace(&self, id: &str) -> PathBuf {
+        self.root.join(id).join("workspace")
+    }
+
+    /// The sandbox's last durable snapshot, if it has one.
+    pub fn latest_snapshot(&self, id: &str) -> Option<PathBuf> {
+        latest(&self.snapshots.join(id))
+    }
+
+    /// Brings back a lost workspace from the last snapshot; `false` when there is neither.
+    pub async fn restore_workspace(&self, id: &str) -> Result<bool, SandboxError> {
+        let workspace = self.workspace(id);
+        if workspace.is_dir() {
+            return Ok(true);
+        }
+        let Some(snapshot) = self.latest_snapshot(id) else {
+            return Ok(false);
+        };
+        tokio::task::spawn_blocking(move || copy_into_workspace(&snapshot, &workspace))
+            .await
+            .map_err(|e| SandboxError::Workspace(e.to_string()))?
+            .map_err(|e| SandboxError::Workspace(format!("restore failed: {e}")))?;
+        Ok(true)
+    }
+
     /// Makes a durable snapshot of the sandbox's workspace; returns once it is on disk.
     pub async fn snapshot(&self, id: &str) -> Result<(), SandboxError> {
-        let (workspace, dir) = (
-            self.root.join(id).join("workspace"),
-            self.snapshots.join(id),
-        );
+        let (workspace, dir) = (self.workspace(id), self.snapshots.join(id));
         tokio::task::spawn_blocking(move || snapshot(&workspace, &dir))
             .await
             .map_err(|e| SandboxError::Workspace(e.to_string()))?
@@ -88,9 +113,9 @@ impl SandboxHost {
 
     /// Copies one sandbox's workspace (or, if it is gone, its last snapshot) to be another's.
     pub async fn fork(&self, from: &str, to: &str) -> Result<(), SandboxError> {
-        let source = self.root.join(from).join("workspace");
-        let snapshot = latest(&self.snapshots.join(from));
-        let target = self.root.join(to).join("workspace");
+        let source = self.workspace(from);
+        let snapshot = self.latest_snapshot(from);
+        let target = self.workspace(to);
         tokio::task::spawn_blocking(move || {
             let source = if source.is_dir() {
                 source
@@ -141,9 +166,9 @@ impl Sandbox {
     /// snapshot when its workspace was lost), starts bwrap with the
     /// bridge and configures the backend. Returns once the bridge is ready for queries.
     pub async fn start(host: &SandboxHost, spec: SandboxSpec<'_>) -> Result<Self, SandboxError> {
-        let workspace = host.root.join(spec.id).join("workspace");
+        let workspace = host.workspace(spec.id);
         if !workspace.exists() {
-            let snapshot = latest(&host.snapshots.join(spec.id));
+            let snapshot = host.latest_snapshot(spec.id);
             let (agent, to) = (spec.agent_dir.to_owned(), workspace.clone());
             let prompt = spec.system_prompt.map(str::to_owned);
             tokio::task::spawn_blocking(move || match snapshot {

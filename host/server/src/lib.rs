@@ -9,6 +9,7 @@
 mod agents;
 mod auth;
 mod error;
+mod files;
 mod health;
 mod lifecycle;
 mod metrics;
@@ -179,6 +180,7 @@ fn router(state: Arc<AppState>) -> Router {
         .merge(agents::routes())
         .merge(sessions::routes())
         .merge(lifecycle::routes())
+        .merge(files::routes())
         .route("/metrics", axum::routing::get(health::metrics))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -6,7 +6,7 @@ use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::{agents, health, lifecycle, sessions};
+use crate::{agents, files, health, lifecycle, sessions};
 
 /// `{"agent": …}`
 #[derive(Serialize, ToSchema)]
@@ -71,6 +71,7 @@ pub(crate) struct ErrorBody {
         agents::deploy, agents::list, agents::show, agents::remove,
         sessions::create, sessions::list, sessions::show, sessions::end, sessions::messages, sessions::send,
         sessions::events, sessions::stream, sessions::interrupt, lifecycle::pause, lifecycle::stop, lifecycle::resume, lifecycle::exec, lifecycle::fork,
+        files::list, files::read, files::upload, files::remove, files::download, files::restore,
         health::health, health::metrics,
     ),
     components(schemas(Role, SessionStatus)),

@@ -124,6 +124,11 @@ impl Sessions {
         }
     }
 
+    /// Where sandboxes keep their workspaces and snapshots.
+    pub(crate) fn host(&self) -> &SandboxHost {
+        &self.host
+    }
+
     /// Logs what this host can do for sandboxes (the `ash doctor` findings) and removes what
     /// sandboxes of earlier runs left in the kernel (empty cgroups).
     pub(crate) async fn check_host(&self) {

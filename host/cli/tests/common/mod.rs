@@ -157,16 +157,19 @@ impl Server {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
-    /// The Prometheus text of `GET /metrics`.
-    pub async fn metrics(&self) -> String {
-        let response = self
-            .http
-            .get(format!("{}/metrics", self.url))
+    /// `GET` with the key, the response as it came.
+    pub async fn raw_get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.url))
             .bearer_auth(&self.key)
             .send()
             .await
-            .unwrap();
-        response.text().await.unwrap()
+            .unwrap()
+    }
+
+    /// The Prometheus text of `GET /metrics`.
+    pub async fn metrics(&self) -> String {
+        self.raw_get("/metrics").await.text().await.unwrap()
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
