@@ -82,6 +82,16 @@ async fn stop_then_resume_is_cold_and_keeps_files_and_conversation() {
         0,
         "a stopped session has no sandbox"
     );
+    let pool = |health: Value| {
+        let p = &health["pool"];
+        [&p["cold"], &p["waiting"], &p["running"], &p["total"]].map(|v| v.as_i64().unwrap())
+    };
+    assert_eq!(
+        pool(server.get("/health").await.1),
+        [1, 0, 0, 1],
+        "cold, waiting, running, total"
+    );
+    assert!(metric(&server, "ash_pool_sandboxes{state=\"cold\"} 1").await);
     let (status, _) = act(&server, &session, "stop").await;
     assert_eq!(status, 400);
 
@@ -91,6 +101,7 @@ async fn stop_then_resume_is_cold_and_keeps_files_and_conversation() {
         (200, Some("active"))
     );
     assert!(metric(&server, "ash_resume_total{path=\"cold\"} 1").await);
+    assert_eq!(pool(server.get("/health").await.1), [0, 1, 0, 1]);
     assert_eq!(
         assistant_text(&server.message(&session, "after").await),
         "Echo: after (turn 2, previous: before stop)"

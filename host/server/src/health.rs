@@ -24,15 +24,16 @@ pub(crate) async fn health(State(state): State<Arc<AppState>>) -> Result<Json<He
         remote_runners: 0,
         uptime: state.metrics.started.elapsed().as_secs(),
         pool: PoolStats {
-            total: snapshot.live,
+            total: snapshot.live + snapshot.cold,
+            cold: snapshot.cold,
+            warming: snapshot.warming,
             warm: snapshot.warm,
-            waiting: snapshot.live - snapshot.running - snapshot.warm,
+            waiting: snapshot.waiting,
             running: snapshot.running,
             max_capacity: state.config.max_sandboxes,
             pre_warm_hits: state.metrics.prewarm_hits.get(),
             resume_warm_hits: state.metrics.resumes.with_label_values(&["warm"]).get(),
             resume_cold_hits: state.metrics.resumes.with_label_values(&["cold"]).get(),
-            ..PoolStats::default()
         },
     }))
 }
@@ -55,8 +56,11 @@ pub(crate) struct Health {
     pool: PoolStats,
 }
 
-/// Sandboxes of this node by state (the reference API's `PoolStats`).
-#[derive(Serialize, ToSchema, Default)]
+/// Sandboxes of this node by state (the reference API's `PoolStats`). `cold`: sessions not
+/// ended whose sandbox is stopped (their workspace is kept; the next message or resume starts
+/// one); `warming`/`warm`: pre-warmed sandboxes starting / ready; `waiting`: session
+/// sandboxes between turns; `running`: in a turn. `total` is all of them.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct PoolStats {
     total: i64,
@@ -87,30 +91,52 @@ pub(crate) async fn metrics(
 struct Snapshot {
     active_sessions: i64,
     live: i64,
-    running: i64,
+    cold: i64,
+    warming: i64,
     warm: i64,
+    waiting: i64,
+    running: i64,
 }
 
 async fn refresh(state: &AppState) -> Result<Snapshot, ApiError> {
-    let active_sessions = state.store.count_sessions(SessionStatus::Active).await?;
+    let counts = state.store.count_sessions().await?;
+    let count = |wanted: &dyn Fn(SessionStatus) -> bool| -> i64 {
+        counts
+            .iter()
+            .filter(|(s, _)| wanted(*s))
+            .map(|(_, n)| n)
+            .sum()
+    };
+    let active_sessions = count(&|s| s == SessionStatus::Active);
+    let unended = count(&|s| s != SessionStatus::Ended);
     let (live, running) = state.sessions.counts();
+    let pool = state.sessions.pool();
+    let (warm, warming) = (pool.len() as i64, pool.warming() as i64);
     let (live, running) = (live as i64, running as i64);
-    let warm = state.sessions.pool().len() as i64;
+    let of_sessions = live - warm - warming;
+    let s = Snapshot {
+        active_sessions,
+        live,
+        cold: (unended - of_sessions).max(0),
+        warming,
+        warm,
+        waiting: (of_sessions - running).max(0),
+        running,
+    };
     let m = &state.metrics;
     m.uptime.set(m.started.elapsed().as_secs() as i64);
     m.active_sessions.set(active_sessions);
     m.active_sandboxes.set(live);
-    m.pool.with_label_values(&["running"]).set(running);
-    m.pool
-        .with_label_values(&["waiting"])
-        .set(live - running - warm);
-    m.pool.with_label_values(&["warm"]).set(warm);
-    Ok(Snapshot {
-        active_sessions,
-        warm,
-        live,
-        running,
-    })
+    for (name, value) in [
+        ("cold", s.cold),
+        ("warming", s.warming),
+        ("warm", s.warm),
+        ("waiting", s.waiting),
+        ("running", s.running),
+    ] {
+        m.pool.with_label_values(&[name]).set(value);
+    }
+    Ok(s)
 }
 
 /// `<hostname>-<pid>`, read once: `/health` is polled often and must not touch the disk.

@@ -8,6 +8,7 @@
 //! sandbox and are the first to go when the node is full.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ash_core::{Agent, AgentName};
@@ -28,6 +29,8 @@ struct Warm {
 pub(crate) struct Pool {
     warm: Mutex<HashMap<AgentName, Vec<Warm>>>,
     filling: Mutex<HashSet<AgentName>>,
+    /// Warm sandboxes being started.
+    warming: AtomicUsize,
 }
 
 impl Pool {
@@ -65,6 +68,11 @@ impl Pool {
     /// How many sandboxes wait warm.
     pub(crate) fn len(&self) -> usize {
         self.warm.lock().expect("lock").values().map(Vec::len).sum()
+    }
+
+    /// How many warm sandboxes are being started.
+    pub(crate) fn warming(&self) -> usize {
+        self.warming.load(Ordering::Relaxed)
     }
 }
 
@@ -128,10 +136,13 @@ async fn top_up(state: &AppState, name: &AgentName) -> Result<(), crate::ApiErro
             return Ok(());
         }
         let id = format!("{WARM_PREFIX}{}", uuid::Uuid::new_v4());
-        let live = state
+        pool.warming.fetch_add(1, Ordering::Relaxed);
+        let started = state
             .sessions
             .start_sandbox(state, &id, &agent, &agent.env, None, Room::OnlyIfFree)
-            .await?;
+            .await;
+        pool.warming.fetch_sub(1, Ordering::Relaxed);
+        let live = started?;
         pool.warm
             .lock()
             .expect("lock")

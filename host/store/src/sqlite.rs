@@ -162,14 +162,23 @@ impl Store {
         row.as_ref().map(session_from_row).transpose()
     }
 
-    pub async fn count_sessions(&self, status: SessionStatus) -> Result<i64, StoreError> {
-        let count =
-            sqlx::query_scalar("SELECT COUNT(*) FROM sessions WHERE tenant_id = ? AND status = ?")
-                .bind(DEFAULT_TENANT)
-                .bind(status.as_str())
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(count)
+    /// How many sessions there are in each status (statuses without any are left out).
+    pub async fn count_sessions(&self) -> Result<Vec<(SessionStatus, i64)>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT status, COUNT(*) FROM sessions WHERE tenant_id = ? GROUP BY status",
+        )
+        .bind(DEFAULT_TENANT)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(raw, count)| {
+                SessionStatus::parse(&raw)
+                    .map(|status| (status, count))
+                    .ok_or(StoreError::Corrupt(format!(
+                        "unknown session status {raw:?}"
+                    )))
+            })
+            .collect()
     }
 
     /// Appends messages and log events to a session in one transaction, each with the next
