@@ -82,20 +82,25 @@ pub fn check(bwrap: &Path, bridge: &Path) -> Vec<Finding> {
         });
     }
 
-    findings.push(if limits::available() {
-        Finding {
+    findings.push(match limits::Layout::detect() {
+        Some(limits::Layout::V1) => Finding {
             what: "resource limits",
             verdict: Verdict::Ok,
             detail: "cgroup v1 memory, pids and cpu controllers are writable: memory, processes and CPU are enforced per sandbox, plus rlimits".into(),
             fix: String::new(),
-        }
-    } else {
-        Finding {
+        },
+        Some(limits::Layout::V2(base)) => Finding {
+            what: "resource limits",
+            verdict: Verdict::Ok,
+            detail: format!("cgroup v2 is delegated to the server at {}: memory, processes and CPU are enforced per sandbox, plus rlimits", base.display()),
+            fix: String::new(),
+        },
+        None => Finding {
             what: "resource limits",
             verdict: Verdict::Degraded,
-            detail: "no writable cgroup v1 memory/pids controllers: sandboxes get rlimits (file size, open files) only, so a fork bomb or memory bomb can hurt the host".into(),
-            fix: "run the server as root on a host that mounts cgroup v1 memory and pids controllers".into(),
-        }
+            detail: "no cgroups this process may manage (neither writable v1 memory/pids controllers nor a delegated v2 cgroup offering memory and pids): sandboxes get rlimits (file size, open files) only, so a fork bomb or memory bomb can hurt the host".into(),
+            fix: "on a cgroup v2 host run the server with a delegated cgroup (systemd: Delegate=yes in its unit, or systemd-run -p Delegate=yes ash start), or as root in its own cgroup namespace; on a v1 host run it as root".into(),
+        },
     });
 
     findings.push(if bridge.is_file() {

@@ -1,6 +1,6 @@
-//! Resource limits for one sandbox: memory, processes and CPU through cgroup v1 controllers
-//! where the host mounts them (pure cgroup v2 hosts are not handled yet: they get rlimits
-//! only), and file size, open files and core dumps through rlimits, always.
+//! Resource limits for one sandbox: memory, processes and CPU through cgroups — v1
+//! controllers where the host mounts them, or the v2 cgroup delegated to the server — and
+//! file size, open files and core dumps through rlimits, always.
 //!
 //! The bwrap process joins its cgroups between fork and exec (it writes `0` to each
 //! `cgroup.procs`, opened beforehand), so nothing in the sandbox ever runs outside them. A hit
@@ -46,15 +46,116 @@ pub struct LimitHit {
     pub count: u64,
 }
 
-const V1: &str = "/sys/fs/cgroup";
+const CGROUP_FS: &str = "/sys/fs/cgroup";
+/// The controllers a v1 host mounts one tree each for.
 const CONTROLLERS: [&str; 3] = ["memory", "pids", "cpu"];
-/// Every server's cgroups live under this folder of each controller.
+/// Every server's cgroups live under this folder (of each v1 controller, or of the v2 cgroup
+/// delegated to the server).
 const ROOT: &str = "ash";
 /// Empty cgroups younger than this may belong to a sandbox another server is starting.
 const SWEEP_AGE: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// Knobs a sandbox cgroup must have; the others (swap accounting, CPU) may be absent.
+const REQUIRED: [&str; 3] = ["memory.limit_in_bytes", "memory.max", "pids.max"];
+
+/// Which cgroup hierarchy this host gives the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// cgroup v1: a tree per controller, `/sys/fs/cgroup/<controller>/ash/…`.
+    V1,
+    /// cgroup v2: one tree, under the cgroup delegated to this server (`<base>/ash/…`).
+    V2(PathBuf),
+}
+
+impl Layout {
+    /// The host's usable layout, found once: `None` when there are no cgroups this process may
+    /// manage (then sandboxes get rlimits only).
+    pub(crate) fn detect() -> Option<&'static Layout> {
+        static LAYOUT: std::sync::OnceLock<Option<Layout>> = std::sync::OnceLock::new();
+        LAYOUT
+            .get_or_init(|| {
+                if Path::new(CGROUP_FS).join("cgroup.controllers").exists() {
+                    delegated_v2().map(Layout::V2)
+                } else {
+                    v1_writable().then_some(Layout::V1)
+                }
+            })
+            .as_ref()
+    }
+
+    /// The folders under which every server keeps its sandboxes' cgroups.
+    fn roots(&self) -> Vec<PathBuf> {
+        match self {
+            Self::V1 => CONTROLLERS
+                .iter()
+                .map(|c| Path::new(CGROUP_FS).join(c).join(ROOT))
+                .collect(),
+            Self::V2(base) => vec![base.join(ROOT)],
+        }
+    }
+
+    /// Each cgroup folder of one sandbox with the knobs to set in it.
+    fn settings(
+        &self,
+        group: &str,
+        id: &str,
+        limits: Limits,
+    ) -> Vec<(PathBuf, Vec<(&'static str, String)>)> {
+        let memory = limits.memory_bytes.to_string();
+        let pids = limits.max_processes.to_string();
+        let quota = limits.cpu_percent * 1000;
+        match self {
+            Self::V1 => {
+                let dir = |c: &str| Path::new(CGROUP_FS).join(c).join(ROOT).join(group).join(id);
+                vec![
+                    (
+                        dir("memory"),
+                        vec![
+                            ("memory.limit_in_bytes", memory.clone()),
+                            ("memory.memsw.limit_in_bytes", memory),
+                            ("memory.swappiness", "0".into()),
+                        ],
+                    ),
+                    (dir("pids"), vec![("pids.max", pids)]),
+                    (
+                        dir("cpu"),
+                        vec![
+                            ("cpu.cfs_period_us", "100000".into()),
+                            ("cpu.cfs_quota_us", quota.to_string()),
+                        ],
+                    ),
+                ]
+            }
+            Self::V2(base) => vec![(
+                base.join(ROOT).join(group).join(id),
+                vec![
+                    ("memory.max", memory),
+                    ("pids.max", pids),
+                    ("memory.swap.max", "0".into()),
+                    ("cpu.max", format!("{quota} 100000")),
+                ],
+            )],
+        }
+    }
+
+    /// Where the OOM-kill and refused-fork counters are: (file, key) per controller.
+    fn counters(&self) -> [(&'static str, &'static str, &'static str); 2] {
+        match self {
+            Self::V1 => [
+                ("memory", "memory.oom_control", "oom_kill "),
+                ("pids", "pids.events", "max "),
+            ],
+            Self::V2(_) => [
+                ("", "memory.events", "oom_kill "),
+                ("", "pids.events", "max "),
+            ],
+        }
+    }
+}
+
 /// The cgroups of one sandbox; removed on drop (once its processes are gone).
 pub(crate) struct Cgroups {
+    layout: &'static Layout,
     dirs: Vec<PathBuf>,
     procs: Vec<File>,
     limits: Limits,
@@ -64,42 +165,24 @@ pub(crate) struct Cgroups {
 impl Cgroups {
     /// Creates the sandbox's cgroups; `Ok(None)` when the host offers none this process may use.
     pub(crate) fn create(group: &str, id: &str, limits: Limits) -> io::Result<Option<Self>> {
-        if !available() {
+        let Some(layout) = Layout::detect() else {
             return Ok(None);
-        }
+        };
         let mut cgroups = Self {
+            layout,
             dirs: Vec::new(),
             procs: Vec::new(),
             limits,
             seen: Default::default(),
         };
-        let quota = (limits.cpu_percent * 1000).to_string();
-        let memory = limits.memory_bytes.to_string();
-        let pids = limits.max_processes.to_string();
-        let settings: [(&str, Vec<(&str, &str)>); 3] = [
-            (
-                "memory",
-                vec![
-                    ("memory.limit_in_bytes", &memory),
-                    ("memory.memsw.limit_in_bytes", &memory),
-                    ("memory.swappiness", "0"),
-                ],
-            ),
-            ("pids", vec![("pids.max", &pids)]),
-            (
-                "cpu",
-                vec![
-                    ("cpu.cfs_period_us", "100000"),
-                    ("cpu.cfs_quota_us", &quota),
-                ],
-            ),
-        ];
-        for (controller, files) in settings {
-            let dir = Path::new(V1)
-                .join(controller)
-                .join(ROOT)
-                .join(group)
-                .join(id);
+        if let Layout::V2(base) = layout {
+            // v2 hands controllers down level by level: `ash/` and `ash/<group>/` pass them on.
+            for dir in [base.join(ROOT), base.join(ROOT).join(group)] {
+                fs::create_dir_all(&dir)?;
+                delegate(&dir)?;
+            }
+        }
+        for (dir, knobs) in layout.settings(group, id, limits) {
             match fs::create_dir_all(&dir) {
                 Ok(()) => {}
                 Err(e)
@@ -111,12 +194,11 @@ impl Cgroups {
                 Err(e) => return Err(e),
             }
             cgroups.dirs.push(dir.clone());
-            for (file, value) in files {
+            for (file, value) in knobs {
                 let path = dir.join(file);
-                // Optional knobs (swap accounting, cpu) may be absent; the core ones are not.
                 if path.exists() {
                     fs::write(&path, value)?;
-                } else if matches!(file, "memory.limit_in_bytes" | "pids.max") {
+                } else if REQUIRED.contains(&file) {
                     return Err(io::Error::other(format!("{} is missing", path.display())));
                 }
             }
@@ -136,20 +218,15 @@ impl Cgroups {
 
     /// Limits hit since the last call.
     pub(crate) fn new_hits(&self) -> Vec<LimitHit> {
-        let counter = |controller: &str, file: &str, key: &str| -> u64 {
-            let path = self
-                .dirs
-                .iter()
-                .find(|d| d.starts_with(Path::new(V1).join(controller)));
-            let text = path
+        let [ooms, forks] = self.layout.counters().map(|(controller, file, key)| {
+            let dir = self.dirs.iter().find(|d| {
+                controller.is_empty() || d.starts_with(Path::new(CGROUP_FS).join(controller))
+            });
+            let text = dir
                 .and_then(|d| fs::read_to_string(d.join(file)).ok())
                 .unwrap_or_default();
-            text.lines()
-                .find_map(|l| l.strip_prefix(key).and_then(|v| v.trim().parse().ok()))
-                .unwrap_or(0)
-        };
-        let ooms = counter("memory", "memory.oom_control", "oom_kill ");
-        let forks = counter("pids", "pids.events", "max ");
+            counter(&text, key)
+        });
         let mut seen = self.seen.lock().expect("lock");
         let mut hits = Vec::new();
         if ooms > seen.0 {
@@ -196,10 +273,22 @@ impl Drop for Cgroups {
     }
 }
 
-/// Whether this process can create sandbox cgroups (v1 `memory` and `pids`, writable).
+/// The value after `key` on its line of a cgroup counters file (`oom_kill 3`), or 0.
+fn counter(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+/// Whether this process can create sandbox cgroups here (v1 memory and pids writable, or a
+/// delegated v2 cgroup with both controllers).
 pub(crate) fn available() -> bool {
+    Layout::detect().is_some()
+}
+
+fn v1_writable() -> bool {
     ["memory", "pids"].iter().all(|controller| {
-        let dir = Path::new(V1).join(controller);
+        let dir = Path::new(CGROUP_FS).join(controller);
         let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
             .expect("no NUL in a fixed path");
         // SAFETY: access(2) only reads the path string.
@@ -207,9 +296,52 @@ pub(crate) fn available() -> bool {
     })
 }
 
+/// This process's v2 cgroup (the `0::` line of `/proc/self/cgroup`), relative to the mount.
+fn own_v2_cgroup(proc_self_cgroup: &str) -> Option<&str> {
+    proc_self_cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(|p| p.trim().trim_start_matches('/'))
+}
+
+/// The v2 cgroup this server may manage, ready to hand memory, pids (and cpu when offered)
+/// to sandbox cgroups below it. That is the server's own cgroup when it is delegated (systemd
+/// `Delegate=yes`, or the root of a container's cgroup namespace). v2 lets a cgroup pass
+/// controllers down only while no process sits in it, so the server first moves itself into a
+/// leaf, `ash-server/`, as delegated services are expected to.
+fn delegated_v2() -> Option<PathBuf> {
+    let own = fs::read_to_string("/proc/self/cgroup").ok()?;
+    let base = Path::new(CGROUP_FS).join(own_v2_cgroup(&own)?);
+    let offered = fs::read_to_string(base.join("cgroup.controllers")).ok()?;
+    if !["memory", "pids"]
+        .iter()
+        .all(|c| offered.split_whitespace().any(|o| o == *c))
+    {
+        return None;
+    }
+    if base != Path::new(CGROUP_FS) {
+        let leaf = base.join("ash-server");
+        fs::create_dir_all(&leaf).ok()?;
+        fs::write(leaf.join("cgroup.procs"), "0").ok()?;
+    }
+    delegate(&base).ok()?;
+    Some(base)
+}
+
+/// Lets `dir`'s children use memory and pids (and cpu where `dir` has it).
+fn delegate(dir: &Path) -> io::Result<()> {
+    let control = dir.join("cgroup.subtree_control");
+    fs::write(&control, "+memory +pids")?;
+    let _ = fs::write(&control, "+cpu");
+    Ok(())
+}
+
 /// Removes empty cgroups that servers left behind (a crash, a kill): every sandbox cgroup of
 /// any server that has no process and is older than [`SWEEP_AGE`], then empty server folders.
 pub(crate) fn sweep() {
+    let Some(layout) = Layout::detect() else {
+        return;
+    };
     let old = |path: &Path| {
         fs::metadata(path)
             .and_then(|m| m.modified())
@@ -223,8 +355,8 @@ pub(crate) fn sweep() {
             .filter(|p| p.is_dir())
             .collect()
     };
-    for controller in CONTROLLERS {
-        for group in dirs(&Path::new(V1).join(controller).join(ROOT)) {
+    for root in layout.roots() {
+        for group in dirs(&root) {
             for sandbox in dirs(&group) {
                 if old(&sandbox) && pids(&sandbox).is_empty() {
                     let _ = fs::remove_dir(&sandbox);
@@ -262,4 +394,60 @@ pub(crate) fn apply_rlimits(limits: &Limits) -> io::Result<()> {
     set(libc::RLIMIT_FSIZE, limits.file_size_bytes)?;
     set(libc::RLIMIT_NOFILE, limits.open_files)?;
     set(libc::RLIMIT_CORE, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_v2_cgroup_is_read_from_proc_self_cgroup() {
+        let hybrid = "4:memory:/x\n0::/system.slice/ash.service\n";
+        assert_eq!(own_v2_cgroup(hybrid), Some("system.slice/ash.service"));
+        assert_eq!(own_v2_cgroup("0::/\n"), Some(""));
+        assert_eq!(own_v2_cgroup("4:memory:/x\n"), None);
+    }
+
+    #[test]
+    fn v2_sandboxes_get_one_cgroup_with_every_limit() {
+        let layout = Layout::V2(PathBuf::from("/sys/fs/cgroup/ash.service"));
+        let limits = Limits {
+            memory_bytes: 1 << 20,
+            max_processes: 64,
+            cpu_percent: 50,
+            ..Limits::default()
+        };
+        let settings = layout.settings("ash-1", "s1", limits);
+        assert_eq!(settings.len(), 1);
+        assert_eq!(
+            settings[0].0,
+            Path::new("/sys/fs/cgroup/ash.service/ash/ash-1/s1")
+        );
+        let knobs: Vec<(&str, &str)> = settings[0]
+            .1
+            .iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect();
+        assert_eq!(
+            knobs,
+            [
+                ("memory.max", "1048576"),
+                ("pids.max", "64"),
+                ("memory.swap.max", "0"),
+                ("cpu.max", "50000 100000"),
+            ]
+        );
+        assert_eq!(
+            layout.roots(),
+            [PathBuf::from("/sys/fs/cgroup/ash.service/ash")]
+        );
+    }
+
+    #[test]
+    fn counters_are_read_by_key() {
+        let events = "low 0\nhigh 0\nmax 2\noom 1\noom_kill 1\n";
+        assert_eq!(counter(events, "oom_kill "), 1);
+        assert_eq!(counter(events, "max "), 2);
+        assert_eq!(counter("", "max "), 0);
+    }
 }
