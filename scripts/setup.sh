@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building, running and testing Ash needs on Debian/Ubuntu, beyond the Rust
 # toolchain: bubblewrap (the sandbox), a C compiler (bundled SQLite), Python with venv (for
-# the API fuzzer), cargo-nextest, and the rustfmt/clippy components. Safe to run again: it skips what is already there.
+# the API fuzzer), cargo-nextest, the rustfmt/clippy components and the wasm32-wasip2 target
+# (plugins). Safe to run again: it skips what is already there.
 set -euo pipefail
 
 as_root() {
@@ -20,6 +21,8 @@ fi
 
 if command -v rustup >/dev/null; then
   rustup component add rustfmt clippy >/dev/null 2>&1 || true
+  # Plugins are built to WebAssembly components.
+  rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then

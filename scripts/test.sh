@@ -6,7 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ./scripts/setup.sh
+./scripts/build-plugins.sh
 cargo fmt --all -- --check
+cargo fmt --manifest-path plugins/Cargo.toml --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+CARGO_TARGET_DIR="$PWD/target" cargo clippy --manifest-path plugins/Cargo.toml \
+    --target wasm32-wasip2 --release --locked -- -D warnings
 ./scripts/fuzz-api.sh
 cargo nextest run --workspace --locked --no-fail-fast

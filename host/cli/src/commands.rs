@@ -131,6 +131,34 @@ pub enum FilesCommand {
     Upload { id: String, bundle: PathBuf },
 }
 
+#[derive(clap::Subcommand)]
+pub enum PluginCommand {
+    /// The server's plugins and their state (calls, failures, quarantine).
+    List,
+    /// Check a plugin folder: its plugin.toml, the component's digest, and that the component
+    /// implements the world its kind needs. Exits 1 when the plugin would not load.
+    Check { dir: PathBuf },
+}
+
+/// `ash plugin check`: loads the plugin as the server would, without a server.
+pub fn check_plugin(dir: &Path) -> anyhow::Result<ExitCode> {
+    match ash_plugin_host::Plugins::check(dir) {
+        Ok(manifest) => {
+            println!(
+                "ok: {} {} implements {}",
+                manifest.id,
+                manifest.version,
+                manifest.kind.world()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("ash: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
 #[derive(clap::Args)]
 pub struct ChatArgs {
     agent: String,
@@ -153,8 +181,16 @@ fn parse_env(raw: &str) -> Result<(String, String), String> {
 pub async fn run(server: Option<String>, command: Command) -> anyhow::Result<ExitCode> {
     let client = Client::discover(server)?;
     let printed = match command {
-        Command::Start(_) | Command::Openapi | Command::Bench(_) | Command::Doctor(_) => {
+        Command::Start(_)
+        | Command::Openapi
+        | Command::Bench(_)
+        | Command::Doctor(_)
+        | Command::Plugin(PluginCommand::Check { .. }) => {
             unreachable!("handled by main")
+        }
+        Command::Plugin(PluginCommand::List) => {
+            let health = client.call(Method::GET, "/health", None).await?;
+            json!({ "plugins": health["plugins"] })
         }
         Command::Health => client.call(Method::GET, "/health", None).await?,
         Command::Deploy(args) => deploy(&client, args).await?,

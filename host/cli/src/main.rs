@@ -42,6 +42,9 @@ enum Command {
     Openapi,
     /// Check what this host can do for sandboxes, and how to fix what it cannot.
     Doctor(start::StartArgs),
+    /// List the server's plugins, or check a plugin folder.
+    #[command(subcommand)]
+    Plugin(commands::PluginCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -55,6 +58,7 @@ fn main() -> std::process::ExitCode {
             Command::Bench(args) => bench::run(cli.server, args)
                 .await
                 .map(|()| std::process::ExitCode::SUCCESS),
+            Command::Plugin(commands::PluginCommand::Check { dir }) => commands::check_plugin(&dir),
             Command::Openapi => {
                 println!("{}", ash_server::openapi_document());
                 Ok(std::process::ExitCode::SUCCESS)

@@ -47,6 +47,8 @@ struct FileSettings {
     sandbox_file_size_mb: Option<u64>,
     sandbox_open_files: Option<u64>,
     idle_timeout_ms: Option<u64>,
+    #[serde(default)]
+    plugins: Vec<ash_server::PluginConfig>,
 }
 
 /// Largest settings file read.
@@ -194,6 +196,7 @@ pub async fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
         bwrap: find_bwrap(env("ASH_BWRAP")?.or(file.bwrap))?,
         bridge,
         seed_agents: vec![hello_agent()],
+        plugins: file.plugins,
     };
     let data_dir = config.data_dir.clone();
     let server = Server::prepare(config).await?;

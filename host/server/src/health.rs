@@ -23,6 +23,20 @@ pub(crate) async fn health(State(state): State<Arc<AppState>>) -> Result<Json<He
         active_sandboxes: snapshot.live,
         remote_runners: 0,
         uptime: state.metrics.started.elapsed().as_secs(),
+        plugins: state
+            .plugins
+            .status()
+            .into_iter()
+            .map(|s| PluginHealth {
+                id: s.id,
+                version: s.version,
+                kind: format!("{:?}", s.kind).to_lowercase(),
+                calls: s.calls,
+                failures: s.failures,
+                quarantined: s.quarantined,
+                last_error: s.last_error,
+            })
+            .collect(),
         pool: PoolStats {
             total: snapshot.live + snapshot.cold,
             cold: snapshot.cold,
@@ -54,6 +68,21 @@ pub(crate) struct Health {
     /// Seconds since start.
     uptime: u64,
     pool: PoolStats,
+    /// The loaded plugins (an addition to the reference shape).
+    plugins: Vec<PluginHealth>,
+}
+
+/// One plugin's state: a quarantined plugin is no longer called; `lastError` says why.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct PluginHealth {
+    id: String,
+    version: String,
+    kind: String,
+    calls: u64,
+    failures: u64,
+    quarantined: bool,
+    last_error: Option<String>,
 }
 
 /// Sandboxes of this node by state (the reference API's `PoolStats`). `cold`: sessions not
@@ -125,6 +154,18 @@ async fn refresh(state: &AppState) -> Result<Snapshot, ApiError> {
     };
     let m = &state.metrics;
     m.uptime.set(m.started.elapsed().as_secs() as i64);
+    for plugin in state.plugins.status() {
+        let id = [plugin.id.as_str()];
+        m.plugin_calls
+            .with_label_values(&id)
+            .set(plugin.calls as i64);
+        m.plugin_failures
+            .with_label_values(&id)
+            .set(plugin.failures as i64);
+        m.plugin_quarantined
+            .with_label_values(&id)
+            .set(i64::from(plugin.quarantined));
+    }
     m.active_sessions.set(active_sessions);
     m.active_sandboxes.set(live);
     for (name, value) in [

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
 
+pub use ash_plugin_host::PluginConfig;
 pub use ash_sandbox::{doctor, Limits};
 pub use error::ApiError;
 pub use openapi::document as openapi_document;
@@ -49,6 +50,8 @@ pub struct ServerConfig {
     pub bridge: PathBuf,
     /// Agents deployed on start when no agent of that name exists (the bundled examples).
     pub seed_agents: Vec<SeedAgent>,
+    /// WebAssembly plugins to load (`[[plugins]]` in the settings file).
+    pub plugins: Vec<ash_plugin_host::PluginConfig>,
 }
 
 /// An agent shipped inside the binary: its name and its files (relative path, bytes).
@@ -77,6 +80,8 @@ pub enum StartError {
     Seed(String),
     #[error("bridge binary not found at {0}: build it with cargo build, or set ASH_BRIDGE_BIN")]
     NoBridge(String),
+    #[error("cannot load plugins: {0}")]
+    Plugin(#[from] ash_plugin_host::PluginError),
 }
 
 /// A server that has opened its store and bound its port, ready to [`run`](Self::run).

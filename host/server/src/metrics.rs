@@ -20,6 +20,11 @@ pub struct Metrics {
     pub limit_hits: IntCounterVec,
     pub prewarm_hits: IntCounter,
     pub auth_failures: IntCounter,
+    pub plugin_transform: Histogram,
+    /// Per plugin: calls and failures (copied from the plugin host when scraped), quarantine.
+    pub plugin_calls: IntGaugeVec,
+    pub plugin_failures: IntGaugeVec,
+    pub plugin_quarantined: IntGaugeVec,
 }
 
 impl Metrics {
@@ -86,8 +91,34 @@ impl Metrics {
             "Requests refused for a bad API key",
         )
         .expect("valid metric");
+        let plugin_transform = Histogram::with_opts(
+            HistogramOpts::new(
+                "ash_plugin_transform_seconds",
+                "Time to run an agent event through every transformer plugin",
+            )
+            .buckets(vec![
+                0.000_002, 0.000_005, 0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.01, 0.1,
+            ]),
+        )
+        .expect("valid metric");
+        let per_plugin = |name: &str, help: &str| {
+            IntGaugeVec::new(Opts::new(name, help), &["plugin"]).expect("valid metric")
+        };
+        let plugin_calls = per_plugin("ash_plugin_calls", "Calls into each plugin since start");
+        let plugin_failures = per_plugin(
+            "ash_plugin_failures",
+            "Failed plugin calls (trap, deadline, memory, bad result) since start",
+        );
+        let plugin_quarantined = per_plugin(
+            "ash_plugin_quarantined",
+            "1 when the plugin is quarantined after repeated failures",
+        );
         for m in [
             Box::new(pool.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(plugin_transform.clone()),
+            Box::new(plugin_calls.clone()),
+            Box::new(plugin_failures.clone()),
+            Box::new(plugin_quarantined.clone()),
             Box::new(sandbox_start.clone()),
             Box::new(turns.clone()),
             Box::new(resumes.clone()),
@@ -114,6 +145,10 @@ impl Metrics {
             limit_hits,
             prewarm_hits,
             auth_failures,
+            plugin_transform,
+            plugin_calls,
+            plugin_failures,
+            plugin_quarantined,
         }
     }
 }

@@ -792,6 +792,7 @@ pub(crate) async fn send(
             tokio::spawn(stream::run_turn(
                 state.clone(),
                 session.id,
+                session.agent_name.to_string(),
                 hub,
                 turn,
                 guard,

@@ -14,6 +14,7 @@ pub struct AppState {
     pub keys: Keys,
     pub sessions: Sessions,
     pub metrics: Metrics,
+    pub plugins: ash_plugin_host::Plugins,
 }
 
 impl AppState {
@@ -22,7 +23,9 @@ impl AppState {
         let store = Store::open(&config.data_dir.join("ash.db")).await?;
         let (keys, new_key) = Keys::bootstrap(&store, &config).await?;
         let sessions = Sessions::new(&config);
+        let plugins = load_plugins(config.plugins.clone()).await?;
         let state = Self {
+            plugins,
             metrics: Metrics::new(config.max_sandboxes),
             config,
             store,
@@ -31,6 +34,19 @@ impl AppState {
         };
         Ok((state, new_key))
     }
+}
+
+/// Loads (compiles) the configured plugins off the runtime.
+async fn load_plugins(
+    configs: Vec<ash_plugin_host::PluginConfig>,
+) -> Result<ash_plugin_host::Plugins, StartError> {
+    let plugins = tokio::task::spawn_blocking(move || ash_plugin_host::Plugins::load(&configs))
+        .await
+        .map_err(|e| ash_plugin_host::PluginError::Manifest(e.to_string()))??;
+    for status in plugins.status() {
+        tracing::info!(plugin = %status.id, version = %status.version, kind = ?status.kind, "plugin loaded");
+    }
+    Ok(plugins)
 }
 
 /// Creates `dir` (and parents) readable by this user only.

@@ -132,11 +132,12 @@ pub(crate) fn closing(session: SessionId, error: Option<&str>) -> Vec<(String, S
 pub(crate) async fn run_turn(
     state: Arc<AppState>,
     session: SessionId,
+    agent: String,
     hub: Hub,
     mut turn: Turn,
     guard: TurnGuard,
 ) {
-    let mut batch = Batch::new(session);
+    let mut batch = Batch::new(session, &state, &agent);
     loop {
         let Some(first) = turn.next().await else {
             break;
@@ -164,7 +165,7 @@ pub(crate) async fn run_turn(
                 .inc();
             return;
         }
-        batch = Batch::new(session);
+        batch = Batch::new(session, &state, &agent);
     }
     tracing::warn!(session = %session, "bridge went away mid-turn");
     let error =
@@ -198,8 +199,10 @@ fn limit_frames(state: &AppState, sandbox: &Sandbox) -> Vec<(String, String)> {
 }
 
 /// What one bridge read adds: messages to store and frames to log.
-struct Batch {
+struct Batch<'a> {
     session: SessionId,
+    agent: &'a str,
+    state: &'a AppState,
     messages: Vec<(Role, String)>,
     frames: Vec<(String, String)>,
     outcome: Option<&'static str>,
@@ -207,10 +210,12 @@ struct Batch {
     closing_at: Option<usize>,
 }
 
-impl Batch {
-    fn new(session: SessionId) -> Self {
+impl<'a> Batch<'a> {
+    fn new(session: SessionId, state: &'a AppState, agent: &'a str) -> Self {
         Self {
             session,
+            agent,
+            state,
             messages: Vec::new(),
             frames: Vec::new(),
             outcome: None,
@@ -221,6 +226,9 @@ impl Batch {
     fn add(&mut self, event: Event) {
         match event {
             Event::Message { data, .. } => {
+                let Some(data) = self.transformed(data) else {
+                    return;
+                };
                 let text = data.to_string();
                 if matches!(
                     data.get("type").and_then(Value::as_str),
@@ -249,6 +257,41 @@ impl Batch {
                 self.outcome = Some("ok");
             }
             Event::Ready { .. } | Event::Log { .. } | Event::ExecResult { .. } => {}
+        }
+    }
+}
+
+impl Batch<'_> {
+    /// The agent's message after the transformer plugins (`message-out`); `None` when one
+    /// failed and its policy withholds the event.
+    fn transformed(&self, data: Value) -> Option<Value> {
+        let plugins = &self.state.plugins;
+        if plugins.is_empty() {
+            return Some(data);
+        }
+        let event = ash_plugin_host::Event {
+            hook: "message-out".into(),
+            session_id: self.session.to_string(),
+            agent: self.agent.to_owned(),
+            name: "message".into(),
+            data: data.to_string(),
+            at_ms: chrono::Utc::now().timestamp_millis().max(0) as u64,
+        };
+        let started = std::time::Instant::now();
+        // Plugin calls block (bounded by each plugin's deadline), and WASI calls inside them
+        // re-enter the runtime: both need a thread that may block.
+        let outcome = tokio::task::block_in_place(|| plugins.transform(&event));
+        self.state
+            .metrics
+            .plugin_transform
+            .observe(started.elapsed().as_secs_f64());
+        match outcome {
+            ash_plugin_host::Transformed::Keep => Some(data),
+            ash_plugin_host::Transformed::Replace(text) => serde_json::from_str(&text).ok(),
+            ash_plugin_host::Transformed::Drop => {
+                tracing::warn!(session = %self.session, "an agent message was withheld: a transformer plugin failed");
+                None
+            }
         }
     }
 }

@@ -1,0 +1,223 @@
+//! WebAssembly plugins loaded by the real server: first-party plugins built from `plugins/`
+//! by `scripts/build-plugins.sh` (the test command runs it first).
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{assistant_text, streamed_text, Server, ASH};
+use serde_json::Value;
+
+fn plugin(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/plugins")
+        .join(name);
+    assert!(
+        dir.join("plugin.toml").is_file(),
+        "{} is missing: run scripts/build-plugins.sh",
+        dir.display()
+    );
+    dir
+}
+
+/// Starts the server with `settings` (TOML) as its settings file.
+async fn start_with(settings: &str) -> Server {
+    let data = tempfile::tempdir().unwrap();
+    let file = data.path().join("settings.toml");
+    std::fs::write(&file, settings).unwrap();
+    Server::start_in(data, &[("ASH_CONFIG", file.to_str().unwrap())]).await
+}
+
+fn redact_settings() -> String {
+    format!(
+        "[[plugins]]\npath = {:?}\n[plugins.config]\npatterns = \"ACME-[0-9]{{6}}\"\n",
+        plugin("transform-redact")
+    )
+}
+
+#[tokio::test]
+async fn a_secret_in_an_agent_reply_is_redacted_in_the_stream_and_in_storage() {
+    let server = start_with(&redact_settings()).await;
+    let session = server.session("hello-agent").await;
+    let secret = "sk-ant-api03-abcdefghijklmnopqrstuvwxyz012345";
+    let frames = server
+        .message(&session, &format!("keep {secret} and ACME-123456 safe"))
+        .await;
+    let streamed = streamed_text(&frames);
+    assert_eq!(streamed, "Echo: keep [REDACTED] and [REDACTED] safe");
+    assert_eq!(assistant_text(&frames), streamed);
+
+    let (_, messages) = server
+        .get(&format!("/api/sessions/{session}/messages"))
+        .await;
+    let assistant: Vec<&Value> = messages["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "assistant")
+        .collect();
+    assert!(!assistant.is_empty());
+    for message in assistant {
+        let content = message["content"].as_str().unwrap();
+        assert!(
+            !content.contains(secret) && !content.contains("ACME-123456"),
+            "{content}"
+        );
+    }
+    let (_, events) = server.get(&format!("/api/sessions/{session}/events")).await;
+    let log = events.to_string();
+    assert!(log.contains("[REDACTED]"), "{log}");
+    assert!(!log.contains("ACME-123456"), "{log}");
+
+    let (_, health) = server.get("/health").await;
+    let plugins = &health["plugins"];
+    assert_eq!(plugins[0]["id"], "transform-redact", "{health}");
+    assert_eq!(plugins[0]["quarantined"], false);
+    assert_eq!(plugins[0]["failures"], 0);
+    assert!(plugins[0]["calls"].as_u64().unwrap() > 0);
+    assert!(server
+        .metrics()
+        .await
+        .contains("ash_plugin_failures{plugin=\"transform-redact\"} 0"));
+}
+
+#[tokio::test]
+async fn a_plugin_whose_digest_does_not_match_stops_the_start_with_the_reason() {
+    let data = tempfile::tempdir().unwrap();
+    let file = data.path().join("settings.toml");
+    let settings = format!(
+        "[[plugins]]\npath = {:?}\nsha256 = \"{}\"\n",
+        plugin("transform-redact"),
+        "0".repeat(64)
+    );
+    std::fs::write(&file, settings).unwrap();
+    let out = std::process::Command::new(ASH)
+        .args(["start", "--port", "0"])
+        .env("ASH_DATA_DIR", data.path())
+        .env("ASH_CONFIG", &file)
+        .env("ASH_BRIDGE_BIN", common::BRIDGE)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("SHA-256") && stderr.contains("transform-redact"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn plugin_check_accepts_a_built_plugin_and_names_what_is_wrong_with_others() {
+    let ok = std::process::Command::new(ASH)
+        .args(["plugin", "check"])
+        .arg(plugin("transform-redact"))
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("ash:observe/transformer@0.1.0"));
+
+    let broken = tempfile::tempdir().unwrap();
+    let cases = [
+        ("plugin.toml", "id = \"x\"\n"),
+        (
+            "plugin.toml",
+            "id = \"x\"\nversion = \"1\"\nkind = \"transform\"\nworld = \"ash:observe/observer@0.1.0\"\ncomponent = \"x.wasm\"\n",
+        ),
+        (
+            "plugin.toml",
+            "id = \"x\"\nversion = \"1\"\nkind = \"transform\"\nworld = \"ash:observe/transformer@0.1.0\"\ncomponent = \"x.wasm\"\n",
+        ),
+    ];
+    std::fs::write(broken.path().join("x.wasm"), b"\0asm garbage").unwrap();
+    for (file, text) in cases {
+        std::fs::write(broken.path().join(file), text).unwrap();
+        let out = std::process::Command::new(ASH)
+            .args(["plugin", "check"])
+            .arg(broken.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{text}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("ash: "),
+            "{text}"
+        );
+    }
+}
+
+fn hostile_settings(mode: &str, on_failure: &str) -> String {
+    format!(
+        "[[plugins]]\npath = {:?}\non_failure = \"{on_failure}\"\n[plugins.config]\nmode = \"{mode}\"\n",
+        plugin("test-hostile")
+    )
+}
+
+#[tokio::test]
+async fn hostile_transformers_fail_closed_get_quarantined_and_the_server_keeps_serving() {
+    for (mode, why) in [
+        ("loop", "deadline"),
+        ("memory", "memory"),
+        ("trap", "trapped"),
+        ("huge", "the limit is"),
+        ("nested", "not JSON"),
+        ("not-json", "not JSON"),
+    ] {
+        let server = start_with(&hostile_settings(mode, "drop")).await;
+        let session = server.session("hello-agent").await;
+        for _ in 0..2 {
+            let frames = server.message(&session, "hello").await;
+            assert_eq!(
+                frames.last().map(|f| f.event.as_str()),
+                Some("done"),
+                "{mode}"
+            );
+            assert!(
+                !frames
+                    .iter()
+                    .any(|f| f.event == "message" || f.event == "text_delta"),
+                "{mode}: an unchecked agent message reached the client"
+            );
+        }
+        let (status, health) = server.get("/health").await;
+        assert_eq!(status, 200);
+        let plugin = &health["plugins"][0];
+        assert_eq!(plugin["quarantined"], true, "{mode}: {health}");
+        assert_eq!(
+            plugin["calls"], 5,
+            "{mode}: a quarantined plugin is not called again"
+        );
+        let error = plugin["lastError"].as_str().unwrap();
+        assert!(error.contains(why), "{mode}: {error}");
+        assert!(server
+            .metrics()
+            .await
+            .contains("ash_plugin_quarantined{plugin=\"test-hostile\"} 1"));
+    }
+}
+
+#[tokio::test]
+async fn a_failing_transformer_set_to_pass_lets_events_through_unchanged() {
+    let server = start_with(&hostile_settings("trap", "pass")).await;
+    let session = server.session("hello-agent").await;
+    let frames = server.message(&session, "hello").await;
+    assert_eq!(assistant_text(&frames), "Echo: hello");
+}
+
+#[tokio::test]
+async fn a_plugin_reaches_no_env_files_or_sockets() {
+    let server = start_with(&hostile_settings("snoop", "drop")).await;
+    let session = server.session("hello-agent").await;
+    let frames = server.message(&session, "hello").await;
+    let reached: Value = frames
+        .iter()
+        .find(|f| f.event == "message")
+        .map(|f| serde_json::from_str(&f.data).unwrap())
+        .expect("the snoop report");
+    assert_eq!(
+        reached,
+        serde_json::json!({"env": 0, "args": 0, "file": false, "dir": false, "socket": false})
+    );
+}
