@@ -191,10 +191,13 @@ async fn hostile_transformers_fail_closed_get_quarantined_and_the_server_keeps_s
         );
         let error = plugin["lastError"].as_str().unwrap();
         assert!(error.contains(why), "{mode}: {error}");
-        assert!(server
-            .metrics()
-            .await
-            .contains("ash_plugin_quarantined{plugin=\"test-hostile\"} 1"));
+        let metrics = server.metrics().await;
+        assert!(metrics.contains("ash_plugin_quarantined{plugin=\"test-hostile\"} 1"));
+        let withheld = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("ash_plugin_withheld_total "))
+            .and_then(|v| v.parse::<u64>().ok());
+        assert!(withheld > Some(0), "{mode}: withheld messages are counted");
     }
 }
 

@@ -41,12 +41,12 @@ fn main() {
         ),
     ] {
         for _ in 0..1_000 {
-            black_box(plugins.transform(&event));
+            black_box(plugins.transform(event.clone()));
         }
         let mut times: Vec<Duration> = (0..CALLS)
             .map(|_| {
                 let started = Instant::now();
-                black_box(plugins.transform(black_box(&event)));
+                black_box(plugins.transform(black_box(event.clone())));
                 started.elapsed()
             })
             .collect();

@@ -53,25 +53,16 @@ pub enum PluginError {
     Component { plugin: String, message: String },
 }
 
-/// One event as plugins see it (`ash:observe/types.event`).
-#[derive(Debug, Clone)]
-pub struct Event {
-    pub hook: String,
-    pub session_id: String,
-    pub agent: String,
-    pub name: String,
-    /// JSON text.
-    pub data: String,
-    pub at_ms: u64,
-}
+/// One event as plugins see it: `ash:observe/types.event`, as the bindings generate it.
+pub use host::ash::observe::types::Event;
 
 /// What the transformers made of an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transformed {
     /// Unchanged.
     Keep,
-    /// New JSON payload.
-    Replace(String),
+    /// The new payload (already parsed: every plugin's JSON is checked).
+    Replace(serde_json::Value),
     /// Withheld: a transformer failed and its policy is `drop`.
     Drop,
 }
@@ -145,27 +136,24 @@ impl Plugins {
         self.transformers.is_empty()
     }
 
-    /// Runs the event through every transformer in order. Blocking, bounded by each
-    /// plugin's deadline.
-    pub fn transform(&self, event: &Event) -> Transformed {
-        let mut event = event.clone();
-        let mut changed = false;
+    /// Runs the event through every transformer in order, each seeing the one before's
+    /// output. Blocks for up to each plugin's deadline, and WASI calls inside a plugin
+    /// re-enter tokio: call it where blocking is allowed (`block_in_place`,
+    /// `spawn_blocking`), never straight on an async worker.
+    pub fn transform(&self, mut event: Event) -> Transformed {
+        let mut replaced = None;
         for plugin in &self.transformers {
             match plugin.transform(&event) {
-                Ok(Some(data)) => {
+                Ok(Some((data, parsed))) => {
                     event.data = data;
-                    changed = true;
+                    replaced = Some(parsed);
                 }
                 Ok(None) => {}
                 Err(()) if plugin.config.on_failure == OnFailure::Drop => return Transformed::Drop,
                 Err(()) => {}
             }
         }
-        if changed {
-            Transformed::Replace(event.data)
-        } else {
-            Transformed::Keep
-        }
+        replaced.map_or(Transformed::Keep, Transformed::Replace)
     }
 
     pub fn status(&self) -> Vec<PluginStatus> {
@@ -258,7 +246,7 @@ impl Plugin {
 
     /// `Ok(Some(data))` for a replacement, `Ok(None)` to keep, `Err` when the plugin failed
     /// or is quarantined.
-    fn transform(&self, event: &Event) -> Result<Option<String>, ()> {
+    fn transform(&self, event: &Event) -> Result<Option<(String, serde_json::Value)>, ()> {
         if self.quarantined.load(Ordering::Relaxed) {
             return Err(());
         }
@@ -275,7 +263,8 @@ impl Plugin {
         }
     }
 
-    fn call(&self, event: &Event) -> Result<Option<String>, String> {
+    /// The plugin's verdict: `Some` with the new payload, as text and parsed.
+    fn call(&self, event: &Event) -> Result<Option<(String, serde_json::Value)>, String> {
         use host::ash::observe::types::Verdict;
         let idle = self.idle.lock().expect("lock").pop();
         let mut loaded = match idle {
@@ -285,19 +274,11 @@ impl Plugin {
                 .map_err(|e| format!("instantiation failed: {e:#}"))?,
         };
         loaded.store.set_epoch_deadline(self.deadline_ticks());
-        let input = host::ash::observe::types::Event {
-            hook: event.hook.clone(),
-            session_id: event.session_id.clone(),
-            agent: event.agent.clone(),
-            name: event.name.clone(),
-            data: event.data.clone(),
-            at_ms: event.at_ms,
-        };
         // A trap drops `loaded` here: a broken instance is never reused.
         let verdict = loaded
             .bindings
             .ash_observe_transform()
-            .call_transform(&mut loaded.store, &input)
+            .call_transform(&mut loaded.store, event)
             .map_err(|e| trap_message(&e, self.manifest.limits))?;
         loaded.calls += 1;
         if loaded.calls < CALLS_PER_INSTANCE {
@@ -313,8 +294,8 @@ impl Plugin {
                 data.len()
             )),
             // Parsed whole: serde_json's nesting limit turns a too-deep result into an error.
-            Verdict::Replace(data) => serde_json::from_str::<serde_json::Value>(&data)
-                .map(|_| Some(data))
+            Verdict::Replace(data) => serde_json::from_str(&data)
+                .map(|parsed| Some((data, parsed)))
                 .map_err(|e| format!("returned a payload that is not JSON: {e}")),
         }
     }

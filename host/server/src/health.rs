@@ -23,9 +23,8 @@ pub(crate) async fn health(State(state): State<Arc<AppState>>) -> Result<Json<He
         active_sandboxes: snapshot.live,
         remote_runners: 0,
         uptime: state.metrics.started.elapsed().as_secs(),
-        plugins: state
+        plugins: snapshot
             .plugins
-            .status()
             .into_iter()
             .map(|s| PluginHealth {
                 id: s.id,
@@ -125,6 +124,7 @@ struct Snapshot {
     warm: i64,
     waiting: i64,
     running: i64,
+    plugins: Vec<ash_plugin_host::PluginStatus>,
 }
 
 async fn refresh(state: &AppState) -> Result<Snapshot, ApiError> {
@@ -151,10 +151,11 @@ async fn refresh(state: &AppState) -> Result<Snapshot, ApiError> {
         warm,
         waiting: (of_sessions - running).max(0),
         running,
+        plugins: state.plugins.status(),
     };
     let m = &state.metrics;
     m.uptime.set(m.started.elapsed().as_secs() as i64);
-    for plugin in state.plugins.status() {
+    for plugin in &s.plugins {
         let id = [plugin.id.as_str()];
         m.plugin_calls
             .with_label_values(&id)

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub prewarm_hits: IntCounter,
     pub auth_failures: IntCounter,
     pub plugin_transform: Histogram,
+    /// Agent messages withheld because a transformer failed under the `drop` policy.
+    pub plugin_withheld: IntCounter,
     /// Per plugin: calls and failures (copied from the plugin host when scraped), quarantine.
     pub plugin_calls: IntGaugeVec,
     pub plugin_failures: IntGaugeVec,
@@ -101,6 +103,11 @@ impl Metrics {
             ]),
         )
         .expect("valid metric");
+        let plugin_withheld = IntCounter::new(
+            "ash_plugin_withheld_total",
+            "Agent messages withheld because a transformer failed with on_failure = drop",
+        )
+        .expect("valid metric");
         let per_plugin = |name: &str, help: &str| {
             IntGaugeVec::new(Opts::new(name, help), &["plugin"]).expect("valid metric")
         };
@@ -116,6 +123,7 @@ impl Metrics {
         for m in [
             Box::new(pool.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(plugin_transform.clone()),
+            Box::new(plugin_withheld.clone()),
             Box::new(plugin_calls.clone()),
             Box::new(plugin_failures.clone()),
             Box::new(plugin_quarantined.clone()),
@@ -146,6 +154,7 @@ impl Metrics {
             prewarm_hits,
             auth_failures,
             plugin_transform,
+            plugin_withheld,
             plugin_calls,
             plugin_failures,
             plugin_quarantined,

@@ -280,16 +280,18 @@ impl Batch<'_> {
         let started = std::time::Instant::now();
         // Plugin calls block (bounded by each plugin's deadline), and WASI calls inside them
         // re-enter the runtime: both need a thread that may block.
-        let outcome = tokio::task::block_in_place(|| plugins.transform(&event));
+        let outcome = tokio::task::block_in_place(|| plugins.transform(event));
         self.state
             .metrics
             .plugin_transform
             .observe(started.elapsed().as_secs_f64());
         match outcome {
             ash_plugin_host::Transformed::Keep => Some(data),
-            ash_plugin_host::Transformed::Replace(text) => serde_json::from_str(&text).ok(),
+            ash_plugin_host::Transformed::Replace(data) => Some(data),
             ash_plugin_host::Transformed::Drop => {
-                tracing::warn!(session = %self.session, "an agent message was withheld: a transformer plugin failed");
+                // The plugin host logs each failure and the quarantine; count, don't repeat.
+                self.state.metrics.plugin_withheld.inc();
+                tracing::debug!(session = %self.session, "an agent message was withheld");
                 None
             }
         }
