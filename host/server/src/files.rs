@@ -113,10 +113,14 @@ async fn in_workspace<T: Send + 'static>(
     dir: PathBuf,
     work: impl FnOnce(Workspace) -> Result<T, FileError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(move || work(Workspace::open(&dir)?))
-        .await
-        .map_err(|e| ApiError::internal("file task failed", e))?
-        .map_err(file_error)
+    tokio::task::spawn_blocking(move || match Workspace::open(&dir) {
+        Ok(workspace) => work(workspace).map_err(file_error),
+        // The session ended (and its workspace went) since it was looked up.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(no_workspace()),
+        Err(e) => Err(ApiError::internal("cannot open the workspace", e)),
+    })
+    .await
+    .map_err(|e| ApiError::internal("file task failed", e))?
 }
 
 fn file_error(e: FileError) -> ApiError {
@@ -232,18 +236,16 @@ pub(crate) async fn read(
     };
     let path = relative(&path)?;
     let (dir, source) = readable(&state, &id).await?;
-    let limit = if json { MAX_JSON_READ } else { MAX_RAW_READ };
     let shown = path.as_path().display().to_string();
     let opened = path.clone();
-    let (file, size) = in_workspace(dir, move |w| w.open_file(&opened, limit)).await?;
     if json {
-        let bytes = tokio::task::spawn_blocking(move || {
+        let (bytes, size) = in_workspace(dir, move |w| {
+            let (file, size) = w.open_file(&opened, MAX_JSON_READ)?;
             let mut bytes = Vec::new();
-            std::io::Read::read_to_end(&mut std::io::Read::take(file, size), &mut bytes)
-                .map(|_| bytes)
+            std::io::Read::read_to_end(&mut std::io::Read::take(file, size), &mut bytes)?;
+            Ok((bytes, size))
         })
-        .await
-        .map_err(|e| ApiError::internal("file task failed", e))??;
+        .await?;
         let content = String::from_utf8(bytes).map_err(|_| {
             ApiError::bad_request(format!(
                 "{shown} is not UTF-8 text; read it with format=raw"
@@ -257,6 +259,7 @@ pub(crate) async fn read(
         })
         .into_response());
     }
+    let (file, size) = in_workspace(dir, move |w| w.open_file(&opened, MAX_RAW_READ)).await?;
     let body = tokio::io::AsyncReadExt::take(tokio::fs::File::from_std(file), size);
     let name = path
         .as_path()
