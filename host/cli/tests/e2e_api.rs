@@ -212,16 +212,7 @@ async fn managed_deploy_writes_files_and_a_redeploy_replaces_them() {
 #[tokio::test]
 async fn the_command_backend_runs_a_program_from_the_agent_folder() {
     let server = Server::start().await;
-    server
-        .deploy(
-            "shell",
-            &[
-                ("ash.toml", common::COMMAND_TOML),
-                ("agent.sh", SHELL_AGENT),
-            ],
-        )
-        .await;
-    let session = server.session("shell").await;
+    let session = server.command_session("shell", SHELL_AGENT).await;
     assert_eq!(
         assistant_text(&server.message(&session, "hi").await),
         "shell says: 1"

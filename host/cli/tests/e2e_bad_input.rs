@@ -210,16 +210,7 @@ done
 #[tokio::test]
 async fn a_bad_line_from_the_agent_is_an_sse_error_and_the_turn_goes_on() {
     let server = Server::start().await;
-    server
-        .deploy(
-            "noisy",
-            &[
-                ("ash.toml", common::COMMAND_TOML),
-                ("agent.sh", NOISY_AGENT),
-            ],
-        )
-        .await;
-    let session = server.session("noisy").await;
+    let session = server.command_session("noisy", NOISY_AGENT).await;
     let frames = server.message(&session, "go").await;
     let names = events(&frames);
     assert_eq!(
@@ -253,16 +244,7 @@ done
 #[tokio::test]
 async fn a_bridge_that_dies_mid_turn_ends_the_stream_with_error_and_the_session_recovers() {
     let server = Server::start().await;
-    server
-        .deploy(
-            "killer",
-            &[
-                ("ash.toml", common::COMMAND_TOML),
-                ("agent.sh", BRIDGE_KILLER),
-            ],
-        )
-        .await;
-    let session = server.session("killer").await;
+    let session = server.command_session("killer", BRIDGE_KILLER).await;
     let frames = server.message(&session, "die").await;
     assert_eq!(
         events(&frames),
@@ -281,16 +263,7 @@ async fn a_bridge_that_dies_mid_turn_ends_the_stream_with_error_and_the_session_
 #[tokio::test]
 async fn a_second_message_while_a_turn_runs_gets_409() {
     let server = Server::start().await;
-    server
-        .deploy(
-            "gated",
-            &[
-                ("ash.toml", common::COMMAND_TOML),
-                ("agent.sh", common::GATED_AGENT),
-            ],
-        )
-        .await;
-    let session = server.session("gated").await;
+    let session = server.command_session("gated", common::GATED_AGENT).await;
     let mut first = server
         .open_stream(&session, json!({"content": "one"}))
         .await;

@@ -191,10 +191,7 @@ async fn resuming_an_active_session_changes_nothing() {
 async fn pause_or_stop_during_a_turn_gets_409_and_the_turn_goes_on() {
     let server = Server::start().await;
     server
-        .deploy(
-            "slow",
-            &[("ash.toml", "[backend]\nkind = \"echo\"\ndelay_ms = 200\n")],
-        )
+        .deploy("slow", &[("ash.toml", common::SLOW_ECHO_TOML)])
         .await;
     let session = server.session("slow").await;
     let body = json!({"content": "a b c d e f g h", "includePartialMessages": true});

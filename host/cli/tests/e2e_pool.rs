@@ -94,16 +94,7 @@ async fn a_full_node_evicts_the_least_recently_used_idle_session() {
 #[tokio::test]
 async fn a_sandbox_in_a_turn_is_never_evicted() {
     let server = Server::start_with_env(&[("ASH_MAX_SANDBOXES", "1")]).await;
-    server
-        .deploy(
-            "gated",
-            &[
-                ("ash.toml", common::COMMAND_TOML),
-                ("agent.sh", common::GATED_AGENT),
-            ],
-        )
-        .await;
-    let busy = server.session("gated").await;
+    let busy = server.command_session("gated", common::GATED_AGENT).await;
     let mut stream = server
         .open_stream(&busy, json!({"content": "hold on"}))
         .await;

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{events, open_gate, streamed_text, Server, COMMAND_TOML, GATED_AGENT};
+use common::{events, open_gate, streamed_text, Server, GATED_AGENT};
 use serde_json::{json, Value};
 
 fn seq(frame: &ash_cli::sse::Frame) -> i64 {
@@ -79,13 +79,7 @@ async fn the_events_endpoint_pages_and_filters_the_log() {
 #[tokio::test]
 async fn a_client_that_disconnects_does_not_stop_the_turn() {
     let server = Server::start().await;
-    server
-        .deploy(
-            "gated",
-            &[("ash.toml", COMMAND_TOML), ("agent.sh", GATED_AGENT)],
-        )
-        .await;
-    let session = server.session("gated").await;
+    let session = server.command_session("gated", GATED_AGENT).await;
     let mut stream = server.open_stream(&session, json!({"content": "go"})).await;
     let seen = Server::read_until(&mut stream, |f| f.event == "message").await;
     drop(stream);
@@ -107,13 +101,7 @@ async fn a_client_that_disconnects_does_not_stop_the_turn() {
 #[tokio::test]
 async fn sigkill_mid_turn_loses_no_logged_event_and_the_next_start_closes_the_turn() {
     let server = Server::start().await;
-    server
-        .deploy(
-            "gated",
-            &[("ash.toml", COMMAND_TOML), ("agent.sh", GATED_AGENT)],
-        )
-        .await;
-    let session = server.session("gated").await;
+    let session = server.command_session("gated", GATED_AGENT).await;
     let mut stream = server.open_stream(&session, json!({"content": "go"})).await;
     let seen = Server::read_until(&mut stream, |f| f.event == "message").await;
     let last = seq(seen.last().unwrap());
@@ -163,10 +151,7 @@ async fn sigkill_mid_turn_loses_no_logged_event_and_the_next_start_closes_the_tu
 async fn interrupt_stops_a_running_turn_with_error_then_done() {
     let server = Server::start().await;
     server
-        .deploy(
-            "slow",
-            &[("ash.toml", "[backend]\nkind = \"echo\"\ndelay_ms = 200\n")],
-        )
+        .deploy("slow", &[("ash.toml", common::SLOW_ECHO_TOML)])
         .await;
     let session = server.session("slow").await;
     let words = "word ".repeat(200);

@@ -194,6 +194,15 @@ impl Server {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// Deploys a `command` agent running `script` as its `agent.sh`, and starts a session with it.
+    pub async fn command_session(&self, agent: &str, script: &str) -> String {
+        let (status, body) = self
+            .deploy(agent, &[("ash.toml", COMMAND_TOML), ("agent.sh", script)])
+            .await;
+        assert_eq!(status, 201, "{body}");
+        self.session(agent).await
+    }
+
     /// Deploys an agent in managed mode from (path, text) pairs.
     pub async fn deploy(&self, name: &str, files: &[(&str, &str)]) -> (u16, Value) {
         use base64::Engine;
@@ -328,6 +337,9 @@ pub fn assistant_text(frames: &[Frame]) -> String {
 pub fn events(frames: &[Frame]) -> Vec<&str> {
     frames.iter().map(|f| f.event.as_str()).collect()
 }
+
+/// The ash.toml of an `echo` agent slow enough (200 ms a word) to act on mid-turn.
+pub const SLOW_ECHO_TOML: &str = "[backend]\nkind = \"echo\"\ndelay_ms = 200\n";
 
 /// The ash.toml of a `command` agent that runs `agent.sh` from its folder.
 pub const COMMAND_TOML: &str =
