@@ -98,7 +98,7 @@ pub fn check(bwrap: &Path, bridge: &Path) -> Vec<Finding> {
         None => Finding {
             what: "resource limits",
             verdict: Verdict::Degraded,
-            detail: "no cgroups this process may manage (neither writable v1 memory/pids controllers nor a delegated v2 cgroup offering memory and pids): sandboxes get rlimits (file size, open files) only, so a fork bomb or memory bomb can hurt the host".into(),
+            detail: "no cgroups this process may manage (neither writable v1 memory/pids controllers nor a delegated v2 cgroup offering memory and pids and holding only the server): sandboxes get rlimits (file size, open files) only, so a fork bomb or memory bomb can hurt the host".into(),
             fix: "on a cgroup v2 host run the server with a delegated cgroup (systemd: Delegate=yes in its unit, or systemd-run -p Delegate=yes ash start), or as root in its own cgroup namespace; on a v1 host run it as root".into(),
         },
     });

@@ -176,6 +176,7 @@ impl Cgroups {
             seen: Default::default(),
         };
         if let Layout::V2(base) = layout {
+            claim_v2(base)?;
             // v2 hands controllers down level by level: `ash/` and `ash/<group>/` pass them on.
             for dir in [base.join(ROOT), base.join(ROOT).join(group)] {
                 fs::create_dir_all(&dir)?;
@@ -289,11 +290,16 @@ pub(crate) fn available() -> bool {
 fn v1_writable() -> bool {
     ["memory", "pids"].iter().all(|controller| {
         let dir = Path::new(CGROUP_FS).join(controller);
-        let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
-            .expect("no NUL in a fixed path");
-        // SAFETY: access(2) only reads the path string.
-        dir.join("cgroup.procs").exists() && unsafe { libc::access(path.as_ptr(), libc::W_OK) } == 0
+        dir.join("cgroup.procs").exists() && writable(&dir)
     })
+}
+
+fn writable(path: &Path) -> bool {
+    let Ok(path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: access(2) only reads the path string.
+    unsafe { libc::access(path.as_ptr(), libc::W_OK) == 0 }
 }
 
 /// This process's v2 cgroup (the `0::` line of `/proc/self/cgroup`), relative to the mount.
@@ -304,11 +310,11 @@ fn own_v2_cgroup(proc_self_cgroup: &str) -> Option<&str> {
         .map(|p| p.trim().trim_start_matches('/'))
 }
 
-/// The v2 cgroup this server may manage, ready to hand memory, pids (and cpu when offered)
-/// to sandbox cgroups below it. That is the server's own cgroup when it is delegated (systemd
-/// `Delegate=yes`, or the root of a container's cgroup namespace). v2 lets a cgroup pass
-/// controllers down only while no process sits in it, so the server first moves itself into a
-/// leaf, `ash-server/`, as delegated services are expected to.
+/// The v2 cgroup this server may manage: its own, when it is delegated to it (systemd
+/// `Delegate=yes`, or the root of a container's cgroup namespace) — writable, offering memory
+/// and pids, and holding no process but this one, since v2 lets a cgroup pass controllers down
+/// only while no process sits in it ([`claim_v2`] then moves the server into a leaf). Only
+/// looks: `ash doctor` calls it too.
 fn delegated_v2() -> Option<PathBuf> {
     let own = fs::read_to_string("/proc/self/cgroup").ok()?;
     let base = Path::new(CGROUP_FS).join(own_v2_cgroup(&own)?);
@@ -319,13 +325,28 @@ fn delegated_v2() -> Option<PathBuf> {
     {
         return None;
     }
-    if base != Path::new(CGROUP_FS) {
-        let leaf = base.join("ash-server");
-        fs::create_dir_all(&leaf).ok()?;
-        fs::write(leaf.join("cgroup.procs"), "0").ok()?;
-    }
-    delegate(&base).ok()?;
-    Some(base)
+    let me = std::process::id().to_string();
+    let procs = fs::read_to_string(base.join("cgroup.procs")).ok()?;
+    let alone = base == Path::new(CGROUP_FS) || procs.lines().all(|pid| pid.trim() == me);
+    (alone && writable(&base)).then_some(base)
+}
+
+/// Moves this server into the leaf `<base>/ash-server` and lets `<base>` pass memory and pids
+/// down, as a delegated service is expected to; once per process.
+fn claim_v2(base: &Path) -> io::Result<()> {
+    static CLAIMED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let claimed = CLAIMED.get_or_init(|| {
+        let claim = || -> io::Result<()> {
+            if base != Path::new(CGROUP_FS) {
+                let leaf = base.join("ash-server");
+                fs::create_dir_all(&leaf)?;
+                fs::write(leaf.join("cgroup.procs"), "0")?;
+            }
+            delegate(base)
+        };
+        claim().map_err(|e| format!("cannot take over cgroup {}: {e}", base.display()))
+    });
+    claimed.clone().map_err(io::Error::other)
 }
 
 /// Lets `dir`'s children use memory and pids (and cpu where `dir` has it).
