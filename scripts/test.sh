@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 ./scripts/build-plugins.sh
 cargo fmt --all -- --check
 cargo fmt --manifest-path plugins/Cargo.toml --all -- --check
+for example in examples/plugins/*/Cargo.toml; do
+    cargo fmt --manifest-path "$example" -- --check
+done
 cargo clippy --workspace --all-targets --locked -- -D warnings
 CARGO_TARGET_DIR="$PWD/target" cargo clippy --manifest-path plugins/Cargo.toml \
     --target wasm32-wasip2 --release --locked -- -D warnings

@@ -138,6 +138,34 @@ pub enum PluginCommand {
     /// Check a plugin folder: its plugin.toml, the component's digest, and that the component
     /// implements the world its kind needs. Exits 1 when the plugin would not load.
     Check { dir: PathBuf },
+    /// Start a new Rust plugin in ./<NAME>: a crate that builds to a component of the
+    /// kind's world, its plugin.toml and the WIT it needs.
+    New {
+        name: String,
+        #[arg(long, value_enum)]
+        kind: PluginKind,
+    },
+}
+
+/// What a new plugin extends.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum PluginKind {
+    /// Sees events in batches, off the request path.
+    Observe,
+    /// Rewrites each agent message before it is stored and streamed.
+    Transform,
+    /// Joins the auth chain after the API keys.
+    Auth,
+}
+
+impl From<PluginKind> for ash_plugin_host::Kind {
+    fn from(kind: PluginKind) -> Self {
+        match kind {
+            PluginKind::Observe => Self::Observe,
+            PluginKind::Transform => Self::Transform,
+            PluginKind::Auth => Self::Auth,
+        }
+    }
 }
 
 /// `ash plugin check`: loads the plugin as the server would, without a server.
@@ -185,7 +213,7 @@ pub async fn run(server: Option<String>, command: Command) -> anyhow::Result<Exi
         | Command::Openapi
         | Command::Bench(_)
         | Command::Doctor(_)
-        | Command::Plugin(PluginCommand::Check { .. }) => {
+        | Command::Plugin(PluginCommand::Check { .. } | PluginCommand::New { .. }) => {
             unreachable!("handled by main")
         }
         Command::Plugin(PluginCommand::List) => {

@@ -2,6 +2,7 @@
 
 mod bench;
 mod commands;
+mod scaffold;
 mod start;
 
 use clap::{Parser, Subcommand};
@@ -42,7 +43,7 @@ enum Command {
     Openapi,
     /// Check what this host can do for sandboxes, and how to fix what it cannot.
     Doctor(start::StartArgs),
-    /// List the server's plugins, or check a plugin folder.
+    /// List the server's plugins, check a plugin folder, or start a new plugin.
     #[command(subcommand)]
     Plugin(commands::PluginCommand),
 }
@@ -59,6 +60,9 @@ fn main() -> std::process::ExitCode {
                 .await
                 .map(|()| std::process::ExitCode::SUCCESS),
             Command::Plugin(commands::PluginCommand::Check { dir }) => commands::check_plugin(&dir),
+            Command::Plugin(commands::PluginCommand::New { name, kind }) => {
+                scaffold::new_plugin(&name, kind.into())
+            }
             Command::Openapi => {
                 println!("{}", ash_server::openapi_document());
                 Ok(std::process::ExitCode::SUCCESS)

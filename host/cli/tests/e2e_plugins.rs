@@ -3,30 +3,8 @@
 
 mod common;
 
-use std::path::PathBuf;
-
-use common::{assistant_text, streamed_text, Server, ASH};
+use common::{assistant_text, plugin, start_with, streamed_text, ASH};
 use serde_json::Value;
-
-fn plugin(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../target/plugins")
-        .join(name);
-    assert!(
-        dir.join("plugin.toml").is_file(),
-        "{} is missing: run scripts/build-plugins.sh",
-        dir.display()
-    );
-    dir
-}
-
-/// Starts the server with `settings` (TOML) as its settings file.
-async fn start_with(settings: &str) -> Server {
-    let data = tempfile::tempdir().unwrap();
-    let file = data.path().join("settings.toml");
-    std::fs::write(&file, settings).unwrap();
-    Server::start_in(data, &[("ASH_CONFIG", file.to_str().unwrap())]).await
-}
 
 fn redact_settings() -> String {
     format!(
@@ -221,6 +199,6 @@ async fn a_plugin_reaches_no_env_files_or_sockets() {
         .expect("the snoop report");
     assert_eq!(
         reached,
-        serde_json::json!({"env": 0, "args": 0, "file": false, "dir": false, "socket": false})
+        serde_json::json!({"env": 0, "args": 0, "file": false, "dir": false, "data": false, "socket": false})
     );
 }

@@ -2,41 +2,47 @@
 //! them under limits, so a plugin can extend the server without being able to take it down.
 //!
 //! - A plugin gets nothing it did not request and the operator did not grant: its WASI
-//!   context has no env, args, files or sockets; `ash:host/config` answers only the keys its
-//!   manifest requested.
+//!   context never has env or args; it has a data dir (`/data`, a cap-std preopen) and TCP
+//!   to given addresses only when both sides agree; `ash:host/config` answers only the keys
+//!   its manifest requested.
 //! - Every call runs under a wall-clock deadline (epoch interruption, one ticker thread per
-//!   engine) and a memory cap (a `ResourceLimiter`); a returned payload over 1 MiB is a
-//!   failure.
-//! - A call that traps, times out or breaks the contract discards its instance — a broken
-//!   instance is never reused — and counts as a failure; five failures in a row quarantine
-//!   the plugin: it is not called again until the server restarts, and `/health`, the log
-//!   and the metrics say so. What happens to the event then is the operator's `on_failure`.
+//!   engine) and a memory cap (a `ResourceLimiter`); answers have size caps.
+//! - A call that traps, times out or breaks the contract discards its instance and counts as
+//!   a failure; five in a row quarantine the plugin until the server restarts, and `/health`,
+//!   the log and the metrics say so. Then each kind's policy applies: a transformer's event
+//!   is dropped or passed as the operator chose, an authenticator refuses the request (fail
+//!   closed), an observer's events are counted as dropped (fail open).
+//! - Observers never hold up the server: events wait in a bounded queue per observer, a
+//!   thread hands them over in batches, and a full queue drops (and counts) the event.
 //! - Instances come from an `InstancePre` made once at load; a few healthy ones are kept for
 //!   reuse (each for at most 10,000 calls), so a call costs no instantiation.
 
 mod host;
 mod manifest;
+mod plugin;
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::Duration;
 
-use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine, Store, StoreLimitsBuilder};
+use wasmtime::{Config, Engine};
 
 pub use manifest::{hex, Capabilities, Kind, Limits, Manifest, OnFailure, PluginConfig};
 
-use host::{State, TransformerPre};
+use host::{AuthenticatorWorld, ObserverWorld, TransformerWorld};
+use plugin::Plugin;
 
-/// Failures in a row that quarantine a plugin.
-const QUARANTINE_AFTER: u32 = 5;
-/// The largest payload a plugin may return.
+/// The largest payload a transformer may return.
 const MAX_RESULT_BYTES: usize = 1024 * 1024;
+/// The largest principal or denial an authenticator may return, all strings together.
+const MAX_AUTH_BYTES: usize = 16 * 1024;
 /// How often the engine's epoch advances: the granularity of call deadlines.
 const TICK: Duration = Duration::from_millis(1);
-/// Healthy instances kept per plugin, and how many calls one serves before it is replaced.
-const IDLE_INSTANCES: usize = 4;
-const CALLS_PER_INSTANCE: u32 = 10_000;
+/// Events waiting for one observer, at most; more are dropped and counted.
+const OBSERVER_QUEUE: usize = 4096;
+/// Events handed to an observer in one call, at most.
+const OBSERVER_BATCH: usize = 64;
 
 /// Why a plugin could not load or answer.
 #[derive(Debug, thiserror::Error)]
@@ -53,8 +59,12 @@ pub enum PluginError {
     Component { plugin: String, message: String },
 }
 
+/// A request, a principal and an authenticator's decision: `ash:auth/types`.
+pub use host::bindings::authenticator::ash::auth::types::{
+    Decision, Principal, Request as AuthRequest,
+};
 /// One event as plugins see it: `ash:observe/types.event`, as the bindings generate it.
-pub use host::ash::observe::types::Event;
+pub use host::bindings::transformer::ash::observe::types::Event;
 
 /// What the transformers made of an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,65 +85,103 @@ pub struct PluginStatus {
     pub kind: Kind,
     pub calls: u64,
     pub failures: u64,
+    /// Events an observer never saw (queue full, failure, quarantine); 0 for other kinds.
+    pub dropped: u64,
     pub quarantined: bool,
     pub last_error: Option<String>,
 }
 
 /// The loaded plugins of one server.
+#[derive(Default)]
 pub struct Plugins {
-    transformers: Vec<Plugin>,
+    transformers: Vec<Plugin<TransformerWorld>>,
+    authenticators: Vec<Plugin<AuthenticatorWorld>>,
+    observers: Vec<Observer>,
 }
 
-struct Plugin {
-    manifest: Manifest,
-    config: PluginConfig,
-    engine: Engine,
-    pre: TransformerPre<State>,
-    idle: Mutex<Vec<Loaded>>,
-    calls: AtomicU64,
-    failures: AtomicU64,
-    in_a_row: AtomicU32,
-    quarantined: AtomicBool,
-    last_error: Mutex<Option<String>>,
+/// An observer and the queue its thread drains.
+struct Observer {
+    plugin: Arc<Plugin<ObserverWorld>>,
+    queue: mpsc::SyncSender<Queued>,
 }
 
-struct Loaded {
-    store: Store<State>,
-    bindings: host::Transformer,
-    calls: u32,
+enum Queued {
+    Event(Event),
+    /// Answered once every event queued before it was handed over.
+    Flush(mpsc::Sender<()>),
 }
 
 impl Plugins {
-    /// Loads every configured plugin: manifest, digest, compilation, and a check that the
-    /// component implements its kind's world. Any failure stops the load, naming the plugin.
+    /// Loads every configured plugin: manifest, digest, compilation, a check that the
+    /// component implements its kind's world, and one instance made ahead of the first call.
+    /// Any failure stops the load, naming the plugin.
     pub fn load(configs: &[PluginConfig]) -> Result<Self, PluginError> {
+        let mut plugins = Self::default();
         if configs.is_empty() {
-            return Ok(Self {
-                transformers: Vec::new(),
-            });
+            return Ok(plugins);
         }
         let engine = engine().map_err(|e| PluginError::Manifest(e.to_string()))?;
-        let transformers = configs
-            .iter()
-            .map(|config| Plugin::load(&engine, config))
-            .collect::<Result<_, _>>()?;
-        Ok(Self { transformers })
+        for config in configs {
+            let (manifest, bytes) = Manifest::load(&config.path, config.sha256.as_deref())?;
+            if config.on_failure.is_some() && manifest.kind != Kind::Transform {
+                return Err(PluginError::Manifest(format!(
+                    "{}: on_failure applies to transform plugins only; a {} plugin fails {}",
+                    manifest.id,
+                    manifest.kind.name(),
+                    if manifest.kind == Kind::Auth {
+                        "closed"
+                    } else {
+                        "open"
+                    }
+                )));
+            }
+            match manifest.kind {
+                Kind::Transform => plugins
+                    .transformers
+                    .push(Plugin::load(&engine, manifest, &bytes, config)?),
+                Kind::Auth => plugins
+                    .authenticators
+                    .push(Plugin::load(&engine, manifest, &bytes, config)?),
+                Kind::Observe => plugins.observers.push(Observer::start(Plugin::load(
+                    &engine, manifest, &bytes, config,
+                )?)?),
+            }
+        }
+        Ok(plugins)
     }
 
-    /// Checks one plugin folder as `load` would, without a server: for `ash plugin check`.
+    /// Checks one plugin folder as `load` would, without a server and without grants: for
+    /// `ash plugin check`.
     pub fn check(dir: &std::path::Path) -> Result<Manifest, PluginError> {
+        let engine = engine().map_err(|e| PluginError::Manifest(e.to_string()))?;
+        let (manifest, bytes) = Manifest::load(dir, None)?;
         let config = PluginConfig {
             path: dir.to_owned(),
-            sha256: None,
-            config: Default::default(),
-            on_failure: OnFailure::default(),
+            ..PluginConfig::default()
         };
-        let engine = engine().map_err(|e| PluginError::Manifest(e.to_string()))?;
-        Ok(Plugin::load(&engine, &config)?.manifest)
+        Ok(match manifest.kind {
+            Kind::Transform => {
+                Plugin::<TransformerWorld>::load(&engine, manifest, &bytes, &config)?.manifest
+            }
+            Kind::Auth => {
+                Plugin::<AuthenticatorWorld>::load(&engine, manifest, &bytes, &config)?.manifest
+            }
+            Kind::Observe => {
+                Plugin::<ObserverWorld>::load(&engine, manifest, &bytes, &config)?.manifest
+            }
+        })
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.transformers.is_empty()
+    pub fn has_transformers(&self) -> bool {
+        !self.transformers.is_empty()
+    }
+
+    pub fn has_authenticators(&self) -> bool {
+        !self.authenticators.is_empty()
+    }
+
+    pub fn has_observers(&self) -> bool {
+        !self.observers.is_empty()
     }
 
     /// Runs the event through every transformer in order, each seeing the one before's
@@ -143,22 +191,201 @@ impl Plugins {
     pub fn transform(&self, mut event: Event) -> Transformed {
         let mut replaced = None;
         for plugin in &self.transformers {
-            match plugin.transform(&event) {
+            let answer = plugin.run(
+                |exports, store| {
+                    exports
+                        .ash_observe_transform()
+                        .call_transform(store, &event)
+                },
+                checked_verdict,
+            );
+            match answer {
                 Ok(Some((data, parsed))) => {
                     event.data = data;
                     replaced = Some(parsed);
                 }
                 Ok(None) => {}
-                Err(()) if plugin.config.on_failure == OnFailure::Drop => return Transformed::Drop,
+                Err(()) if plugin.config.on_failure.unwrap_or_default() == OnFailure::Drop => {
+                    return Transformed::Drop
+                }
                 Err(()) => {}
             }
         }
         replaced.map_or(Transformed::Keep, Transformed::Replace)
     }
 
-    pub fn status(&self) -> Vec<PluginStatus> {
-        self.transformers.iter().map(Plugin::status).collect()
+    /// Asks the authenticators in order until one allows or denies. `Ok(Abstain)` when none
+    /// claims the request; `Err` names the authenticator that failed (the request must be
+    /// refused: authentication fails closed). Blocks like [`Plugins::transform`].
+    pub fn authenticate(&self, request: &AuthRequest) -> Result<Decision, String> {
+        for plugin in &self.authenticators {
+            let mut shown = request.clone();
+            shown
+                .headers
+                .retain(|(name, _)| plugin.manifest.capabilities.headers.contains(name));
+            let answer = plugin.run(
+                |exports, store| {
+                    exports
+                        .ash_auth_authenticate()
+                        .call_authenticate(store, &shown)
+                },
+                checked_decision,
+            );
+            match answer {
+                Ok(Decision::Abstain) => {}
+                Ok(decision) => return Ok(decision),
+                Err(()) => {
+                    return Err(format!(
+                        "authenticator {} is unavailable",
+                        plugin.manifest.id
+                    ))
+                }
+            }
+        }
+        Ok(Decision::Abstain)
     }
+
+    /// Queues the event for every observer; never blocks. An observer whose queue is full
+    /// or who is quarantined misses it, counted in its `dropped`.
+    pub fn observe(&self, event: &Event) {
+        for observer in &self.observers {
+            let sent = !observer.plugin.is_quarantined()
+                && observer
+                    .queue
+                    .try_send(Queued::Event(event.clone()))
+                    .is_ok();
+            if !sent {
+                observer.plugin.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Waits until every event queued so far was handed to its observer (at shutdown).
+    /// Blocks: call it off the async workers.
+    pub fn flush(&self) {
+        let waits: Vec<_> = self
+            .observers
+            .iter()
+            .filter_map(|observer| {
+                let (done, wait) = mpsc::channel();
+                observer.queue.send(Queued::Flush(done)).ok().map(|()| wait)
+            })
+            .collect();
+        for wait in waits {
+            let _ = wait.recv();
+        }
+    }
+
+    /// Makes one more instance of every plugin, kept for reuse while there is room: what
+    /// load does ahead of the first call, and what the instantiation benchmark measures.
+    pub fn prewarm(&self) -> Result<(), PluginError> {
+        self.transformers.iter().try_for_each(Plugin::prewarm)?;
+        self.authenticators.iter().try_for_each(Plugin::prewarm)?;
+        self.observers.iter().try_for_each(|o| o.plugin.prewarm())
+    }
+
+    pub fn status(&self) -> Vec<PluginStatus> {
+        let transformers = self.transformers.iter().map(Plugin::status);
+        let authenticators = self.authenticators.iter().map(Plugin::status);
+        let observers = self.observers.iter().map(|o| o.plugin.status());
+        transformers
+            .chain(authenticators)
+            .chain(observers)
+            .collect()
+    }
+}
+
+impl Observer {
+    fn start(plugin: Plugin<ObserverWorld>) -> Result<Self, PluginError> {
+        let plugin = Arc::new(plugin);
+        let (queue, events) = mpsc::sync_channel(OBSERVER_QUEUE);
+        let drained = plugin.clone();
+        std::thread::Builder::new()
+            .name(format!("ash-observe-{}", plugin.manifest.id))
+            .spawn(move || drain(&drained, &events))
+            .map_err(|e| PluginError::Component {
+                plugin: plugin.manifest.id.clone(),
+                message: format!("cannot start its thread: {e}"),
+            })?;
+        Ok(Self { plugin, queue })
+    }
+}
+
+/// An observer's thread: hands queued events over in batches, in order, until the queue's
+/// sender is gone.
+fn drain(plugin: &Plugin<ObserverWorld>, events: &mpsc::Receiver<Queued>) {
+    let mut batch = Vec::with_capacity(OBSERVER_BATCH);
+    let mut flushes = Vec::new();
+    while let Ok(first) = events.recv() {
+        let mut next = Some(first);
+        while let Some(queued) = next.take() {
+            match queued {
+                Queued::Event(event) => batch.push(event),
+                Queued::Flush(done) => flushes.push(done),
+            }
+            if batch.len() < OBSERVER_BATCH {
+                next = events.try_recv().ok();
+            }
+        }
+        if !batch.is_empty() {
+            let handed = plugin.run(
+                |exports, store| exports.ash_observe_observe().call_observe(store, &batch),
+                Ok,
+            );
+            if handed.is_err() {
+                plugin
+                    .dropped
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            }
+            batch.clear();
+        }
+        for done in flushes.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// A transformer's verdict, checked: `Some` with the new payload, as text and parsed.
+fn checked_verdict(
+    verdict: host::bindings::transformer::exports::ash::observe::transform::Verdict,
+) -> Result<Option<(String, serde_json::Value)>, String> {
+    use host::bindings::transformer::exports::ash::observe::transform::Verdict;
+    match verdict {
+        Verdict::Keep => Ok(None),
+        Verdict::Replace(data) if data.len() > MAX_RESULT_BYTES => Err(format!(
+            "returned {} bytes; the limit is {MAX_RESULT_BYTES}",
+            data.len()
+        )),
+        // Parsed whole: serde_json's nesting limit turns a too-deep result into an error.
+        Verdict::Replace(data) => serde_json::from_str(&data)
+            .map(|parsed| Some((data, parsed)))
+            .map_err(|e| format!("returned a payload that is not JSON: {e}")),
+    }
+}
+
+/// An authenticator's decision, checked against the size caps and for an empty subject.
+fn checked_decision(decision: Decision) -> Result<Decision, String> {
+    let size = match &decision {
+        Decision::Allow(principal) if principal.subject.is_empty() => {
+            return Err("allowed a request with an empty subject".into())
+        }
+        Decision::Allow(principal) => {
+            principal.subject.len()
+                + principal
+                    .claims
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len())
+                    .sum::<usize>()
+        }
+        Decision::Deny(reason) => reason.len(),
+        Decision::Abstain => 0,
+    };
+    if size > MAX_AUTH_BYTES {
+        return Err(format!(
+            "returned a {size}-byte decision; the limit is {MAX_AUTH_BYTES}"
+        ));
+    }
+    Ok(decision)
 }
 
 fn engine() -> wasmtime::Result<Engine> {
@@ -178,159 +405,40 @@ fn engine() -> wasmtime::Result<Engine> {
     Ok(engine)
 }
 
-impl Plugin {
-    fn load(engine: &Engine, config: &PluginConfig) -> Result<Self, PluginError> {
-        let (manifest, bytes) = Manifest::load(&config.path, config.sha256.as_deref())?;
-        let fail = |message: String| PluginError::Component {
-            plugin: manifest.id.clone(),
-            message,
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use host::bindings::transformer::exports::ash::observe::transform::Verdict;
+
+    #[test]
+    fn a_transformer_answer_must_be_json_within_the_caps() {
+        assert_eq!(checked_verdict(Verdict::Keep), Ok(None));
+        let (text, value) = checked_verdict(Verdict::Replace("{\"a\":1}".into()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (text.as_str(), value),
+            ("{\"a\":1}", serde_json::json!({"a": 1}))
+        );
+        for bad in [
+            "not json".to_owned(),
+            "[".repeat(1_000) + &"]".repeat(1_000),
+            format!("\"{}\"", "x".repeat(MAX_RESULT_BYTES)),
+        ] {
+            assert!(checked_verdict(Verdict::Replace(bad)).is_err());
+        }
+    }
+
+    #[test]
+    fn an_authenticator_answer_names_someone_and_stays_small() {
+        let principal = |subject: &str, claim: usize| Principal {
+            subject: subject.into(),
+            claims: vec![("scope".into(), "x".repeat(claim))],
         };
-        let component = Component::new(engine, &bytes)
-            .map_err(|e| fail(format!("not a valid component: {e}")))?;
-        let mut linker = Linker::<State>::new(engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| fail(e.to_string()))?;
-        host::Transformer::add_to_linker::<_, HasSelf<State>>(&mut linker, |s| s)
-            .map_err(|e| fail(e.to_string()))?;
-        let pre = linker
-            .instantiate_pre(&component)
-            .and_then(TransformerPre::new)
-            .map_err(|e| {
-                fail(format!(
-                    "does not implement {} as this host provides it: {e:#}",
-                    manifest.kind.world()
-                ))
-            })?;
-        let granted = config
-            .config
-            .iter()
-            .filter(|(key, _)| manifest.capabilities.config.contains(key))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        Ok(Self {
-            manifest,
-            config: PluginConfig {
-                config: granted,
-                ..config.clone()
-            },
-            engine: engine.clone(),
-            pre,
-            idle: Mutex::default(),
-            calls: AtomicU64::new(0),
-            failures: AtomicU64::new(0),
-            in_a_row: AtomicU32::new(0),
-            quarantined: AtomicBool::new(false),
-            last_error: Mutex::default(),
-        })
-    }
-
-    fn instantiate(&self) -> wasmtime::Result<Loaded> {
-        let limits = StoreLimitsBuilder::new()
-            .memory_size((self.manifest.limits.memory_mb << 20) as usize)
-            .trap_on_grow_failure(true)
-            .build();
-        let state = State::new(self.manifest.id.clone(), self.config.config.clone(), limits);
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|state| &mut state.limits);
-        store.set_epoch_deadline(self.deadline_ticks());
-        let bindings = self.pre.instantiate(&mut store)?;
-        Ok(Loaded {
-            store,
-            bindings,
-            calls: 0,
-        })
-    }
-
-    fn deadline_ticks(&self) -> u64 {
-        (self.manifest.limits.deadline_ms / TICK.as_millis() as u64).max(1)
-    }
-
-    /// `Ok(Some(data))` for a replacement, `Ok(None)` to keep, `Err` when the plugin failed
-    /// or is quarantined.
-    fn transform(&self, event: &Event) -> Result<Option<(String, serde_json::Value)>, ()> {
-        if self.quarantined.load(Ordering::Relaxed) {
-            return Err(());
-        }
-        self.calls.fetch_add(1, Ordering::Relaxed);
-        match self.call(event) {
-            Ok(verdict) => {
-                self.in_a_row.store(0, Ordering::Relaxed);
-                Ok(verdict)
-            }
-            Err(error) => {
-                self.fail(error);
-                Err(())
-            }
-        }
-    }
-
-    /// The plugin's verdict: `Some` with the new payload, as text and parsed.
-    fn call(&self, event: &Event) -> Result<Option<(String, serde_json::Value)>, String> {
-        use host::ash::observe::types::Verdict;
-        let idle = self.idle.lock().expect("lock").pop();
-        let mut loaded = match idle {
-            Some(loaded) => loaded,
-            None => self
-                .instantiate()
-                .map_err(|e| format!("instantiation failed: {e:#}"))?,
-        };
-        loaded.store.set_epoch_deadline(self.deadline_ticks());
-        // A trap drops `loaded` here: a broken instance is never reused.
-        let verdict = loaded
-            .bindings
-            .ash_observe_transform()
-            .call_transform(&mut loaded.store, event)
-            .map_err(|e| trap_message(&e, self.manifest.limits))?;
-        loaded.calls += 1;
-        if loaded.calls < CALLS_PER_INSTANCE {
-            let mut idle = self.idle.lock().expect("lock");
-            if idle.len() < IDLE_INSTANCES {
-                idle.push(loaded);
-            }
-        }
-        match verdict {
-            Verdict::Keep => Ok(None),
-            Verdict::Replace(data) if data.len() > MAX_RESULT_BYTES => Err(format!(
-                "returned {} bytes; the limit is {MAX_RESULT_BYTES}",
-                data.len()
-            )),
-            // Parsed whole: serde_json's nesting limit turns a too-deep result into an error.
-            Verdict::Replace(data) => serde_json::from_str(&data)
-                .map(|parsed| Some((data, parsed)))
-                .map_err(|e| format!("returned a payload that is not JSON: {e}")),
-        }
-    }
-
-    fn fail(&self, error: String) {
-        self.failures.fetch_add(1, Ordering::Relaxed);
-        let in_a_row = self.in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
-        let id = &self.manifest.id;
-        tracing::warn!(plugin = %id, "plugin call failed: {error}");
-        if in_a_row >= QUARANTINE_AFTER && !self.quarantined.swap(true, Ordering::Relaxed) {
-            tracing::error!(plugin = %id, "plugin quarantined after {in_a_row} failures in a row; it is not called again until the server restarts");
-        }
-        *self.last_error.lock().expect("lock") = Some(error);
-    }
-
-    fn status(&self) -> PluginStatus {
-        PluginStatus {
-            id: self.manifest.id.clone(),
-            version: self.manifest.version.clone(),
-            kind: self.manifest.kind,
-            calls: self.calls.load(Ordering::Relaxed),
-            failures: self.failures.load(Ordering::Relaxed),
-            quarantined: self.quarantined.load(Ordering::Relaxed),
-            last_error: self.last_error.lock().expect("lock").clone(),
-        }
-    }
-}
-
-/// Says in plain words why a call failed: its deadline, or the trap (a refused memory grow
-/// names the size it asked for).
-fn trap_message(error: &wasmtime::Error, limits: Limits) -> String {
-    match error.downcast_ref::<wasmtime::Trap>() {
-        Some(wasmtime::Trap::Interrupt) => {
-            format!("ran past its deadline of {} ms", limits.deadline_ms)
-        }
-        _ => format!("trapped (memory limit {} MiB): {error:#}", limits.memory_mb),
+        assert!(checked_decision(Decision::Allow(principal("alice", 10))).is_ok());
+        assert!(checked_decision(Decision::Allow(principal("", 10))).is_err());
+        assert!(checked_decision(Decision::Allow(principal("alice", MAX_AUTH_BYTES))).is_err());
+        assert!(checked_decision(Decision::Deny("x".repeat(MAX_AUTH_BYTES + 1))).is_err());
+        assert!(checked_decision(Decision::Abstain).is_ok());
     }
 }

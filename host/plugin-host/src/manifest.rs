@@ -17,7 +17,12 @@ const MAX_COMPONENT_BYTES: u64 = 64 * 1024 * 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
+    /// Rewrites each agent message before it is stored and streamed; fails as configured.
     Transform,
+    /// Sees batches of events off the request path; fails open.
+    Observe,
+    /// Joins the auth chain after the API keys; fails closed.
+    Auth,
 }
 
 impl Kind {
@@ -25,6 +30,17 @@ impl Kind {
     pub fn world(self) -> &'static str {
         match self {
             Self::Transform => "ash:observe/transformer@0.1.0",
+            Self::Observe => "ash:observe/observer@0.1.0",
+            Self::Auth => "ash:auth/authenticator@0.1.0",
+        }
+    }
+
+    /// The name `plugin.toml` uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Transform => "transform",
+            Self::Observe => "observe",
+            Self::Auth => "auth",
         }
     }
 }
@@ -48,13 +64,23 @@ pub struct Manifest {
     pub limits: Limits,
 }
 
-/// What a plugin asks for. It gets no env, args, files or sockets, whatever it asks.
+/// What a plugin asks for; it gets what it asks for and the operator grants, nothing else
+/// (never env or args).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Capabilities {
     /// Config keys it may read through `ash:host/config`.
     #[serde(default)]
     pub config: Vec<String>,
+    /// A private data directory, seen by the plugin as `/data`.
+    #[serde(default)]
+    pub data_dir: bool,
+    /// `host:port` pairs it may open TCP connections to.
+    #[serde(default)]
+    pub outbound: Vec<String>,
+    /// Request headers an authenticator is shown (lower case).
+    #[serde(default)]
+    pub headers: Vec<String>,
 }
 
 /// What one plugin instance may use.
@@ -87,8 +113,9 @@ pub enum OnFailure {
     Pass,
 }
 
-/// The operator's entry for one plugin in the server's settings (`[[plugins]]`).
-#[derive(Debug, Clone, Deserialize)]
+/// The operator's entry for one plugin in the server's settings (`[[plugins]]`): which
+/// plugin loads, and what it is granted.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
     /// The folder holding `plugin.toml`.
@@ -98,8 +125,14 @@ pub struct PluginConfig {
     /// Values for the config keys the plugin requested; others are not passed on.
     #[serde(default)]
     pub config: BTreeMap<String, String>,
+    /// The host directory granted as the plugin's `/data` (created if missing), when its
+    /// manifest asks for one.
+    pub data_dir: Option<PathBuf>,
+    /// `host:port` pairs granted, of those the manifest asks for.
     #[serde(default)]
-    pub on_failure: OnFailure,
+    pub outbound: Vec<String>,
+    /// For transformers only: what becomes of an event when the plugin fails.
+    pub on_failure: Option<OnFailure>,
 }
 
 impl Manifest {
@@ -120,6 +153,15 @@ impl Manifest {
                 manifest.kind,
                 manifest.kind.world(),
                 manifest.world
+            )));
+        }
+        if manifest.capabilities.headers.len() > 16
+            || manifest.capabilities.outbound.len() > 16
+            || manifest.capabilities.config.len() > 64
+        {
+            return Err(PluginError::Manifest(format!(
+                "{}: at most 16 headers, 16 outbound hosts and 64 config keys may be requested",
+                file.display()
             )));
         }
         let component = read_capped(&dir.join(&manifest.component), MAX_COMPONENT_BYTES)?;

@@ -7,6 +7,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Arc;
 
+use ash_plugin_host::{AuthRequest, Decision};
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
@@ -77,35 +78,71 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Lets the request through only with a valid `Authorization: Bearer <key>`.
+/// The auth chain: a valid `Authorization: Bearer <api key>` lets the request through;
+/// otherwise each authenticator plugin in turn may allow or deny it. One that fails refuses
+/// it (503: authentication fails closed); when none claims it, the API key's error stands.
 pub(crate) async fn require_key(
     State(state): State<Arc<AppState>>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     let unauthorized = |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, message);
-    let header = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .ok_or_else(|| unauthorized("Missing Authorization header"))?;
-    let key = header
-        .to_str()
-        .ok()
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .filter(|k| !k.is_empty() && !k.contains(' '))
-        .ok_or_else(|| {
-            unauthorized("Invalid Authorization header format: use 'Bearer <api key>'")
-        })?;
-    let hash = digest(key);
-    let env_match = state
-        .keys
-        .env_key
-        .is_some_and(|env| bool::from(env.ct_eq(&hash)));
-    if !env_match && state.store.api_key_tenant(&hex(&hash)).await?.is_none() {
-        state.metrics.auth_failures.inc();
-        return Err(unauthorized("Invalid API key"));
+    let bearer = match request.headers().get(header::AUTHORIZATION) {
+        None => Err("Missing Authorization header"),
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .filter(|k| !k.is_empty() && !k.contains(' '))
+            .ok_or("Invalid Authorization header format: use 'Bearer <api key>'"),
+    };
+    if let Ok(key) = bearer {
+        let hash = digest(key);
+        let env_match = state
+            .keys
+            .env_key
+            .is_some_and(|env| bool::from(env.ct_eq(&hash)));
+        if env_match || state.store.api_key_tenant(&hex(&hash)).await?.is_some() {
+            return Ok(next.run(request).await);
+        }
     }
-    Ok(next.run(request).await)
+    if state.plugins.has_authenticators() {
+        let shown = AuthRequest {
+            method: request.method().to_string(),
+            path: request.uri().path().to_owned(),
+            headers: request
+                .headers()
+                .iter()
+                .filter_map(|(name, value)| {
+                    Some((name.to_string(), value.to_str().ok()?.to_owned()))
+                })
+                .collect(),
+        };
+        // Plugin calls block, bounded by each plugin's deadline.
+        let started = std::time::Instant::now();
+        let decision = tokio::task::block_in_place(|| state.plugins.authenticate(&shown));
+        state
+            .metrics
+            .plugin_auth
+            .observe(started.elapsed().as_secs_f64());
+        match decision {
+            Ok(Decision::Allow(principal)) => {
+                tracing::debug!(subject = %principal.subject, "request authenticated by a plugin");
+                return Ok(next.run(request).await);
+            }
+            Ok(Decision::Deny(reason)) => {
+                state.metrics.auth_failures.inc();
+                return Err(unauthorized(&reason));
+            }
+            Ok(Decision::Abstain) => {}
+            Err(failed) => {
+                state.metrics.auth_failures.inc();
+                return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, failed));
+            }
+        }
+    }
+    state.metrics.auth_failures.inc();
+    Err(unauthorized(bearer.err().unwrap_or("Invalid API key")))
 }
 
 #[cfg(test)]

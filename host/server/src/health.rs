@@ -29,9 +29,10 @@ pub(crate) async fn health(State(state): State<Arc<AppState>>) -> Result<Json<He
             .map(|s| PluginHealth {
                 id: s.id,
                 version: s.version,
-                kind: format!("{:?}", s.kind).to_lowercase(),
+                kind: s.kind.name().to_owned(),
                 calls: s.calls,
                 failures: s.failures,
+                dropped: s.dropped,
                 quarantined: s.quarantined,
                 last_error: s.last_error,
             })
@@ -80,6 +81,8 @@ pub(crate) struct PluginHealth {
     kind: String,
     calls: u64,
     failures: u64,
+    /// Events an observer never saw (its queue was full, it failed or is quarantined).
+    dropped: u64,
     quarantined: bool,
     last_error: Option<String>,
 }
@@ -166,6 +169,9 @@ async fn refresh(state: &AppState) -> Result<Snapshot, ApiError> {
         m.plugin_quarantined
             .with_label_values(&id)
             .set(i64::from(plugin.quarantined));
+        m.plugin_dropped
+            .with_label_values(&id)
+            .set(plugin.dropped as i64);
     }
     m.active_sessions.set(active_sessions);
     m.active_sandboxes.set(live);

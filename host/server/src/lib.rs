@@ -11,6 +11,7 @@ mod auth;
 mod error;
 mod files;
 mod health;
+mod hooks;
 mod lifecycle;
 mod metrics;
 mod openapi;
@@ -159,6 +160,9 @@ impl Server {
             .await?;
         sweeper.abort();
         self.state.sessions.stop_all().await;
+        // Observers get every event queued before the server stops.
+        let state = self.state.clone();
+        let _ = tokio::task::spawn_blocking(move || state.plugins.flush()).await;
         Ok(())
     }
 }

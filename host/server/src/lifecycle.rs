@@ -202,6 +202,7 @@ pub(crate) async fn fork(
     state.store.insert_session(&child).await?;
     state.store.copy_messages(parent.id, child.id).await?;
     tracing::info!(parent = %parent.id, session = %child.id, "session forked");
+    crate::hooks::lifecycle(&state, "session-created", &child, None);
     Ok((StatusCode::CREATED, Json(SessionReply { session: child })))
 }
 
@@ -215,5 +216,10 @@ async fn set_status(
         .set_session_status(id, status)
         .await?
         .ok_or_else(|| ApiError::not_found("Session not found"))?;
+    let hook = match status {
+        SessionStatus::Active => "session-resumed",
+        _ => "session-paused",
+    };
+    crate::hooks::lifecycle(state, hook, &session, None);
     Ok(Json(SessionReply { session }))
 }

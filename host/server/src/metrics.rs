@@ -21,12 +21,14 @@ pub struct Metrics {
     pub prewarm_hits: IntCounter,
     pub auth_failures: IntCounter,
     pub plugin_transform: Histogram,
+    pub plugin_auth: Histogram,
     /// Agent messages withheld because a transformer failed under the `drop` policy.
     pub plugin_withheld: IntCounter,
     /// Per plugin: calls and failures (copied from the plugin host when scraped), quarantine.
     pub plugin_calls: IntGaugeVec,
     pub plugin_failures: IntGaugeVec,
     pub plugin_quarantined: IntGaugeVec,
+    pub plugin_dropped: IntGaugeVec,
 }
 
 impl Metrics {
@@ -90,19 +92,24 @@ impl Metrics {
         .expect("valid metric");
         let auth_failures = IntCounter::new(
             "ash_auth_failures_total",
-            "Requests refused for a bad API key",
+            "Requests refused by the auth chain (bad or missing API key, denied or failed authenticator)",
         )
         .expect("valid metric");
-        let plugin_transform = Histogram::with_opts(
-            HistogramOpts::new(
-                "ash_plugin_transform_seconds",
-                "Time to run an agent event through every transformer plugin",
-            )
-            .buckets(vec![
+        let hook = |name: &str, help: &str| {
+            let buckets = vec![
                 0.000_002, 0.000_005, 0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.01, 0.1,
-            ]),
-        )
-        .expect("valid metric");
+            ];
+            Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .expect("valid metric")
+        };
+        let plugin_transform = hook(
+            "ash_plugin_transform_seconds",
+            "Time to run an agent event through every transformer plugin",
+        );
+        let plugin_auth = hook(
+            "ash_plugin_auth_seconds",
+            "Time to run a request through the authenticator plugins",
+        );
         let plugin_withheld = IntCounter::new(
             "ash_plugin_withheld_total",
             "Agent messages withheld because a transformer failed with on_failure = drop",
@@ -120,9 +127,15 @@ impl Metrics {
             "ash_plugin_quarantined",
             "1 when the plugin is quarantined after repeated failures",
         );
+        let plugin_dropped = per_plugin(
+            "ash_plugin_dropped",
+            "Events an observer plugin never saw (queue full, failure, quarantine) since start",
+        );
         for m in [
             Box::new(pool.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(plugin_transform.clone()),
+            Box::new(plugin_auth.clone()),
+            Box::new(plugin_dropped.clone()),
             Box::new(plugin_withheld.clone()),
             Box::new(plugin_calls.clone()),
             Box::new(plugin_failures.clone()),
@@ -154,10 +167,12 @@ impl Metrics {
             prewarm_hits,
             auth_failures,
             plugin_transform,
+            plugin_auth,
             plugin_withheld,
             plugin_calls,
             plugin_failures,
             plugin_quarantined,
+            plugin_dropped,
         }
     }
 }

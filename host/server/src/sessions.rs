@@ -30,6 +30,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::agents::{agent_not_found, blocking, read_manifest, validate_env};
 use crate::error::{Json, Query};
+use crate::hooks;
 use crate::openapi::{EventList, Interrupted, MessageList, SessionList, SessionReply};
 use crate::pool::{self, Pool, WARM_PREFIX};
 use crate::stream::{self, closing, follow, publish, publish_ending, Frames, Hub};
@@ -393,12 +394,21 @@ impl Sessions {
         drop((held, live));
         match state.store.get_session(id).await {
             Ok(Some(session)) if session.status == SessionStatus::Active => {
-                if let Err(e) = state
+                match state
                     .store
                     .set_session_status(id, SessionStatus::Paused)
                     .await
                 {
-                    tracing::error!(session = %id, "cannot mark a parked session paused: {e}");
+                    Ok(Some(paused)) => {
+                        if reason == "evicted" {
+                            hooks::lifecycle(state, "sandbox-evicted", &paused, Some(reason));
+                        }
+                        hooks::lifecycle(state, "session-paused", &paused, Some(reason));
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::error!(session = %id, "cannot mark a parked session paused: {e}")
+                    }
                 }
             }
             _ => {}
@@ -641,6 +651,7 @@ pub(crate) async fn create(
         return Err(e.into());
     }
     tracing::info!(session = %id, agent = %session.agent_name, "session created");
+    hooks::lifecycle(&state, "session-created", &session, None);
     Ok((StatusCode::CREATED, Json(SessionReply { session })))
 }
 
@@ -717,6 +728,7 @@ pub(crate) async fn end(
         .await?
         .ok_or_else(|| ApiError::not_found("Session not found"))?;
     tracing::info!(session = %session.id, "session ended");
+    hooks::lifecycle(&state, "session-ended", &session, None);
     Ok(Json(SessionReply { session }))
 }
 
@@ -771,17 +783,28 @@ pub(crate) async fn send(
     let guard = state.sessions.begin_turn(&live)?;
     let hub = state.sessions.hub(session.id);
     let followers = hub.subscribe();
-    let user = json!({"type": "user", "content": body.content}).to_string();
+    let user = [(
+        Role::User,
+        json!({"type": "user", "content": body.content}).to_string(),
+    )];
     let start = json!({"sessionId": session.id, "version": env!("CARGO_PKG_VERSION")}).to_string();
     let started = publish(
         &state,
         &hub,
         session.id,
-        &[(Role::User, user)],
+        &user,
         &[("session_start".to_owned(), start)],
     )
     .await?;
     let after = started[0].sequence - 1;
+    hooks::observe(
+        &state,
+        "message-in",
+        "message",
+        session.id,
+        session.agent_name.as_str(),
+        || user[0].1.clone(),
+    );
     match live
         .sandbox
         .query(body.content, session.id.to_string(), body.options)

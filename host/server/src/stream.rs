@@ -25,6 +25,7 @@ use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::hooks;
 use crate::sessions::TurnGuard;
 use crate::{ApiError, AppState};
 
@@ -237,8 +238,18 @@ impl<'a> Batch<'a> {
                     self.messages.push((Role::Assistant, text.clone()));
                 }
                 for (name, payload) in classify(&data) {
-                    self.frames.push((name, payload.to_string()));
+                    let payload = payload.to_string();
+                    let hook = match name.as_str() {
+                        "tool_use" => Some("tool-pre-invoke"),
+                        "tool_result" => Some("tool-post-invoke"),
+                        _ => None,
+                    };
+                    if let Some(hook) = hook {
+                        self.observe(hook, &name, || payload.clone());
+                    }
+                    self.frames.push((name, payload));
                 }
+                self.observe("message-out", "message", || text.clone());
                 self.frames.push(("message".to_owned(), text));
             }
             // An error naming no command is a warning to the turn, not its end.
@@ -262,21 +273,24 @@ impl<'a> Batch<'a> {
 }
 
 impl Batch<'_> {
+    fn observe(&self, hook: &str, name: &str, data: impl FnOnce() -> String) {
+        hooks::observe(self.state, hook, name, self.session, self.agent, data);
+    }
+
     /// The agent's message after the transformer plugins (`message-out`); `None` when one
     /// failed and its policy withholds the event.
     fn transformed(&self, data: Value) -> Option<Value> {
         let plugins = &self.state.plugins;
-        if plugins.is_empty() {
+        if !plugins.has_transformers() {
             return Some(data);
         }
-        let event = ash_plugin_host::Event {
-            hook: "message-out".into(),
-            session_id: self.session.to_string(),
-            agent: self.agent.to_owned(),
-            name: "message".into(),
-            data: data.to_string(),
-            at_ms: chrono::Utc::now().timestamp_millis().max(0) as u64,
-        };
+        let event = hooks::event(
+            "message-out",
+            "message",
+            self.session,
+            self.agent,
+            data.to_string(),
+        );
         let started = std::time::Instant::now();
         // Plugin calls block (bounded by each plugin's deadline), and WASI calls inside them
         // re-enter the runtime: both need a thread that may block.

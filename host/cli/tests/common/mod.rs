@@ -81,16 +81,23 @@ impl Server {
         }
     }
 
-    /// Stops the server (SIGTERM, as an operator would) and starts it again on the same data.
-    pub async fn restart(mut self) -> Self {
+    /// Stops the server (SIGTERM, as an operator would) and waits for it to exit; returns
+    /// its data dir and its API key.
+    pub async fn stop(mut self) -> (tempfile::TempDir, String) {
         let pid = self.child.id().unwrap().to_string();
         std::process::Command::new("kill")
             .args(["-TERM", &pid])
             .status()
             .unwrap();
-        self.child.wait().await.unwrap();
-        let key = self.key.clone();
-        let mut again = Self::start_in(self.data, &[]).await;
+        let status = self.child.wait().await.unwrap();
+        assert!(status.success(), "ash exited with {status} on SIGTERM");
+        (self.data, self.key)
+    }
+
+    /// Stops the server (SIGTERM, as an operator would) and starts it again on the same data.
+    pub async fn restart(self) -> Self {
+        let (data, key) = self.stop().await;
+        let mut again = Self::start_in(data, &[]).await;
         again.key = key;
         again
     }
@@ -336,6 +343,27 @@ pub fn assistant_text(frames: &[Frame]) -> String {
 
 pub fn events(frames: &[Frame]) -> Vec<&str> {
     frames.iter().map(|f| f.event.as_str()).collect()
+}
+
+/// A plugin folder packaged by `scripts/build-plugins.sh` (the test command runs it first).
+pub fn plugin(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/plugins")
+        .join(name);
+    assert!(
+        dir.join("plugin.toml").is_file(),
+        "{} is missing: run scripts/build-plugins.sh",
+        dir.display()
+    );
+    dir
+}
+
+/// Starts the server with `settings` (TOML) as its settings file.
+pub async fn start_with(settings: &str) -> Server {
+    let data = tempfile::tempdir().unwrap();
+    let file = data.path().join("settings.toml");
+    std::fs::write(&file, settings).unwrap();
+    Server::start_in(data, &[("ASH_CONFIG", file.to_str().unwrap())]).await
 }
 
 /// The ash.toml of an `echo` agent slow enough (200 ms a word) to act on mid-turn.

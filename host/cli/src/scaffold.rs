@@ -1,0 +1,101 @@
+//! `ash plugin new <name> --kind <kind>`: a buildable Rust plugin, made from the numbered
+//! example for its kind (`examples/plugins/`) with the WIT it needs beside it, so the
+//! scaffold builds anywhere and the examples the docs teach are what users start from.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use ash_plugin_host::Kind;
+
+/// One example: its crate name and files.
+struct Example {
+    name: &'static str,
+    cargo: &'static str,
+    manifest: &'static str,
+    lib: &'static str,
+    /// The WIT package beside `ash:host`: folder and text.
+    wit: (&'static str, &'static str),
+}
+
+const HOST_WIT: &str = include_str!("../../../wit/host/host.wit");
+const OBSERVE_WIT: (&str, &str) = ("observe", include_str!("../../../wit/observe/observe.wit"));
+const AUTH_WIT: (&str, &str) = ("auth", include_str!("../../../wit/auth/auth.wit"));
+
+fn example(kind: Kind) -> Example {
+    match kind {
+        Kind::Observe => Example {
+            name: "observe-log",
+            cargo: include_str!("../../../examples/plugins/01-observe-log/Cargo.toml"),
+            manifest: include_str!("../../../examples/plugins/01-observe-log/plugin.toml"),
+            lib: include_str!("../../../examples/plugins/01-observe-log/src/lib.rs"),
+            wit: OBSERVE_WIT,
+        },
+        Kind::Transform => Example {
+            name: "transform-replace",
+            cargo: include_str!("../../../examples/plugins/02-transform-replace/Cargo.toml"),
+            manifest: include_str!("../../../examples/plugins/02-transform-replace/plugin.toml"),
+            lib: include_str!("../../../examples/plugins/02-transform-replace/src/lib.rs"),
+            wit: OBSERVE_WIT,
+        },
+        Kind::Auth => Example {
+            name: "auth-token",
+            cargo: include_str!("../../../examples/plugins/03-auth-token/Cargo.toml"),
+            manifest: include_str!("../../../examples/plugins/03-auth-token/plugin.toml"),
+            lib: include_str!("../../../examples/plugins/03-auth-token/src/lib.rs"),
+            wit: AUTH_WIT,
+        },
+    }
+}
+
+/// Writes the scaffold into `./<name>`, which must not exist.
+pub fn new_plugin(name: &str, kind: Kind) -> anyhow::Result<ExitCode> {
+    let valid = (1..=64).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !valid {
+        anyhow::bail!(
+            "{name:?} is not a plugin name: use 1-64 lower-case letters, digits and '-', starting with a letter"
+        );
+    }
+    let dir = Path::new(name);
+    if dir.exists() {
+        anyhow::bail!(
+            "{} already exists; choose another name or remove it",
+            dir.display()
+        );
+    }
+    let example = example(kind);
+    let (from, to) = (example.name, name);
+    let (from_file, to_file) = (from.replace('-', "_"), to.replace('-', "_"));
+    let files = [
+        ("Cargo.toml", example.cargo.replace(from, to)),
+        (
+            "plugin.toml",
+            example
+                .manifest
+                .replace(&format!("\"{from}\""), &format!("\"{to}\""))
+                .replace(&format!("{from_file}.wasm"), &format!("{to_file}.wasm")),
+        ),
+        ("src/lib.rs", example.lib.replace("../../../wit/", "wit/")),
+        ("wit/host/host.wit", HOST_WIT.to_owned()),
+        (
+            &format!("wit/{0}/{0}.wit", example.wit.0),
+            example.wit.1.to_owned(),
+        ),
+    ];
+    for (path, text) in files {
+        let path = dir.join(path);
+        std::fs::create_dir_all(path.parent().expect("a file in a folder"))?;
+        std::fs::write(&path, text)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+    }
+    println!(
+        "created {name}/, a {} plugin ({}). Next:\n  cd {name}\n  cargo build --release --target wasm32-wasip2   # rustup target add wasm32-wasip2, once\n  ash plugin check .\nthen add it to the server's settings: [[plugins]] path = \"{}\"",
+        kind.name(),
+        kind.world(),
+        dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
