@@ -506,3 +506,48 @@ async fn plugin_new_scaffolds_build_load_and_work_for_every_kind() {
         .collect();
     assert_eq!(kinds, ["transform", "auth", "observe"], "{health}");
 }
+
+#[tokio::test]
+async fn the_audit_trail_records_an_eviction() {
+    let audit = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let settings = data.path().join("settings.toml");
+    std::fs::write(
+        &settings,
+        format!(
+            "[[plugins]]\npath = {:?}\ndata_dir = {:?}\n",
+            plugin("observe-audit"),
+            audit.path()
+        ),
+    )
+    .unwrap();
+    let server = Server::start_in(
+        data,
+        &[
+            ("ASH_CONFIG", settings.to_str().unwrap()),
+            ("ASH_MAX_SANDBOXES", "1"),
+        ],
+    )
+    .await;
+    let first = server.session("hello-agent").await;
+    let _second = server.session("hello-agent").await;
+    let _ = server.stop().await;
+
+    let evicted: Vec<(String, Value)> = audit_lines(audit.path())
+        .into_iter()
+        .filter(|l| l["sessionId"] == first.as_str() && l["hook"] != "session-created")
+        .map(|l| {
+            (
+                l["hook"].as_str().unwrap().to_owned(),
+                l["data"]["reason"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        evicted,
+        [
+            ("sandbox-evicted".to_owned(), json!("evicted")),
+            ("session-paused".to_owned(), json!("evicted")),
+        ]
+    );
+}
