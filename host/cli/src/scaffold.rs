@@ -21,29 +21,36 @@ const HOST_WIT: &str = include_str!("../../../wit/host/host.wit");
 const OBSERVE_WIT: (&str, &str) = ("observe", include_str!("../../../wit/observe/observe.wit"));
 const AUTH_WIT: (&str, &str) = ("auth", include_str!("../../../wit/auth/auth.wit"));
 
+/// The example in `examples/plugins/<folder>`, whose crate is `name`.
+macro_rules! example {
+    ($folder:literal, $name:literal, $wit:expr) => {
+        Example {
+            name: $name,
+            cargo: include_str!(concat!(
+                "../../../examples/plugins/",
+                $folder,
+                "/Cargo.toml"
+            )),
+            manifest: include_str!(concat!(
+                "../../../examples/plugins/",
+                $folder,
+                "/plugin.toml"
+            )),
+            lib: include_str!(concat!(
+                "../../../examples/plugins/",
+                $folder,
+                "/src/lib.rs"
+            )),
+            wit: $wit,
+        }
+    };
+}
+
 fn example(kind: Kind) -> Example {
     match kind {
-        Kind::Observe => Example {
-            name: "observe-log",
-            cargo: include_str!("../../../examples/plugins/01-observe-log/Cargo.toml"),
-            manifest: include_str!("../../../examples/plugins/01-observe-log/plugin.toml"),
-            lib: include_str!("../../../examples/plugins/01-observe-log/src/lib.rs"),
-            wit: OBSERVE_WIT,
-        },
-        Kind::Transform => Example {
-            name: "transform-replace",
-            cargo: include_str!("../../../examples/plugins/02-transform-replace/Cargo.toml"),
-            manifest: include_str!("../../../examples/plugins/02-transform-replace/plugin.toml"),
-            lib: include_str!("../../../examples/plugins/02-transform-replace/src/lib.rs"),
-            wit: OBSERVE_WIT,
-        },
-        Kind::Auth => Example {
-            name: "auth-token",
-            cargo: include_str!("../../../examples/plugins/03-auth-token/Cargo.toml"),
-            manifest: include_str!("../../../examples/plugins/03-auth-token/plugin.toml"),
-            lib: include_str!("../../../examples/plugins/03-auth-token/src/lib.rs"),
-            wit: AUTH_WIT,
-        },
+        Kind::Observe => example!("01-observe-log", "observe-log", OBSERVE_WIT),
+        Kind::Transform => example!("02-transform-replace", "transform-replace", OBSERVE_WIT),
+        Kind::Auth => example!("03-auth-token", "auth-token", AUTH_WIT),
     }
 }
 

@@ -322,14 +322,10 @@ async fn a_lost_workspace_is_read_from_its_snapshot_and_written_back_for_the_res
         "kept\nnew"
     );
 
-    let (status, _) = server
-        .call(
-            reqwest::Method::DELETE,
-            &format!("/api/sessions/{session}"),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200);
+    assert_eq!(
+        server.delete(&format!("/api/sessions/{session}")).await.0,
+        200
+    );
     assert_eq!(
         server.get(&base).await.0,
         404,

@@ -308,11 +308,7 @@ async fn a_component_for_the_wrong_world_or_version_does_not_load() {
             "ash:observe/transformer@0.1.0",
         ),
     ] {
-        let out = std::process::Command::new(common::ASH)
-            .args(["plugin", "check"])
-            .arg(&dir)
-            .output()
-            .unwrap();
+        let out = ash_in(&dir, &["plugin", "check", "."]);
         assert!(!out.status.success());
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -320,6 +316,23 @@ async fn a_component_for_the_wrong_world_or_version_does_not_load() {
             "{stderr}"
         );
     }
+}
+
+/// Runs `ash args…` in `dir`.
+fn ash_in(dir: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(common::ASH)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+fn succeeded(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Prints a tool call and its result, then the answer, for each query.
@@ -360,14 +373,10 @@ async fn the_audit_trail_records_a_sessions_lifecycle_messages_and_tools() {
             .await;
         assert_eq!(status, 200, "{action}: {body}");
     }
-    let (status, _) = server
-        .call(
-            reqwest::Method::DELETE,
-            &format!("/api/sessions/{session}"),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200);
+    assert_eq!(
+        server.delete(&format!("/api/sessions/{session}")).await.0,
+        200
+    );
     // A graceful stop hands every queued event to the observer before the server exits.
     let _ = server.stop().await;
 
@@ -416,16 +425,10 @@ async fn plugin_new_scaffolds_build_load_and_work_for_every_kind() {
         ("my-transformer", "transform"),
         ("my-auth", "auth"),
     ] {
-        let out = std::process::Command::new(common::ASH)
-            .args(["plugin", "new", name, "--kind", kind])
-            .current_dir(work.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        succeeded(&ash_in(
+            work.path(),
+            &["plugin", "new", name, "--kind", kind],
+        ));
         // Builds offline against the dependencies the first-party plugins already fetched,
         // sharing their target dir; the component is then where plugin.toml expects it.
         let dir = work.path().join(name);
@@ -442,11 +445,7 @@ async fn plugin_new_scaffolds_build_load_and_work_for_every_kind() {
             .output()
             .await
             .unwrap();
-        assert!(
-            built.status.success(),
-            "{}",
-            String::from_utf8_lossy(&built.stderr)
-        );
+        succeeded(&built);
         let file = format!("{}.wasm", name.replace('-', "_"));
         let release = dir.join("target/wasm32-wasip2/release");
         std::fs::create_dir_all(&release).unwrap();
@@ -455,22 +454,9 @@ async fn plugin_new_scaffolds_build_load_and_work_for_every_kind() {
             release.join(&file),
         )
         .unwrap();
-        let checked = std::process::Command::new(common::ASH)
-            .args(["plugin", "check", "."])
-            .current_dir(&dir)
-            .output()
-            .unwrap();
-        assert!(
-            checked.status.success(),
-            "{}",
-            String::from_utf8_lossy(&checked.stderr)
-        );
+        succeeded(&ash_in(&dir, &["plugin", "check", "."]));
     }
-    let again = std::process::Command::new(common::ASH)
-        .args(["plugin", "new", "my-auth", "--kind", "auth"])
-        .current_dir(work.path())
-        .output()
-        .unwrap();
+    let again = ash_in(work.path(), &["plugin", "new", "my-auth", "--kind", "auth"]);
     assert!(
         !again.status.success(),
         "an existing folder is never overwritten"

@@ -205,9 +205,7 @@ impl Plugins {
                     replaced = Some(parsed);
                 }
                 Ok(None) => {}
-                Err(()) if plugin.config.on_failure.unwrap_or_default() == OnFailure::Drop => {
-                    return Transformed::Drop
-                }
+                Err(()) if plugin.on_failure == OnFailure::Drop => return Transformed::Drop,
                 Err(()) => {}
             }
         }
@@ -219,10 +217,17 @@ impl Plugins {
     /// refused: authentication fails closed). Blocks like [`Plugins::transform`].
     pub fn authenticate(&self, request: &AuthRequest) -> Result<Decision, String> {
         for plugin in &self.authenticators {
-            let mut shown = request.clone();
-            shown
-                .headers
-                .retain(|(name, _)| plugin.manifest.capabilities.headers.contains(name));
+            let wanted = &plugin.manifest.capabilities.headers;
+            let shown = AuthRequest {
+                method: request.method.clone(),
+                path: request.path.clone(),
+                headers: request
+                    .headers
+                    .iter()
+                    .filter(|(name, _)| wanted.contains(name))
+                    .cloned()
+                    .collect(),
+            };
             let answer = plugin.run(
                 |exports, store| {
                     exports

@@ -13,7 +13,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, Store, StoreLimitsBuilder};
 
 use crate::host::{Grants, State, World};
-use crate::{Limits, Manifest, PluginConfig, PluginError, PluginStatus, TICK};
+use crate::{Limits, Manifest, OnFailure, PluginConfig, PluginError, PluginStatus, TICK};
 
 /// Failures in a row that quarantine a plugin.
 const QUARANTINE_AFTER: u32 = 5;
@@ -23,7 +23,8 @@ const CALLS_PER_INSTANCE: u32 = 10_000;
 
 pub(crate) struct Plugin<W: World> {
     pub(crate) manifest: Manifest,
-    pub(crate) config: PluginConfig,
+    /// What becomes of an event when a transformer fails.
+    pub(crate) on_failure: OnFailure,
     grants: Grants,
     engine: Engine,
     pre: W::Pre,
@@ -73,7 +74,7 @@ impl<W: World> Plugin<W> {
         let grants = grant(&manifest, config).map_err(fail)?;
         let plugin = Self {
             manifest,
-            config: config.clone(),
+            on_failure: config.on_failure.unwrap_or_default(),
             grants,
             engine: engine.clone(),
             pre,

@@ -14,7 +14,10 @@ wit_bindgen::generate!({
 });
 
 use ash::auth::types::{Decision, Principal, Request};
+use std::sync::OnceLock;
+
 use ash::host::config;
+use ash::host::log::{log, Level};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use exports::ash::auth::authenticate::Guest;
@@ -75,18 +78,12 @@ fn verify(token: &str) -> Result<Principal, String> {
                 .map_err(|_| "invalid token signature")?;
         }
         Some("RS256") => {
-            let pem = config::get("rs256_public_key").ok_or("RS256 tokens are not accepted")?;
-            let key = rsa::RsaPublicKey::from_public_key_pem(pem.trim()).map_err(|e| {
-                ash::host::log::log(
-                    ash::host::log::Level::Error,
-                    &format!("rs256_public_key is not a PEM public key: {e}"),
-                );
-                "RS256 tokens are not accepted"
-            })?;
+            let key = rs256_key()
+                .as_ref()
+                .ok_or("RS256 tokens are not accepted")?;
             let signature =
                 Signature::try_from(signature.as_slice()).map_err(|_| "invalid token signature")?;
-            VerifyingKey::<Sha256>::new(key)
-                .verify(signed.as_bytes(), &signature)
+            key.verify(signed.as_bytes(), &signature)
                 .map_err(|_| "invalid token signature")?;
         }
         Some(alg) => return Err(format!("token algorithm {alg} is not accepted")),
@@ -107,6 +104,24 @@ fn verify(token: &str) -> Result<Principal, String> {
     Ok(Principal {
         subject: subject.to_owned(),
         claims: facts,
+    })
+}
+
+/// The RS256 key, parsed once per instance (the config does not change under it).
+fn rs256_key() -> &'static Option<VerifyingKey<Sha256>> {
+    static KEY: OnceLock<Option<VerifyingKey<Sha256>>> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let pem = config::get("rs256_public_key")?;
+        match rsa::RsaPublicKey::from_public_key_pem(pem.trim()) {
+            Ok(key) => Some(VerifyingKey::new(key)),
+            Err(e) => {
+                log(
+                    Level::Error,
+                    &format!("rs256_public_key is not a PEM public key: {e}"),
+                );
+                None
+            }
+        }
     })
 }
 

@@ -187,6 +187,10 @@ impl Server {
         self.call(reqwest::Method::POST, path, Some(body)).await
     }
 
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::DELETE, path, None).await
+    }
+
     pub async fn raw_post(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
         let response = self
             .http
