@@ -202,3 +202,42 @@ async fn a_plugin_reaches_no_env_files_or_sockets() {
         serde_json::json!({"env": 0, "args": 0, "file": false, "dir": false, "data": false, "socket": false})
     );
 }
+
+fn cached_files(data: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(data.join("plugin-cache"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect()
+}
+
+#[tokio::test]
+async fn compiled_plugins_are_kept_for_the_next_start_and_a_bad_cache_file_is_compiled_again() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = start_with(&redact_settings()).await;
+    let data = server.data_path().to_owned();
+    let cached = cached_files(&data);
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    let mode = std::fs::metadata(data.join("plugin-cache"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700);
+
+    let (dir, key) = server.stop().await;
+    std::fs::write(&cached[0], b"not compiled code").unwrap();
+    std::fs::write(data.join("plugin-cache/stale.cwasm"), b"old").unwrap();
+    let settings = dir.path().join("settings.toml");
+    let mut server =
+        common::Server::start_in(dir, &[("ASH_CONFIG", settings.to_str().unwrap())]).await;
+    server.key = key;
+    let session = server.session("hello-agent").await;
+    let frames = server
+        .message(&session, "sk-ant-api03-abcdefghijklmnopqrstuvwxyz012345")
+        .await;
+    assert_eq!(streamed_text(&frames), "Echo: [REDACTED]");
+    assert_eq!(cached_files(&data), cached, "the stale file is gone");
+    assert!(
+        std::fs::metadata(&cached[0]).unwrap().len() > 1000,
+        "compiled again"
+    );
+}

@@ -15,16 +15,20 @@ fn load(name: &str, config: &[(&str, &str)]) -> Plugins {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../target/plugins")
         .join(name);
-    Plugins::load(&[PluginConfig {
-        path: dir,
-        config: config
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        on_failure: (name == "transform-redact").then_some(OnFailure::Drop),
-        data_dir: (name == "observe-audit").then(|| std::env::temp_dir().join("ash-bench-audit")),
-        ..PluginConfig::default()
-    }])
+    Plugins::load(
+        &[PluginConfig {
+            path: dir,
+            config: config
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            on_failure: (name == "transform-redact").then_some(OnFailure::Drop),
+            data_dir: (name == "observe-audit")
+                .then(|| std::env::temp_dir().join("ash-bench-audit")),
+            ..PluginConfig::default()
+        }],
+        None,
+    )
     .expect("run scripts/build-plugins.sh first")
 }
 

@@ -17,15 +17,19 @@
 //! - Instances come from an `InstancePre` made once at load; a few healthy ones are kept for
 //!   reuse (each for at most 10,000 calls), so a call costs no instantiation.
 
+mod cache;
 mod host;
 mod manifest;
 mod plugin;
 
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use wasmtime::component::Component;
 use wasmtime::{Config, Engine};
 
 pub use manifest::{hex, Capabilities, Kind, Limits, Manifest, OnFailure, PluginConfig};
@@ -112,17 +116,19 @@ enum Queued {
 }
 
 impl Plugins {
-    /// Loads every configured plugin: manifest, digest, compilation, a check that the
-    /// component implements its kind's world, and one instance made ahead of the first call.
-    /// Any failure stops the load, naming the plugin.
-    pub fn load(configs: &[PluginConfig]) -> Result<Self, PluginError> {
+    /// Loads every configured plugin: manifest, digest, compilation (kept in `cache`, a
+    /// folder of the server's own, for the next start), a check that the component
+    /// implements its kind's world, and one instance made ahead of the first call. Any
+    /// failure stops the load, naming the plugin.
+    pub fn load(configs: &[PluginConfig], cache: Option<&Path>) -> Result<Self, PluginError> {
         let mut plugins = Self::default();
         if configs.is_empty() {
             return Ok(plugins);
         }
         let engine = engine().map_err(|e| PluginError::Manifest(e.to_string()))?;
+        let mut cached = HashSet::new();
         for config in configs {
-            let (manifest, bytes) = Manifest::load(&config.path, config.sha256.as_deref())?;
+            let (manifest, bytes, digest) = Manifest::load(&config.path, config.sha256.as_deref())?;
             if config.on_failure.is_some() && manifest.kind != Kind::Transform {
                 return Err(PluginError::Manifest(format!(
                     "{}: on_failure applies to transform plugins only; a {} plugin fails {}",
@@ -135,39 +141,51 @@ impl Plugins {
                     }
                 )));
             }
+            let component = compile(&engine, &manifest, &bytes, &digest, cache, &mut cached)?;
             match manifest.kind {
                 Kind::Transform => plugins
                     .transformers
-                    .push(Plugin::load(&engine, manifest, &bytes, config)?),
+                    .push(Plugin::load(&engine, manifest, &component, config)?),
                 Kind::Auth => plugins
                     .authenticators
-                    .push(Plugin::load(&engine, manifest, &bytes, config)?),
+                    .push(Plugin::load(&engine, manifest, &component, config)?),
                 Kind::Observe => plugins.observers.push(Observer::start(Plugin::load(
-                    &engine, manifest, &bytes, config,
+                    &engine, manifest, &component, config,
                 )?)?),
             }
+        }
+        if let Some(dir) = cache {
+            cache::prune(dir, &cached);
         }
         Ok(plugins)
     }
 
     /// Checks one plugin folder as `load` would, without a server and without grants: for
     /// `ash plugin check`.
-    pub fn check(dir: &std::path::Path) -> Result<Manifest, PluginError> {
+    pub fn check(dir: &Path) -> Result<Manifest, PluginError> {
         let engine = engine().map_err(|e| PluginError::Manifest(e.to_string()))?;
-        let (manifest, bytes) = Manifest::load(dir, None)?;
+        let (manifest, bytes, digest) = Manifest::load(dir, None)?;
+        let component = compile(
+            &engine,
+            &manifest,
+            &bytes,
+            &digest,
+            None,
+            &mut HashSet::new(),
+        )?;
         let config = PluginConfig {
             path: dir.to_owned(),
             ..PluginConfig::default()
         };
         Ok(match manifest.kind {
             Kind::Transform => {
-                Plugin::<TransformerWorld>::load(&engine, manifest, &bytes, &config)?.manifest
+                Plugin::<TransformerWorld>::load(&engine, manifest, &component, &config)?.manifest
             }
             Kind::Auth => {
-                Plugin::<AuthenticatorWorld>::load(&engine, manifest, &bytes, &config)?.manifest
+                Plugin::<AuthenticatorWorld>::load(&engine, manifest, &component, &config)?.manifest
             }
             Kind::Observe => {
-                Plugin::<ObserverWorld>::load(&engine, manifest, &bytes, &config)?.manifest
+                Plugin::<ObserverWorld>::load(&engine, manifest, &component, &config)?.manifest
             }
         })
     }
@@ -391,6 +409,24 @@ fn checked_decision(decision: Decision) -> Result<Decision, String> {
         ));
     }
     Ok(decision)
+}
+
+/// The plugin's compiled component; the cache file it used joins `cached`.
+fn compile(
+    engine: &Engine,
+    manifest: &Manifest,
+    bytes: &[u8],
+    digest: &str,
+    cache: Option<&Path>,
+    cached: &mut HashSet<PathBuf>,
+) -> Result<Component, PluginError> {
+    let (component, file) =
+        cache::compile(engine, bytes, digest, cache).map_err(|e| PluginError::Component {
+            plugin: manifest.id.clone(),
+            message: format!("not a valid component: {e:#}"),
+        })?;
+    cached.extend(file);
+    Ok(component)
 }
 
 fn engine() -> wasmtime::Result<Engine> {

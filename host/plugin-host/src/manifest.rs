@@ -137,9 +137,9 @@ pub struct PluginConfig {
 
 impl Manifest {
     /// Reads and checks `<dir>/plugin.toml`: shape, kind and world agree, and the component's
-    /// digest matches every digest given (the manifest's and `pinned`). Returns the manifest
-    /// and the component's bytes.
-    pub fn load(dir: &Path, pinned: Option<&str>) -> Result<(Self, Vec<u8>), PluginError> {
+    /// digest matches every digest given (the manifest's and `pinned`). Returns the manifest,
+    /// the component's bytes and their SHA-256 (hex).
+    pub fn load(dir: &Path, pinned: Option<&str>) -> Result<(Self, Vec<u8>, String), PluginError> {
         let file = dir.join("plugin.toml");
         let text = read_capped(&file, MAX_MANIFEST_BYTES)?;
         let text = String::from_utf8(text)
@@ -175,7 +175,7 @@ impl Manifest {
                 });
             }
         }
-        Ok((manifest, component))
+        Ok((manifest, component, digest))
     }
 }
 

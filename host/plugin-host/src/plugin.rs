@@ -50,20 +50,18 @@ impl<W: World> Plugin<W> {
     pub(crate) fn load(
         engine: &Engine,
         manifest: Manifest,
-        bytes: &[u8],
+        component: &Component,
         config: &PluginConfig,
     ) -> Result<Self, PluginError> {
         let fail = |message: String| PluginError::Component {
             plugin: manifest.id.clone(),
             message,
         };
-        let component = Component::new(engine, bytes)
-            .map_err(|e| fail(format!("not a valid component: {e}")))?;
         let mut linker = Linker::<State>::new(engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| fail(e.to_string()))?;
         W::link(&mut linker).map_err(|e| fail(e.to_string()))?;
         let pre = linker
-            .instantiate_pre(&component)
+            .instantiate_pre(component)
             .and_then(W::pre)
             .map_err(|e| {
                 fail(format!(

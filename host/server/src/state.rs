@@ -23,7 +23,8 @@ impl AppState {
         let store = Store::open(&config.data_dir.join("ash.db")).await?;
         let (keys, new_key) = Keys::bootstrap(&store, &config).await?;
         let sessions = Sessions::new(&config);
-        let plugins = load_plugins(config.plugins.clone()).await?;
+        let plugins =
+            load_plugins(config.plugins.clone(), config.data_dir.join("plugin-cache")).await?;
         let state = Self {
             plugins,
             metrics: Metrics::new(config.max_sandboxes),
@@ -39,10 +40,12 @@ impl AppState {
 /// Loads (compiles) the configured plugins off the runtime.
 async fn load_plugins(
     configs: Vec<ash_plugin_host::PluginConfig>,
+    cache: std::path::PathBuf,
 ) -> Result<ash_plugin_host::Plugins, StartError> {
-    let plugins = tokio::task::spawn_blocking(move || ash_plugin_host::Plugins::load(&configs))
-        .await
-        .map_err(|e| ash_plugin_host::PluginError::Manifest(e.to_string()))??;
+    let plugins =
+        tokio::task::spawn_blocking(move || ash_plugin_host::Plugins::load(&configs, Some(&cache)))
+            .await
+            .map_err(|e| ash_plugin_host::PluginError::Manifest(e.to_string()))??;
     for status in plugins.status() {
         tracing::info!(plugin = %status.id, version = %status.version, kind = ?status.kind, "plugin loaded");
     }
