@@ -103,7 +103,7 @@ fn remember(prompt: &str) -> Option<Memory> {
 }
 
 /// The text of a prompt: the string itself, or the text blocks of a content array.
-fn prompt_text(prompt: &Value) -> String {
+pub(crate) fn prompt_text(prompt: &Value) -> String {
     match prompt {
         Value::String(text) => text.clone(),
         Value::Array(blocks) => blocks

@@ -11,6 +11,7 @@
 mod command;
 mod echo;
 mod exec;
+mod openai;
 
 use std::collections::HashMap;
 use std::os::fd::FromRawFd;
@@ -99,6 +100,7 @@ enum Flow {
 enum Driver {
     Echo { delay: std::time::Duration },
     Command(command::Program),
+    Openai { model: String, api_key_env: String },
 }
 
 struct Bridge {
@@ -128,6 +130,9 @@ impl Bridge {
                     Backend::Command { argv } => {
                         command::Program::start(&argv, self.events.clone()).map(Driver::Command)
                     }
+                    Backend::Openai {
+                        model, api_key_env, ..
+                    } => Ok(Driver::Openai { model, api_key_env }),
                 };
                 match result {
                     Ok(driver) => {
@@ -159,6 +164,17 @@ impl Bridge {
                             delay: *delay,
                         };
                         tokio::spawn(echo::run(turn, events))
+                    }
+                    Some(Driver::Openai { model, api_key_env }) => {
+                        let turn = openai::Turn {
+                            id: id.clone(),
+                            prompt,
+                            session_id,
+                            options,
+                            model: model.clone(),
+                            api_key_env: api_key_env.clone(),
+                        };
+                        tokio::spawn(openai::run(turn, events))
                     }
                     Some(Driver::Command(program)) => {
                         let query = Command::Query {

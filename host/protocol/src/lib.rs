@@ -12,4 +12,4 @@ mod codec;
 mod message;
 
 pub use codec::{encode, LineReader, ProtocolError, MAX_LINE_BYTES};
-pub use message::{Backend, Command, Event, QueryOptions, PROTOCOL_VERSION};
+pub use message::{Backend, Command, Event, QueryOptions, MODEL_SOCKET, PROTOCOL_VERSION};

@@ -71,6 +71,30 @@ pub enum Backend {
     },
     /// A program in the agent folder that speaks this protocol on stdin/stdout.
     Command { argv: Vec<String> },
+    /// Streams chat completions from an OpenAI-compatible endpoint. The bridge talks to the
+    /// host's model proxy (a Unix socket at [`MODEL_SOCKET`]); the host adds the key, so it
+    /// never enters the sandbox.
+    Openai {
+        model: String,
+        /// The endpoint as the host reaches it [default: https://api.openai.com/v1].
+        #[serde(default = "openai_base_url")]
+        base_url: String,
+        /// The variable, in the agent's env or the session's `extraEnv`, that holds the key
+        /// [default: OPENAI_API_KEY]. It is kept out of the sandbox.
+        #[serde(default = "openai_key_env")]
+        api_key_env: String,
+    },
+}
+
+/// Where the host's model proxy is inside a sandbox whose backend calls a model.
+pub const MODEL_SOCKET: &str = "/run/ash/model.sock";
+
+fn openai_base_url() -> String {
+    "https://api.openai.com/v1".into()
+}
+
+fn openai_key_env() -> String {
+    "OPENAI_API_KEY".into()
 }
 
 /// An event from the bridge to the host.

@@ -48,8 +48,9 @@ fn system_dirs() -> &'static [OsString] {
     })
 }
 
-/// The bwrap arguments for a sandbox whose workspace is `workspace` on the host.
-pub(crate) fn bwrap_args(bridge: &Path, workspace: &Path) -> Vec<OsString> {
+/// The bwrap arguments for a sandbox whose workspace is `workspace` on the host, with the
+/// folder of its model proxy's socket when it has one.
+pub(crate) fn bwrap_args(bridge: &Path, workspace: &Path, proxy: Option<&Path>) -> Vec<OsString> {
     let mut args: Vec<OsString> = [
         "--unshare-all",
         "--unshare-user",
@@ -72,6 +73,13 @@ pub(crate) fn bwrap_args(bridge: &Path, workspace: &Path) -> Vec<OsString> {
     }
     args.extend(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"].map(OsString::from));
     args.extend([OsString::from("--bind"), workspace.into(), WORKSPACE.into()]);
+    if let Some(dir) = proxy {
+        args.extend([
+            OsString::from("--ro-bind"),
+            dir.into(),
+            crate::proxy::GUEST_DIR.into(),
+        ]);
+    }
     args.extend([
         OsString::from("--ro-bind"),
         bridge.into(),
@@ -85,6 +93,7 @@ pub(crate) fn bwrap_args(bridge: &Path, workspace: &Path) -> Vec<OsString> {
 pub(crate) fn spawn(
     host: &SandboxHost,
     workspace: &Path,
+    proxy: Option<&Path>,
     sandbox_id: &str,
     agent_env: &BTreeMap<String, String>,
     limits: Limits,
@@ -97,7 +106,7 @@ pub(crate) fn spawn(
     let their_fd = theirs.as_raw_fd();
     let mut command = tokio::process::Command::new(&host.bwrap);
     command
-        .args(bwrap_args(&host.bridge, workspace))
+        .args(bwrap_args(&host.bridge, workspace, proxy))
         .env_clear()
         .envs(agent_env)
         .envs([
@@ -197,6 +206,7 @@ mod tests {
         let args = bwrap_args(
             Path::new("/opt/ash-bridge"),
             Path::new("/data/sandboxes/x/workspace"),
+            Some(Path::new("/data/sandboxes/x/run")),
         );
         let binds = pairs(&args);
         assert!(!binds
@@ -204,11 +214,12 @@ mod tests {
             .any(|(flag, src)| flag.contains("bind") && src == "/"));
         assert!(binds.contains(&("--bind".into(), "/data/sandboxes/x/workspace".into())));
         assert!(binds.contains(&("--ro-bind".into(), "/usr".into())));
+        assert!(binds.contains(&("--ro-bind".into(), "/data/sandboxes/x/run".into())));
     }
 
     #[test]
     fn every_namespace_is_unshared_and_caps_dropped() {
-        let args: Vec<String> = bwrap_args(Path::new("/b"), Path::new("/w"))
+        let args: Vec<String> = bwrap_args(Path::new("/b"), Path::new("/w"), None)
             .iter()
             .map(|a| a.to_string_lossy().into())
             .collect();

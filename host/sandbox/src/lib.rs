@@ -15,6 +15,7 @@ mod client;
 pub mod doctor;
 mod files;
 mod limits;
+mod proxy;
 mod workspace;
 
 use std::collections::BTreeMap;
@@ -26,6 +27,7 @@ use ash_protocol::{Backend, Command, Event};
 pub use client::Turn;
 pub use files::{FileEntry, FileError, Workspace};
 pub use limits::{LimitHit, Limits};
+pub use proxy::Upstream;
 use workspace::{copy_into_workspace, latest, snapshot};
 
 /// How long a new bridge may take to say `ready` and accept its backend.
@@ -151,6 +153,9 @@ pub struct SandboxSpec<'a> {
     /// Added to the allowlisted environment; cannot override the bridge's own variables.
     pub env: &'a BTreeMap<String, String>,
     pub limits: Limits,
+    /// The model endpoint the sandbox reaches through a model proxy, with its key (which
+    /// stays on the host); `None` for backends that call no model.
+    pub upstream: Option<proxy::Upstream>,
 }
 
 /// A running sandbox. Dropping it kills the sandbox.
@@ -159,6 +164,8 @@ pub struct Sandbox {
     bridge: client::BridgeClient,
     /// `None` where the host offers no usable cgroups (rlimits still apply).
     cgroups: Option<limits::Cgroups>,
+    /// Stops with the sandbox.
+    _proxy: Option<proxy::Proxy>,
 }
 
 impl Sandbox {
@@ -193,9 +200,15 @@ impl Sandbox {
                 .map_err(|e| SandboxError::Start(e.to_string()))?
                 .map_err(|e| SandboxError::Start(format!("cannot set up cgroups: {e}")))?
         };
+        let run_dir = workspace.with_file_name("run");
+        let proxy = spec
+            .upstream
+            .map(|upstream| proxy::Proxy::start(&run_dir, upstream))
+            .transpose()?;
         let (mut child, socket) = bwrap::spawn(
             host,
             &workspace,
+            proxy.as_ref().map(|_| run_dir.as_path()),
             spec.id,
             spec.env,
             spec.limits,
@@ -217,6 +230,7 @@ impl Sandbox {
             child: tokio::sync::Mutex::new(child),
             bridge,
             cgroups,
+            _proxy: proxy,
         };
         let configure = Command::Configure {
             id: client::next_id(),

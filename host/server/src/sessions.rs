@@ -16,9 +16,9 @@ use ash_core::{
     Agent, AgentManifest, AgentName, LimitOverrides, Role, Session, SessionId, SessionStatus,
     DEFAULT_TENANT,
 };
-use ash_protocol::QueryOptions;
+use ash_protocol::{Backend, QueryOptions};
 use ash_sandbox::doctor::{self, Verdict};
-use ash_sandbox::{Limits, Sandbox, SandboxHost, SandboxSpec};
+use ash_sandbox::{Limits, Sandbox, SandboxHost, SandboxSpec, Upstream};
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::sse::{KeepAlive, KeepAliveStream, Sse};
@@ -238,13 +238,15 @@ impl Sessions {
         let manifest = manifest(agent).await?;
         let agent_dir = Path::new(&agent.path).to_owned();
         let limits = merge_limits(state.config.limits, &manifest.limits);
+        let (env, upstream) = model_upstream(&manifest.backend, env)?;
         let spec = SandboxSpec {
             id,
             agent_dir: &agent_dir,
             system_prompt,
             backend: manifest.backend,
-            env,
+            env: &env,
             limits,
+            upstream,
         };
         let clock = Instant::now();
         let sandbox = Sandbox::start(&self.host, spec)
@@ -568,6 +570,33 @@ pub(crate) async fn manifest(agent: &Agent) -> Result<AgentManifest, ApiError> {
 }
 
 /// The server's default limits with the agent's `[limits]` laid over them.
+/// For a backend that calls a model through the host's proxy: the endpoint with its key,
+/// and the environment without the key — it never enters the sandbox.
+fn model_upstream(
+    backend: &Backend,
+    env: &BTreeMap<String, String>,
+) -> Result<(BTreeMap<String, String>, Option<Upstream>), ApiError> {
+    let Backend::Openai {
+        base_url,
+        api_key_env,
+        ..
+    } = backend
+    else {
+        return Ok((env.clone(), None));
+    };
+    let mut env = env.clone();
+    let key = env.remove(api_key_env).filter(|k| !k.is_empty()).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "the agent's openai backend needs its API key in {api_key_env}: set it in the agent's env or the session's extraEnv"
+        ))
+    })?;
+    let upstream = Upstream {
+        base_url: base_url.clone(),
+        key,
+    };
+    Ok((env, Some(upstream)))
+}
+
 fn merge_limits(defaults: Limits, agent: &LimitOverrides) -> Limits {
     const MIB: u64 = 1024 * 1024;
     Limits {

@@ -1,0 +1,299 @@
+//! The `openai` backend, end to end, against a FAKE OpenAI-compatible server on loopback
+//! (`FakeOpenai`) that speaks the real chat-completions SSE wire format — no live model is
+//! reachable from here. The sandbox has no network: the bridge reaches the fake through the
+//! host's model proxy, which adds the key.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use common::{assistant_text, streamed_text, Server};
+use serde_json::{json, Value};
+
+const KEY: &str = "sk-fake-test-key-0123456789";
+
+/// What the fake was sent: each request's `authorization` header and body.
+type Seen = Arc<Mutex<Vec<(String, Value)>>>;
+
+/// A fake OpenAI chat-completions endpoint. It answers by the last user message: `status N`
+/// gets that status with an OpenAI-shaped error body, `malformed` gets a stream line that is
+/// not JSON, `slow` sends one delta and then nothing; anything else is streamed back as
+/// `You said: <text> (<n> messages)` in a few deltas, then `[DONE]`.
+struct FakeOpenai {
+    base_url: String,
+    seen: Seen,
+}
+
+impl FakeOpenai {
+    async fn start() -> Self {
+        let seen = Seen::default();
+        let app = axum::Router::new()
+            .route("/v1/chat/completions", axum::routing::post(complete))
+            .with_state(seen.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self {
+            base_url: format!("http://{addr}/v1"),
+            seen,
+        }
+    }
+}
+
+async fn complete(
+    State(seen): State<Seen>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    let authorization = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    seen.lock().unwrap().push((authorization, body.clone()));
+    let messages = body["messages"].as_array().cloned().unwrap_or_default();
+    let last = messages
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "user")
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    if let Some(code) = last.strip_prefix("status ") {
+        let status = StatusCode::from_u16(code.parse().unwrap()).unwrap();
+        let error = json!({"error": {"message": format!("fake failure {code}"), "type": "fake"}});
+        return (status, Json(error)).into_response();
+    }
+    let chunk = |text: &str| {
+        let chunk = json!({"id": "c1", "object": "chat.completion.chunk", "model": body["model"],
+            "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]});
+        format!("data: {chunk}\n\n")
+    };
+    let sse = |body: Body| {
+        Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(body)
+            .unwrap()
+    };
+    match last.as_str() {
+        "malformed" => sse(Body::from("data: {this is not json\n\n")),
+        "slow" => {
+            let first = chunk("The start ");
+            let stream = futures_util::stream::once(async move { Ok::<_, std::io::Error>(first) })
+                .chain(futures_util::stream::pending());
+            sse(Body::from_stream(stream))
+        }
+        _ => {
+            let reply = format!("You said: {last} ({} messages)", messages.len());
+            let mut text: String = reply.split_inclusive(' ').map(chunk).collect();
+            text.push_str("data: [DONE]\n\n");
+            sse(Body::from(text))
+        }
+    }
+}
+
+use futures_util::StreamExt;
+
+fn agent_toml(base_url: &str) -> String {
+    format!("[backend]\nkind = \"openai\"\nmodel = \"fake-model\"\nbase_url = \"{base_url}\"\n")
+}
+
+/// Deploys an `openai` agent against `fake` and starts a session holding the key.
+async fn gpt_session(server: &Server, fake: &FakeOpenai) -> String {
+    let toml = agent_toml(&fake.base_url);
+    let (status, body) = server
+        .deploy(
+            "gpt",
+            &[("ash.toml", &toml), ("CLAUDE.md", "You are terse.")],
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = server
+        .post(
+            "/api/sessions",
+            json!({"agent": "gpt", "extraEnv": {"OPENAI_API_KEY": KEY}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    body["session"]["id"].as_str().unwrap().to_owned()
+}
+
+fn error_of(frames: &[ash_cli::sse::Frame]) -> String {
+    frames
+        .iter()
+        .filter(|f| f.event == "error")
+        .map(|f| f.data.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn fake_openai_multi_turn_conversation_survives_a_cold_resume_and_the_key_stays_on_the_host()
+{
+    let fake = FakeOpenai::start().await;
+    let server = Server::start().await;
+    let session = gpt_session(&server, &fake).await;
+
+    let first = server.message(&session, "hello").await;
+    assert_eq!(streamed_text(&first), "You said: hello (2 messages)");
+    assert_eq!(assistant_text(&first), "You said: hello (2 messages)");
+    let second = server.message(&session, "again").await;
+    assert_eq!(assistant_text(&second), "You said: again (4 messages)");
+
+    for action in ["stop", "resume"] {
+        let (status, body) = server
+            .post(&format!("/api/sessions/{session}/{action}"), json!({}))
+            .await;
+        assert_eq!(status, 200, "{action}: {body}");
+    }
+    let third = server.message(&session, "third").await;
+    assert_eq!(
+        assistant_text(&third),
+        "You said: third (6 messages)",
+        "a cold resume keeps the conversation"
+    );
+
+    let seen = fake.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3);
+    for (authorization, body) in &seen {
+        assert_eq!(
+            authorization,
+            &format!("Bearer {KEY}"),
+            "the proxy adds the key"
+        );
+        assert_eq!(body["model"], "fake-model");
+        assert_eq!(body["stream"], true);
+        assert_eq!(
+            body["messages"][0],
+            json!({"role": "system", "content": "You are terse."})
+        );
+    }
+    assert_eq!(
+        seen[2].1["messages"][4]["content"],
+        "You said: again (4 messages)"
+    );
+
+    // Neither the sandbox's processes nor its files ever hold the key.
+    let (status, out) = server
+        .post(
+            &format!("/api/sessions/{session}/exec"),
+            json!({"command": "env; cat /proc/*/environ 2>/dev/null | tr '\\0' '\\n'; grep -rl sk-fake /workspace /run /tmp 2>/dev/null; ls -l /run/ash"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{out}");
+    let stdout = out["stdout"].as_str().unwrap();
+    assert!(
+        !stdout.contains(KEY) && !stdout.contains("sk-fake"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("model.sock"), "{stdout}");
+    let mut files = vec![server.workspace(&session)];
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            assert!(
+                !String::from_utf8_lossy(&bytes).contains(KEY),
+                "{} holds the key",
+                path.display()
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn fake_openai_failures_become_error_events_and_the_session_stays_usable() {
+    let fake = FakeOpenai::start().await;
+    let server = Server::start().await;
+    let session = gpt_session(&server, &fake).await;
+    for (prompt, expected) in [
+        ("status 401", "401"),
+        ("status 429", "rate limited"),
+        ("status 500", "500"),
+        ("malformed", "not JSON"),
+    ] {
+        let frames = server.message(&session, prompt).await;
+        assert_eq!(
+            frames.last().map(|f| f.event.as_str()),
+            Some("done"),
+            "{prompt}"
+        );
+        let error = error_of(&frames);
+        assert!(error.contains(expected), "{prompt}: {error}");
+        let frames = server.message(&session, "fine").await;
+        assert!(
+            assistant_text(&frames).starts_with("You said: fine"),
+            "{prompt}: the next turn works"
+        );
+    }
+    let error = error_of(&server.message(&session, "status 401").await);
+    assert!(
+        error.contains("OPENAI_API_KEY") && error.contains("fake failure 401"),
+        "{error}"
+    );
+    assert!(!error.contains(KEY), "{error}");
+
+    // An endpoint that is down: the proxy says so.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down = format!("http://{}/v1", closed.local_addr().unwrap());
+    drop(closed);
+    let toml = agent_toml(&down);
+    server.deploy("down", &[("ash.toml", &toml)]).await;
+    let (_, body) = server
+        .post(
+            "/api/sessions",
+            json!({"agent": "down", "extraEnv": {"OPENAI_API_KEY": KEY}}),
+        )
+        .await;
+    let down_session = body["session"]["id"].as_str().unwrap();
+    let error = error_of(&server.message(down_session, "hello").await);
+    assert!(
+        error.contains("502") && error.contains("cannot reach"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn fake_openai_interrupt_stops_a_streaming_turn() {
+    let fake = FakeOpenai::start().await;
+    let server = Server::start().await;
+    let session = gpt_session(&server, &fake).await;
+    let mut stream = server
+        .open_stream(
+            &session,
+            json!({"content": "slow", "includePartialMessages": true}),
+        )
+        .await;
+    let mut seen = Server::read_until(&mut stream, |f| f.event == "text_delta").await;
+    let (status, body) = server
+        .post(&format!("/api/sessions/{session}/interrupt"), json!({}))
+        .await;
+    assert_eq!((status, body), (200, json!({"interrupted": true})));
+    seen.extend(Server::read_until(&mut stream, |f| f.event == "done").await);
+    assert_eq!(streamed_text(&seen), "The start ");
+    assert!(error_of(&seen).contains("interrupted"));
+    let after = server.message(&session, "next").await;
+    assert_eq!(
+        assistant_text(&after),
+        "You said: next (2 messages)",
+        "an interrupted turn is not part of the conversation"
+    );
+}
+
+#[tokio::test]
+async fn an_openai_agent_without_its_key_is_refused_with_what_to_set() {
+    let fake = FakeOpenai::start().await;
+    let server = Server::start().await;
+    let toml = agent_toml(&fake.base_url);
+    server.deploy("gpt", &[("ash.toml", &toml)]).await;
+    let (status, body) = server.post("/api/sessions", json!({"agent": "gpt"})).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("OPENAI_API_KEY"),
+        "{body}"
+    );
+}

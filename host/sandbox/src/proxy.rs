@@ -1,0 +1,201 @@
+//! The model proxy: how a sandbox without network reaches a model endpoint without ever
+//! holding its key. The host listens on a Unix socket in the sandbox's own folder, bound into
+//! the sandbox (read-only) at [`MODEL_SOCKET`]; each request that comes in is sent on to the
+//! agent's endpoint with the key added, and the answer streamed back as it arrives.
+//!
+//! Only `POST` to a plain relative path is forwarded, bodies are capped, and the sandbox's own
+//! `authorization`/`api-key` headers are dropped: the proxy reaches one endpoint, for one
+//! sandbox, with one key, and lives exactly as long as its sandbox.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited, StreamBody};
+use hyper::body::Frame;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+
+use crate::SandboxError;
+
+/// The largest request body the proxy forwards.
+const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+/// Connections a sandbox may hold open to the proxy at once.
+const MAX_CONNECTIONS: usize = 16;
+/// The socket's file name in the folder bound in as `/run/ash`.
+pub(crate) const SOCKET_NAME: &str = "model.sock";
+
+/// Where a proxy sends what it is given, and the key it adds.
+#[derive(Clone)]
+pub struct Upstream {
+    /// The endpoint, e.g. `https://api.openai.com/v1`; request paths are appended.
+    pub base_url: String,
+    /// Sent as `Authorization: Bearer <key>`.
+    pub key: String,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("base_url", &self.base_url)
+            .field("key", &"***")
+            .finish()
+    }
+}
+
+/// A running proxy; dropping it stops it.
+pub(crate) struct Proxy {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+impl Proxy {
+    /// Listens on `<dir>/model.sock` (a fresh one) and serves until dropped.
+    pub(crate) fn start(dir: &Path, upstream: Upstream) -> Result<Self, SandboxError> {
+        use std::os::unix::fs::PermissionsExt;
+        let fail =
+            |e: std::io::Error| SandboxError::Start(format!("cannot start the model proxy: {e}"));
+        std::fs::create_dir_all(dir).map_err(fail)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(fail)?;
+        let path = dir.join(SOCKET_NAME);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(fail(e)),
+            _ => {}
+        }
+        let listener = tokio::net::UnixListener::bind(&path).map_err(fail)?;
+        // The sandbox's uid is not ours: it connects as "other".
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).map_err(fail)?;
+        let client = reqwest::Client::builder()
+            .build()
+            .map_err(|e| SandboxError::Start(format!("cannot start the model proxy: {e}")))?;
+        let upstream = Arc::new(upstream);
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    continue; // too many at once: dropped, the sandbox sees a closed connection
+                };
+                let (client, upstream) = (client.clone(), upstream.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        forward(client.clone(), upstream.clone(), request)
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                    drop(slot);
+                });
+            }
+        });
+        Ok(Self { task })
+    }
+}
+
+/// Sends one request on to the upstream with the key; never fails as a service: every
+/// problem is an HTTP answer the bridge can report.
+async fn forward(
+    client: reqwest::Client,
+    upstream: Arc<Upstream>,
+    request: Request<hyper::body::Incoming>,
+) -> Result<Response<Body>, std::convert::Infallible> {
+    let path = request.uri().path().to_owned();
+    let plain = path.starts_with('/')
+        && !path.split('/').any(|part| part == ".." || part == ".")
+        && path.len() <= 1024;
+    if request.method() != hyper::Method::POST || !plain {
+        return Ok(answer(
+            StatusCode::BAD_REQUEST,
+            "the model proxy forwards POST to a plain path only",
+        ));
+    }
+    let content_type = request.headers().get("content-type").cloned();
+    let accept = request.headers().get("accept").cloned();
+    let body = match Limited::new(request.into_body(), MAX_REQUEST_BYTES)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(_) => {
+            return Ok(answer(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the request is over the model proxy's 16 MiB cap",
+            ))
+        }
+    };
+    let url = format!("{}{path}", upstream.base_url.trim_end_matches('/'));
+    let mut outgoing = client.post(&url).bearer_auth(&upstream.key).body(body);
+    if let Some(value) = content_type {
+        outgoing = outgoing.header("content-type", value);
+    }
+    if let Some(value) = accept {
+        outgoing = outgoing.header("accept", value);
+    }
+    let response = match outgoing.send().await {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::warn!("model proxy: cannot reach {}: {e}", upstream.base_url);
+            return Ok(answer(
+                StatusCode::BAD_GATEWAY,
+                &format!("the host cannot reach {}: {e}", upstream.base_url),
+            ));
+        }
+    };
+    let mut reply = Response::builder().status(response.status().as_u16());
+    if let Some(value) = response.headers().get("content-type") {
+        reply = reply.header("content-type", value.as_bytes());
+    }
+    let frames = response
+        .bytes_stream()
+        .map_ok(Frame::data)
+        .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>);
+    Ok(reply
+        .body(BodyExt::boxed(StreamBody::new(frames)))
+        .unwrap_or_else(|_| {
+            answer(
+                StatusCode::BAD_GATEWAY,
+                "the endpoint's answer could not be passed on",
+            )
+        }))
+}
+
+fn answer(status: StatusCode, message: &str) -> Response<Body> {
+    let body = serde_json::json!({ "error": { "message": message } }).to_string();
+    let mut response = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    response
+}
+
+/// The folder holding the proxy's socket inside the sandbox.
+pub(crate) const GUEST_DIR: &str = "/run/ash";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ash_protocol::MODEL_SOCKET;
+
+    #[test]
+    fn the_socket_is_where_the_bridge_looks() {
+        assert_eq!(format!("{GUEST_DIR}/{SOCKET_NAME}"), MODEL_SOCKET);
+    }
+
+    #[test]
+    fn the_key_is_never_printed() {
+        let upstream = Upstream {
+            base_url: "https://x".into(),
+            key: "sk-secret".into(),
+        };
+        assert!(!format!("{upstream:?}").contains("sk-secret"));
+    }
+}
