@@ -47,6 +47,7 @@ struct FileSettings {
     sandbox_file_size_mb: Option<u64>,
     sandbox_open_files: Option<u64>,
     idle_timeout_ms: Option<u64>,
+    credential_key: Option<String>,
     #[serde(default)]
     plugins: Vec<ash_server::PluginConfig>,
 }
@@ -197,9 +198,12 @@ pub async fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
         bridge,
         seed_agents: vec![hello_agent()],
         plugins: file.plugins,
+        credential_key: env("ASH_CREDENTIAL_KEY")?.or(file.credential_key),
     };
     let data_dir = config.data_dir.clone();
     let server = Server::prepare(config).await?;
+    // Registered before "listening" is printed: a SIGTERM from then on is a graceful stop.
+    let shutdown = shutdown_signal()?;
     let mut notes = String::new();
     if let Some(key) = &server.new_api_key {
         let file = data_dir.join("initial-api-key");
@@ -215,7 +219,7 @@ pub async fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
     );
     // A closed stdout (the operator's pipe went away) must not take the server down.
     let _ = std::io::Write::write_all(&mut std::io::stdout(), notes.as_bytes());
-    server.run(shutdown_signal()).await?;
+    server.run(shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -255,14 +259,18 @@ pub fn doctor(args: StartArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("signal handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down: stopping sandboxes");
+/// Resolves at SIGTERM or SIGINT; both are caught from the moment this returns.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down: stopping sandboxes");
+    })
 }
 
 #[cfg(test)]

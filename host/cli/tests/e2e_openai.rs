@@ -297,3 +297,131 @@ async fn an_openai_agent_without_its_key_is_refused_with_what_to_set() {
         "{body}"
     );
 }
+
+const MASTER: &str = "a-master-key-for-tests-0123456789abcdef";
+
+#[tokio::test]
+async fn fake_openai_stored_credentials_are_encrypted_used_by_id_and_survive_a_restart() {
+    let fake = FakeOpenai::start().await;
+    let env = [("ASH_CREDENTIAL_KEY", MASTER)];
+    let server = Server::start_with_env(&env).await;
+    let (status, body) = server
+        .post(
+            "/api/credentials",
+            json!({"type": "openai", "key": KEY, "label": "team"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let credential = body["credential"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(body["credential"]["type"], "openai");
+    assert_eq!(body["credential"]["active"], true);
+    let (_, listed) = server.get("/api/credentials").await;
+    assert_eq!(listed["credentials"][0]["label"], "team");
+    assert!(!listed.to_string().contains(KEY), "{listed}");
+
+    let toml = agent_toml(&fake.base_url);
+    server.deploy("gpt", &[("ash.toml", &toml)]).await;
+    let (status, body) = server
+        .post(
+            "/api/sessions",
+            json!({"agent": "gpt", "credentialId": credential}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let session = body["session"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        assistant_text(&server.message(&session, "hi").await),
+        "You said: hi (2 messages)"
+    );
+    let (_, listed) = server.get("/api/credentials").await;
+    assert!(listed["credentials"][0]["lastUsedAt"].is_string());
+
+    // The key is nowhere in the database file in the clear.
+    let (data, key) = server.stop().await;
+    for name in ["ash.db", "ash.db-wal"] {
+        if let Ok(bytes) = std::fs::read(data.path().join(name)) {
+            assert!(!String::from_utf8_lossy(&bytes).contains(KEY), "{name}");
+        }
+    }
+    let mut server = Server::start_in(data, &env).await;
+    server.key = key;
+    assert_eq!(
+        assistant_text(&server.message(&session, "back").await),
+        "You said: back (4 messages)",
+        "a new sandbox after the restart gets the credential again"
+    );
+    let seen = fake.seen.lock().unwrap().clone();
+    assert!(seen
+        .iter()
+        .all(|(auth, _)| auth == &format!("Bearer {KEY}")));
+
+    assert_eq!(
+        server
+            .delete(&format!("/api/credentials/{credential}"))
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        server
+            .delete(&format!("/api/credentials/{credential}"))
+            .await
+            .0,
+        404
+    );
+    let (status, body) = server
+        .post(
+            "/api/sessions",
+            json!({"agent": "gpt", "credentialId": credential}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+}
+
+#[tokio::test]
+async fn credentials_reach_other_backends_as_their_variable_and_are_off_without_a_master_key() {
+    let server = Server::start_with_env(&[("ASH_CREDENTIAL_KEY", MASTER)]).await;
+    let (_, body) = server
+        .post(
+            "/api/credentials",
+            json!({"type": "anthropic", "key": "sk-ant-fake"}),
+        )
+        .await;
+    let credential = body["credential"]["id"].as_str().unwrap();
+    let (_, body) = server
+        .post(
+            "/api/sessions",
+            json!({"agent": "hello-agent", "credentialId": credential}),
+        )
+        .await;
+    let session = body["session"]["id"].as_str().unwrap();
+    let (_, out) = server
+        .post(
+            &format!("/api/sessions/{session}/exec"),
+            json!({"command": "printenv ANTHROPIC_API_KEY"}),
+        )
+        .await;
+    assert_eq!(out["stdout"], "sk-ant-fake\n");
+    for (bad, status) in [
+        (json!({"type": "bedrock", "key": "x"}), 422),
+        (json!({"type": "openai"}), 422),
+        (json!({"type": "openai", "key": ""}), 400),
+        (json!({"type": "openai", "key": "a\nb"}), 400),
+    ] {
+        assert_eq!(
+            server.post("/api/credentials", bad.clone()).await.0,
+            status,
+            "{bad}"
+        );
+    }
+
+    let off = Server::start().await;
+    let (status, body) = off
+        .post("/api/credentials", json!({"type": "openai", "key": "k"}))
+        .await;
+    assert_eq!(status, 503);
+    assert!(body["error"]
+        .as_str()
+        .unwrap()
+        .contains("ASH_CREDENTIAL_KEY"));
+}

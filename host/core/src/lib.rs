@@ -6,6 +6,7 @@
 //! server and the store never re-validate.
 
 mod agent;
+mod credential;
 mod error;
 mod session;
 
@@ -13,5 +14,6 @@ pub use agent::{
     Agent, AgentManifest, AgentName, LimitOverrides, PoolSettings, RelativePath, MANIFEST_FILE,
     MAX_MANIFEST_BYTES,
 };
+pub use credential::{Credential, CredentialType};
 pub use error::CoreError;
 pub use session::{Message, Role, Session, SessionEvent, SessionId, SessionStatus, DEFAULT_TENANT};

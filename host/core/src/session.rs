@@ -131,6 +131,10 @@ pub struct Session {
     /// The session's own environment (`extraEnv`), re-applied whenever its sandbox starts.
     #[serde(skip)]
     pub env: std::collections::BTreeMap<String, String>,
+    /// The stored credential whose key the session's sandbox gets (`credentialId`), kept so
+    /// every new sandbox of the session gets it again; never shown.
+    #[serde(skip)]
+    pub credential_id: Option<String>,
     #[schema(format = DateTime)]
     pub created_at: String,
     #[schema(format = DateTime)]

@@ -8,6 +8,7 @@
 
 mod agents;
 mod auth;
+mod credentials;
 mod error;
 mod files;
 mod health;
@@ -53,6 +54,9 @@ pub struct ServerConfig {
     pub seed_agents: Vec<SeedAgent>,
     /// WebAssembly plugins to load (`[[plugins]]` in the settings file).
     pub plugins: Vec<ash_plugin_host::PluginConfig>,
+    /// The master key credentials are encrypted under (`ASH_CREDENTIAL_KEY`); credentials
+    /// are off without it.
+    pub credential_key: Option<String>,
 }
 
 /// An agent shipped inside the binary: its name and its files (relative path, bytes).
@@ -83,6 +87,8 @@ pub enum StartError {
     NoBridge(String),
     #[error("cannot load plugins: {0}")]
     Plugin(#[from] ash_plugin_host::PluginError),
+    #[error("invalid setting: {0}")]
+    Config(String),
 }
 
 /// A server that has opened its store and bound its port, ready to [`run`](Self::run).
@@ -190,6 +196,7 @@ fn router(state: Arc<AppState>) -> Router {
         .merge(sessions::routes())
         .merge(lifecycle::routes())
         .merge(files::routes())
+        .merge(credentials::routes())
         .route("/metrics", axum::routing::get(health::metrics))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

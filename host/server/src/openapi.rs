@@ -6,7 +6,7 @@ use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::{agents, files, health, lifecycle, sessions};
+use crate::{agents, credentials, files, health, lifecycle, sessions};
 
 /// `{"agent": …}`
 #[derive(Serialize, ToSchema)]
@@ -72,12 +72,13 @@ pub(crate) struct ErrorBody {
         sessions::create, sessions::list, sessions::show, sessions::end, sessions::messages, sessions::send,
         sessions::events, sessions::stream, sessions::interrupt, lifecycle::pause, lifecycle::stop, lifecycle::resume, lifecycle::exec, lifecycle::fork,
         files::list, files::read, files::upload, files::remove, files::download, files::restore,
+        credentials::create, credentials::list, credentials::remove,
         health::health, health::metrics,
     ),
     components(schemas(Role, SessionStatus)),
     modifiers(&BearerAuth, &StandardErrors),
     security(("bearer" = [])),
-    tags((name = "agents"), (name = "sessions"), (name = "health"))
+    tags((name = "agents"), (name = "sessions"), (name = "credentials"), (name = "health"))
 )]
 pub(crate) struct ApiDoc;
 

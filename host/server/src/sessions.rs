@@ -204,7 +204,12 @@ impl Sessions {
         agent: &Agent,
         system_prompt: Option<&str>,
     ) -> Result<Arc<Live>, ApiError> {
+        // Agent env, then the credential's key, then the session's own extraEnv.
         let mut env = agent.env.clone();
+        if let Some(credential) = &session.credential_id {
+            let (var, key) = crate::credentials::env_for(state, credential).await?;
+            env.insert(var.to_owned(), key);
+        }
         env.extend(session.env.clone());
         let id = session.id.to_string();
         self.start_sandbox(state, &id, agent, &env, system_prompt, Room::MakeRoom)
@@ -279,7 +284,7 @@ impl Sessions {
         agent: &Agent,
         system_prompt: Option<&str>,
     ) -> Result<(), ApiError> {
-        if session.env.is_empty() && system_prompt.is_none() {
+        if session.env.is_empty() && session.credential_id.is_none() && system_prompt.is_none() {
             if let Some((warm, live)) = self.pool.claim(agent) {
                 let (from, to) = (
                     self.host.root.join(&warm),
@@ -630,6 +635,9 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
 pub(crate) struct CreateBody {
     #[schema(pattern = r"^[A-Za-z0-9_-]{1,255}$")]
     agent: String,
+    /// A stored credential whose key the session's sandboxes get (see `/api/credentials`).
+    #[schema(max_length = 255)]
+    credential_id: Option<String>,
     #[serde(default)]
     extra_env: BTreeMap<String, String>,
     system_prompt: Option<String>,
@@ -657,6 +665,9 @@ pub(crate) async fn create(
         .get_agent(&agent_name)
         .await?
         .ok_or_else(agent_not_found)?;
+    if let Some(credential) = &body.credential_id {
+        crate::credentials::check(&state, credential).await?;
+    }
     let now = now();
     let id = SessionId::new();
     let session = Session {
@@ -668,6 +679,7 @@ pub(crate) async fn create(
         runner_id: None,
         parent_session_id: None,
         env: body.extra_env,
+        credential_id: body.credential_id,
         created_at: now.clone(),
         last_active_at: now,
     };

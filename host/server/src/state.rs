@@ -15,11 +15,13 @@ pub struct AppState {
     pub sessions: Sessions,
     pub metrics: Metrics,
     pub plugins: ash_plugin_host::Plugins,
+    pub sealer: Option<crate::credentials::Sealer>,
 }
 
 impl AppState {
     /// Opens the store and bootstraps the API key; returns a newly generated key, if any.
     pub(crate) async fn open(config: ServerConfig) -> Result<(Self, Option<String>), StartError> {
+        let sealer = crate::credentials::Sealer::new(config.credential_key.as_deref())?;
         let store = Store::open(&config.data_dir.join("ash.db")).await?;
         let (keys, new_key) = Keys::bootstrap(&store, &config).await?;
         let sessions = Sessions::new(&config);
@@ -27,6 +29,7 @@ impl AppState {
             load_plugins(config.plugins.clone(), config.data_dir.join("plugin-cache")).await?;
         let state = Self {
             plugins,
+            sealer,
             metrics: Metrics::new(config.max_sandboxes),
             config,
             store,

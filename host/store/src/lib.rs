@@ -7,7 +7,7 @@
 
 mod sqlite;
 
-pub use sqlite::Store;
+pub use sqlite::{SealedKey, Store};
 
 /// A storage operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -3,8 +3,8 @@ use std::path::Path;
 use std::str::FromStr;
 
 use ash_core::{
-    Agent, AgentName, Message, Role, Session, SessionEvent, SessionId, SessionStatus,
-    DEFAULT_TENANT,
+    Agent, AgentName, Credential, CredentialType, Message, Role, Session, SessionEvent, SessionId,
+    SessionStatus, DEFAULT_TENANT,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -102,8 +102,8 @@ impl Store {
 
     pub async fn insert_session(&self, session: &Session) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO sessions (id, tenant_id, agent_name, sandbox_id, status, runner_id, parent_session_id, env, created_at, last_active_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO sessions (id, tenant_id, agent_name, sandbox_id, status, runner_id, parent_session_id, env, credential_id, created_at, last_active_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(session.id.to_string())
         .bind(&session.tenant_id)
@@ -113,6 +113,7 @@ impl Store {
         .bind(&session.runner_id)
         .bind(&session.parent_session_id)
         .bind(serde_json::to_string(&session.env).expect("a string map serialises"))
+        .bind(&session.credential_id)
         .bind(&session.created_at)
         .bind(&session.last_active_at)
         .execute(&self.pool)
@@ -331,6 +332,106 @@ impl Store {
     }
 }
 
+/// A credential's key as stored: AES-256-GCM ciphertext, nonce, tag and key-derivation
+/// salt, each base64. The store never sees the key itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedKey {
+    pub ciphertext: String,
+    pub nonce: String,
+    pub tag: String,
+    pub salt: String,
+}
+
+impl Store {
+    pub async fn insert_credential(
+        &self,
+        credential: &Credential,
+        sealed: &SealedKey,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO credentials (id, tenant_id, type, encrypted_key, iv, auth_tag, salt, label, active, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&credential.id)
+        .bind(DEFAULT_TENANT)
+        .bind(credential.kind.as_str())
+        .bind(&sealed.ciphertext)
+        .bind(&sealed.nonce)
+        .bind(&sealed.tag)
+        .bind(&sealed.salt)
+        .bind(&credential.label)
+        .bind(credential.active)
+        .bind(&credential.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Credentials, oldest first.
+    pub async fn list_credentials(&self) -> Result<Vec<Credential>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM credentials WHERE tenant_id = ? ORDER BY created_at")
+            .bind(DEFAULT_TENANT)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| credential_from_row(row).map(|(credential, _)| credential))
+            .collect()
+    }
+
+    /// A credential with its sealed key.
+    pub async fn get_credential(
+        &self,
+        id: &str,
+    ) -> Result<Option<(Credential, SealedKey)>, StoreError> {
+        let row = sqlx::query("SELECT * FROM credentials WHERE id = ? AND tenant_id = ?")
+            .bind(id)
+            .bind(DEFAULT_TENANT)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(credential_from_row).transpose()
+    }
+
+    /// Records that a session's sandbox got the credential now.
+    pub async fn touch_credential(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE credentials SET last_used_at = ? WHERE id = ? AND tenant_id = ?")
+            .bind(now())
+            .bind(id)
+            .bind(DEFAULT_TENANT)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn delete_credential(&self, id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM credentials WHERE id = ? AND tenant_id = ?")
+            .bind(id)
+            .bind(DEFAULT_TENANT)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+}
+
+fn credential_from_row(row: &SqliteRow) -> Result<(Credential, SealedKey), StoreError> {
+    let kind: String = row.try_get("type")?;
+    let credential = Credential {
+        id: row.try_get("id")?,
+        kind: CredentialType::parse(&kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("credential type {kind:?}")))?,
+        label: row.try_get("label")?,
+        active: row.try_get("active")?,
+        created_at: row.try_get("created_at")?,
+        last_used_at: row.try_get("last_used_at")?,
+    };
+    let sealed = SealedKey {
+        ciphertext: row.try_get("encrypted_key")?,
+        nonce: row.try_get("iv")?,
+        tag: row.try_get("auth_tag")?,
+        salt: row.try_get("salt")?,
+    };
+    Ok((credential, sealed))
+}
+
 fn agent_from_row(row: &SqliteRow) -> Result<Agent, StoreError> {
     let name: String = row.try_get("name")?;
     let env: String = row.try_get("env")?;
@@ -363,6 +464,7 @@ fn session_from_row(row: &SqliteRow) -> Result<Session, StoreError> {
         runner_id: row.try_get("runner_id")?,
         parent_session_id: row.try_get("parent_session_id")?,
         env: serde_json::from_str(&env).map_err(|e| corrupt(format!("session env: {e}")))?,
+        credential_id: row.try_get("credential_id")?,
         created_at: row.try_get("created_at")?,
         last_active_at: row.try_get("last_active_at")?,
     })

@@ -2,8 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use ash_core::{AgentName, Role, Session, SessionId, SessionStatus, DEFAULT_TENANT};
-use ash_store::Store;
+use ash_core::{
+    AgentName, Credential, CredentialType, Role, Session, SessionId, SessionStatus, DEFAULT_TENANT,
+};
+use ash_store::{SealedKey, Store};
 
 async fn open() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
@@ -25,6 +27,7 @@ fn session(agent: &str) -> Session {
         runner_id: None,
         parent_session_id: None,
         env: BTreeMap::from([("K".to_owned(), "v".to_owned())]),
+        credential_id: Some("c1".into()),
         created_at: "2026-01-01T00:00:00.000Z".into(),
         last_active_at: "2026-01-01T00:00:00.000Z".into(),
     }
@@ -91,6 +94,7 @@ async fn sessions_survive_reopening_the_file() {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].status, SessionStatus::Ended);
     assert_eq!(listed[0].env, s.env);
+    assert_eq!(listed[0].credential_id, s.credential_id);
     assert_eq!(
         store
             .list_sessions(Some(&name("other")))
@@ -158,4 +162,36 @@ async fn events_are_paged_filtered_by_type_and_open_turns_found() {
         starts.iter().map(|e| e.sequence).collect::<Vec<_>>(),
         vec![1, 4]
     );
+}
+
+#[tokio::test]
+async fn credentials_keep_their_sealed_key_and_never_list_it() {
+    let (_dir, store) = open().await;
+    let credential = Credential {
+        id: "c1".into(),
+        kind: CredentialType::Openai,
+        label: "team".into(),
+        active: true,
+        created_at: "2026-01-01T00:00:00.000Z".into(),
+        last_used_at: None,
+    };
+    let sealed = SealedKey {
+        ciphertext: "Y2lwaGVy".into(),
+        nonce: "bm9uY2U=".into(),
+        tag: "dGFn".into(),
+        salt: "c2FsdA==".into(),
+    };
+    store.insert_credential(&credential, &sealed).await.unwrap();
+    assert_eq!(
+        store.list_credentials().await.unwrap(),
+        std::slice::from_ref(&credential)
+    );
+    let (got, got_sealed) = store.get_credential("c1").await.unwrap().unwrap();
+    assert_eq!((got, got_sealed), (credential, sealed));
+    store.touch_credential("c1").await.unwrap();
+    let used = store.list_credentials().await.unwrap();
+    assert!(used[0].last_used_at.is_some());
+    assert!(store.delete_credential("c1").await.unwrap());
+    assert!(!store.delete_credential("c1").await.unwrap());
+    assert!(store.get_credential("c1").await.unwrap().is_none());
 }
