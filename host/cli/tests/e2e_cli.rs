@@ -280,3 +280,43 @@ async fn doctor_says_what_works_and_fails_plainly_without_bwrap() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn the_python_agent_example_calls_a_tool_answers_and_remembers_across_a_cold_resume() {
+    let server = Server::start().await;
+    json_out(
+        &server
+            .cli(&["deploy", &example("python-agent")], None)
+            .await,
+    );
+    let session = server.session("python-agent").await;
+    let frames = server.message(&session, "hello").await;
+    let names: Vec<&str> = frames.iter().map(|f| f.event.as_str()).collect();
+    for name in [
+        "tool_use",
+        "tool_result",
+        "text_delta",
+        "turn_complete",
+        "done",
+    ] {
+        assert!(names.contains(&name), "{name} missing: {names:?}");
+    }
+    assert_eq!(
+        common::assistant_text(&frames),
+        "Turn 1: you said 'hello'; I see 3 files: CLAUDE.md, agent.py, ash.toml"
+    );
+    for action in ["stop", "resume"] {
+        assert_eq!(
+            server
+                .post(
+                    &format!("/api/sessions/{session}/{action}"),
+                    serde_json::json!({})
+                )
+                .await
+                .0,
+            200
+        );
+    }
+    let frames = server.message(&session, "again").await;
+    assert!(common::assistant_text(&frames).starts_with("Turn 2: you said 'again'"));
+}
