@@ -262,18 +262,7 @@ async fn fake_openai_interrupt_stops_a_streaming_turn() {
     let fake = FakeOpenai::start().await;
     let server = Server::start().await;
     let session = gpt_session(&server, &fake).await;
-    let mut stream = server
-        .open_stream(
-            &session,
-            json!({"content": "slow", "includePartialMessages": true}),
-        )
-        .await;
-    let mut seen = Server::read_until(&mut stream, |f| f.event == "text_delta").await;
-    let (status, body) = server
-        .post(&format!("/api/sessions/{session}/interrupt"), json!({}))
-        .await;
-    assert_eq!((status, body), (200, json!({"interrupted": true})));
-    seen.extend(Server::read_until(&mut stream, |f| f.event == "done").await);
+    let seen = server.interrupt_mid_turn(&session, "slow").await;
     assert_eq!(streamed_text(&seen), "The start ");
     assert!(error_of(&seen).contains("interrupted"));
     let after = server.message(&session, "next").await;

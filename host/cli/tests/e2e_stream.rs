@@ -155,18 +155,7 @@ async fn interrupt_stops_a_running_turn_with_error_then_done() {
         .await;
     let session = server.session("slow").await;
     let words = "word ".repeat(200);
-    let mut stream = server
-        .open_stream(
-            &session,
-            json!({"content": words, "includePartialMessages": true}),
-        )
-        .await;
-    let mut seen = Server::read_until(&mut stream, |f| f.event == "text_delta").await;
-    let (status, body) = server
-        .post(&format!("/api/sessions/{session}/interrupt"), json!({}))
-        .await;
-    assert_eq!((status, body), (200, json!({"interrupted": true})));
-    seen.extend(Server::read_until(&mut stream, |f| f.event == "done").await);
+    let seen = server.interrupt_mid_turn(&session, &words).await;
     let tail: Vec<&str> = events(&seen).into_iter().rev().take(2).collect();
     assert_eq!(tail, ["done", "error"]);
     assert!(

@@ -251,6 +251,24 @@ impl Server {
         Reader::new(response.bytes_stream())
     }
 
+    /// Sends `content` with partial messages, interrupts the turn at its first `text_delta`
+    /// (asserting the interrupt was taken) and returns every frame up to `done`.
+    pub async fn interrupt_mid_turn(&self, session: &str, content: &str) -> Vec<Frame> {
+        let mut stream = self
+            .open_stream(
+                session,
+                json!({"content": content, "includePartialMessages": true}),
+            )
+            .await;
+        let mut seen = Self::read_until(&mut stream, |f| f.event == "text_delta").await;
+        let (status, body) = self
+            .post(&format!("/api/sessions/{session}/interrupt"), json!({}))
+            .await;
+        assert_eq!((status, body), (200, json!({"interrupted": true})));
+        seen.extend(Self::read_until(&mut stream, |f| f.event == "done").await);
+        seen
+    }
+
     /// Reads frames until (and including) the first one `stop` accepts.
     pub async fn read_until<S>(reader: &mut Reader<S>, stop: impl Fn(&Frame) -> bool) -> Vec<Frame>
     where
