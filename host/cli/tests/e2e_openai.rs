@@ -177,6 +177,21 @@ async fn fake_openai_multi_turn_conversation_survives_a_cold_resume_and_the_key_
         "You said: again (4 messages)"
     );
 
+    // The agent cannot spend the key on the endpoint's other routes.
+    let probe = r#"python3 -c "import socket; s = socket.socket(socket.AF_UNIX); s.connect('/run/ash/model.sock'); s.sendall(b'POST /files HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}'); print(s.recv(200).split(b'\r\n')[0].decode())""#;
+    let (_, out) = server
+        .post(
+            &format!("/api/sessions/{session}/exec"),
+            json!({ "command": probe }),
+        )
+        .await;
+    assert_eq!(out["stdout"], "HTTP/1.1 403 Forbidden\n", "{out}");
+    assert_eq!(
+        fake.seen.lock().unwrap().len(),
+        3,
+        "nothing reached the endpoint"
+    );
+
     // Neither the sandbox's processes nor its files ever hold the key.
     let (status, out) = server
         .post(

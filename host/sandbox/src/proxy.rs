@@ -3,9 +3,10 @@
 //! the sandbox (read-only) at [`MODEL_SOCKET`]; each request that comes in is sent on to the
 //! agent's endpoint with the key added, and the answer streamed back as it arrives.
 //!
-//! Only `POST` to a plain relative path is forwarded, bodies are capped, and the sandbox's own
-//! `authorization`/`api-key` headers are dropped: the proxy reaches one endpoint, for one
-//! sandbox, with one key, and lives exactly as long as its sandbox.
+//! Only `POST` to the backend's own API paths is forwarded (403 otherwise), bodies are
+//! capped, and only `content-type` and `accept` are passed on — the sandbox's own
+//! `authorization` never is: the proxy reaches one endpoint, for one sandbox, with one key,
+//! and lives exactly as long as its sandbox.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -33,6 +34,9 @@ pub struct Upstream {
     pub base_url: String,
     /// Sent as `Authorization: Bearer <key>`.
     pub key: String,
+    /// The only paths forwarded (the backend's API calls): the key cannot be spent on the
+    /// endpoint's other routes.
+    pub paths: &'static [&'static str],
 }
 
 impl std::fmt::Debug for Upstream {
@@ -40,6 +44,7 @@ impl std::fmt::Debug for Upstream {
         f.debug_struct("Upstream")
             .field("base_url", &self.base_url)
             .field("key", &"***")
+            .field("paths", &self.paths)
             .finish()
     }
 }
@@ -107,14 +112,12 @@ async fn forward(
     request: Request<hyper::body::Incoming>,
 ) -> Result<Response<Body>, std::convert::Infallible> {
     let path = request.uri().path().to_owned();
-    let plain = path.starts_with('/')
-        && !path.split('/').any(|part| part == ".." || part == ".")
-        && path.len() <= 1024;
-    if request.method() != hyper::Method::POST || !plain {
-        return Ok(answer(
-            StatusCode::BAD_REQUEST,
-            "the model proxy forwards POST to a plain path only",
-        ));
+    if request.method() != hyper::Method::POST || !upstream.paths.contains(&path.as_str()) {
+        let message = format!(
+            "the model proxy forwards only POST {}",
+            upstream.paths.join(", ")
+        );
+        return Ok(answer(StatusCode::FORBIDDEN, &message));
     }
     let content_type = request.headers().get("content-type").cloned();
     let accept = request.headers().get("accept").cloned();
@@ -195,6 +198,7 @@ mod tests {
         let upstream = Upstream {
             base_url: "https://x".into(),
             key: "sk-secret".into(),
+            paths: &["/chat/completions"],
         };
         assert!(!format!("{upstream:?}").contains("sk-secret"));
     }

@@ -598,6 +598,7 @@ fn model_upstream(
     let upstream = Upstream {
         base_url: base_url.clone(),
         key,
+        paths: &["/chat/completions"],
     };
     Ok((env, Some(upstream)))
 }
