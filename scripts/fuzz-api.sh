@@ -17,6 +17,8 @@ fi
 cargo build -q -p ash-cli --locked
 data=$(mktemp -d)
 out="$data/stdout"
+# With a credential key, so the credential routes are fuzzed past their "credentials are off".
+ASH_CREDENTIAL_KEY=$(head -c 32 /dev/urandom | base64) \
 ASH_DATA_DIR="$data/ash" ASH_PORT=0 ASH_LOG=warn ./target/debug/ash start >"$out" 2>"$data/stderr" &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$data"' EXIT
