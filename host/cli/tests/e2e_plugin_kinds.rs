@@ -161,7 +161,7 @@ fn hostile_as(kind: &str, world: &str, extra: &str) -> tempfile::TempDir {
     )
     .unwrap();
     let manifest = format!(
-        "id = \"test-hostile\"\nversion = \"0.1.0\"\nkind = \"{kind}\"\nworld = \"{world}\"\ncomponent = \"test_hostile.wasm\"\n[capabilities]\nconfig = [\"mode\", \"connect\"]\nheaders = [\"authorization\"]\n{extra}\n[limits]\nmemory_mb = 16\ndeadline_ms = 20\n"
+        "id = \"test-hostile\"\nversion = \"0.1.0\"\nkind = \"{kind}\"\nworld = \"{world}\"\ncomponent = \"test_hostile.wasm\"\n[capabilities]\nconfig = [\"mode\", \"connect\"]\nheaders = [\"authorization\"]\n{extra}\n[limits]\nmemory_mb = 16\ndeadline_ms = 100\n"
     );
     std::fs::write(dir.path().join("plugin.toml"), manifest).unwrap();
     dir
