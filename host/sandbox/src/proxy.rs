@@ -78,9 +78,7 @@ impl Proxy {
         let listener = tokio::net::UnixListener::bind(&path).map_err(fail)?;
         // The sandbox's uid is not ours: it connects as "other".
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).map_err(fail)?;
-        let client = reqwest::Client::builder()
-            .build()
-            .map_err(|e| SandboxError::Start(format!("cannot start the model proxy: {e}")))?;
+        let client = client()?;
         let upstream = Arc::new(upstream);
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         let task = tokio::spawn(async move {
@@ -102,6 +100,19 @@ impl Proxy {
         });
         Ok(Self { task })
     }
+}
+
+/// One HTTP client for every proxy: its TLS roots are loaded once, not at each sandbox start,
+/// and connections to an endpoint are pooled across sandboxes.
+fn client() -> Result<reqwest::Client, SandboxError> {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    if let Some(client) = CLIENT.get() {
+        return Ok(client.clone());
+    }
+    let client = reqwest::Client::builder()
+        .build()
+        .map_err(|e| SandboxError::Start(format!("cannot start the model proxy: {e}")))?;
+    Ok(CLIENT.get_or_init(|| client).clone())
 }
 
 /// Sends one request on to the upstream with the key; never fails as a service: every

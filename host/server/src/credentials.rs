@@ -145,16 +145,6 @@ pub(crate) async fn env_for(
     Ok((credential.kind.env_var(), key))
 }
 
-/// Checks, at session creation, that a named credential can be used.
-pub(crate) async fn check(state: &AppState, id: &str) -> Result<(), ApiError> {
-    match state.store.get_credential(id).await? {
-        Some((credential, _)) if credential.active => sealer(state).map(drop),
-        _ => Err(ApiError::bad_request(format!(
-            "credential {id} does not exist or is inactive"
-        ))),
-    }
-}
-
 pub(crate) fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/api/credentials", get(list).post(create))

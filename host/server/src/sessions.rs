@@ -666,9 +666,6 @@ pub(crate) async fn create(
         .get_agent(&agent_name)
         .await?
         .ok_or_else(agent_not_found)?;
-    if let Some(credential) = &body.credential_id {
-        crate::credentials::check(&state, credential).await?;
-    }
     let now = now();
     let id = SessionId::new();
     let session = Session {
