@@ -2,7 +2,8 @@
 # Installs what building, running and testing Ash needs on Debian/Ubuntu, beyond the Rust
 # toolchain: bubblewrap (the sandbox), a C compiler (bundled SQLite), Python with venv (for
 # the API fuzzer), cargo-nextest, the rustfmt/clippy components and the wasm32-wasip2 target
-# (plugins). Safe to run again: it skips what is already there.
+# (plugins), and the Claude Code CLI (scripts/install-claude.sh). Safe to run again: it skips
+# what is already there.
 set -euo pipefail
 
 as_root() {
@@ -12,6 +13,7 @@ as_root() {
 missing=()
 command -v bwrap >/dev/null || missing+=(bubblewrap)
 command -v cc >/dev/null || missing+=(gcc libc6-dev)
+command -v curl >/dev/null || missing+=(curl ca-certificates)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3 python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
@@ -29,6 +31,9 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   echo "setup: installing cargo-nextest"
   cargo install cargo-nextest --locked
 fi
+
+# The `claude_code` backend drives the Claude Code CLI; its tests run the real one.
+"$(dirname "$0")"/install-claude.sh
 
 # bwrap must be able to create a user namespace; say so plainly if the host forbids it.
 if ! bwrap --unshare-all --unshare-user --ro-bind / / -- true 2>/dev/null; then

@@ -60,10 +60,7 @@ impl Program {
                 let event = match line {
                     Ok(event) => event,
                     // Not attributable to one command: an error with no id reaches every turn in flight.
-                    Err(e) => Event::Error {
-                        id: String::new(),
-                        error: format!("backend program printed a bad line: {e}"),
-                    },
+                    Err(e) => Event::error("", format!("backend program printed a bad line: {e}")),
                 };
                 if let Event::Done { id } | Event::Error { id, .. } = &event {
                     // An empty id matches no waiting command, so nothing is removed for it.
@@ -79,7 +76,7 @@ impl Program {
             let stranded: Vec<String> = open.lock().expect("lock").drain().collect();
             for id in stranded {
                 let error = format!("backend program exited ({status}) before finishing");
-                let _ = relay.send(Event::Error { id, error }).await;
+                let _ = relay.send(Event::error(id, error)).await;
             }
         });
         Ok(Self {
@@ -105,10 +102,7 @@ impl Program {
             if let Err(e) = stdin.lock().await.write_all(&encode(&command)).await {
                 waiting.lock().expect("lock").remove(&id);
                 let _ = events
-                    .send(Event::Error {
-                        id,
-                        error: format!("backend program is not reading: {e}"),
-                    })
+                    .send(Event::error(id, format!("backend program is not reading: {e}")))
                     .await;
             }
         }

@@ -27,10 +27,7 @@ pub(crate) async fn run(id: String, command: String, timeout_ms: u64, events: Ev
         Ok(child) => child,
         Err(e) => {
             let _ = events
-                .send(Event::Error {
-                    id,
-                    error: format!("cannot run /bin/sh: {e}"),
-                })
+                .send(Event::error(id, format!("cannot run /bin/sh: {e}")))
                 .await;
             return;
         }

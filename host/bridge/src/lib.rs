@@ -8,9 +8,11 @@
 //! the line's `id` when it has one) and the bridge carries on; losing the host connection
 //! ends the bridge.
 
+mod claude;
 mod command;
 mod echo;
 mod exec;
+mod failure;
 mod openai;
 
 use std::collections::HashMap;
@@ -101,6 +103,7 @@ enum Driver {
     Echo { delay: std::time::Duration },
     Command(command::Program),
     Openai { model: String, api_key_env: String },
+    ClaudeCode(claude::Claude),
 }
 
 struct Bridge {
@@ -133,13 +136,22 @@ impl Bridge {
                     Backend::Openai {
                         model, api_key_env, ..
                     } => Ok(Driver::Openai { model, api_key_env }),
+                    Backend::ClaudeCode {
+                        path,
+                        model,
+                        permission_mode,
+                        api_key_env,
+                        ..
+                    } => claude::Claude::start(path, model, permission_mode, api_key_env)
+                        .await
+                        .map(Driver::ClaudeCode),
                 };
                 match result {
                     Ok(driver) => {
                         self.backend = Some(driver);
                         self.send(Event::Done { id }).await;
                     }
-                    Err(e) => self.send(Event::Error { id, error: e }).await,
+                    Err(e) => self.send(Event::error(id, e)).await,
                 }
             }
             Command::Query {
@@ -176,6 +188,10 @@ impl Bridge {
                         };
                         tokio::spawn(openai::run(turn, events))
                     }
+                    Some(Driver::ClaudeCode(claude)) => {
+                        let turn = claude.turn(id.clone(), prompt, options);
+                        tokio::spawn(claude::run(turn, events))
+                    }
                     Some(Driver::Command(program)) => {
                         let query = Command::Query {
                             id: id.clone(),
@@ -195,10 +211,7 @@ impl Bridge {
                 }
                 if let Some(task) = self.running.remove(&target) {
                     task.abort();
-                    self.send(Event::Error {
-                        id: target,
-                        error: "interrupted".into(),
-                    })
+                    self.send(Event::error(target, "interrupted"))
                     .await;
                 }
                 self.send(Event::Done { id }).await;
@@ -228,7 +241,7 @@ impl Bridge {
     }
 
     async fn reply_error(&self, id: String, error: String) -> Flow {
-        self.send(Event::Error { id, error }).await;
+        self.send(Event::error(id, error)).await;
         Flow::Continue
     }
 

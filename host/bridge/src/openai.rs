@@ -19,6 +19,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
 use crate::echo::prompt_text;
+use crate::failure::Failure;
 use crate::Events;
 
 /// Where the conversation is kept, inside the workspace.
@@ -47,12 +48,12 @@ pub(crate) async fn run(turn: Turn, events: Events) {
     let id = turn.id.clone();
     let end = match converse(&turn, &events).await {
         Ok(()) => Event::Done { id },
-        Err(error) => Event::Error { id, error },
+        Err(failure) => failure.into_event(id),
     };
     let _ = events.send(end).await;
 }
 
-async fn converse(turn: &Turn, events: &Events) -> Result<(), String> {
+async fn converse(turn: &Turn, events: &Events) -> Result<(), Failure> {
     let send = |data: Value| async move {
         events
             .send(Event::Message {
@@ -82,9 +83,10 @@ async fn converse(turn: &Turn, events: &Events) -> Result<(), String> {
     let status = response.status();
     if !status.is_success() {
         let quoted = quote(response.into_body()).await;
-        return Err(format!(
-            "the model endpoint answered {status}: {quoted} ({})",
-            hint(status.as_u16(), &turn.api_key_env)
+        return Err(Failure::upstream(
+            format!("the model endpoint answered {status}: {quoted}"),
+            status.as_u16(),
+            &turn.api_key_env,
         ));
     }
     let mut reply = String::new();
@@ -113,7 +115,8 @@ async fn converse(turn: &Turn, events: &Events) -> Result<(), String> {
                 return Err(format!(
                     "the model endpoint failed mid-stream: {}",
                     cut(&error.to_string())
-                ));
+                )
+                .into());
             }
             let piece = chunk["choices"][0]["delta"]["content"]
                 .as_str()
@@ -123,7 +126,7 @@ async fn converse(turn: &Turn, events: &Events) -> Result<(), String> {
             }
             reply.push_str(piece);
             if reply.len() > MAX_REPLY {
-                return Err(format!("the reply passed {MAX_REPLY} bytes and was cut"));
+                return Err(format!("the reply passed {MAX_REPLY} bytes and was cut").into());
             }
             if turn.options.include_partial_messages {
                 send(
@@ -140,7 +143,9 @@ async fn converse(turn: &Turn, events: &Events) -> Result<(), String> {
     }
     if !finished {
         return Err(
-            "the model endpoint's stream ended before [DONE]; send the message again".into(),
+            "the model endpoint's stream ended before [DONE]; send the message again"
+                .to_owned()
+                .into(),
         );
     }
     history.push(json!({"role": "assistant", "content": reply}));
@@ -155,7 +160,8 @@ async fn converse(turn: &Turn, events: &Events) -> Result<(), String> {
         json!({"type": "result", "subtype": "success", "is_error": false, "num_turns": turns,
         "result": reply, "session_id": turn.session_id}),
     )
-    .await
+    .await?;
+    Ok(())
 }
 
 /// Sends one request to the host's model proxy.
@@ -177,22 +183,6 @@ async fn post(path: &str, body: String) -> Result<hyper::Response<hyper::body::I
         .send_request(request)
         .await
         .map_err(|e| format!("the host's model proxy failed: {e}"))
-}
-
-/// What to check for an error status.
-fn hint(status: u16, key: &str) -> String {
-    match status {
-        401 | 403 => {
-            format!("check the API key in {key}, in the agent's env or the session's extraEnv")
-        }
-        404 => "check the agent's base_url and model".into(),
-        429 => "rate limited: wait, then send the message again".into(),
-        502 | 504 => {
-            "the host could not reach the endpoint: check base_url and the host's network".into()
-        }
-        500..=599 => "the endpoint failed: send the message again later".into(),
-        _ => "check the request the agent's settings make".into(),
-    }
 }
 
 /// The start of an error body, as text.
@@ -269,12 +259,5 @@ mod tests {
             ["data: {\"a\":1}", "", "data: [DONE]"]
         );
         assert!(lines.push(&vec![b'x'; MAX_LINE + 1]).is_err());
-    }
-
-    #[test]
-    fn error_statuses_say_what_to_check() {
-        assert!(hint(401, "OPENAI_API_KEY").contains("OPENAI_API_KEY"));
-        assert!(hint(429, "K").contains("rate limited"));
-        assert!(hint(503, "K").contains("later"));
     }
 }

@@ -84,6 +84,49 @@ pub enum Backend {
         #[serde(default = "openai_key_env")]
         api_key_env: String,
     },
+    /// Drives the Claude Code CLI in its stream-json mode, one CLI run per turn, resumed from
+    /// the CLI's own session (kept in the workspace). Its API calls go through the host's
+    /// model proxy, which adds the key.
+    #[serde(rename = "claude-code", alias = "claude_code")]
+    ClaudeCode {
+        /// The CLI, on the sandbox's PATH or an absolute path inside it [default: claude].
+        #[serde(default = "claude_path")]
+        path: String,
+        /// The model for every turn unless a message names one [default: the CLI's].
+        #[serde(default)]
+        model: Option<String>,
+        /// The CLI's `--permission-mode` [default: bypassPermissions: the sandbox is the
+        /// boundary, and nobody is there to answer a prompt].
+        #[serde(default = "claude_permission_mode")]
+        permission_mode: String,
+        /// The Anthropic API as the host reaches it [default: https://api.anthropic.com].
+        #[serde(default = "anthropic_base_url")]
+        base_url: String,
+        /// The variable, in the agent's env or the session's `extraEnv`, that holds the key
+        /// [default: ANTHROPIC_API_KEY]. It is kept out of the sandbox.
+        #[serde(default = "anthropic_key_env")]
+        api_key_env: String,
+    },
+}
+
+impl Backend {
+    /// For a backend that calls a model: the endpoint the host's proxy reaches, and the
+    /// variable holding its key.
+    pub fn model_endpoint(&self) -> Option<(&str, &str)> {
+        match self {
+            Backend::Openai {
+                base_url,
+                api_key_env,
+                ..
+            }
+            | Backend::ClaudeCode {
+                base_url,
+                api_key_env,
+                ..
+            } => Some((base_url, api_key_env)),
+            Backend::Echo { .. } | Backend::Command { .. } => None,
+        }
+    }
 }
 
 /// Where the host's model proxy is inside a sandbox whose backend calls a model.
@@ -97,6 +140,22 @@ fn openai_key_env() -> String {
     "OPENAI_API_KEY".into()
 }
 
+fn claude_path() -> String {
+    "claude".into()
+}
+
+fn claude_permission_mode() -> String {
+    "bypassPermissions".into()
+}
+
+fn anthropic_base_url() -> String {
+    "https://api.anthropic.com".into()
+}
+
+fn anthropic_key_env() -> String {
+    "ANTHROPIC_API_KEY".into()
+}
+
 /// An event from the bridge to the host.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "ev", rename_all = "snake_case")]
@@ -106,8 +165,16 @@ pub enum Event {
     /// One agent SDK message, untranslated.
     Message { id: String, data: Value },
     /// The command `id` failed; no further events for it follow. `id` is empty when the
-    /// bridge could not tell which command a bad line belonged to.
-    Error { id: String, error: String },
+    /// bridge could not tell which command a bad line belonged to. A failed model call
+    /// names the endpoint's HTTP `status` and a `hint` of what to check.
+    Error {
+        id: String,
+        error: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status: Option<u16>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hint: Option<String>,
+    },
     /// The command `id` finished.
     Done { id: String },
     /// A diagnostic line from the bridge or its backend.
@@ -122,6 +189,18 @@ pub enum Event {
         timed_out: bool,
         truncated: bool,
     },
+}
+
+impl Event {
+    /// A plain failure of command `id`.
+    pub fn error(id: impl Into<String>, error: impl Into<String>) -> Self {
+        Event::Error {
+            id: id.into(),
+            error: error.into(),
+            status: None,
+            hint: None,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -30,7 +30,13 @@ fn read_all<T: serde::de::DeserializeOwned>(
 fn event() -> impl Strategy<Value = Event> {
     let text = ".{0,40}";
     prop_oneof![
-        (text, text).prop_map(|(id, error)| Event::Error { id, error }),
+        (text, text).prop_map(|(id, error)| Event::error(id, error)),
+        (text, text, any::<u16>(), text).prop_map(|(id, error, status, hint)| Event::Error {
+            id,
+            error,
+            status: Some(status),
+            hint: Some(hint),
+        }),
         text.prop_map(|id| Event::Done { id }),
         (text, text).prop_map(|(id, s)| Event::Message {
             id,

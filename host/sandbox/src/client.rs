@@ -104,10 +104,7 @@ async fn route(
         let event = match line {
             Ok(event) => event,
             Err(ProtocolError::Io(_)) => break,
-            Err(e) => Event::Error {
-                id: String::new(),
-                error: format!("the sandbox sent a bad line: {e}"),
-            },
+            Err(e) => Event::error("", format!("the sandbox sent a bad line: {e}")),
         };
         match &event {
             Event::Log { level, text } => tracing::debug!(level = %level, "bridge: {text}"),

@@ -4,9 +4,10 @@
 //! agent's endpoint with the key added, and the answer streamed back as it arrives.
 //!
 //! Only `POST` to the backend's own API paths is forwarded (403 otherwise), bodies are
-//! capped, and only `content-type` and `accept` are passed on — the sandbox's own
-//! `authorization` never is: the proxy reaches one endpoint, for one sandbox, with one key,
-//! and lives exactly as long as its sandbox.
+//! capped, and only the API's own headers (`content-type`, `accept`, and for Anthropic
+//! `anthropic-version` and `anthropic-beta`) are passed on — the sandbox's own
+//! `authorization` or `x-api-key` never is: the proxy reaches one endpoint, for one sandbox,
+//! with one key, and lives exactly as long as its sandbox.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -32,11 +33,8 @@ pub(crate) const SOCKET_NAME: &str = "model.sock";
 pub struct Upstream {
     /// The endpoint, e.g. `https://api.openai.com/v1`; request paths are appended.
     pub base_url: String,
-    /// Sent as `Authorization: Bearer <key>`.
     pub key: String,
-    /// The only paths forwarded (the backend's API calls): the key cannot be spent on the
-    /// endpoint's other routes.
-    pub paths: &'static [&'static str],
+    pub api: Api,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -44,8 +42,40 @@ impl std::fmt::Debug for Upstream {
         f.debug_struct("Upstream")
             .field("base_url", &self.base_url)
             .field("key", &"***")
-            .field("paths", &self.paths)
+            .field("api", &self.api)
             .finish()
+    }
+}
+
+/// The model API a proxy speaks: the paths it forwards (the backend's own calls, so the key
+/// cannot be spent on the endpoint's other routes), how the key is sent, and which of the
+/// sandbox's headers go along.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Api {
+    /// OpenAI chat completions; the key as `Authorization: Bearer`.
+    OpenaiChat,
+    /// Anthropic Messages (what Claude Code calls); the key as `x-api-key`.
+    AnthropicMessages,
+}
+
+impl Api {
+    fn paths(self) -> &'static [&'static str] {
+        match self {
+            Api::OpenaiChat => &["/chat/completions"],
+            Api::AnthropicMessages => &["/v1/messages", "/v1/messages/count_tokens"],
+        }
+    }
+
+    fn headers(self) -> &'static [&'static str] {
+        match self {
+            Api::OpenaiChat => &["content-type", "accept"],
+            Api::AnthropicMessages => &[
+                "content-type",
+                "accept",
+                "anthropic-version",
+                "anthropic-beta",
+            ],
+        }
     }
 }
 
@@ -122,16 +152,24 @@ async fn forward(
     upstream: Arc<Upstream>,
     request: Request<hyper::body::Incoming>,
 ) -> Result<Response<Body>, std::convert::Infallible> {
-    let path = request.uri().path().to_owned();
-    if request.method() != hyper::Method::POST || !upstream.paths.contains(&path.as_str()) {
+    let api = upstream.api;
+    let path = request.uri().path();
+    if request.method() != hyper::Method::POST || !api.paths().contains(&path) {
         let message = format!(
             "the model proxy forwards only POST {}",
-            upstream.paths.join(", ")
+            api.paths().join(", ")
         );
         return Ok(answer(StatusCode::FORBIDDEN, &message));
     }
-    let content_type = request.headers().get("content-type").cloned();
-    let accept = request.headers().get("accept").cloned();
+    let url = match request.uri().query() {
+        Some(query) => format!("{}{path}?{query}", upstream.base_url.trim_end_matches('/')),
+        None => format!("{}{path}", upstream.base_url.trim_end_matches('/')),
+    };
+    let headers: Vec<_> = api
+        .headers()
+        .iter()
+        .filter_map(|name| Some((*name, request.headers().get(*name)?.clone())))
+        .collect();
     let body = match Limited::new(request.into_body(), MAX_REQUEST_BYTES)
         .collect()
         .await
@@ -144,13 +182,13 @@ async fn forward(
             ))
         }
     };
-    let url = format!("{}{path}", upstream.base_url.trim_end_matches('/'));
-    let mut outgoing = client.post(&url).bearer_auth(&upstream.key).body(body);
-    if let Some(value) = content_type {
-        outgoing = outgoing.header("content-type", value);
-    }
-    if let Some(value) = accept {
-        outgoing = outgoing.header("accept", value);
+    let mut outgoing = client.post(&url).body(body);
+    outgoing = match api {
+        Api::OpenaiChat => outgoing.bearer_auth(&upstream.key),
+        Api::AnthropicMessages => outgoing.header("x-api-key", &upstream.key),
+    };
+    for (name, value) in headers {
+        outgoing = outgoing.header(name, value);
     }
     let response = match outgoing.send().await {
         Ok(response) => response,
@@ -209,7 +247,7 @@ mod tests {
         let upstream = Upstream {
             base_url: "https://x".into(),
             key: "sk-secret".into(),
-            paths: &["/chat/completions"],
+            api: Api::OpenaiChat,
         };
         assert!(!format!("{upstream:?}").contains("sk-secret"));
     }

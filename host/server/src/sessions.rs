@@ -18,7 +18,7 @@ use ash_core::{
 };
 use ash_protocol::{Backend, QueryOptions};
 use ash_sandbox::doctor::{self, Verdict};
-use ash_sandbox::{Limits, Sandbox, SandboxHost, SandboxSpec, Upstream};
+use ash_sandbox::{Api, Limits, Sandbox, SandboxHost, SandboxSpec, Upstream};
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::sse::{KeepAlive, KeepAliveStream, Sse};
@@ -581,24 +581,23 @@ fn model_upstream(
     backend: &Backend,
     env: &BTreeMap<String, String>,
 ) -> Result<(BTreeMap<String, String>, Option<Upstream>), ApiError> {
-    let Backend::Openai {
-        base_url,
-        api_key_env,
-        ..
-    } = backend
-    else {
+    let Some((base_url, api_key_env)) = backend.model_endpoint() else {
         return Ok((env.clone(), None));
+    };
+    let api = match backend {
+        Backend::ClaudeCode { .. } => Api::AnthropicMessages,
+        _ => Api::OpenaiChat,
     };
     let mut env = env.clone();
     let key = env.remove(api_key_env).filter(|k| !k.is_empty()).ok_or_else(|| {
         ApiError::bad_request(format!(
-            "the agent's openai backend needs its API key in {api_key_env}: set it in the agent's env or the session's extraEnv"
+            "the agent's backend needs its API key in {api_key_env}: set it in the agent's env, the session's extraEnv or a credential"
         ))
     })?;
     let upstream = Upstream {
-        base_url: base_url.clone(),
+        base_url: base_url.to_owned(),
         key,
-        paths: &["/chat/completions"],
+        api,
     };
     Ok((env, Some(upstream)))
 }

@@ -117,10 +117,25 @@ async fn append_and_send(
 
 /// The frames that close a turn: an error (when there is one) and `done`.
 pub(crate) fn closing(session: SessionId, error: Option<&str>) -> Vec<(String, String)> {
-    let mut frames = Vec::new();
-    if let Some(error) = error {
-        frames.push(("error".to_owned(), json!({ "error": error }).to_string()));
+    closing_with(session, error.map(|error| error_frame(error, None, None)))
+}
+
+/// An `error` frame: the reference's `{error}`, with the model endpoint's HTTP `status` and
+/// a `hint` of what to check when the bridge knows them.
+fn error_frame(error: &str, status: Option<u16>, hint: Option<String>) -> (String, String) {
+    let mut data = json!({ "error": error });
+    if let Some(status) = status {
+        data["status"] = status.into();
     }
+    if let Some(hint) = hint {
+        data["hint"] = hint.into();
+    }
+    ("error".to_owned(), data.to_string())
+}
+
+fn closing_with(session: SessionId, error: Option<(String, String)>) -> Vec<(String, String)> {
+    let mut frames = Vec::new();
+    frames.extend(error);
     frames.push((
         "done".to_owned(),
         json!({ "sessionId": session }).to_string(),
@@ -253,13 +268,19 @@ impl<'a> Batch<'a> {
                 self.frames.push(("message".to_owned(), text));
             }
             // An error naming no command is a warning to the turn, not its end.
-            Event::Error { id, error } if id.is_empty() => {
-                self.frames
-                    .push(("error".to_owned(), json!({ "error": error }).to_string()));
-            }
-            Event::Error { error, .. } => {
+            Event::Error {
+                id,
+                error,
+                status,
+                hint,
+            } => {
+                let frame = error_frame(&error, status, hint);
+                if id.is_empty() {
+                    self.frames.push(frame);
+                    return;
+                }
                 self.closing_at = Some(self.frames.len());
-                self.frames.extend(closing(self.session, Some(&error)));
+                self.frames.extend(closing_with(self.session, Some(frame)));
                 self.outcome = Some("error");
             }
             Event::Done { .. } => {
