@@ -5,7 +5,8 @@
 //! The CLI reads the workspace as its project: `CLAUDE.md` is its system prompt, and
 //! `.claude/` (settings, skills, agents) and `.mcp.json` are honoured. Its own state (the
 //! conversation transcripts) lives in `.ash/claude/` in the workspace, and each turn resumes
-//! the CLI session the last one left, so a conversation survives restarts and cold resume.
+//! the CLI session the last finished turn left, so a conversation survives restarts and cold
+//! resume (a turn that was interrupted or crashed is not resumed from).
 //!
 //! The sandbox has no network: the CLI's `ANTHROPIC_BASE_URL` points at a loopback port the
 //! bridge forwards to the host's model proxy ([`MODEL_SOCKET`]), which adds the key. The
@@ -27,6 +28,9 @@ use crate::Events;
 
 /// The CLI's home for its own state, inside the workspace (so it is snapshotted with it).
 const STATE_DIR: &str = ".ash/claude";
+/// The CLI's `HOME`, also in the workspace: the CLI ignores a project's `.claude/` when the
+/// project is the home folder, as the sandbox's `/workspace` is for everything else.
+const HOME_DIR: &str = ".ash/home";
 /// The CLI session the next turn resumes.
 const SESSION_FILE: &str = ".ash/claude-session";
 /// What the CLI is given as its API key: the host's proxy replaces it with the real one.
@@ -131,13 +135,15 @@ impl Drop for Group {
 
 async fn drive(turn: &Turn, events: &Events) -> Result<(), Failure> {
     let args = arguments(turn)?;
-    let state_dir = std::env::current_dir()
-        .map_err(|e| format!("the workspace is not readable: {e}"))?
-        .join(STATE_DIR);
+    let workspace =
+        std::env::current_dir().map_err(|e| format!("the workspace is not readable: {e}"))?;
+    let home = workspace.join(HOME_DIR);
+    std::fs::create_dir_all(&home).map_err(|e| format!("cannot make {HOME_DIR}: {e}"))?;
     let mut command = tokio::process::Command::new(&turn.path);
     command
         .args(&args)
-        .env("CLAUDE_CONFIG_DIR", &state_dir)
+        .env("HOME", &home)
+        .env("CLAUDE_CONFIG_DIR", workspace.join(STATE_DIR))
         .env("ANTHROPIC_BASE_URL", &turn.base_url)
         .env("ANTHROPIC_API_KEY", PLACEHOLDER_KEY)
         .env_remove("ANTHROPIC_AUTH_TOKEN")
@@ -177,6 +183,7 @@ async fn drive(turn: &Turn, events: &Events) -> Result<(), Failure> {
         MAX_LINE_BYTES - 1024,
     );
     let mut result = None;
+    let mut session = None;
     while let Some(line) = lines.next::<Value>().await {
         let data = match line {
             Ok(data) => data,
@@ -189,11 +196,15 @@ async fn drive(turn: &Turn, events: &Events) -> Result<(), Failure> {
         };
         match data.get("type").and_then(Value::as_str) {
             Some("system") if data["subtype"] == "init" => {
-                if let Some(session) = data["session_id"].as_str() {
+                session = data["session_id"].as_str().map(str::to_owned);
+            }
+            Some("result") => {
+                // Only a run that got to its result left a transcript the next can resume.
+                if let Some(session) = &session {
                     remember_session(session);
                 }
+                result = Some(data.clone());
             }
-            Some("result") => result = Some(data.clone()),
             _ => {}
         }
         events
@@ -219,7 +230,9 @@ async fn drive(turn: &Turn, events: &Events) -> Result<(), Failure> {
                     stderr.trim()
                 ),
                 status: None,
-                hint: Some("see the server log for the sandbox's output; send the message again".into()),
+                hint: Some(
+                    "see the server log for the sandbox's output; send the message again".into(),
+                ),
             })
         }
     }
@@ -314,7 +327,9 @@ fn arguments(turn: &Turn) -> Result<Vec<String>, Failure> {
         let schema = format
             .get("schema")
             .filter(|s| s.is_object())
-            .ok_or_else(|| "outputFormat must be {type: \"json_schema\", schema: {…}}".to_owned())?;
+            .ok_or_else(|| {
+                "outputFormat must be {type: \"json_schema\", schema: {…}}".to_owned()
+            })?;
         args.extend(["--json-schema".into(), schema.to_string()]);
     }
     Ok(args)
@@ -336,8 +351,14 @@ fn thinking_budget(thinking: &Value) -> Result<String, Failure> {
         Some("enabled") => thinking["budgetTokens"]
             .as_u64()
             .map(|n| n.to_string())
-            .ok_or_else(|| "thinking.budgetTokens must be a whole number".to_owned().into()),
-        _ => Err("thinking.type must be \"enabled\" or \"disabled\"".to_owned().into()),
+            .ok_or_else(|| {
+                "thinking.budgetTokens must be a whole number"
+                    .to_owned()
+                    .into()
+            }),
+        _ => Err("thinking.type must be \"enabled\" or \"disabled\""
+            .to_owned()
+            .into()),
     }
 }
 
@@ -358,7 +379,9 @@ fn resumable_session() -> Option<String> {
 fn remember_session(session: &str) {
     let valid = !session.is_empty()
         && session.len() <= 64
-        && session.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+        && session
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-');
     if !valid {
         return;
     }
@@ -378,13 +401,17 @@ fn failed_turn(result: &Value, key_env: &str) -> Failure {
         .or_else(|| result["subtype"].as_str())
         .unwrap_or("no reason given");
     let message = format!("the Claude Code CLI failed the turn: {said}");
-    match result["api_error_status"].as_u64().and_then(|s| u16::try_from(s).ok()) {
+    match result["api_error_status"]
+        .as_u64()
+        .and_then(|s| u16::try_from(s).ok())
+    {
         Some(status) => Failure::upstream(message, status, key_env),
         None => Failure {
             message,
             status: None,
-            hint: (result["subtype"] == "error_max_turns")
-                .then(|| "the turn used its maxTurns: send a message to go on, or raise maxTurns".into()),
+            hint: (result["subtype"] == "error_max_turns").then(|| {
+                "the turn used its maxTurns: send a message to go on, or raise maxTurns".into()
+            }),
         },
     }
 }
@@ -467,7 +494,10 @@ mod tests {
             (json!({"betas": [1]}), "betas"),
             (json!({"disallowedTools": ["--verbose"]}), "disallowedTools"),
             (json!({"subagents": []}), "subagents"),
-            (json!({"outputFormat": {"type": "json_schema"}}), "outputFormat"),
+            (
+                json!({"outputFormat": {"type": "json_schema"}}),
+                "outputFormat",
+            ),
         ] {
             let failure = arguments(&turn(options)).err().expect(name);
             assert!(failure.message.contains(name), "{}", failure.message);

@@ -102,7 +102,10 @@ impl Program {
             if let Err(e) = stdin.lock().await.write_all(&encode(&command)).await {
                 waiting.lock().expect("lock").remove(&id);
                 let _ = events
-                    .send(Event::error(id, format!("backend program is not reading: {e}")))
+                    .send(Event::error(
+                        id,
+                        format!("backend program is not reading: {e}"),
+                    ))
                     .await;
             }
         }

@@ -211,8 +211,7 @@ impl Bridge {
                 }
                 if let Some(task) = self.running.remove(&target) {
                     task.abort();
-                    self.send(Event::error(target, "interrupted"))
-                    .await;
+                    self.send(Event::error(target, "interrupted")).await;
                 }
                 self.send(Event::Done { id }).await;
             }

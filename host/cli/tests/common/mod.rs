@@ -363,6 +363,46 @@ pub fn assistant_text(frames: &[Frame]) -> String {
         .collect()
 }
 
+/// The data of a turn's `error` frames, joined.
+pub fn error_of(frames: &[Frame]) -> String {
+    frames
+        .iter()
+        .filter(|f| f.event == "error")
+        .map(|f| f.data.clone())
+        .collect()
+}
+
+/// Asserts that a model key is in none of the sandbox's process environments, none of its
+/// files (`/workspace`, `/run`, `/tmp`), and none of the workspace's files on the host, and
+/// that the model proxy's socket is there instead.
+pub async fn assert_key_absent(server: &Server, session: &str, key: &str) {
+    let probe = format!(
+        "env; cat /proc/*/environ 2>/dev/null | tr '\\0' '\\n'; grep -rl '{key}' /workspace /run /tmp 2>/dev/null; ls -l /run/ash"
+    );
+    let (status, out) = server
+        .post(
+            &format!("/api/sessions/{session}/exec"),
+            json!({ "command": probe }),
+        )
+        .await;
+    assert_eq!(status, 200, "{out}");
+    let stdout = out["stdout"].as_str().unwrap();
+    assert!(!stdout.contains(key), "{stdout}");
+    assert!(stdout.contains("model.sock"), "{stdout}");
+    let mut files = vec![server.workspace(session)];
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            assert!(
+                !String::from_utf8_lossy(&bytes).contains(key),
+                "{} holds the key",
+                path.display()
+            );
+        }
+    }
+}
+
 pub fn events(frames: &[Frame]) -> Vec<&str> {
     frames.iter().map(|f| f.event.as_str()).collect()
 }
