@@ -123,13 +123,41 @@ pub(crate) async fn run(turn: Turn, events: Events) {
     let _ = events.send(end).await;
 }
 
-/// Kills a process group when dropped: an interrupted turn takes the CLI's tools with it.
-struct Group(i32);
+/// The CLI's process group, killed when the turn ends or is interrupted (dropped): the CLI
+/// and the tools it started go with it, and the drop returns once the CLI has exited.
+struct Group {
+    pid: i32,
+    /// Readable once the CLI has exited (it stays for tokio to reap).
+    exited: Option<std::os::fd::OwnedFd>,
+}
+
+impl Group {
+    fn new(pid: u32) -> Self {
+        use std::os::fd::FromRawFd;
+        let pid = pid as i32;
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        // SAFETY: a non-negative result is a new fd that nothing else owns.
+        let exited = (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) });
+        Self { pid, exited }
+    }
+}
 
 impl Drop for Group {
     fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
         // SAFETY: signals the process group this turn created; no memory is touched.
-        unsafe { libc::kill(-self.0, libc::SIGKILL) };
+        unsafe { libc::kill(-self.pid, libc::SIGKILL) };
+        if let Some(fd) = &self.exited {
+            let mut exited = libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one pollfd we own; a SIGKILLed process exits at once, the 1 s bound is
+            // for a process stuck in the kernel.
+            unsafe { libc::poll(&mut exited, 1, 1000) };
+        }
     }
 }
 
@@ -166,16 +194,16 @@ async fn drive(turn: &Turn, events: &Events) -> Result<(), Failure> {
             turn.path
         )
     })?;
-    let _group = child.id().map(|pid| Group(pid as i32));
+    let _group = child.id().map(Group::new);
 
     let message = json!({"type": "user", "session_id": "", "parent_tool_use_id": null,
                          "message": {"role": "user", "content": turn.prompt}});
     let mut stdin = child.stdin.take().expect("piped");
-    stdin
-        .write_all(format!("{message}\n").as_bytes())
-        .await
-        .map_err(|e| format!("the Claude Code CLI is not reading its input: {e}"))?;
-    drop(stdin);
+    // Written beside the reading, so a CLI that prints before it reads cannot stall either
+    // side; a CLI that exits without reading is judged by how it exited.
+    tokio::spawn(async move {
+        let _ = stdin.write_all(format!("{message}\n").as_bytes()).await;
+    });
     let stderr = tokio::spawn(tail(child.stderr.take().expect("piped")));
 
     let mut lines = LineReader::new(
@@ -286,12 +314,12 @@ fn arguments(turn: &Turn) -> Result<Vec<String>, Failure> {
                     .as_u64()
                     .filter(|n| *n >= 1)
                     .map(|n| n.to_string())
-                    .ok_or_else(|| format!("maxTurns must be a whole number of at least 1"))?,
+                    .ok_or_else(|| "maxTurns must be a whole number of at least 1".to_owned())?,
                 "maxBudgetUsd" => value
                     .as_f64()
                     .filter(|n| *n >= 0.0)
                     .map(|n| n.to_string())
-                    .ok_or_else(|| format!("maxBudgetUsd must be a number of at least 0"))?,
+                    .ok_or_else(|| "maxBudgetUsd must be a number of at least 0".to_owned())?,
                 _ => text(value, name)?,
             };
             args.extend([flag.into(), value]);
@@ -499,7 +527,7 @@ mod tests {
                 "outputFormat",
             ),
         ] {
-            let failure = arguments(&turn(options)).err().expect(name);
+            let failure = arguments(&turn(options)).expect_err(name);
             assert!(failure.message.contains(name), "{}", failure.message);
         }
         assert!(thinking_budget(&json!({"type": "enabled"})).is_err());

@@ -22,7 +22,7 @@ use ash_protocol::{encode, Backend, Command, Event, LineReader, MAX_LINE_BYTES, 
 use serde_json::Value;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
-use tokio::task::AbortHandle;
+use tokio::task::JoinHandle;
 
 /// Where a backend sends the events of the commands it runs.
 pub(crate) type Events = mpsc::Sender<Event>;
@@ -109,7 +109,7 @@ enum Driver {
 struct Bridge {
     events: Events,
     backend: Option<Driver>,
-    running: HashMap<String, AbortHandle>,
+    running: HashMap<String, JoinHandle<()>>,
 }
 
 impl Bridge {
@@ -202,7 +202,7 @@ impl Bridge {
                         tokio::spawn(program.forward(query))
                     }
                 };
-                self.running.insert(id, task.abort_handle());
+                self.running.insert(id, task);
             }
             Command::Interrupt { id, target } => {
                 if let Some(Driver::Command(program)) = &self.backend {
@@ -211,6 +211,9 @@ impl Bridge {
                 }
                 if let Some(task) = self.running.remove(&target) {
                     task.abort();
+                    // Once the task is gone, what it started is stopped (backends kill their
+                    // processes as they are dropped), so `interrupted` means stopped.
+                    let _ = task.await;
                     self.send(Event::error(target, "interrupted")).await;
                 }
                 self.send(Event::Done { id }).await;
@@ -226,7 +229,7 @@ impl Bridge {
                     timeout_ms,
                     self.events.clone(),
                 ));
-                self.running.insert(id, task.abort_handle());
+                self.running.insert(id, task);
             }
             Command::Shutdown { id } => {
                 for task in self.running.values() {
