@@ -27,7 +27,7 @@ use ash_protocol::{Backend, Command, Event};
 pub use client::Turn;
 pub use files::{FileEntry, FileError, Workspace};
 pub use limits::{LimitHit, Limits};
-pub use proxy::{Api, Upstream};
+pub use proxy::{Api, Proxy, Upstream};
 use workspace::{copy_into_workspace, latest, snapshot};
 
 /// How long a new bridge may take to say `ready` and accept its backend.

@@ -80,7 +80,7 @@ impl Api {
 }
 
 /// A running proxy; dropping it stops it.
-pub(crate) struct Proxy {
+pub struct Proxy {
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -94,7 +94,7 @@ type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 impl Proxy {
     /// Listens on `<dir>/model.sock` (a fresh one) and serves until dropped.
-    pub(crate) fn start(dir: &Path, upstream: Upstream) -> Result<Self, SandboxError> {
+    pub fn start(dir: &Path, upstream: Upstream) -> Result<Self, SandboxError> {
         use std::os::unix::fs::PermissionsExt;
         let fail =
             |e: std::io::Error| SandboxError::Start(format!("cannot start the model proxy: {e}"));
