@@ -359,23 +359,32 @@ async fn fake_anthropic_failures_and_a_crashing_cli_become_error_events_and_the_
     let frames = Server::read_until(&mut bad_option, |f| f.event == "done").await;
     assert!(error_of(&frames).contains("maxTurns"), "{frames:?}");
 
-    // A CLI that cannot start, and one that dies: the turn says so, the server carries on.
-    for (path, expected) in [
-        ("/usr/bin/no-such-claude", "cannot run the Claude Code CLI"),
+    // A CLI that cannot start, one that dies, and an endpoint that is down: the turn says so,
+    // the server carries on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    for (path, base_url, expected) in [
+        (
+            "/usr/bin/no-such-claude",
+            &fake.base_url,
+            "cannot run the Claude Code CLI",
+        ),
         (
             "/bin/sh",
+            &fake.base_url,
             "ended (exit status: 2) before finishing the turn",
         ),
+        ("claude", &down, "\"status\":502"),
     ] {
         let toml = format!(
-            "[backend]\nkind = \"claude-code\"\npath = \"{path}\"\nbase_url = \"{}\"\n",
-            fake.base_url
+            "[backend]\nkind = \"claude-code\"\npath = \"{path}\"\nbase_url = \"{base_url}\"\n"
         );
         server.deploy("broken", &[("ash.toml", &toml)]).await;
         let (_, body) = server
             .post(
                 "/api/sessions",
-                json!({"agent": "broken", "extraEnv": {"ANTHROPIC_API_KEY": KEY}}),
+                json!({"agent": "broken", "extraEnv": {"ANTHROPIC_API_KEY": KEY, "CLAUDE_CODE_MAX_RETRIES": "0"}}),
             )
             .await;
         let broken = body["session"]["id"].as_str().unwrap();
