@@ -23,7 +23,7 @@ use ash_protocol::{Event, LineReader, ProtocolError, QueryOptions, MAX_LINE_BYTE
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 
-use crate::failure::Failure;
+use crate::failure::{end_turn, Failure};
 use crate::Events;
 
 /// The CLI's home for its own state, inside the workspace (so it is snapshotted with it).
@@ -115,12 +115,8 @@ pub(crate) struct Turn {
 }
 
 pub(crate) async fn run(turn: Turn, events: Events) {
-    let id = turn.id.clone();
-    let end = match drive(&turn, &events).await {
-        Ok(()) => Event::Done { id },
-        Err(failure) => failure.into_event(id),
-    };
-    let _ = events.send(end).await;
+    let outcome = drive(&turn, &events).await;
+    end_turn(&events, turn.id, outcome).await;
 }
 
 /// The CLI's process group, killed when the turn ends or is interrupted (dropped): the CLI

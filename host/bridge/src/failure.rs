@@ -4,6 +4,8 @@
 
 use ash_protocol::Event;
 
+use crate::Events;
+
 pub(crate) struct Failure {
     pub message: String,
     pub status: Option<u16>,
@@ -28,6 +30,15 @@ impl Failure {
             hint: self.hint,
         }
     }
+}
+
+/// Sends how turn `id` ended: `done`, or an `error` (which the host follows with `done`).
+pub(crate) async fn end_turn(events: &Events, id: String, outcome: Result<(), Failure>) {
+    let end = match outcome {
+        Ok(()) => Event::Done { id },
+        Err(failure) => failure.into_event(id),
+    };
+    let _ = events.send(end).await;
 }
 
 impl From<String> for Failure {

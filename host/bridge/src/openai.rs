@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
 use crate::echo::prompt_text;
-use crate::failure::Failure;
+use crate::failure::{end_turn, Failure};
 use crate::Events;
 
 /// Where the conversation is kept, inside the workspace.
@@ -45,12 +45,8 @@ pub(crate) struct Turn {
 }
 
 pub(crate) async fn run(turn: Turn, events: Events) {
-    let id = turn.id.clone();
-    let end = match converse(&turn, &events).await {
-        Ok(()) => Event::Done { id },
-        Err(failure) => failure.into_event(id),
-    };
-    let _ = events.send(end).await;
+    let outcome = converse(&turn, &events).await;
+    end_turn(&events, turn.id, outcome).await;
 }
 
 async fn converse(turn: &Turn, events: &Events) -> Result<(), Failure> {

@@ -35,9 +35,7 @@ impl FakeOpenai {
         let app = axum::Router::new()
             .route("/v1/chat/completions", axum::routing::post(complete))
             .with_state(seen.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let addr = common::serve(app).await;
         Self {
             base_url: format!("http://{addr}/v1"),
             seen,

@@ -363,6 +363,14 @@ pub fn assistant_text(frames: &[Frame]) -> String {
         .collect()
 }
 
+/// Serves `app` on a loopback port of its own (a fake of a service out of reach from here).
+pub async fn serve(app: axum::Router) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
 /// The data of a turn's `error` frames, joined.
 pub fn error_of(frames: &[Frame]) -> String {
     frames
