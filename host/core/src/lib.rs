@@ -9,6 +9,7 @@ mod agent;
 mod credential;
 mod error;
 mod session;
+mod storage;
 
 pub use agent::{
     Agent, AgentManifest, AgentName, LimitOverrides, PoolSettings, RelativePath, MANIFEST_FILE,
@@ -17,3 +18,7 @@ pub use agent::{
 pub use credential::{Credential, CredentialType};
 pub use error::CoreError;
 pub use session::{Message, Role, Session, SessionEvent, SessionId, SessionStatus, DEFAULT_TENANT};
+pub use storage::{
+    check_data, check_limit, check_name, Document, Entry, Storage, StorageError, MAX_DATA_BYTES,
+    MAX_LIMIT, MAX_NAME_BYTES,
+};

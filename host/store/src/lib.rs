@@ -1,12 +1,17 @@
-//! Ash's embedded store: one SQLite file in WAL mode.
+//! Ash's built-in stores: one SQLite file in WAL mode (the default), and the storage port
+//! ([`SqlStorage`]) on that file or on Postgres, with the suite every backend of the port must
+//! pass ([`conformance`]).
 //!
 //! Writes that must not race are single statements (a message's sequence number is
 //! assigned inside its own INSERT), so concurrent turns never lose or duplicate a row.
 //! Migrations are embedded in the binary and run on open; a newer database than this
 //! binary knows is refused rather than guessed at.
 
+pub mod conformance;
+mod documents;
 mod sqlite;
 
+pub use documents::{redact, SqlStorage};
 pub use sqlite::{SealedKey, Store};
 
 /// A storage operation failed.

@@ -45,6 +45,11 @@ impl Store {
         Ok(Self { pool })
     }
 
+    /// The storage port on this file.
+    pub fn storage(&self) -> crate::SqlStorage {
+        crate::SqlStorage::sqlite(self.pool.clone())
+    }
+
     /// Creates the agent, or replaces its path and env and bumps its version.
     pub async fn upsert_agent(
         &self,

@@ -1,0 +1,417 @@
+//! The storage port ([`ash_core::Storage`]) on SQL: the embedded SQLite file, or Postgres
+//! (`postgres://…`, also CockroachDB's Postgres wire protocol). One set of statements serves
+//! both (numbered `$n` parameters, `ON CONFLICT … RETURNING`); [`with_pool!`] runs it on
+//! whichever pool this is.
+//!
+//! Every write is one transaction whose first statement writes, so SQLite takes its write lock
+//! at once and Postgres locks the row: a revision check and an append's numbering cannot race.
+//! Postgres errors that mean "try again" (serialization failure, deadlock — CockroachDB
+//! reports its transaction conflicts as serialization failures) are retried a few times.
+
+use ash_core::{
+    check_data, check_limit, check_name, Document, Entry, Storage, StorageError, MAX_LIMIT,
+};
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, SqlitePool};
+
+use crate::StoreError;
+
+/// Rows of one multi-row INSERT of stream entries.
+const ENTRIES_PER_INSERT: usize = 1000;
+/// Attempts of an operation that Postgres asked to retry.
+const ATTEMPTS: usize = 5;
+
+#[derive(Clone)]
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// The storage port on a SQL database. Cheap to clone: clones share one pool.
+#[derive(Clone)]
+pub struct SqlStorage {
+    pool: Pool,
+}
+
+/// Runs `$body` with `$pool` bound to this storage's pool, whichever database it is.
+macro_rules! with_pool {
+    ($self:ident, $pool:ident => $body:expr) => {
+        match &$self.pool {
+            Pool::Sqlite($pool) => $body,
+            Pool::Postgres($pool) => $body,
+        }
+    };
+}
+
+impl SqlStorage {
+    /// The port on the server's SQLite file (its tables come with the file's migrations).
+    pub(crate) fn sqlite(pool: SqlitePool) -> Self {
+        Self {
+            pool: Pool::Sqlite(pool),
+        }
+    }
+
+    /// Connects to Postgres at `url` and brings its schema up to date. An unreachable
+    /// database is an error naming the URL with its password hidden.
+    pub async fn connect_postgres(url: &str) -> Result<Self, StoreError> {
+        let open = |source| StoreError::Open {
+            path: redact(url),
+            source,
+        };
+        let options: PgConnectOptions = url.parse().map_err(open)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect_with(options)
+            .await
+            .map_err(open)?;
+        sqlx::migrate!("./migrations-postgres").run(&pool).await?;
+        Ok(Self {
+            pool: Pool::Postgres(pool),
+        })
+    }
+}
+
+/// `url` with the password, if any, replaced by `***`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((user_info, host)) => {
+            let user = user_info.split(':').next().unwrap_or_default();
+            let hidden = if user_info.contains(':') { ":***" } else { "" };
+            format!("{scheme}://{user}{hidden}@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// What a database error means to the port.
+fn db(e: sqlx::Error) -> StorageError {
+    match &e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => StorageError::Unavailable(e.to_string()),
+        sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("40001" | "40P01")) => {
+            StorageError::Conflict(format!("retry: {e}"))
+        }
+        _ => StorageError::Internal(e.to_string()),
+    }
+}
+
+/// Runs `op` again while it fails with a Postgres "retry" conflict, a few times.
+async fn retrying<T, F, Fut>(mut op: F) -> Result<T, StorageError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StorageError>>,
+{
+    let mut attempt = 1;
+    loop {
+        match op().await {
+            Err(StorageError::Conflict(m)) if m.starts_with("retry: ") && attempt < ATTEMPTS => {
+                attempt += 1;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+fn number(value: u64, what: &str) -> Result<i64, StorageError> {
+    i64::try_from(value).map_err(|_| StorageError::Invalid(format!("{what} is too large")))
+}
+
+fn document(collection: &str, (key, revision, data): (String, i64, String)) -> Document {
+    Document {
+        collection: collection.to_owned(),
+        key,
+        revision: revision as u64,
+        data,
+    }
+}
+
+#[async_trait]
+impl Storage for SqlStorage {
+    async fn get(&self, collection: &str, key: &str) -> Result<Option<Document>, StorageError> {
+        check_name("collection", collection)?;
+        check_name("key", key)?;
+        let row: Option<(String, i64, String)> = with_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT key, revision, data FROM documents WHERE collection = $1 AND key = $2",
+            )
+            .bind(collection)
+            .bind(key)
+            .fetch_optional(pool)
+            .await
+        })
+        .map_err(db)?;
+        Ok(row.map(|row| document(collection, row)))
+    }
+
+    async fn put(
+        &self,
+        collection: &str,
+        key: &str,
+        data: &str,
+        expected: u64,
+        index: &[(String, String)],
+    ) -> Result<u64, StorageError> {
+        check_name("collection", collection)?;
+        check_name("key", key)?;
+        check_data(data)?;
+        for (name, value) in index {
+            check_name("index name", name)?;
+            check_name("index value", value)?;
+        }
+        let expected_db = number(expected, "expected")?;
+        let written = retrying(|| async {
+            with_pool!(self, pool => {
+                let mut tx = pool.begin().await.map_err(db)?;
+                let statement = if expected == 0 {
+                    "INSERT INTO documents (collection, key, revision, data) VALUES ($1, $2, 1, $3)
+                     ON CONFLICT (collection, key) DO NOTHING"
+                } else {
+                    "UPDATE documents SET revision = revision + 1, data = $3
+                     WHERE collection = $1 AND key = $2 AND revision = $4"
+                };
+                let mut query = sqlx::query(statement).bind(collection).bind(key).bind(data);
+                if expected != 0 {
+                    query = query.bind(expected_db);
+                }
+                if query.execute(&mut *tx).await.map_err(db)?.rows_affected() != 1 {
+                    return Ok(false);
+                }
+                sqlx::query("DELETE FROM document_index WHERE collection = $1 AND key = $2")
+                    .bind(collection)
+                    .bind(key)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                for (name, value) in index {
+                    sqlx::query(
+                        "INSERT INTO document_index (collection, name, value, key)
+                         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                    )
+                    .bind(collection)
+                    .bind(name)
+                    .bind(value)
+                    .bind(key)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                }
+                tx.commit().await.map_err(db)?;
+                Ok(true)
+            })
+        })
+        .await?;
+        if !written {
+            return Err(StorageError::Conflict(format!(
+                "{collection}/{key} is not at revision {expected}"
+            )));
+        }
+        Ok(expected + 1)
+    }
+
+    async fn delete(
+        &self,
+        collection: &str,
+        key: &str,
+        expected: u64,
+    ) -> Result<bool, StorageError> {
+        check_name("collection", collection)?;
+        check_name("key", key)?;
+        let expected_db = number(expected, "expected")?;
+        let deleted = retrying(|| async {
+            with_pool!(self, pool => {
+                let mut tx = pool.begin().await.map_err(db)?;
+                let gone = sqlx::query(
+                    "DELETE FROM documents WHERE collection = $1 AND key = $2 AND revision = $3",
+                )
+                .bind(collection)
+                .bind(key)
+                .bind(expected_db)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?
+                .rows_affected();
+                if gone == 1 {
+                    sqlx::query("DELETE FROM document_index WHERE collection = $1 AND key = $2")
+                        .bind(collection)
+                        .bind(key)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db)?;
+                }
+                tx.commit().await.map_err(db)?;
+                Ok(gone == 1)
+            })
+        })
+        .await?;
+        if deleted {
+            return Ok(true);
+        }
+        match self.get(collection, key).await? {
+            None => Ok(false),
+            Some(current) => Err(StorageError::Conflict(format!(
+                "{collection}/{key} is at revision {}, not {expected}",
+                current.revision
+            ))),
+        }
+    }
+
+    async fn list(
+        &self,
+        collection: &str,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<Document>, StorageError> {
+        check_name("collection", collection)?;
+        check_limit(limit)?;
+        let rows: Vec<(String, i64, String)> = with_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT key, revision, data FROM documents
+                 WHERE collection = $1 AND key > $2 ORDER BY key LIMIT $3",
+            )
+            .bind(collection)
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await
+        })
+        .map_err(db)?;
+        Ok(rows
+            .into_iter()
+            .map(|row| document(collection, row))
+            .collect())
+    }
+
+    async fn lookup(
+        &self,
+        collection: &str,
+        index: &str,
+        value: &str,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<Document>, StorageError> {
+        check_name("collection", collection)?;
+        check_name("index name", index)?;
+        check_name("index value", value)?;
+        check_limit(limit)?;
+        let rows: Vec<(String, i64, String)> = with_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT d.key, d.revision, d.data FROM document_index i
+                 JOIN documents d ON d.collection = i.collection AND d.key = i.key
+                 WHERE i.collection = $1 AND i.name = $2 AND i.value = $3 AND i.key > $4
+                 ORDER BY i.key LIMIT $5",
+            )
+            .bind(collection)
+            .bind(index)
+            .bind(value)
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await
+        })
+        .map_err(db)?;
+        Ok(rows
+            .into_iter()
+            .map(|row| document(collection, row))
+            .collect())
+    }
+
+    async fn append(&self, stream: &str, entries: &[String]) -> Result<u64, StorageError> {
+        check_name("stream", stream)?;
+        if entries.is_empty() || entries.len() > MAX_LIMIT as usize {
+            return Err(StorageError::Invalid(format!(
+                "append takes 1-{MAX_LIMIT} entries"
+            )));
+        }
+        for entry in entries {
+            check_data(entry)?;
+        }
+        let count = entries.len() as i64;
+        let first = retrying(|| async {
+            with_pool!(self, pool => {
+                let mut tx = pool.begin().await.map_err(db)?;
+                let last: i64 = sqlx::query_scalar(
+                    "INSERT INTO streams (stream, last) VALUES ($1, $2)
+                     ON CONFLICT (stream) DO UPDATE SET last = streams.last + $2
+                     RETURNING last",
+                )
+                .bind(stream)
+                .bind(count)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db)?;
+                let first = last - count + 1;
+                for (chunk, rows) in entries.chunks(ENTRIES_PER_INSERT).enumerate() {
+                    let start = first + (chunk * ENTRIES_PER_INSERT) as i64;
+                    let mut insert = sqlx::QueryBuilder::new(
+                        "INSERT INTO stream_entries (stream, sequence, data) ",
+                    );
+                    insert.push_values(rows.iter().enumerate(), |mut row, (i, data)| {
+                        row.push_bind(stream)
+                            .push_bind(start + i as i64)
+                            .push_bind(data.as_str());
+                    });
+                    insert.build().execute(&mut *tx).await.map_err(db)?;
+                }
+                tx.commit().await.map_err(db)?;
+                Ok(first)
+            })
+        })
+        .await?;
+        Ok(first as u64)
+    }
+
+    async fn read(&self, stream: &str, after: u64, limit: u32) -> Result<Vec<Entry>, StorageError> {
+        check_name("stream", stream)?;
+        check_limit(limit)?;
+        let rows: Vec<(i64, String)> = with_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT sequence, data FROM stream_entries
+                 WHERE stream = $1 AND sequence > $2 ORDER BY sequence LIMIT $3",
+            )
+            .bind(stream)
+            .bind(number(after, "after")?)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await
+        })
+        .map_err(db)?;
+        Ok(rows
+            .into_iter()
+            .map(|(sequence, data)| Entry {
+                sequence: sequence as u64,
+                data,
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_hidden_in_urls() {
+        assert_eq!(
+            redact("postgres://ash:s3cret@db.example:5432/ash"),
+            "postgres://ash:***@db.example:5432/ash"
+        );
+        assert_eq!(
+            redact("postgres://ash@127.0.0.1/test"),
+            "postgres://ash@127.0.0.1/test"
+        );
+        assert_eq!(
+            redact("postgres://p%40ss:x@h/d"),
+            "postgres://p%40ss:***@h/d"
+        );
+        assert_eq!(redact("not a url"), "not a url");
+    }
+}
