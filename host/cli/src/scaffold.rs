@@ -46,12 +46,15 @@ macro_rules! example {
     };
 }
 
-fn example(kind: Kind) -> Example {
-    match kind {
+fn example(kind: Kind) -> anyhow::Result<Example> {
+    Ok(match kind {
         Kind::Observe => example!("01-observe-log", "observe-log", OBSERVE_WIT),
         Kind::Transform => example!("02-transform-replace", "transform-replace", OBSERVE_WIT),
         Kind::Auth => example!("03-auth-token", "auth-token", AUTH_WIT),
-    }
+        Kind::Storage => anyhow::bail!(
+            "there is no storage scaffold yet: start from plugins/storage-redis (docs/storage.md)"
+        ),
+    })
 }
 
 /// Writes the scaffold into `./<name>`, which must not exist.
@@ -73,7 +76,7 @@ pub fn new_plugin(name: &str, kind: Kind) -> anyhow::Result<ExitCode> {
             dir.display()
         );
     }
-    let example = example(kind);
+    let example = example(kind)?;
     let (from, to) = (example.name, name);
     let (from_file, to_file) = (from.replace('-', "_"), to.replace('-', "_"));
     let files = [

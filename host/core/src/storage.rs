@@ -69,7 +69,7 @@ impl StorageError {
 pub const MAX_NAME_BYTES: usize = 512;
 /// The largest document or stream entry, in bytes.
 pub const MAX_DATA_BYTES: usize = 16 * 1024 * 1024;
-/// The most documents or entries one `list`, `lookup` or `read` returns, and the most entries
+/// The most documents or entries one `list`, `find` or `read` returns, and the most entries
 /// one `append` takes.
 pub const MAX_LIMIT: u32 = 10_000;
 
@@ -141,7 +141,7 @@ pub trait Storage: Send + Sync {
     ) -> Result<Vec<Document>, StorageError>;
 
     /// Documents whose index `index` has the value `value`, in key order after `after`.
-    async fn lookup(
+    async fn find(
         &self,
         collection: &str,
         index: &str,

@@ -99,6 +99,13 @@ pub(crate) mod bindings {
             },
         });
     }
+    pub(crate) mod storage {
+        wasmtime::component::bindgen!({
+            path: ["../../wit/host", "../../wit/storage"],
+            world: "ash:storage/storage-backend@0.1.0",
+            with: { "ash:host": super::transformer::ash::host },
+        });
+    }
     pub(crate) mod authenticator {
         wasmtime::component::bindgen!({
             path: ["../../wit/host", "../../wit/auth"],
@@ -150,6 +157,10 @@ world!(
     Authenticator,
     AuthenticatorPre
 );
+world!(StorageWorld, storage, StorageBackend, StorageBackendPre);
+
+/// The storage world's shared types are records only: nothing for the host to provide.
+impl bindings::storage::ash::storage::types::Host for State {}
 
 impl bindings::transformer::ash::host::log::Host for State {
     fn log(&mut self, level: Level, message: String) {

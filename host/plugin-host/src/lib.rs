@@ -21,6 +21,7 @@ mod cache;
 mod host;
 mod manifest;
 mod plugin;
+mod storage;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -33,8 +34,9 @@ use wasmtime::component::Component;
 use wasmtime::{Config, Engine};
 
 pub use manifest::{hex, Capabilities, Kind, Limits, Manifest, OnFailure, PluginConfig};
+pub use storage::StoragePlugin;
 
-use host::{AuthenticatorWorld, ObserverWorld, TransformerWorld};
+use host::{AuthenticatorWorld, ObserverWorld, StorageWorld, TransformerWorld};
 use plugin::Plugin;
 
 /// The largest payload a transformer may return.
@@ -152,6 +154,12 @@ impl Plugins {
                 Kind::Observe => plugins.observers.push(Observer::start(Plugin::load(
                     &engine, manifest, &component, config,
                 )?)?),
+                Kind::Storage => {
+                    return Err(PluginError::Manifest(format!(
+                    "{}: a storage plugin is chosen with [storage] plugin = \"…\", not [[plugins]]",
+                    manifest.id
+                )))
+                }
             }
         }
         if let Some(dir) = cache {
@@ -186,6 +194,9 @@ impl Plugins {
             }
             Kind::Observe => {
                 Plugin::<ObserverWorld>::load(&engine, manifest, &component, &config)?.manifest
+            }
+            Kind::Storage => {
+                Plugin::<StorageWorld>::load(&engine, manifest, &component, &config)?.manifest
             }
         })
     }

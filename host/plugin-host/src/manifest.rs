@@ -23,6 +23,8 @@ pub enum Kind {
     Observe,
     /// Joins the auth chain after the API keys; fails closed.
     Auth,
+    /// Stores everything the server keeps, chosen with `[storage] plugin`; fails closed (503).
+    Storage,
 }
 
 impl Kind {
@@ -32,6 +34,7 @@ impl Kind {
             Self::Transform => "ash:observe/transformer@0.1.0",
             Self::Observe => "ash:observe/observer@0.1.0",
             Self::Auth => "ash:auth/authenticator@0.1.0",
+            Self::Storage => "ash:storage/storage-backend@0.1.0",
         }
     }
 
@@ -41,6 +44,7 @@ impl Kind {
             Self::Transform => "transform",
             Self::Observe => "observe",
             Self::Auth => "auth",
+            Self::Storage => "storage",
         }
     }
 }

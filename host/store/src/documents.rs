@@ -290,7 +290,7 @@ impl Storage for SqlStorage {
             .collect())
     }
 
-    async fn lookup(
+    async fn find(
         &self,
         collection: &str,
         index: &str,
