@@ -104,6 +104,34 @@ pub fn check_limit(limit: u32) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// The checks of a `put`: its names, its document and its index entries.
+pub fn check_put(
+    collection: &str,
+    key: &str,
+    data: &str,
+    index: &[(String, String)],
+) -> Result<(), StorageError> {
+    check_name("collection", collection)?;
+    check_name("key", key)?;
+    check_data(data)?;
+    for (name, value) in index {
+        check_name("index name", name)?;
+        check_name("index value", value)?;
+    }
+    Ok(())
+}
+
+/// The checks of an `append`: its stream's name, 1 to [`MAX_LIMIT`] entries, each in limits.
+pub fn check_append(stream: &str, entries: &[String]) -> Result<(), StorageError> {
+    check_name("stream", stream)?;
+    if entries.is_empty() || entries.len() > MAX_LIMIT as usize {
+        return Err(StorageError::Invalid(format!(
+            "append takes 1-{MAX_LIMIT} entries"
+        )));
+    }
+    entries.iter().try_for_each(|entry| check_data(entry))
+}
+
 /// A store. Every method is one atomic operation.
 #[async_trait]
 pub trait Storage: Send + Sync {

@@ -15,7 +15,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use ash_core::{
-    check_data, check_limit, check_name, Document, Entry, Storage, StorageError, MAX_LIMIT,
+    check_append, check_data, check_limit, check_name, check_put, Document, Entry, Storage,
+    StorageError,
 };
 use async_trait::async_trait;
 
@@ -190,13 +191,7 @@ impl Storage for StoragePlugin {
         expected: u64,
         index: &[(String, String)],
     ) -> Result<u64, StorageError> {
-        check_name("collection", collection)?;
-        check_name("key", key)?;
-        check_data(data)?;
-        for (name, value) in index {
-            check_name("index name", name)?;
-            check_name("index value", value)?;
-        }
+        check_put(collection, key, data, index)?;
         let (c, k, d, i) = (
             collection.to_owned(),
             key.to_owned(),
@@ -290,15 +285,7 @@ impl Storage for StoragePlugin {
     }
 
     async fn append(&self, stream: &str, entries: &[String]) -> Result<u64, StorageError> {
-        check_name("stream", stream)?;
-        if entries.is_empty() || entries.len() > MAX_LIMIT as usize {
-            return Err(StorageError::Invalid(format!(
-                "append takes 1-{MAX_LIMIT} entries"
-            )));
-        }
-        for entry in entries {
-            check_data(entry)?;
-        }
+        check_append(stream, entries)?;
         let (s, e) = (stream.to_owned(), entries.to_vec());
         self.call(
             move |exports, store| exports.ash_storage_store().call_append(store, &s, &e),

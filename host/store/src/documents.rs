@@ -9,7 +9,7 @@
 //! reports its transaction conflicts as serialization failures) are retried a few times.
 
 use ash_core::{
-    check_data, check_limit, check_name, Document, Entry, Storage, StorageError, MAX_LIMIT,
+    check_append, check_limit, check_name, check_put, Document, Entry, Storage, StorageError,
 };
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -160,13 +160,7 @@ impl Storage for SqlStorage {
         expected: u64,
         index: &[(String, String)],
     ) -> Result<u64, StorageError> {
-        check_name("collection", collection)?;
-        check_name("key", key)?;
-        check_data(data)?;
-        for (name, value) in index {
-            check_name("index name", name)?;
-            check_name("index value", value)?;
-        }
+        check_put(collection, key, data, index)?;
         let expected_db = number(expected, "expected")?;
         let written = retrying(|| async {
             with_pool!(self, pool => {
@@ -325,15 +319,7 @@ impl Storage for SqlStorage {
     }
 
     async fn append(&self, stream: &str, entries: &[String]) -> Result<u64, StorageError> {
-        check_name("stream", stream)?;
-        if entries.is_empty() || entries.len() > MAX_LIMIT as usize {
-            return Err(StorageError::Invalid(format!(
-                "append takes 1-{MAX_LIMIT} entries"
-            )));
-        }
-        for entry in entries {
-            check_data(entry)?;
-        }
+        check_append(stream, entries)?;
         let count = entries.len() as i64;
         let first = retrying(|| async {
             with_pool!(self, pool => {
