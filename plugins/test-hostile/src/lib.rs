@@ -1,22 +1,27 @@
-//! A plugin that misbehaves on purpose, in every export (transform, observe, authenticate),
+//! A plugin that misbehaves on purpose, in every export (transform, observe, authenticate,
+//! and the storage port's store),
 //! chosen by the config key `mode`: `loop` never returns, `memory` allocates without end,
 //! `trap` panics; for transform and authenticate, `huge` answers 2 MiB, and `snoop` reports
 //! which of env, args, files, the data dir and a socket (`connect`, default 127.0.0.1:5432)
 //! it could reach — as the replaced payload, or as an authenticator's denial. A transformer
-//! also has `nested` (JSON 100,000 deep) and `not-json`. The hostile-plugin tests load it;
-//! never deploy it.
+//! also has `nested` (JSON 100,000 deep) and `not-json`. As a store, `garbage` breaks the
+//! contract in every answer (another key, text that is not JSON, keys out of order, a wrong
+//! revision, sequence 0, numbers that skip) and `error` answers an error with an unknown code.
+//! The hostile-plugin tests load it; never deploy it.
 
 wit_bindgen::generate!({
-    path: ["../../wit/host", "../../wit/observe", "../../wit/auth", "wit"],
+    path: ["../../wit/host", "../../wit/observe", "../../wit/auth", "../../wit/storage", "wit"],
     world: "ash:test-hostile/hostile",
     generate_all,
 });
 
 use ash::auth::types::{Decision, Principal, Request};
 use ash::host::config;
+use ash::storage::types::{Document, Entry, Error};
 use exports::ash::auth::authenticate::Guest as Authenticate;
 use exports::ash::observe::observe::Guest as Observe;
 use exports::ash::observe::transform::{Event, Guest as Transform, Verdict};
+use exports::ash::storage::store::Guest as Store;
 
 struct Hostile;
 
@@ -83,6 +88,83 @@ impl Authenticate for Hostile {
             Some("snoop") => Decision::Deny(snoop()),
             _ => Decision::Abstain,
         }
+    }
+}
+
+/// A store's error in `error` mode, after `misbehave` for `loop`, `memory` and `trap`; in
+/// `garbage` mode the caller goes on to break the contract.
+fn store_error() -> Result<(), Error> {
+    misbehave();
+    match config::get("mode").as_deref() {
+        Some("error") => Err(Error {
+            code: "teapot".into(),
+            message: "the hostile store refuses".into(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn wrong_document(collection: String, key: &str) -> Document {
+    Document {
+        collection,
+        key: format!("not-{key}"),
+        revision: 1,
+        data: "this is not JSON".into(),
+    }
+}
+
+impl Store for Hostile {
+    fn get(collection: String, key: String) -> Result<Option<Document>, Error> {
+        store_error()?;
+        Ok(Some(wrong_document(collection, &key)))
+    }
+
+    fn put(
+        _collection: String,
+        _key: String,
+        _data: String,
+        expected: u64,
+        _index: Vec<(String, String)>,
+    ) -> Result<u64, Error> {
+        store_error()?;
+        Ok(expected + 7)
+    }
+
+    fn delete(_collection: String, _key: String, _expected: u64) -> Result<bool, Error> {
+        store_error()?;
+        Ok(true)
+    }
+
+    fn list(collection: String, _after: String, _limit: u32) -> Result<Vec<Document>, Error> {
+        store_error()?;
+        let mut b = wrong_document(collection.clone(), "b");
+        b.data = "{}".into();
+        let mut a = wrong_document(collection, "a");
+        a.data = "{}".into();
+        Ok(vec![b, a])
+    }
+
+    fn find(
+        collection: String,
+        _index: String,
+        _value: String,
+        after: String,
+        limit: u32,
+    ) -> Result<Vec<Document>, Error> {
+        Self::list(collection, after, limit)
+    }
+
+    fn append(_stream: String, _entries: Vec<String>) -> Result<u64, Error> {
+        store_error()?;
+        Ok(0)
+    }
+
+    fn read(_stream: String, after: u64, _limit: u32) -> Result<Vec<Entry>, Error> {
+        store_error()?;
+        Ok(vec![Entry {
+            sequence: after + 2,
+            data: "{}".into(),
+        }])
     }
 }
 
