@@ -132,6 +132,19 @@ pub fn check_append(stream: &str, entries: &[String]) -> Result<(), StorageError
     entries.iter().try_for_each(|entry| check_data(entry))
 }
 
+/// The checks of a `find`: its collection, index name and value, and page size.
+pub fn check_find(
+    collection: &str,
+    index: &str,
+    value: &str,
+    limit: u32,
+) -> Result<(), StorageError> {
+    check_name("collection", collection)?;
+    check_name("index name", index)?;
+    check_name("index value", value)?;
+    check_limit(limit)
+}
+
 /// A store. Every method is one atomic operation.
 #[async_trait]
 pub trait Storage: Send + Sync {

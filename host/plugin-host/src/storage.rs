@@ -15,8 +15,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use ash_core::{
-    check_append, check_data, check_limit, check_name, check_put, Document, Entry, Storage,
-    StorageError,
+    check_append, check_data, check_find, check_limit, check_name, check_put, Document, Entry,
+    Storage, StorageError,
 };
 use async_trait::async_trait;
 
@@ -262,10 +262,7 @@ impl Storage for StoragePlugin {
         after: &str,
         limit: u32,
     ) -> Result<Vec<Document>, StorageError> {
-        check_name("collection", collection)?;
-        check_name("index name", index)?;
-        check_name("index value", value)?;
-        check_limit(limit)?;
+        check_find(collection, index, value, limit)?;
         let (c, i, v, a) = (
             collection.to_owned(),
             index.to_owned(),

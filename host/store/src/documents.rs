@@ -9,7 +9,8 @@
 //! reports its transaction conflicts as serialization failures) are retried a few times.
 
 use ash_core::{
-    check_append, check_limit, check_name, check_put, Document, Entry, Storage, StorageError,
+    check_append, check_find, check_limit, check_name, check_put, Document, Entry, Storage,
+    StorageError,
 };
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -292,10 +293,7 @@ impl Storage for SqlStorage {
         after: &str,
         limit: u32,
     ) -> Result<Vec<Document>, StorageError> {
-        check_name("collection", collection)?;
-        check_name("index name", index)?;
-        check_name("index value", value)?;
-        check_limit(limit)?;
+        check_find(collection, index, value, limit)?;
         let rows: Vec<(String, i64, String)> = with_pool!(self, pool => {
             sqlx::query_as(
                 "SELECT d.key, d.revision, d.data FROM document_index i
