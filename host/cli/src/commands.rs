@@ -213,6 +213,7 @@ pub async fn run(server: Option<String>, command: Command) -> anyhow::Result<Exi
         | Command::Openapi
         | Command::Bench(_)
         | Command::Doctor(_)
+        | Command::Storage(_)
         | Command::Plugin(PluginCommand::Check { .. } | PluginCommand::New { .. }) => {
             unreachable!("handled by main")
         }

@@ -4,6 +4,7 @@ mod bench;
 mod commands;
 mod scaffold;
 mod start;
+mod storage;
 
 use clap::{Parser, Subcommand};
 
@@ -46,6 +47,9 @@ enum Command {
     /// List the server's plugins, check a plugin folder, or start a new plugin.
     #[command(subcommand)]
     Plugin(commands::PluginCommand),
+    /// Move records between storage backends (SQLite, Postgres, a storage plugin).
+    #[command(subcommand)]
+    Storage(storage::StorageCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -56,6 +60,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Start(args) => start::run(args).await,
             Command::Doctor(args) => start::doctor(args),
+            Command::Storage(command) => storage::run(command).await,
             Command::Bench(args) => bench::run(cli.server, args)
                 .await
                 .map(|()| std::process::ExitCode::SUCCESS),

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use ash_cli::client::default_data_dir;
-use ash_server::{Limits, SeedAgent, Server, ServerConfig};
+use ash_server::{Limits, PluginConfig, SeedAgent, Server, ServerConfig, StorageConfig};
+use ash_store::Database;
 use serde::Deserialize;
 
 #[derive(clap::Args)]
@@ -20,7 +21,7 @@ pub struct StartArgs {
     /// Where the database, agents and workspaces live [env: ASH_DATA_DIR] [default: ~/.local/share/ash]
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Database; only SQLite for now: sqlite:///path/to/ash.db [env: ASH_DATABASE_URL] [default: <data dir>/ash.db]
+    /// Database: sqlite:<path> or postgres://user:password@host:port/database; overrides the settings file's [storage] [env: ASH_DATABASE_URL] [default: sqlite:<data dir>/ash.db]
     #[arg(long)]
     database_url: Option<String>,
     /// Most live sandboxes at once [env: ASH_MAX_SANDBOXES] [default: 1000]
@@ -33,7 +34,7 @@ pub struct StartArgs {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct FileSettings {
+pub(crate) struct FileSettings {
     port: Option<u16>,
     host: Option<String>,
     data_dir: Option<PathBuf>,
@@ -49,7 +50,62 @@ struct FileSettings {
     idle_timeout_ms: Option<u64>,
     credential_key: Option<String>,
     #[serde(default)]
-    plugins: Vec<ash_server::PluginConfig>,
+    plugins: Vec<PluginConfig>,
+    storage: Option<StorageSettings>,
+}
+
+/// `[storage]`: a storage plugin holds the records, with its grants.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StorageSettings {
+    /// The plugin's folder (holding `plugin.toml`).
+    plugin: PathBuf,
+    sha256: Option<String>,
+    #[serde(default)]
+    config: std::collections::BTreeMap<String, String>,
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    outbound: Vec<String>,
+}
+
+impl FileSettings {
+    /// The data dir: `ASH_DATA_DIR`, else the file's, else the default.
+    pub(crate) fn data_dir(&self) -> anyhow::Result<PathBuf> {
+        Ok(env("ASH_DATA_DIR")?
+            .or(self.data_dir.clone())
+            .unwrap_or_else(default_data_dir))
+    }
+
+    /// Where records go: a database URL given outside the file (`url`), else the file's
+    /// `database_url` or `[storage]` plugin (not both), else `<data dir>/ash.db`.
+    pub(crate) fn storage(
+        &self,
+        url: Option<String>,
+        data_dir: &Path,
+    ) -> anyhow::Result<StorageConfig> {
+        let database = |url: String| {
+            Database::parse(&url)
+                .map(StorageConfig::Database)
+                .map_err(|e| anyhow::anyhow!("database URL: {e}"))
+        };
+        if self.database_url.is_some() && self.storage.is_some() {
+            bail!("the settings file has both database_url and [storage]: records go to one store, so keep one of them");
+        }
+        match (url.or(self.database_url.clone()), &self.storage) {
+            (Some(url), _) => database(url),
+            (None, Some(storage)) => Ok(StorageConfig::Plugin(PluginConfig {
+                path: storage.plugin.clone(),
+                sha256: storage.sha256.clone(),
+                config: storage.config.clone(),
+                data_dir: storage.data_dir.clone(),
+                outbound: storage.outbound.clone(),
+                on_failure: None,
+            })),
+            (None, None) => Ok(StorageConfig::Database(Database::Sqlite(
+                data_dir.join("ash.db"),
+            ))),
+        }
+    }
 }
 
 /// Largest settings file read.
@@ -65,7 +121,7 @@ fn env<T: std::str::FromStr>(name: &str) -> anyhow::Result<Option<T>> {
     }
 }
 
-fn read_settings(path: Option<PathBuf>) -> anyhow::Result<FileSettings> {
+pub(crate) fn read_settings(path: Option<PathBuf>) -> anyhow::Result<FileSettings> {
     let Some(path) = path.or_else(|| std::env::var_os("ASH_CONFIG").map(PathBuf::from)) else {
         return Ok(FileSettings::default());
     };
@@ -95,29 +151,6 @@ fn find_bwrap(configured: Option<PathBuf>) -> anyhow::Result<PathBuf> {
         )
 }
 
-fn sqlite_path(url: Option<String>, data_dir: &Path) -> anyhow::Result<()> {
-    match url {
-        None => Ok(()),
-        Some(url) if url.starts_with("sqlite://") && Path::new(&url["sqlite://".len()..]) == data_dir.join("ash.db") => Ok(()),
-        Some(url) => bail!("ASH_DATABASE_URL={:?}: this build stores data in <data dir>/ash.db (SQLite) only; unset it or point ASH_DATA_DIR at the folder instead", redact_password(&url)),
-    }
-}
-
-/// The URL with any password replaced by `***`, for messages and logs.
-fn redact_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-            format!("{scheme}://{user}:***@{host}{}", &rest[authority_end..])
-        }
-        None => url.to_owned(),
-    }
-}
-
 /// The bundled example agent, deployed on first start.
 fn hello_agent() -> SeedAgent {
     SeedAgent {
@@ -144,17 +177,11 @@ pub async fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
         .with_writer(std::io::stderr)
         .init();
     let file = read_settings(args.config)?;
-    let data_dir = args
-        .data_dir
-        .or(env("ASH_DATA_DIR")?)
-        .or(file.data_dir)
-        .unwrap_or_else(default_data_dir);
-    sqlite_path(
-        args.database_url
-            .or(env("ASH_DATABASE_URL")?)
-            .or(file.database_url),
-        &data_dir,
-    )?;
+    let data_dir = match args.data_dir {
+        Some(dir) => dir,
+        None => file.data_dir()?,
+    };
+    let storage = file.storage(args.database_url.or(env("ASH_DATABASE_URL")?), &data_dir)?;
     let bridge = bridge_path(file.bridge_bin)?;
     let defaults = Limits::default();
     const MIB: u64 = 1024 * 1024;
@@ -187,7 +214,6 @@ pub async fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
             .or(file.host)
             .unwrap_or_else(|| "127.0.0.1".into()),
         port: args.port.or(env("ASH_PORT")?).or(file.port).unwrap_or(4100),
-        data_dir,
         api_key: env("ASH_API_KEY")?,
         max_sandboxes: args
             .max_sandboxes
@@ -199,6 +225,8 @@ pub async fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
         seed_agents: vec![hello_agent()],
         plugins: file.plugins,
         credential_key: env("ASH_CREDENTIAL_KEY")?.or(file.credential_key),
+        storage,
+        data_dir,
     };
     let data_dir = config.data_dir.clone();
     let server = Server::prepare(config).await?;
@@ -271,18 +299,4 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
         }
         tracing::info!("shutting down: stopping sandboxes");
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact_password;
-
-    #[test]
-    fn passwords_never_appear_in_database_urls_shown() {
-        assert_eq!(
-            redact_password("postgres://u:p%40ss@db:5432/ash"),
-            "postgres://u:***@db:5432/ash"
-        );
-        assert_eq!(redact_password("postgres://db/ash"), "postgres://db/ash");
-    }
 }

@@ -2,13 +2,18 @@
 //! (127.0.0.1:5432 `test`, or `ASH_TEST_DATABASE_URL`, in a schema of its own) and the
 //! `storage-redis` plugin against the real Redis (127.0.0.1:6379 or `ASH_TEST_REDIS`; build
 //! it first with `scripts/build-plugins.sh`). One client, one operation at a time.
+//! Then the server's records on each ([`ash_store::Store`]): reading a session, and the storage
+//! work of a turn's first and last batch (a message, its frames, and the turn's mark).
 //! Run: `cargo bench -p ash-plugin-host --bench storage`.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ash_core::Storage;
+use ash_core::{AgentName, Role, Session, SessionId, SessionStatus, Storage, DEFAULT_TENANT};
 use ash_plugin_host::{PluginConfig, StoragePlugin};
+use ash_store::conformance::{redis_address, TestRedis, TestSchema};
+use ash_store::{SqlStorage, Store};
 
 const CALLS: usize = 2_000;
 
@@ -81,45 +86,79 @@ async fn bench(name: &str, s: &dyn Storage) {
     .await;
 }
 
+/// The storage work of the server's hot paths, on the records.
+async fn records(store: &Store) {
+    let now = "2026-12-01T00:00:00.000Z".to_owned();
+    let session = Session {
+        id: SessionId::new(),
+        tenant_id: DEFAULT_TENANT.into(),
+        agent_name: AgentName::try_from("bench".to_owned()).unwrap(),
+        sandbox_id: "sb".into(),
+        status: SessionStatus::Active,
+        runner_id: None,
+        parent_session_id: None,
+        env: Default::default(),
+        credential_id: None,
+        created_at: now.clone(),
+        last_active_at: now,
+    };
+    store.insert_session(&session).await.unwrap();
+    let id = session.id;
+    measure("records: get a session", |_| async {
+        store.get_session(id).await.unwrap().unwrap();
+    })
+    .await;
+    let user = [(Role::User, r#"{"type":"user","content":"hi"}"#.to_owned())];
+    let start = [("session_start", format!(r#"{{"sessionId":"{id}"}}"#))];
+    measure("records: turn start (mark, message, frame)", |_| async {
+        store.append(id, &user, &start).await.unwrap();
+    })
+    .await;
+    let reply = [(Role::Assistant, r#"{"type":"assistant"}"#.to_owned())];
+    let end = [
+        ("message", r#"{"type":"assistant"}"#.to_owned()),
+        ("done", format!(r#"{{"sessionId":"{id}"}}"#)),
+    ];
+    measure("records: turn end (message, frames, unmark)", |_| async {
+        store.append(id, &reply, &end).await.unwrap();
+    })
+    .await;
+}
+
 #[tokio::main]
 async fn main() {
     let dir = tempfile::tempdir().unwrap();
-    let sqlite = ash_store::Store::open(&dir.path().join("ash.db"))
-        .await
-        .unwrap();
-    bench("SQLite (file, WAL)", &sqlite.storage()).await;
+    let sqlite = Arc::new(
+        SqlStorage::open_sqlite(&dir.path().join("ash.db"))
+            .await
+            .unwrap(),
+    );
+    bench("SQLite (file, WAL)", &*sqlite).await;
+    records(&Store::new(sqlite)).await;
 
-    let url = std::env::var("ASH_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let admin = sqlx::PgPool::connect(&url).await.expect("Postgres");
-    let schema = format!("ash_bench_{}", std::process::id());
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let joiner = if url.contains('?') { '&' } else { '?' };
-    let scoped = format!("{url}{joiner}options=-c%20search_path%3D{schema}");
-    let postgres = ash_store::SqlStorage::connect_postgres(&scoped)
-        .await
-        .unwrap();
-    bench("Postgres (loopback)", &postgres).await;
-    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-        .execute(&admin)
-        .await
-        .unwrap();
+    let schema = TestSchema::create().await;
+    let postgres = Arc::new(SqlStorage::connect_postgres(&schema.url()).await.unwrap());
+    bench("Postgres (loopback)", &*postgres).await;
+    records(&Store::new(postgres)).await;
+    schema.drop().await;
 
-    let redis = std::env::var("ASH_TEST_REDIS").unwrap_or_else(|_| "127.0.0.1:6379".into());
-    let prefix = format!("ash-bench-{}:", std::process::id());
+    let redis = TestRedis::new();
     let plugin = StoragePlugin::load(
         &PluginConfig {
             path: PathBuf::from(env!("CARGO_MANIFEST_DIR"))
                 .join("../../target/plugins/storage-redis"),
-            config: [("address".into(), redis.clone()), ("prefix".into(), prefix)].into(),
-            outbound: vec![redis],
+            config: [
+                ("address".into(), redis_address()),
+                ("prefix".into(), redis.prefix.clone()),
+            ]
+            .into(),
+            outbound: vec![redis_address()],
             ..PluginConfig::default()
         },
         None,
     )
     .expect("run scripts/build-plugins.sh first");
     bench("storage-redis plugin (loopback Redis)", &plugin).await;
+    records(&Store::new(Arc::new(plugin))).await;
+    redis.drop();
 }

@@ -3,34 +3,14 @@
 //! `ASH_TEST_REDIS` (default 127.0.0.1:6379), under a key prefix of its own that is deleted
 //! afterwards.
 
-use std::io::{Read, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use ash_plugin_host::{PluginConfig, StoragePlugin};
-
-fn redis_address() -> String {
-    std::env::var("ASH_TEST_REDIS").unwrap_or_else(|_| "127.0.0.1:6379".into())
-}
+use ash_store::conformance::{redis_address, TestRedis};
 
 fn plugin_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/plugins/storage-redis")
-}
-
-/// Deletes every key under `prefix` (one Lua call over a raw connection).
-fn delete_prefix(prefix: &str) {
-    let script =
-        "for _, k in ipairs(redis.call('KEYS', ARGV[1])) do redis.call('DEL', k) end return 0";
-    let pattern = format!("{prefix}*");
-    let args = ["EVAL", script, "0", pattern.as_str()];
-    let mut request = format!("*{}\r\n", args.len());
-    for arg in args {
-        request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
-    }
-    let mut redis = std::net::TcpStream::connect(redis_address()).unwrap();
-    redis.write_all(request.as_bytes()).unwrap();
-    let mut reply = [0u8; 4];
-    redis.read_exact(&mut reply).unwrap();
-    assert_eq!(&reply, b":0\r\n", "cleanup");
 }
 
 fn load(prefix: &str, granted: &[&str]) -> Result<StoragePlugin, ash_plugin_host::PluginError> {
@@ -51,15 +31,9 @@ fn load(prefix: &str, granted: &[&str]) -> Result<StoragePlugin, ash_plugin_host
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_redis_plugin_conforms() {
-    let prefix = format!(
-        "ash-test-{}-{}:",
-        std::process::id(),
-        std::time::SystemTime::UNIX_EPOCH
-            .elapsed()
-            .unwrap()
-            .as_nanos()
-    );
-    let storage = load(&prefix, &[&redis_address()]).expect("run scripts/build-plugins.sh first");
+    let redis = TestRedis::new();
+    let storage =
+        load(&redis.prefix, &[&redis_address()]).expect("run scripts/build-plugins.sh first");
     ash_store::conformance::run(&storage, "t/").await;
     assert_eq!(
         storage.status().failures,
@@ -67,7 +41,19 @@ async fn the_redis_plugin_conforms() {
         "{:?}",
         storage.status().last_error
     );
-    delete_prefix(&prefix);
+    redis.drop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_on_the_redis_plugin_conform() {
+    let (one, two) = (TestRedis::new(), TestRedis::new());
+    let open = |redis: &TestRedis| {
+        let plugin = load(&redis.prefix, &[&redis_address()]).expect("loads");
+        ash_store::Store::new(Arc::new(plugin))
+    };
+    ash_store::conformance::run_records(&open(&one), &open(&two)).await;
+    one.drop();
+    two.drop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

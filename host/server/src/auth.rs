@@ -38,7 +38,7 @@ impl Keys {
                 None,
             ));
         }
-        if store.count_api_keys().await? > 0 {
+        if store.has_api_keys().await? {
             return Ok((Self { env_key: None }, None));
         }
         let key = generate();

@@ -53,7 +53,16 @@ impl From<ash_core::CoreError> for ApiError {
 }
 
 impl From<ash_store::StoreError> for ApiError {
+    /// A store out of reach is a 503 the client may retry (the server reconnects by itself);
+    /// anything else is a 500.
     fn from(e: ash_store::StoreError) -> Self {
+        if e.is_unavailable() {
+            tracing::warn!("storage is unavailable: {e}");
+            return Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage is unavailable right now; try again shortly",
+            );
+        }
         Self::internal("storage failed", e)
     }
 }

@@ -8,8 +8,10 @@ use prometheus::Encoder;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use ash_store::Database;
+
 use crate::error::Json;
-use crate::{ApiError, AppState};
+use crate::{ApiError, AppState, StorageConfig};
 
 /// `GET /health`: public liveness and pool summary, in the reference API's shape.
 #[utoipa::path(get, path = "/health", tag = "health", security(()), responses((status = 200, body = Health)))]
@@ -23,6 +25,11 @@ pub(crate) async fn health(State(state): State<Arc<AppState>>) -> Result<Json<He
         active_sandboxes: snapshot.live,
         remote_runners: 0,
         uptime: state.metrics.started.elapsed().as_secs(),
+        storage: match &state.config.storage {
+            StorageConfig::Database(Database::Sqlite(_)) => "sqlite",
+            StorageConfig::Database(Database::Postgres(_)) => "postgres",
+            StorageConfig::Plugin(_) => "plugin",
+        },
         plugins: snapshot
             .plugins
             .into_iter()
@@ -68,6 +75,10 @@ pub(crate) struct Health {
     /// Seconds since start.
     uptime: u64,
     pool: PoolStats,
+    /// Where records are kept: `sqlite`, `postgres` or `plugin` (a storage plugin, listed in
+    /// `plugins`); an addition to the reference shape.
+    #[schema(value_type = String, example = "sqlite")]
+    storage: &'static str,
     /// The loaded plugins (an addition to the reference shape).
     plugins: Vec<PluginHealth>,
 }
@@ -131,7 +142,7 @@ struct Snapshot {
 }
 
 async fn refresh(state: &AppState) -> Result<Snapshot, ApiError> {
-    let counts = state.store.count_sessions().await?;
+    let counts = state.store.count_unended_sessions().await?;
     let count = |wanted: &dyn Fn(SessionStatus) -> bool| -> i64 {
         counts
             .iter()
@@ -154,7 +165,12 @@ async fn refresh(state: &AppState) -> Result<Snapshot, ApiError> {
         warm,
         waiting: (of_sessions - running).max(0),
         running,
-        plugins: state.plugins.status(),
+        plugins: state
+            .plugins
+            .status()
+            .into_iter()
+            .chain(state.storage_plugin.as_ref().map(|p| p.status()))
+            .collect(),
     };
     let m = &state.metrics;
     m.uptime.set(m.started.elapsed().as_secs() as i64);

@@ -32,7 +32,7 @@ pub use ash_plugin_host::PluginConfig;
 pub use ash_sandbox::{doctor, Limits};
 pub use error::ApiError;
 pub use openapi::document as openapi_document;
-pub use state::AppState;
+pub use state::{open_storage, AppState};
 
 /// Everything the server needs to start; the CLI fills it from flags, env and `ash.toml`.
 #[derive(Debug, Clone)]
@@ -41,6 +41,8 @@ pub struct ServerConfig {
     /// 0 picks a free port.
     pub port: u16,
     pub data_dir: PathBuf,
+    /// Where records are kept.
+    pub storage: StorageConfig,
     /// A key accepted as-is (`ASH_API_KEY`); no key is generated when it is set.
     pub api_key: Option<String>,
     pub max_sandboxes: usize,
@@ -57,6 +59,15 @@ pub struct ServerConfig {
     /// The master key credentials are encrypted under (`ASH_CREDENTIAL_KEY`); credentials
     /// are off without it.
     pub credential_key: Option<String>,
+}
+
+/// Where the server keeps its records.
+#[derive(Debug, Clone)]
+pub enum StorageConfig {
+    /// A built-in backend: an SQLite file (the default: `<data dir>/ash.db`) or Postgres.
+    Database(ash_store::Database),
+    /// A storage plugin (`[storage]` in the settings file).
+    Plugin(ash_plugin_host::PluginConfig),
 }
 
 /// An agent shipped inside the binary: its name and its files (relative path, bytes).
@@ -76,6 +87,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Store(#[from] ash_store::StoreError),
+    #[error("cannot load the storage plugin: {0}")]
+    StoragePlugin(ash_plugin_host::PluginError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,

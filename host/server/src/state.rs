@@ -1,5 +1,7 @@
 use std::path::Path;
+use std::sync::Arc;
 
+use ash_plugin_host::StoragePlugin;
 use ash_store::Store;
 
 use crate::auth::Keys;
@@ -11,6 +13,8 @@ use crate::{ServerConfig, StartError};
 pub struct AppState {
     pub config: ServerConfig,
     pub store: Store,
+    /// The storage plugin the records are on, if they are on one (for `/health`).
+    pub storage_plugin: Option<StoragePlugin>,
     pub keys: Keys,
     pub sessions: Sessions,
     pub metrics: Metrics,
@@ -22,21 +26,50 @@ impl AppState {
     /// Opens the store and bootstraps the API key; returns a newly generated key, if any.
     pub(crate) async fn open(config: ServerConfig) -> Result<(Self, Option<String>), StartError> {
         let sealer = crate::credentials::Sealer::new(config.credential_key.as_deref())?;
-        let store = Store::open(&config.data_dir.join("ash.db")).await?;
+        let cache = config.data_dir.join("plugin-cache");
+        let (store, storage_plugin) = open_storage(&config.storage, Some(&cache)).await?;
         let (keys, new_key) = Keys::bootstrap(&store, &config).await?;
         let sessions = Sessions::new(&config);
-        let plugins =
-            load_plugins(config.plugins.clone(), config.data_dir.join("plugin-cache")).await?;
+        let plugins = load_plugins(config.plugins.clone(), cache).await?;
         let state = Self {
             plugins,
             sealer,
             metrics: Metrics::new(config.max_sandboxes),
             config,
             store,
+            storage_plugin,
             keys,
             sessions,
         };
         Ok((state, new_key))
+    }
+}
+
+/// Opens the configured storage: connects to (and migrates) the database, or loads the storage
+/// plugin (compiled components cached in `cache`), which is returned too.
+pub async fn open_storage(
+    config: &crate::StorageConfig,
+    cache: Option<&Path>,
+) -> Result<(Store, Option<StoragePlugin>), StartError> {
+    match config {
+        crate::StorageConfig::Database(database) => {
+            Ok((Store::new(Arc::new(database.open().await?)), None))
+        }
+        crate::StorageConfig::Plugin(plugin) => {
+            let (plugin, cache) = (plugin.clone(), cache.map(Path::to_owned));
+            let loaded =
+                tokio::task::spawn_blocking(move || StoragePlugin::load(&plugin, cache.as_deref()))
+                    .await
+                    .map_err(|e| {
+                        StartError::StoragePlugin(ash_plugin_host::PluginError::Manifest(
+                            e.to_string(),
+                        ))
+                    })?
+                    .map_err(StartError::StoragePlugin)?;
+            let status = loaded.status();
+            tracing::info!(plugin = %status.id, version = %status.version, "storage plugin loaded");
+            Ok((Store::new(Arc::new(loaded.clone())), Some(loaded)))
+        }
     }
 }
 

@@ -1,30 +1,47 @@
-//! Ash's built-in stores: one SQLite file in WAL mode (the default), and the storage port
-//! ([`SqlStorage`]) on that file or on Postgres, with the suite every backend of the port must
-//! pass ([`conformance`]).
+//! Ash's storage: the records the server keeps ([`Store`]: agents, sessions, their messages and
+//! event logs, API keys, credentials), written as documents and streams on the storage port
+//! ([`ash_core::Storage`]), so any backend of the port can hold them; the port's built-in SQL
+//! backends ([`SqlStorage`]: an SQLite file, the default, or Postgres); copying every record
+//! from one backend to another ([`Store::copy_to`]); and the suite every backend of the port
+//! must pass ([`conformance`]).
 //!
-//! Writes that must not race are single statements (a message's sequence number is
-//! assigned inside its own INSERT), so concurrent turns never lose or duplicate a row.
-//! Migrations are embedded in the binary and run on open; a newer database than this
-//! binary knows is refused rather than guessed at.
+//! Migrations are embedded in the binary and run on open; a newer database than this binary
+//! knows is refused rather than guessed at.
 
 pub mod conformance;
-mod documents;
-mod sqlite;
+mod copy;
+mod log;
+mod records;
+mod sql;
 
-pub use documents::{redact, SqlStorage};
-pub use sqlite::{SealedKey, Store};
+pub use copy::{Copied, CopyError};
+pub use records::{SealedKey, Store};
+pub use sql::{redact, Database, SqlStorage};
 
 /// A storage operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot open the database at {path}: {source}")]
     Open { path: String, source: sqlx::Error },
+    #[error(
+        "cannot connect to the database at {url}: {source}; check that the database server is \
+         running and reachable from here, that the database exists and that this user may log \
+         in (the URL comes from ASH_DATABASE_URL, --database-url or database_url)"
+    )]
+    Connect { url: String, source: sqlx::Error },
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("database error: {0}")]
-    Db(#[from] sqlx::Error),
-    #[error("stored row is corrupt: {0}")]
+    #[error(transparent)]
+    Storage(#[from] ash_core::StorageError),
+    #[error("stored record is corrupt: {0}")]
     Corrupt(String),
+}
+
+impl StoreError {
+    /// The store is out of reach for now; the same call may work later.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Storage(ash_core::StorageError::Unavailable(_)))
+    }
 }
 
 fn now() -> String {

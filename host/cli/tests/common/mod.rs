@@ -17,6 +17,8 @@ pub struct Server {
     pub url: String,
     pub key: String,
     pub stdout: Vec<String>,
+    /// What `start_in` added to the server's environment; a restart gets the same.
+    env: Vec<(String, String)>,
     child: tokio::process::Child,
     http: reqwest::Client,
 }
@@ -76,9 +78,21 @@ impl Server {
             url,
             key,
             stdout,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             child,
             http: reqwest::Client::new(),
         }
+    }
+
+    /// Starts the server again on its data dir and environment, keeping its API key.
+    async fn start_again(data: tempfile::TempDir, env: Vec<(String, String)>, key: String) -> Self {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let mut again = Self::start_in(data, &env).await;
+        again.key = key;
+        again
     }
 
     /// Stops the server (SIGTERM, as an operator would) and waits for it to exit; returns
@@ -96,20 +110,16 @@ impl Server {
 
     /// Stops the server (SIGTERM, as an operator would) and starts it again on the same data.
     pub async fn restart(self) -> Self {
+        let env = self.env.clone();
         let (data, key) = self.stop().await;
-        let mut again = Self::start_in(data, &[]).await;
-        again.key = key;
-        again
+        Self::start_again(data, env, key).await
     }
 
     /// Kills the server with SIGKILL, as a crash would, and starts it again on the same data.
     pub async fn crash_and_restart(mut self) -> Self {
         self.child.start_kill().unwrap();
         self.child.wait().await.unwrap();
-        let key = self.key.clone();
-        let mut again = Self::start_in(self.data, &[]).await;
-        again.key = key;
-        again
+        Self::start_again(self.data, self.env, self.key).await
     }
 
     /// Opens `GET /api/sessions/:id/stream`, resuming after `last_event_id` when given.

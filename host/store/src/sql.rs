@@ -1,12 +1,19 @@
-//! The storage port ([`ash_core::Storage`]) on SQL: the embedded SQLite file, or Postgres
-//! (`postgres://…`, also CockroachDB's Postgres wire protocol). One set of statements serves
-//! both (numbered `$n` parameters, `ON CONFLICT … RETURNING`); [`with_pool!`] runs it on
-//! whichever pool this is.
+//! The storage port ([`ash_core::Storage`]) on SQL: an SQLite file (the default, in the data
+//! dir), or Postgres (`postgres://…`, also CockroachDB's Postgres wire protocol). One set of
+//! statements serves both (numbered `$n` parameters, `ON CONFLICT … RETURNING`); [`with_pool!`]
+//! runs it on whichever pool this is.
 //!
 //! Every write is one transaction whose first statement writes, so SQLite takes its write lock
 //! at once and Postgres locks the row: a revision check and an append's numbering cannot race.
 //! Postgres errors that mean "try again" (serialization failure, deadlock — CockroachDB
 //! reports its transaction conflicts as serialization failures) are retried a few times.
+//! Errors that mean the database is out of reach (a broken or refused connection, a server
+//! shutting down, a pool that cannot get a connection in time) are `unavailable`: the server
+//! answers 503, and the pool opens new connections by itself once the database is back.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
 
 use ash_core::{
     check_append, check_find, check_limit, check_name, check_put, Document, Entry, Storage,
@@ -14,6 +21,7 @@ use ash_core::{
 };
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
 
 use crate::StoreError;
@@ -22,6 +30,8 @@ use crate::StoreError;
 const ENTRIES_PER_INSERT: usize = 1000;
 /// Attempts of an operation that Postgres asked to retry.
 const ATTEMPTS: usize = 5;
+/// How long a call waits for a pooled connection before the database counts as unavailable.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
 enum Pool {
@@ -45,28 +55,93 @@ macro_rules! with_pool {
     };
 }
 
-impl SqlStorage {
-    /// The port on the server's SQLite file (its tables come with the file's migrations).
-    pub(crate) fn sqlite(pool: SqlitePool) -> Self {
-        Self {
-            pool: Pool::Sqlite(pool),
+/// A database named by URL: `sqlite:<path>` (or `sqlite://<path>`), or `postgres://…`
+/// (`postgresql://…`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl Database {
+    /// Reads a database URL; anything else is an error that says what is accepted.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Self::Postgres(url.to_owned()));
+        }
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"));
+        match path {
+            Some(path) if !path.is_empty() => Ok(Self::Sqlite(PathBuf::from(path))),
+            _ => Err(format!(
+                "{:?} is not a database URL this server can use: give sqlite:<path to a file> \
+                 or postgres://user:password@host:port/database",
+                redact(url)
+            )),
         }
     }
 
-    /// Connects to Postgres at `url` and brings its schema up to date. An unreachable
-    /// database is an error naming the URL with its password hidden.
-    pub async fn connect_postgres(url: &str) -> Result<Self, StoreError> {
+    /// Opens (SQLite: creating the file if needed) and migrates the database.
+    pub async fn open(&self) -> Result<SqlStorage, StoreError> {
+        match self {
+            Self::Sqlite(path) => SqlStorage::open_sqlite(path).await,
+            Self::Postgres(url) => SqlStorage::connect_postgres(url).await,
+        }
+    }
+}
+
+impl std::fmt::Display for Database {
+    /// The URL with its password hidden.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(path) => write!(f, "sqlite:{}", path.display()),
+            Self::Postgres(url) => f.write_str(&redact(url)),
+        }
+    }
+}
+
+impl SqlStorage {
+    /// Opens (creating if needed) the SQLite file in WAL mode and brings its schema up to date.
+    pub async fn open_sqlite(path: &Path) -> Result<Self, StoreError> {
         let open = |source| StoreError::Open {
-            path: redact(url),
+            path: path.display().to_string(),
             source,
         };
-        let options: PgConnectOptions = url.parse().map_err(open)?;
-        let pool = PgPoolOptions::new()
-            .max_connections(16)
-            .acquire_timeout(std::time::Duration::from_secs(5))
+        let options = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(open)?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await
             .map_err(open)?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Self {
+            pool: Pool::Sqlite(pool),
+        })
+    }
+
+    /// Connects to Postgres at `url` and brings its schema up to date. An unreachable
+    /// database is an error naming the URL with its password hidden, and what to check.
+    pub async fn connect_postgres(url: &str) -> Result<Self, StoreError> {
+        let connect = |source| StoreError::Connect {
+            url: redact(url),
+            source,
+        };
+        let options: PgConnectOptions = url.parse().map_err(connect)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(connect)?;
         sqlx::migrate!("./migrations-postgres").run(&pool).await?;
         Ok(Self {
             pool: Pool::Postgres(pool),
@@ -98,9 +173,14 @@ fn db(e: sqlx::Error) -> StorageError {
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => StorageError::Unavailable(e.to_string()),
-        sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("40001" | "40P01")) => {
-            StorageError::Conflict(format!("retry: {e}"))
-        }
+        sqlx::Error::Database(d) => match d.code().as_deref() {
+            Some("40001" | "40P01") => StorageError::Conflict(format!("retry: {e}")),
+            // Connection exceptions, a server shutting down or out of resources.
+            Some(code) if ["08", "53", "57"].contains(&&code[..code.len().min(2)]) => {
+                StorageError::Unavailable(e.to_string())
+            }
+            _ => StorageError::Internal(e.to_string()),
+        },
         _ => StorageError::Internal(e.to_string()),
     }
 }
@@ -397,5 +477,26 @@ mod tests {
             "postgres://p%40ss:***@h/d"
         );
         assert_eq!(redact("not a url"), "not a url");
+    }
+
+    #[test]
+    fn database_urls_name_sqlite_files_or_postgres() {
+        assert_eq!(
+            Database::parse("sqlite:///var/lib/ash/ash.db"),
+            Ok(Database::Sqlite("/var/lib/ash/ash.db".into()))
+        );
+        assert_eq!(
+            Database::parse("sqlite:ash.db"),
+            Ok(Database::Sqlite("ash.db".into()))
+        );
+        let pg = "postgresql://ash:pw@db/ash";
+        assert_eq!(Database::parse(pg), Ok(Database::Postgres(pg.into())));
+        assert_eq!(
+            Database::parse(pg).unwrap().to_string(),
+            "postgresql://ash:***@db/ash"
+        );
+        let refused = Database::parse("mysql://root:pw@db/ash").unwrap_err();
+        assert!(refused.contains("mysql://root:***@db/ash") && refused.contains("postgres://"));
+        assert!(Database::parse("sqlite:").is_err());
     }
 }

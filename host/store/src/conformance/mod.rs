@@ -1,10 +1,18 @@
 //! The conformance suite of the storage port: what every backend — SQLite, Postgres, a storage
 //! plugin — must do alike, concurrency included. [`run`] panics, naming the broken rule, at the
 //! first thing a backend gets wrong. Every name it uses starts with `prefix`, so runs can share
-//! a database.
+//! a database. [`run_records`] then checks the server's records ([`crate::Store`]) on it.
 
 use ash_core::{Storage, StorageError, MAX_NAME_BYTES};
 use futures_util::future::join_all;
+
+mod postgres;
+mod records;
+mod redis;
+
+pub use postgres::{postgres_url, TestSchema};
+pub use records::run_records;
+pub use redis::{redis_address, TestRedis};
 
 /// Runs every check against `storage`.
 pub async fn run(storage: &dyn Storage, prefix: &str) {

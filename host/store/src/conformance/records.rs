@@ -1,0 +1,300 @@
+//! The second half of the suite: the server's records ([`Store`]) on a backend, as the server
+//! uses them — agents, sessions, the log and its turns, keys, credentials, and a copy to
+//! another store. Both stores must start empty.
+
+use std::collections::BTreeMap;
+
+use ash_core::{
+    AgentName, Credential, CredentialType, Role, Session, SessionId, SessionStatus, DEFAULT_TENANT,
+};
+use futures_util::future::join_all;
+
+use crate::{CopyError, SealedKey, Store};
+
+/// Runs every record check on `store`, then copies it into `empty` (of the same backend).
+pub async fn run_records(store: &Store, empty: &Store) {
+    agents_upsert_and_go(store).await;
+    sessions_list_newest_first_and_keep_their_settings(store).await;
+    concurrent_appends_stay_gap_free(store).await;
+    events_page_filter_and_mark_turns(store).await;
+    forks_copy_messages_with_their_numbers(store).await;
+    keys_and_credentials(store).await;
+    a_copy_moves_everything_and_checks_the_count(store, empty).await;
+}
+
+fn name(n: &str) -> AgentName {
+    AgentName::try_from(n.to_owned()).expect("a valid agent name")
+}
+
+/// An active session of `agent`, created at `created_at`.
+fn session(agent: &str, created_at: &str) -> Session {
+    Session {
+        id: SessionId::new(),
+        tenant_id: DEFAULT_TENANT.into(),
+        agent_name: name(agent),
+        sandbox_id: "sb".into(),
+        status: SessionStatus::Active,
+        runner_id: None,
+        parent_session_id: None,
+        env: BTreeMap::from([("K".to_owned(), "v".to_owned())]),
+        credential_id: Some("c1".into()),
+        created_at: created_at.into(),
+        last_active_at: created_at.into(),
+    }
+}
+
+async fn agents_upsert_and_go(s: &Store) {
+    let env = BTreeMap::from([("K".to_owned(), "v".to_owned())]);
+    let first = s.upsert_agent(&name("b"), "/p1", &env).await.unwrap();
+    let second = s
+        .upsert_agent(&name("b"), "/p2", &BTreeMap::new())
+        .await
+        .unwrap();
+    assert_eq!((first.version, second.version), (1, 2), "a redeploy bumps");
+    assert_eq!(first.id, second.id, "a redeploy keeps the id");
+    let got = s.get_agent(&name("b")).await.unwrap().unwrap();
+    assert_eq!((got.path.as_str(), got.env.len()), ("/p2", 0));
+    s.upsert_agent(&name("a"), "/a", &env).await.unwrap();
+    let names: Vec<String> = s
+        .list_agents()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.name.to_string())
+        .collect();
+    assert_eq!(names, ["a", "b"], "agents in name order");
+    let (c, no_env) = (name("c"), BTreeMap::new());
+    let racing = (0..8).map(|_| s.upsert_agent(&c, "/c", &no_env));
+    for outcome in join_all(racing).await {
+        outcome.expect("racing redeploys all land");
+    }
+    assert_eq!(s.get_agent(&name("c")).await.unwrap().unwrap().version, 8);
+    assert!(s.delete_agent(&name("c")).await.unwrap());
+    assert!(!s.delete_agent(&name("c")).await.unwrap());
+    assert!(s.get_agent(&name("c")).await.unwrap().is_none());
+}
+
+async fn sessions_list_newest_first_and_keep_their_settings(s: &Store) {
+    let old = session("a", "2026-01-01T00:00:00.000Z");
+    let new = session("b", "2026-01-02T00:00:00.000Z");
+    s.insert_session(&old).await.unwrap();
+    s.insert_session(&new).await.unwrap();
+    let listed = s.list_sessions(None).await.unwrap();
+    let ids: Vec<_> = listed.iter().map(|x| x.id).collect();
+    assert_eq!(ids, [new.id, old.id], "newest first");
+    assert_eq!(
+        (&listed[1].env, &listed[1].credential_id),
+        (&old.env, &old.credential_id)
+    );
+    let of_a = s.list_sessions(Some(&name("a"))).await.unwrap();
+    assert_eq!(of_a.iter().map(|x| x.id).collect::<Vec<_>>(), [old.id]);
+    let ended = s
+        .set_session_status(old.id, SessionStatus::Ended)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ended.status, SessionStatus::Ended);
+    assert_eq!(
+        s.get_session(old.id).await.unwrap().unwrap().status,
+        SessionStatus::Ended
+    );
+    assert_eq!(
+        s.set_session_status(SessionId::new(), SessionStatus::Ended)
+            .await
+            .unwrap(),
+        None,
+        "no such session"
+    );
+    assert_eq!(
+        s.count_unended_sessions().await.unwrap(),
+        [(SessionStatus::Active, 1)],
+        "ended sessions are not counted"
+    );
+}
+
+async fn concurrent_appends_stay_gap_free(s: &Store) {
+    let x = session("a", "2026-01-03T00:00:00.000Z");
+    s.insert_session(&x).await.unwrap();
+    let tasks = (0..40).map(|i| async move {
+        let message = [(Role::User, format!("{i}"))];
+        let event = [("text", format!("{i}"))];
+        s.append(x.id, &message, &event).await.unwrap()[0].sequence
+    });
+    let mut seqs = join_all(tasks).await;
+    seqs.sort();
+    assert_eq!(seqs, (1..=40).collect::<Vec<_>>());
+    let page = s.list_messages(x.id, 10, 5).await.unwrap();
+    assert_eq!(
+        page.iter().map(|m| m.sequence).collect::<Vec<_>>(),
+        [11, 12, 13, 14, 15]
+    );
+    assert!(page
+        .iter()
+        .all(|m| m.role == Role::User && m.session_id == x.id.to_string()));
+}
+
+async fn events_page_filter_and_mark_turns(s: &Store) {
+    let x = session("a", "2026-01-04T00:00:00.000Z");
+    s.insert_session(&x).await.unwrap();
+    let turn = [
+        ("session_start", "{}".to_owned()),
+        ("text_delta", "{}".to_owned()),
+        ("done", "{}".to_owned()),
+    ];
+    s.append(x.id, &[], &turn).await.unwrap();
+    assert!(s.unfinished_turns().await.unwrap().is_empty(), "it ended");
+    s.append(x.id, &[], &[("session_start", "{}".to_owned())])
+        .await
+        .unwrap();
+    assert_eq!(s.unfinished_turns().await.unwrap(), [x.id], "left open");
+    let after = s.list_events(x.id, 1, 10, None).await.unwrap();
+    assert_eq!(
+        after.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        [2, 3, 4]
+    );
+    let starts = s
+        .list_events(x.id, 0, 10, Some("session_start"))
+        .await
+        .unwrap();
+    assert_eq!(
+        starts.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        [1, 4]
+    );
+    s.append(x.id, &[], &[("done", "{}".to_owned())])
+        .await
+        .unwrap();
+    assert!(s.unfinished_turns().await.unwrap().is_empty(), "closed");
+}
+
+async fn forks_copy_messages_with_their_numbers(s: &Store) {
+    let (parent, child) = (
+        session("a", "2026-01-05T00:00:00.000Z"),
+        session("a", "2026-01-05T00:00:01.000Z"),
+    );
+    s.insert_session(&parent).await.unwrap();
+    s.insert_session(&child).await.unwrap();
+    let said: Vec<(Role, String)> = (0..5).map(|i| (Role::Assistant, format!("{i}"))).collect();
+    s.append::<&str>(parent.id, &said, &[]).await.unwrap();
+    assert_eq!(s.copy_messages(parent.id, child.id).await.unwrap(), 5);
+    let copied = s.list_messages(child.id, 0, 100).await.unwrap();
+    let original = s.list_messages(parent.id, 0, 100).await.unwrap();
+    assert_eq!(
+        copied
+            .iter()
+            .map(|m| (m.sequence, &m.content))
+            .collect::<Vec<_>>(),
+        original
+            .iter()
+            .map(|m| (m.sequence, &m.content))
+            .collect::<Vec<_>>()
+    );
+    assert_ne!(copied[0].id, original[0].id, "copies get ids of their own");
+}
+
+async fn keys_and_credentials(s: &Store) {
+    assert!(!s.has_api_keys().await.unwrap());
+    s.insert_api_key("h1", "auto-generated").await.unwrap();
+    assert!(s.has_api_keys().await.unwrap());
+    assert_eq!(
+        s.api_key_tenant("h1").await.unwrap().as_deref(),
+        Some(DEFAULT_TENANT)
+    );
+    assert_eq!(s.api_key_tenant("h2").await.unwrap(), None);
+
+    let credential = Credential {
+        id: "c1".into(),
+        kind: CredentialType::Openai,
+        label: "team".into(),
+        active: true,
+        created_at: "2026-01-01T00:00:00.000Z".into(),
+        last_used_at: None,
+    };
+    let sealed = SealedKey {
+        ciphertext: "Y2lwaGVy".into(),
+        nonce: "bm9uY2U=".into(),
+        tag: "dGFn".into(),
+        salt: "c2FsdA==".into(),
+    };
+    s.insert_credential(&credential, &sealed).await.unwrap();
+    assert_eq!(
+        s.list_credentials().await.unwrap(),
+        std::slice::from_ref(&credential)
+    );
+    let (got, got_sealed) = s.get_credential("c1").await.unwrap().unwrap();
+    assert_eq!((got, got_sealed), (credential.clone(), sealed.clone()));
+    s.touch_credential("c1").await.unwrap();
+    assert!(s.list_credentials().await.unwrap()[0]
+        .last_used_at
+        .is_some());
+    let spare = Credential {
+        id: "c2".into(),
+        ..credential
+    };
+    s.insert_credential(&spare, &sealed).await.unwrap();
+    assert!(s.delete_credential("c2").await.unwrap());
+    assert!(!s.delete_credential("c2").await.unwrap());
+    assert!(s.get_credential("c2").await.unwrap().is_none());
+}
+
+async fn a_copy_moves_everything_and_checks_the_count(from: &Store, to: &Store) {
+    let long = session("a", "2026-01-06T00:00:00.000Z");
+    from.insert_session(&long).await.unwrap();
+    let frames: Vec<(String, String)> = (0..2_500)
+        .map(|i| ("text_delta".to_owned(), format!("{{\"n\":{i}}}")))
+        .collect();
+    for batch in frames.chunks(1000) {
+        from.append(long.id, &[], batch).await.unwrap();
+    }
+    let source = from.count().await.unwrap();
+    assert_eq!(
+        (
+            source.agents,
+            source.sessions,
+            source.api_keys,
+            source.credentials
+        ),
+        (2, 7, 1, 1)
+    );
+    assert_eq!((source.messages, source.events), (50, 2_545));
+
+    let reported = std::sync::atomic::AtomicU64::new(0);
+    let copied = from
+        .copy_to(to, &|n| {
+            reported.store(n, std::sync::atomic::Ordering::Relaxed)
+        })
+        .await
+        .unwrap();
+    assert_eq!(copied, source, "the count check");
+    assert_eq!(
+        reported.into_inner(),
+        source.total(),
+        "progress reached the end"
+    );
+    assert_eq!(
+        to.list_sessions(None).await.unwrap(),
+        from.list_sessions(None).await.unwrap()
+    );
+    assert_eq!(
+        to.list_events(long.id, 2_000, 1_000, None).await.unwrap(),
+        from.list_events(long.id, 2_000, 1_000, None).await.unwrap()
+    );
+    assert_eq!(
+        to.list_agents().await.unwrap(),
+        from.list_agents().await.unwrap()
+    );
+    assert_eq!(
+        to.api_key_tenant("h1").await.unwrap().as_deref(),
+        Some(DEFAULT_TENANT)
+    );
+    assert!(to.get_credential("c1").await.unwrap().is_some());
+    let of_a = to.list_sessions(Some(&name("a"))).await.unwrap();
+    assert_eq!(of_a.len(), 6, "index entries are rebuilt");
+
+    let again = from.copy_to(to, &|_| {}).await.unwrap_err();
+    assert!(matches!(again, CopyError::NotEmpty(_)), "{again}");
+    assert_eq!(
+        to.count().await.unwrap(),
+        copied,
+        "a refused copy writes nothing"
+    );
+}

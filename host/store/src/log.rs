@@ -1,0 +1,252 @@
+//! A session's conversation and event log: two streams of the storage port, `messages/<id>`
+//! (what was said) and `events/<id>` (every SSE frame in order; its sequence numbers are the
+//! frames' SSE ids, gap-free because the port's are).
+//!
+//! An append writes the messages first, then the frames, each in one atomic append: a crash
+//! between leaves a message no client was shown, never a frame without its message. A batch
+//! holding `session_start` marks the session as in a turn before anything is written; one
+//! holding `done` clears the mark after. The server appends a session's batches one at a time
+//! (its hub's order lock), so the marks of consecutive turns cannot interleave, and at the next
+//! start [`Store::unfinished_turns`] are exactly the marked sessions whose log does not end in
+//! `done`.
+
+use ash_core::{Entry, Message, Role, SessionEvent, SessionId, DEFAULT_TENANT, MAX_LIMIT};
+use serde::{Deserialize, Serialize};
+
+use crate::{now, Store, StoreError};
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MessageEntry {
+    id: String,
+    tenant_id: String,
+    role: Role,
+    content: String,
+    created_at: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EventEntry {
+    id: String,
+    tenant_id: String,
+    #[serde(rename = "type")]
+    kind: String,
+    data: Option<String>,
+    created_at: String,
+}
+
+pub(crate) fn messages_stream(session: SessionId) -> String {
+    format!("messages/{session}")
+}
+
+pub(crate) fn events_stream(session: SessionId) -> String {
+    format!("events/{session}")
+}
+
+fn parse<'a, T: Deserialize<'a>>(stream: &str, entry: &'a Entry) -> Result<T, StoreError> {
+    serde_json::from_str(&entry.data)
+        .map_err(|e| StoreError::Corrupt(format!("{stream} #{}: {e}", entry.sequence)))
+}
+
+fn json(entry: &impl Serialize) -> String {
+    serde_json::to_string(entry).expect("entries serialise")
+}
+
+/// A page cursor of the API (`after` ≥ 0, `limit` ≥ 1) as the port's.
+fn cursor(after: i64, limit: i64) -> (u64, u32) {
+    (
+        after.max(0) as u64,
+        limit.clamp(1, i64::from(MAX_LIMIT)) as u32,
+    )
+}
+
+fn event(session: SessionId, sequence: u64, entry: EventEntry) -> SessionEvent {
+    SessionEvent {
+        id: entry.id,
+        session_id: session.to_string(),
+        tenant_id: entry.tenant_id,
+        kind: entry.kind,
+        data: entry.data,
+        sequence: sequence as i64,
+        created_at: entry.created_at,
+    }
+}
+
+impl Store {
+    /// Appends messages, then log events, to a session, each with the next sequence number of
+    /// its stream (the first is 1), and returns the stored events.
+    pub async fn append<K: AsRef<str> + Sync>(
+        &self,
+        session: SessionId,
+        messages: &[(Role, String)],
+        events: &[(K, String)],
+    ) -> Result<Vec<SessionEvent>, StoreError> {
+        let has = |kind: &str| events.iter().any(|(k, _)| k.as_ref() == kind);
+        if has("session_start") {
+            self.mark_turn(session, true).await?;
+        }
+        let now = now();
+        if !messages.is_empty() {
+            let entries: Vec<String> = messages
+                .iter()
+                .map(|(role, content)| {
+                    json(&MessageEntry {
+                        id: uuid::Uuid::new_v4().to_string(),
+                        tenant_id: DEFAULT_TENANT.to_owned(),
+                        role: *role,
+                        content: content.clone(),
+                        created_at: now.clone(),
+                    })
+                })
+                .collect();
+            self.storage
+                .append(&messages_stream(session), &entries)
+                .await?;
+        }
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let entries: Vec<EventEntry> = events
+            .iter()
+            .map(|(kind, data)| EventEntry {
+                id: uuid::Uuid::new_v4().to_string(),
+                tenant_id: DEFAULT_TENANT.to_owned(),
+                kind: kind.as_ref().to_owned(),
+                data: Some(data.clone()),
+                created_at: now.clone(),
+            })
+            .collect();
+        let texts: Vec<String> = entries.iter().map(json).collect();
+        let first = self.storage.append(&events_stream(session), &texts).await?;
+        if has("done") {
+            self.mark_turn(session, false).await?;
+        }
+        Ok(entries
+            .into_iter()
+            .zip(first..)
+            .map(|(entry, sequence)| event(session, sequence, entry))
+            .collect())
+    }
+
+    /// Log events with a sequence above `after`, oldest first, at most `limit`, of one type if
+    /// given (found by reading the log from `after` on).
+    pub async fn list_events(
+        &self,
+        session: SessionId,
+        after: i64,
+        limit: i64,
+        kind: Option<&str>,
+    ) -> Result<Vec<SessionEvent>, StoreError> {
+        let stream = events_stream(session);
+        let (mut after, limit) = cursor(after, limit);
+        let mut events = Vec::new();
+        loop {
+            let page_size = if kind.is_some() { MAX_LIMIT } else { limit };
+            let page = self.storage.read(&stream, after, page_size).await?;
+            for entry in &page {
+                let parsed: EventEntry = parse(&stream, entry)?;
+                if kind.is_none_or(|kind| kind == parsed.kind) {
+                    events.push(event(session, entry.sequence, parsed));
+                    if events.len() == limit as usize {
+                        return Ok(events);
+                    }
+                }
+            }
+            match page.last() {
+                Some(last) if page.len() == page_size as usize => after = last.sequence,
+                _ => return Ok(events),
+            }
+        }
+    }
+
+    /// Messages with a sequence above `after`, oldest first, at most `limit`.
+    pub async fn list_messages(
+        &self,
+        session: SessionId,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<Message>, StoreError> {
+        let stream = messages_stream(session);
+        let (after, limit) = cursor(after, limit);
+        let page = self.storage.read(&stream, after, limit).await?;
+        page.iter()
+            .map(|entry| {
+                let message: MessageEntry = parse(&stream, entry)?;
+                Ok(Message {
+                    id: message.id,
+                    session_id: session.to_string(),
+                    tenant_id: message.tenant_id,
+                    role: message.role,
+                    content: message.content,
+                    sequence: entry.sequence as i64,
+                    created_at: message.created_at,
+                })
+            })
+            .collect()
+    }
+
+    /// Copies every message of `from` to the new session `to`, keeping their sequence numbers.
+    pub async fn copy_messages(&self, from: SessionId, to: SessionId) -> Result<u64, StoreError> {
+        let (source, target) = (messages_stream(from), messages_stream(to));
+        let mut after = 0;
+        loop {
+            let page = self.storage.read(&source, after, MAX_LIMIT).await?;
+            let Some(last) = page.last() else {
+                return Ok(after);
+            };
+            after = last.sequence;
+            let copies = page
+                .iter()
+                .map(|entry| {
+                    let mut message: MessageEntry = parse(&source, entry)?;
+                    message.id = uuid::Uuid::new_v4().to_string();
+                    Ok(json(&message))
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            self.storage.append(&target, &copies).await?;
+        }
+    }
+
+    /// Sessions whose log ends in the middle of a turn (the server stopped before its `done`).
+    /// Marks left by turns that did end are cleared on the way.
+    pub async fn unfinished_turns(&self) -> Result<Vec<SessionId>, StoreError> {
+        let mut open = Vec::new();
+        for session in self.sessions_in_a_turn().await? {
+            let id = session.id();
+            let stream = events_stream(id);
+            let ended = match self.last_entry(&stream).await? {
+                Some(last) => parse::<EventEntry>(&stream, &last)?.kind == "done",
+                None => true,
+            };
+            if ended {
+                self.mark_turn(id, false).await?;
+            } else {
+                open.push(id);
+            }
+        }
+        Ok(open)
+    }
+
+    /// The newest entry of a stream. Entries are numbered 1, 2, … without gaps, so this gallops
+    /// to a number past the end and bisects back: about 2·log₂(n) one-entry reads.
+    pub(crate) async fn last_entry(&self, stream: &str) -> Result<Option<Entry>, StoreError> {
+        let at = |n: u64| self.storage.read(stream, n - 1, 1);
+        let Some(mut last) = at(1).await?.pop() else {
+            return Ok(None);
+        };
+        let mut missing = 2;
+        while let Some(entry) = at(missing).await?.pop() {
+            last = entry;
+            missing *= 2;
+        }
+        while missing - last.sequence > 1 {
+            let middle = last.sequence + (missing - last.sequence) / 2;
+            match at(middle).await?.pop() {
+                Some(entry) => last = entry,
+                None => missing = middle,
+            }
+        }
+        Ok(Some(last))
+    }
+}

@@ -1,0 +1,598 @@
+//! The server's records as JSON documents on the storage port, the same on every backend:
+//!
+//! | collection | key | index entries |
+//! |---|---|---|
+//! | `agents` | `<tenant>/<name>` | — |
+//! | `sessions` | `<tenant>/<id>` | `agent` = `<tenant>/<agent>`, `status` = `<tenant>/<status>`, `turn` = `open` while a turn is in flight |
+//! | `api-keys` | the key's SHA-256 (hex) | — |
+//! | `credentials` | `<tenant>/<id>` | — |
+//!
+//! and two streams per session, `messages/<id>` and `events/<id>` ([`crate::log`]).
+//!
+//! A change reads the record, changes it and writes it back under the revision it read; when
+//! another writer got there first it reads again, a few times, then gives up with a conflict.
+//! A document that does not parse as its record is `Corrupt`, naming its collection and key.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use ash_core::{
+    Agent, AgentName, Credential, CredentialType, Document, Session, SessionId, SessionStatus,
+    Storage, StorageError, DEFAULT_TENANT,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::{now, StoreError};
+
+/// Documents one list or find returns at most.
+pub(crate) const PAGE: u32 = 1000;
+/// Reads and writes of one change before it gives up to a busier writer.
+const ATTEMPTS: usize = 16;
+
+/// The server's records, on any backend of the storage port. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) storage: Arc<dyn Storage>,
+}
+
+/// A kind of record: the collection it lives in and the index entries it is found by.
+pub(crate) trait Record: Serialize + DeserializeOwned {
+    const COLLECTION: &'static str;
+
+    fn index(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+}
+
+pub(crate) fn parse<T: Record>(doc: &Document) -> Result<T, StoreError> {
+    serde_json::from_str(&doc.data)
+        .map_err(|e| StoreError::Corrupt(format!("{}/{}: {e}", doc.collection, doc.key)))
+}
+
+fn json(record: &impl Serialize) -> String {
+    serde_json::to_string(record).expect("records serialise")
+}
+
+fn too_busy(collection: &str, key: &str) -> StoreError {
+    StorageError::Conflict(format!("{collection}/{key} kept changing under this write")).into()
+}
+
+impl Store {
+    /// The records on `storage`.
+    pub fn new(storage: Arc<dyn Storage>) -> Self {
+        Self { storage }
+    }
+
+    /// The storage port these records are on.
+    pub fn storage(&self) -> &dyn Storage {
+        &*self.storage
+    }
+
+    async fn read<T: Record>(&self, key: &str) -> Result<Option<(T, u64)>, StoreError> {
+        match self.storage.get(T::COLLECTION, key).await? {
+            None => Ok(None),
+            Some(doc) => Ok(Some((parse(&doc)?, doc.revision))),
+        }
+    }
+
+    /// Writes a new record; a conflict when the key is taken.
+    pub(crate) async fn create<T: Record>(&self, key: &str, record: &T) -> Result<(), StoreError> {
+        self.storage
+            .put(T::COLLECTION, key, &json(record), 0, &record.index())
+            .await?;
+        Ok(())
+    }
+
+    /// Writes what `change` makes of the record under `key` (`None`: there is none yet) and
+    /// returns it; when `change` returns `None`, writes nothing and returns `None`.
+    async fn change<T: Record>(
+        &self,
+        key: &str,
+        mut change: impl FnMut(Option<T>) -> Option<T>,
+    ) -> Result<Option<T>, StoreError> {
+        for _ in 0..ATTEMPTS {
+            let current = self.read::<T>(key).await?;
+            let expected = current.as_ref().map_or(0, |(_, revision)| *revision);
+            let Some(next) = change(current.map(|(record, _)| record)) else {
+                return Ok(None);
+            };
+            let written = self
+                .storage
+                .put(T::COLLECTION, key, &json(&next), expected, &next.index())
+                .await;
+            match written {
+                Ok(_) => return Ok(Some(next)),
+                Err(StorageError::Conflict(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(too_busy(T::COLLECTION, key))
+    }
+
+    /// Deletes the record under `key`; `false` when there was none.
+    async fn remove<T: Record>(&self, key: &str) -> Result<bool, StoreError> {
+        for _ in 0..ATTEMPTS {
+            let Some(doc) = self.storage.get(T::COLLECTION, key).await? else {
+                return Ok(false);
+            };
+            match self.storage.delete(T::COLLECTION, key, doc.revision).await {
+                Ok(deleted) => return Ok(deleted),
+                Err(StorageError::Conflict(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(too_busy(T::COLLECTION, key))
+    }
+
+    /// The documents of `collection` after the key `after`, page by page in key order (only
+    /// those with the index entry `name` = `value` when `index` is given).
+    pub(crate) fn pages<'a>(
+        &'a self,
+        collection: &'a str,
+        index: Option<(&'a str, &'a str)>,
+        after: &str,
+    ) -> Pages<'a> {
+        Pages {
+            storage: &*self.storage,
+            collection,
+            index,
+            after: Some(after.to_owned()),
+        }
+    }
+
+    /// Every record whose key starts with `prefix`, in key order.
+    pub(crate) async fn scan<T: Record>(&self, prefix: &str) -> Result<Vec<T>, StoreError> {
+        let mut records = Vec::new();
+        let mut pages = self.pages(T::COLLECTION, None, prefix);
+        while let Some(page) = pages.next().await? {
+            for doc in &page {
+                if !doc.key.starts_with(prefix) {
+                    return Ok(records);
+                }
+                records.push(parse(doc)?);
+            }
+        }
+        Ok(records)
+    }
+
+    /// Every record with the index entry `name` = `value`, in key order.
+    async fn find_all<T: Record>(&self, name: &str, value: &str) -> Result<Vec<T>, StoreError> {
+        let mut records = Vec::new();
+        let mut pages = self.pages(T::COLLECTION, Some((name, value)), "");
+        while let Some(page) = pages.next().await? {
+            for doc in &page {
+                records.push(parse(doc)?);
+            }
+        }
+        Ok(records)
+    }
+}
+
+/// A cursor over a collection's documents, a page at a time.
+pub(crate) struct Pages<'a> {
+    storage: &'a dyn Storage,
+    collection: &'a str,
+    index: Option<(&'a str, &'a str)>,
+    /// The last key seen; `None` once a short page said there is no more.
+    after: Option<String>,
+}
+
+impl Pages<'_> {
+    /// The next page, or `None` at the end.
+    pub(crate) async fn next(&mut self) -> Result<Option<Vec<Document>>, StoreError> {
+        let Some(after) = self.after.take() else {
+            return Ok(None);
+        };
+        let page = match self.index {
+            Some((name, value)) => {
+                self.storage
+                    .find(self.collection, name, value, &after, PAGE)
+                    .await?
+            }
+            None => self.storage.list(self.collection, &after, PAGE).await?,
+        };
+        if page.len() == PAGE as usize {
+            self.after = page.last().map(|last| last.key.clone());
+        }
+        Ok((!page.is_empty()).then_some(page))
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct AgentRecord {
+    id: String,
+    tenant_id: String,
+    name: AgentName,
+    version: i64,
+    path: String,
+    env: BTreeMap<String, String>,
+    created_at: String,
+    updated_at: String,
+}
+
+impl Record for AgentRecord {
+    const COLLECTION: &'static str = "agents";
+}
+
+impl From<AgentRecord> for Agent {
+    fn from(r: AgentRecord) -> Self {
+        Agent {
+            id: r.id,
+            name: r.name,
+            tenant_id: r.tenant_id,
+            version: r.version,
+            path: r.path,
+            env: r.env,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+fn agent_key(name: &AgentName) -> String {
+    format!("{DEFAULT_TENANT}/{name}")
+}
+
+impl Store {
+    /// Creates the agent, or replaces its path and env and bumps its version.
+    pub async fn upsert_agent(
+        &self,
+        name: &AgentName,
+        path: &str,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Agent, StoreError> {
+        let written = self
+            .change(&agent_key(name), |current: Option<AgentRecord>| {
+                let now = now();
+                Some(match current {
+                    Some(agent) => AgentRecord {
+                        version: agent.version + 1,
+                        path: path.to_owned(),
+                        env: env.clone(),
+                        updated_at: now,
+                        ..agent
+                    },
+                    None => AgentRecord {
+                        id: uuid::Uuid::new_v4().to_string(),
+                        tenant_id: DEFAULT_TENANT.to_owned(),
+                        name: name.clone(),
+                        version: 1,
+                        path: path.to_owned(),
+                        env: env.clone(),
+                        created_at: now.clone(),
+                        updated_at: now,
+                    },
+                })
+            })
+            .await?;
+        Ok(written.expect("an upsert always writes").into())
+    }
+
+    pub async fn get_agent(&self, name: &AgentName) -> Result<Option<Agent>, StoreError> {
+        let agent = self.read::<AgentRecord>(&agent_key(name)).await?;
+        Ok(agent.map(|(agent, _)| agent.into()))
+    }
+
+    /// Agents in name order.
+    pub async fn list_agents(&self) -> Result<Vec<Agent>, StoreError> {
+        let agents = self
+            .scan::<AgentRecord>(&format!("{DEFAULT_TENANT}/"))
+            .await?;
+        Ok(agents.into_iter().map(Agent::from).collect())
+    }
+
+    /// Removes the agent; `false` if there was none.
+    pub async fn delete_agent(&self, name: &AgentName) -> Result<bool, StoreError> {
+        self.remove::<AgentRecord>(&agent_key(name)).await
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct SessionRecord {
+    id: SessionId,
+    tenant_id: String,
+    agent_name: AgentName,
+    sandbox_id: String,
+    status: SessionStatus,
+    runner_id: Option<String>,
+    parent_session_id: Option<String>,
+    env: BTreeMap<String, String>,
+    credential_id: Option<String>,
+    created_at: String,
+    last_active_at: String,
+    /// A turn has begun and its `done` is not in the log yet.
+    #[serde(default)]
+    turn_open: bool,
+}
+
+impl Record for SessionRecord {
+    const COLLECTION: &'static str = "sessions";
+
+    fn index(&self) -> Vec<(String, String)> {
+        let mut index = vec![
+            (
+                "agent".to_owned(),
+                format!("{}/{}", self.tenant_id, self.agent_name),
+            ),
+            (
+                "status".to_owned(),
+                format!("{}/{}", self.tenant_id, self.status),
+            ),
+        ];
+        if self.turn_open {
+            index.push(("turn".to_owned(), "open".to_owned()));
+        }
+        index
+    }
+}
+
+impl SessionRecord {
+    pub(crate) fn id(&self) -> SessionId {
+        self.id
+    }
+}
+
+impl From<SessionRecord> for Session {
+    fn from(r: SessionRecord) -> Self {
+        Session {
+            id: r.id,
+            tenant_id: r.tenant_id,
+            agent_name: r.agent_name,
+            sandbox_id: r.sandbox_id,
+            status: r.status,
+            runner_id: r.runner_id,
+            parent_session_id: r.parent_session_id,
+            env: r.env,
+            credential_id: r.credential_id,
+            created_at: r.created_at,
+            last_active_at: r.last_active_at,
+        }
+    }
+}
+
+pub(crate) fn session_key(id: SessionId) -> String {
+    format!("{DEFAULT_TENANT}/{id}")
+}
+
+impl Store {
+    pub async fn insert_session(&self, session: &Session) -> Result<(), StoreError> {
+        let record = SessionRecord {
+            id: session.id,
+            tenant_id: session.tenant_id.clone(),
+            agent_name: session.agent_name.clone(),
+            sandbox_id: session.sandbox_id.clone(),
+            status: session.status,
+            runner_id: session.runner_id.clone(),
+            parent_session_id: session.parent_session_id.clone(),
+            env: session.env.clone(),
+            credential_id: session.credential_id.clone(),
+            created_at: session.created_at.clone(),
+            last_active_at: session.last_active_at.clone(),
+            turn_open: false,
+        };
+        self.create(&session_key(session.id), &record).await
+    }
+
+    pub async fn get_session(&self, id: SessionId) -> Result<Option<Session>, StoreError> {
+        let session = self.read::<SessionRecord>(&session_key(id)).await?;
+        Ok(session.map(|(session, _)| session.into()))
+    }
+
+    /// Sessions newest first, optionally of one agent only.
+    pub async fn list_sessions(
+        &self,
+        agent: Option<&AgentName>,
+    ) -> Result<Vec<Session>, StoreError> {
+        let mut sessions = match agent {
+            Some(agent) => {
+                self.find_all::<SessionRecord>("agent", &format!("{DEFAULT_TENANT}/{agent}"))
+                    .await?
+            }
+            None => {
+                self.scan::<SessionRecord>(&format!("{DEFAULT_TENANT}/"))
+                    .await?
+            }
+        };
+        sessions.sort_by(|a, b| {
+            b.created_at
+                .cmp(&a.created_at)
+                .then_with(|| a.id.to_string().cmp(&b.id.to_string()))
+        });
+        Ok(sessions.into_iter().map(Session::from).collect())
+    }
+
+    /// Sets the status and returns the updated session.
+    pub async fn set_session_status(
+        &self,
+        id: SessionId,
+        status: SessionStatus,
+    ) -> Result<Option<Session>, StoreError> {
+        let changed = self
+            .change(&session_key(id), |session: Option<SessionRecord>| {
+                session.map(|session| SessionRecord {
+                    status,
+                    last_active_at: now(),
+                    ..session
+                })
+            })
+            .await?;
+        Ok(changed.map(Session::from))
+    }
+
+    /// Marks a session's turn as begun or ended (`open`), and the session active now; does
+    /// nothing to a session that does not exist.
+    pub(crate) async fn mark_turn(&self, id: SessionId, open: bool) -> Result<(), StoreError> {
+        self.change(&session_key(id), |session: Option<SessionRecord>| {
+            session.map(|session| SessionRecord {
+                turn_open: open,
+                last_active_at: now(),
+                ..session
+            })
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Sessions marked as in a turn.
+    pub(crate) async fn sessions_in_a_turn(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        self.find_all("turn", "open").await
+    }
+
+    /// How many sessions there are in each status but `ended` (statuses without any are left
+    /// out). Ended sessions, which only ever grow in number, are not read.
+    pub async fn count_unended_sessions(&self) -> Result<Vec<(SessionStatus, i64)>, StoreError> {
+        use SessionStatus::*;
+        let mut counts = Vec::new();
+        for status in [Starting, Active, Paused, Stopped, Error] {
+            let value = format!("{DEFAULT_TENANT}/{status}");
+            let n = self
+                .find_all::<SessionRecord>("status", &value)
+                .await?
+                .len();
+            if n > 0 {
+                counts.push((status, n as i64));
+            }
+        }
+        Ok(counts)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ApiKeyRecord {
+    id: String,
+    tenant_id: String,
+    label: String,
+    created_at: String,
+}
+
+impl Record for ApiKeyRecord {
+    const COLLECTION: &'static str = "api-keys";
+}
+
+impl Store {
+    pub async fn insert_api_key(&self, key_hash: &str, label: &str) -> Result<(), StoreError> {
+        let record = ApiKeyRecord {
+            id: uuid::Uuid::new_v4().to_string(),
+            tenant_id: DEFAULT_TENANT.to_owned(),
+            label: label.to_owned(),
+            created_at: now(),
+        };
+        self.create(key_hash, &record).await
+    }
+
+    /// The tenant owning the key with this hash, if any.
+    pub async fn api_key_tenant(&self, key_hash: &str) -> Result<Option<String>, StoreError> {
+        let key = self.read::<ApiKeyRecord>(key_hash).await?;
+        Ok(key.map(|(key, _)| key.tenant_id))
+    }
+
+    /// Whether any API key is stored.
+    pub async fn has_api_keys(&self) -> Result<bool, StoreError> {
+        let first = self.storage.list(ApiKeyRecord::COLLECTION, "", 1).await?;
+        Ok(!first.is_empty())
+    }
+}
+
+/// A credential's key as stored: AES-256-GCM ciphertext, nonce, tag and key-derivation
+/// salt, each base64. The store never sees the key itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SealedKey {
+    pub ciphertext: String,
+    pub nonce: String,
+    pub tag: String,
+    pub salt: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct CredentialRecord {
+    id: String,
+    tenant_id: String,
+    #[serde(rename = "type")]
+    kind: CredentialType,
+    label: String,
+    active: bool,
+    created_at: String,
+    last_used_at: Option<String>,
+    sealed: SealedKey,
+}
+
+impl Record for CredentialRecord {
+    const COLLECTION: &'static str = "credentials";
+}
+
+impl CredentialRecord {
+    fn credential(&self) -> Credential {
+        Credential {
+            id: self.id.clone(),
+            kind: self.kind,
+            label: self.label.clone(),
+            active: self.active,
+            created_at: self.created_at.clone(),
+            last_used_at: self.last_used_at.clone(),
+        }
+    }
+}
+
+fn credential_key(id: &str) -> String {
+    format!("{DEFAULT_TENANT}/{id}")
+}
+
+impl Store {
+    pub async fn insert_credential(
+        &self,
+        credential: &Credential,
+        sealed: &SealedKey,
+    ) -> Result<(), StoreError> {
+        let record = CredentialRecord {
+            id: credential.id.clone(),
+            tenant_id: DEFAULT_TENANT.to_owned(),
+            kind: credential.kind,
+            label: credential.label.clone(),
+            active: credential.active,
+            created_at: credential.created_at.clone(),
+            last_used_at: credential.last_used_at.clone(),
+            sealed: sealed.clone(),
+        };
+        self.create(&credential_key(&credential.id), &record).await
+    }
+
+    /// Credentials, oldest first.
+    pub async fn list_credentials(&self) -> Result<Vec<Credential>, StoreError> {
+        let mut records = self
+            .scan::<CredentialRecord>(&format!("{DEFAULT_TENANT}/"))
+            .await?;
+        records.sort_by(|a, b| a.created_at.cmp(&b.created_at));
+        Ok(records.iter().map(CredentialRecord::credential).collect())
+    }
+
+    /// A credential with its sealed key.
+    pub async fn get_credential(
+        &self,
+        id: &str,
+    ) -> Result<Option<(Credential, SealedKey)>, StoreError> {
+        let record = self.read::<CredentialRecord>(&credential_key(id)).await?;
+        Ok(record.map(|(record, _)| (record.credential(), record.sealed)))
+    }
+
+    /// Records that a session's sandbox got the credential now.
+    pub async fn touch_credential(&self, id: &str) -> Result<(), StoreError> {
+        self.change(&credential_key(id), |record: Option<CredentialRecord>| {
+            record.map(|record| CredentialRecord {
+                last_used_at: Some(now()),
+                ..record
+            })
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn delete_credential(&self, id: &str) -> Result<bool, StoreError> {
+        self.remove::<CredentialRecord>(&credential_key(id)).await
+    }
+}
