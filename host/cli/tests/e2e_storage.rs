@@ -241,6 +241,23 @@ async fn a_hook_plugin_cannot_be_the_store() {
 }
 
 #[tokio::test]
+async fn a_storage_plugin_that_cannot_reach_its_store_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = dir.path().join("ash.toml");
+    let toml = format!("[storage]\nplugin = {:?}\n", plugin("storage-redis"));
+    std::fs::write(&settings, toml).unwrap();
+    let stderr = start_fails(&[
+        ("ASH_CONFIG", settings.to_str().unwrap()),
+        ("ASH_API_KEY", "a-key-so-no-key-lookup-is-needed"),
+    ])
+    .await;
+    assert!(
+        stderr.contains("storage is unavailable: cannot reach Redis"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
 async fn a_settings_file_naming_two_stores_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let settings = dir.path().join("ash.toml");

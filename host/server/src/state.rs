@@ -68,7 +68,10 @@ pub async fn open_storage(
                     .map_err(StartError::StoragePlugin)?;
             let status = loaded.status();
             tracing::info!(plugin = %status.id, version = %status.version, "storage plugin loaded");
-            Ok((Store::new(Arc::new(loaded.clone())), Some(loaded)))
+            let store = Store::new(Arc::new(loaded.clone()));
+            // A database is reached while connecting; a plugin's store only by a first call.
+            store.has_api_keys().await?;
+            Ok((store, Some(loaded)))
         }
     }
 }
