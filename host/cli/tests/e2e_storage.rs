@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use ash_store::conformance::{redis_address, TestRedis, TestSchema};
-use common::{assistant_text, plugin, Server, ASH, BRIDGE};
+use common::{assistant_text, events, open_gate, plugin, Server, ASH, BRIDGE, GATED_AGENT};
 use serde_json::{json, Value};
 
 /// Deploys an echo agent, chats twice, restarts the server and checks that the agent, the
@@ -279,6 +279,8 @@ struct Relay {
     url: String,
     up: Arc<AtomicBool>,
     cut: tokio::sync::watch::Sender<u64>,
+    /// Notified each time a connection is refused while cut.
+    refused: Arc<tokio::sync::Notify>,
 }
 
 impl Relay {
@@ -300,9 +302,12 @@ impl Relay {
         let up = Arc::new(AtomicBool::new(true));
         let (cut, cuts) = tokio::sync::watch::channel(0);
         let accepting = up.clone();
+        let refused = Arc::new(tokio::sync::Notify::new());
+        let refusing = refused.clone();
         tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 if !accepting.load(Ordering::SeqCst) {
+                    refusing.notify_one();
                     continue;
                 }
                 let mut cuts = cuts.clone();
@@ -317,7 +322,12 @@ impl Relay {
                 });
             }
         });
-        Self { url, up, cut }
+        Self {
+            url,
+            up,
+            cut,
+            refused,
+        }
     }
 
     fn cut(&self) {
@@ -378,6 +388,55 @@ async fn a_database_lost_while_running_gives_503_then_recovers_by_itself_losing_
     assert!(
         !messages.to_string().contains("lost"),
         "the refused message left no trace"
+    );
+    schema.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_the_store_fails_ends_for_its_client_and_is_closed_in_the_log_once_it_is_back() {
+    let schema = TestSchema::create().await;
+    let relay = Relay::start(&schema).await;
+    let server = Server::start_with_env(&[("ASH_DATABASE_URL", &relay.url)]).await;
+    let session = server.command_session("gated", GATED_AGENT).await;
+    let mut stream = server.open_stream(&session, json!({"content": "go"})).await;
+    let seen = Server::read_until(&mut stream, |f| f.event == "message").await;
+    let last_logged: i64 = seen.last().unwrap().id.as_deref().unwrap().parse().unwrap();
+
+    relay.cut();
+    open_gate(&server, &session).await;
+    let rest = Server::read_until(&mut stream, |f| f.event == "error").await;
+    let error = &rest.last().unwrap().data;
+    assert!(error.contains("storage is unavailable"), "{error}");
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(30), stream.next()).await;
+    assert!(
+        ended.expect("the stream ends").is_none(),
+        "nothing follows the error"
+    );
+
+    tokio::time::timeout(std::time::Duration::from_secs(30), relay.refused.notified())
+        .await
+        .expect("the server tries the store again");
+    relay.restore();
+    let mut log = server.open_log_stream(&session, Some(last_logged)).await;
+    let closing = Server::read_until(&mut log, |f| f.event == "done").await;
+    assert_eq!(
+        events(&closing),
+        ["error", "done"],
+        "the turn is closed in the log"
+    );
+    assert!(closing[0]
+        .data
+        .contains("storage was unavailable during this turn"));
+
+    let mut next = server
+        .open_stream(&session, json!({"content": "again"}))
+        .await;
+    Server::read_until(&mut next, |f| f.event == "message").await;
+    open_gate(&server, &session).await;
+    let frames = Server::read_until(&mut next, |f| f.event == "done").await;
+    assert!(
+        assistant_text(&frames).contains("finished"),
+        "the session goes on"
     );
     schema.drop().await;
 }

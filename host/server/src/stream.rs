@@ -11,7 +11,10 @@
 //! A turn is logged as `session_start`, the granular events and raw `message` of each agent
 //! message, and always ends with `done` (after an `error` when it failed). If the bridge dies
 //! mid-turn the turn ends with `error` + `done` at once; if the server dies, the next start
-//! closes the turn the same way.
+//! closes the turn the same way. If the store fails a batch (it is out of reach), followers end
+//! at once with the error, the agent's turn is interrupted, and the turn keeps the session until
+//! its `error` + `done` are logged, retried until the store is back (or, after
+//! [`OUTAGE_PATIENCE`], left to the next start): no later turn's frames come before them.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -37,6 +40,10 @@ const CLIENT_BUFFER: usize = 256;
 const SLOW_CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Events stored in one transaction, at most.
 const BATCH: usize = 256;
+/// How long a turn the store failed keeps trying to log its closing frames.
+const OUTAGE_PATIENCE: Duration = Duration::from_secs(600);
+/// The longest wait between two of those tries.
+const OUTAGE_RETRY: Duration = Duration::from_secs(5);
 
 /// What a session's hub carries to its followers.
 #[derive(Clone, Debug)]
@@ -81,9 +88,9 @@ pub(crate) async fn publish(
     append_and_send(state, hub, session, messages, frames, order).await
 }
 
-/// Publishes a turn's last frames, releasing the turn first (under the order lock): a client
-/// that sees `done` can send its next message at once, and that turn's frames still come
-/// after this one's.
+/// Publishes a turn's last frames, releasing the turn once they are stored but before anyone
+/// sees them (under the order lock): a client that sees `done` can send its next message at
+/// once, and that turn's frames still come after this one's.
 pub(crate) async fn publish_ending(
     state: &AppState,
     hub: &Hub,
@@ -93,9 +100,15 @@ pub(crate) async fn publish_ending(
     guard: TurnGuard,
 ) {
     let order = hub.order.lock().await;
-    drop(guard);
-    if let Err(e) = append_and_send(state, hub, session, messages, frames, order).await {
-        let _ = hub.feed.send(Published::Broken(e.message));
+    match state.store.append(session, messages, frames).await {
+        Ok(stored) => {
+            drop(guard);
+            send(hub, stored);
+        }
+        Err(e) => {
+            drop(order);
+            after_outage(state, hub, session, ApiError::from(e), guard).await;
+        }
     }
 }
 
@@ -108,11 +121,58 @@ async fn append_and_send(
     _order: tokio::sync::MutexGuard<'_, ()>,
 ) -> Result<Vec<Arc<SessionEvent>>, ApiError> {
     let stored = state.store.append(session, messages, frames).await?;
+    Ok(send(hub, stored))
+}
+
+/// Hands stored frames to the session's followers.
+fn send(hub: &Hub, stored: Vec<SessionEvent>) -> Vec<Arc<SessionEvent>> {
     let stored: Vec<_> = stored.into_iter().map(Arc::new).collect();
     for event in &stored {
         let _ = hub.feed.send(Published::Logged(event.clone()));
     }
-    Ok(stored)
+    stored
+}
+
+/// The store failed a turn's batch: its followers end with the error now, and the turn is
+/// closed in the log (`error` + `done`) as soon as the store takes it, trying again with a
+/// growing wait while it is unavailable, for up to [`OUTAGE_PATIENCE`]. The turn is held until then, so the session
+/// takes no next message whose frames could come first.
+async fn after_outage(
+    state: &AppState,
+    hub: &Hub,
+    session: SessionId,
+    error: ApiError,
+    guard: TurnGuard,
+) {
+    let _ = hub.feed.send(Published::Broken(error.message));
+    state
+        .metrics
+        .turns
+        .with_label_values(&["storage_failed"])
+        .inc();
+    let frames = closing(
+        session,
+        Some("storage was unavailable during this turn, so the rest of it was lost; send the message again"),
+    );
+    let give_up = tokio::time::Instant::now() + OUTAGE_PATIENCE;
+    let mut wait = Duration::from_millis(50);
+    loop {
+        tokio::time::sleep(wait).await;
+        let order = hub.order.lock().await;
+        match append_and_send(state, hub, session, &[], &frames, order).await {
+            Ok(_) => return drop(guard),
+            Err(e)
+                if e.status == axum::http::StatusCode::SERVICE_UNAVAILABLE
+                    && tokio::time::Instant::now() < give_up =>
+            {
+                wait = (wait * 2).min(OUTAGE_RETRY);
+            }
+            Err(e) => {
+                tracing::error!(session = %session, "the turn could not be closed in the log: {}; the next start closes it", e.message);
+                return;
+            }
+        }
+    }
 }
 
 /// The frames that close a turn: an error (when there is one) and `done`.
@@ -173,13 +233,10 @@ pub(crate) async fn run_turn(
                 .await;
         }
         if let Err(e) = publish(&state, &hub, session, &batch.messages, &batch.frames).await {
-            let _ = hub.feed.send(Published::Broken(e.message));
-            state
-                .metrics
-                .turns
-                .with_label_values(&["storage_failed"])
-                .inc();
-            return;
+            if let Err(why) = guard.sandbox().interrupt(turn.id()).await {
+                tracing::warn!(session = %session, "cannot interrupt a turn the store failed: {why}");
+            }
+            return after_outage(&state, &hub, session, e, guard).await;
         }
         batch = Batch::new(session, &state, &agent);
     }

@@ -150,8 +150,8 @@ impl Store {
     }
 }
 
-/// Copies one collection, each document under its key with its index entries rebuilt from the
-/// record; returns the records copied.
+/// Copies one collection, each document's JSON as stored (fields a newer Ash wrote included),
+/// under its key, with its index entries rebuilt from the record; returns the records copied.
 async fn copy_documents<T: Record>(
     from: &Store,
     to: &Store,
@@ -161,7 +161,10 @@ async fn copy_documents<T: Record>(
     while let Some(page) = pages.next().await? {
         for doc in &page {
             let record: T = parse(doc)?;
-            to.create(&doc.key, &record).await?;
+            to.storage
+                .put(T::COLLECTION, &doc.key, &doc.data, 0, &record.index())
+                .await
+                .map_err(StoreError::from)?;
             copied.push(record);
         }
         progress.add(page.len() as u64);

@@ -119,8 +119,11 @@ impl Store {
             .collect();
         let texts: Vec<String> = entries.iter().map(json).collect();
         let first = self.storage.append(&events_stream(session), &texts).await?;
+        // The frames are stored: a mark left behind is cleared at the next start.
         if has("done") {
-            self.mark_turn(session, false).await?;
+            if let Err(e) = self.mark_turn(session, false).await {
+                tracing::warn!(session = %session, "cannot clear the turn's mark: {e}");
+            }
         }
         Ok(entries
             .into_iter()

@@ -77,7 +77,7 @@ impl Store {
     }
 
     /// Writes a new record; a conflict when the key is taken.
-    pub(crate) async fn create<T: Record>(&self, key: &str, record: &T) -> Result<(), StoreError> {
+    async fn create<T: Record>(&self, key: &str, record: &T) -> Result<(), StoreError> {
         self.storage
             .put(T::COLLECTION, key, &json(record), 0, &record.index())
             .await?;

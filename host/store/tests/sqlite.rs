@@ -1,6 +1,7 @@
-//! An `ash.db` written before the records moved onto the storage port (migrations 1–4, the
-//! relational tables) opens with everything it held: agents, sessions, messages, the event log,
-//! keys and credentials, and a turn it left open.
+//! The SQLite file: an `ash.db` written before the records moved onto the storage port
+//! (migrations 1–4, the relational tables) opens with everything it held — agents, sessions,
+//! messages, the event log, keys and credentials, and a turn it left open; a file that is not a
+//! database is refused, naming it.
 
 use std::sync::Arc;
 
@@ -111,5 +112,26 @@ async fn an_old_database_keeps_every_record_after_the_upgrade() {
     assert_eq!(
         store.count_unended_sessions().await.unwrap(),
         [(SessionStatus::Active, 1), (SessionStatus::Paused, 1)]
+    );
+}
+
+#[tokio::test]
+async fn a_garbage_file_is_refused_with_the_path_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ash.db");
+    std::fs::write(&path, vec![0x42u8; 8192]).unwrap();
+    let err = SqlStorage::open_sqlite(&path)
+        .await
+        .err()
+        .expect("garbage must not open")
+        .to_string();
+    assert!(
+        err.contains("ash.db") || err.contains("not a database"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        vec![0x42u8; 8192],
+        "and is left as it was"
     );
 }
