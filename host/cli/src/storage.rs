@@ -40,14 +40,18 @@ pub async fn run(command: StorageCommand) -> anyhow::Result<ExitCode> {
     }
     let from = open(source, "--from").await?;
     let to = open(backend(&to)?, "--to").await?;
-    let total = from.count().await?.total();
-    let bar = indicatif::ProgressBar::new(total).with_style(
+    let bar = indicatif::ProgressBar::new(0).with_style(
         indicatif::ProgressStyle::with_template(
             "{bar:40} {pos}/{len} records ({per_sec}, {eta} left)",
         )
         .expect("a valid template"),
     );
-    let copied = from.copy_to(&to, &|n| bar.set_position(n)).await;
+    let copied = from
+        .copy_to(&to, &|done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        })
+        .await;
     bar.finish_and_clear();
     let copied = copied?;
     println!("copied {copied}; the destination holds exactly what the source holds");

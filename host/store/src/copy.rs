@@ -5,9 +5,9 @@
 //! source held. The source is only read: a failed copy loses nothing, and an empty destination
 //! can be dropped and the copy run again.
 
-use ash_core::{Storage, MAX_LIMIT};
+use ash_core::Storage;
 
-use crate::log::{events_stream, messages_stream};
+use crate::log::{events_stream, messages_stream, STREAM_PAGE};
 use crate::records::{parse, AgentRecord, ApiKeyRecord, CredentialRecord, Record, SessionRecord};
 use crate::{Store, StoreError};
 
@@ -69,16 +69,17 @@ pub enum CopyError {
     Store(#[from] StoreError),
 }
 
-/// Counts each document it reads, then calls back with the running total.
+/// Counts what is copied and reports it with the total to copy.
 struct Progress<'a> {
     done: u64,
-    report: &'a (dyn Fn(u64) + Sync),
+    total: u64,
+    report: &'a (dyn Fn(u64, u64) + Sync),
 }
 
 impl Progress<'_> {
     fn add(&mut self, n: u64) {
         self.done += n;
-        (self.report)(self.done);
+        (self.report)(self.done, self.total);
     }
 }
 
@@ -112,12 +113,12 @@ impl Store {
     }
 
     /// Copies every record into `to`, which must hold none, calling `progress` with the number
-    /// of documents and entries copied so far; then counts `to` and checks it holds what this
-    /// store holds.
+    /// of documents and entries copied so far and the number there are; then counts `to` and
+    /// checks it holds what this store holds.
     pub async fn copy_to(
         &self,
         to: &Store,
-        progress: &(dyn Fn(u64) + Sync),
+        progress: &(dyn Fn(u64, u64) + Sync),
     ) -> Result<Copied, CopyError> {
         let before = self.count().await?;
         let found = to.count().await?;
@@ -126,6 +127,7 @@ impl Store {
         }
         let mut progress = Progress {
             done: 0,
+            total: before.total(),
             report: progress,
         };
         copy_documents::<AgentRecord>(self, to, &mut progress).await?;
@@ -182,7 +184,7 @@ async fn copy_stream(
     let mut after = 0;
     loop {
         let page = from
-            .read(stream, after, MAX_LIMIT)
+            .read(stream, after, STREAM_PAGE)
             .await
             .map_err(StoreError::from)?;
         let Some(first) = page.first() else {

@@ -15,6 +15,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{now, Store, StoreError};
 
+/// Entries read at once where a caller wants a whole stream or a filtered part of it: frames
+/// can be large (a bridge line is up to 8 MiB), so pages stay small.
+pub(crate) const STREAM_PAGE: u32 = 1000;
+
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct MessageEntry {
@@ -145,7 +149,7 @@ impl Store {
         let (mut after, limit) = cursor(after, limit);
         let mut events = Vec::new();
         loop {
-            let page_size = if kind.is_some() { MAX_LIMIT } else { limit };
+            let page_size = if kind.is_some() { STREAM_PAGE } else { limit };
             let page = self.storage.read(&stream, after, page_size).await?;
             for entry in &page {
                 let parsed: EventEntry = parse(&stream, entry)?;
@@ -194,7 +198,7 @@ impl Store {
         let (source, target) = (messages_stream(from), messages_stream(to));
         let mut after = 0;
         loop {
-            let page = self.storage.read(&source, after, MAX_LIMIT).await?;
+            let page = self.storage.read(&source, after, STREAM_PAGE).await?;
             let Some(last) = page.last() else {
                 return Ok(after);
             };

@@ -259,7 +259,7 @@ async fn a_copy_moves_everything_and_checks_the_count(from: &Store, to: &Store) 
 
     let reported = std::sync::atomic::AtomicU64::new(0);
     let copied = from
-        .copy_to(to, &|n| {
+        .copy_to(to, &|n, _| {
             reported.store(n, std::sync::atomic::Ordering::Relaxed)
         })
         .await
@@ -290,7 +290,7 @@ async fn a_copy_moves_everything_and_checks_the_count(from: &Store, to: &Store) 
     let of_a = to.list_sessions(Some(&name("a"))).await.unwrap();
     assert_eq!(of_a.len(), 6, "index entries are rebuilt");
 
-    let again = from.copy_to(to, &|_| {}).await.unwrap_err();
+    let again = from.copy_to(to, &|_, _| {}).await.unwrap_err();
     assert!(matches!(again, CopyError::NotEmpty(_)), "{again}");
     assert_eq!(
         to.count().await.unwrap(),
