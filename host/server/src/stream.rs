@@ -12,9 +12,9 @@
 //! message, and always ends with `done` (after an `error` when it failed). If the bridge dies
 //! mid-turn the turn ends with `error` + `done` at once; if the server dies, the next start
 //! closes the turn the same way. If the store fails a batch (it is out of reach), followers end
-//! at once with the error, the agent's turn is interrupted, and the turn keeps the session until
-//! its `error` + `done` are logged, retried until the store is back (or, after
-//! [`OUTAGE_PATIENCE`], left to the next start): no later turn's frames come before them.
+//! at once with the error, the agent's turn is interrupted, and the turn's `error` + `done` are
+//! logged once the store is back (or, after [`OUTAGE_PATIENCE`], left to the next start), under
+//! the session's order lock: no later turn's frames come before them.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -85,12 +85,12 @@ pub(crate) async fn publish(
     frames: &[(String, String)],
 ) -> Result<Vec<Arc<SessionEvent>>, ApiError> {
     let order = hub.order.lock().await;
-    append_and_send(state, hub, session, messages, frames, order).await
+    append_and_send(state, hub, session, messages, frames, &order).await
 }
 
-/// Publishes a turn's last frames, releasing the turn once they are stored but before anyone
-/// sees them (under the order lock): a client that sees `done` can send its next message at
-/// once, and that turn's frames still come after this one's.
+/// Publishes a turn's last frames, releasing the turn first (under the order lock): a client
+/// that sees `done` — live or read back from the log — can send its next message at once, and
+/// that turn's frames still come after this one's.
 pub(crate) async fn publish_ending(
     state: &AppState,
     hub: &Hub,
@@ -100,15 +100,9 @@ pub(crate) async fn publish_ending(
     guard: TurnGuard,
 ) {
     let order = hub.order.lock().await;
-    match state.store.append(session, messages, frames).await {
-        Ok(stored) => {
-            drop(guard);
-            send(hub, stored);
-        }
-        Err(e) => {
-            drop(order);
-            after_outage(state, hub, session, ApiError::from(e), guard).await;
-        }
+    drop(guard);
+    if let Err(e) = append_and_send(state, hub, session, messages, frames, &order).await {
+        after_outage(state, hub, session, e, order).await;
     }
 }
 
@@ -118,31 +112,26 @@ async fn append_and_send(
     session: SessionId,
     messages: &[(Role, String)],
     frames: &[(String, String)],
-    _order: tokio::sync::MutexGuard<'_, ()>,
+    _order: &tokio::sync::MutexGuard<'_, ()>,
 ) -> Result<Vec<Arc<SessionEvent>>, ApiError> {
     let stored = state.store.append(session, messages, frames).await?;
-    Ok(send(hub, stored))
-}
-
-/// Hands stored frames to the session's followers.
-fn send(hub: &Hub, stored: Vec<SessionEvent>) -> Vec<Arc<SessionEvent>> {
     let stored: Vec<_> = stored.into_iter().map(Arc::new).collect();
     for event in &stored {
         let _ = hub.feed.send(Published::Logged(event.clone()));
     }
-    stored
+    Ok(stored)
 }
 
 /// The store failed a turn's batch: its followers end with the error now, and the turn is
 /// closed in the log (`error` + `done`) as soon as the store takes it, trying again with a
-/// growing wait while it is unavailable, for up to [`OUTAGE_PATIENCE`]. The turn is held until then, so the session
-/// takes no next message whose frames could come first.
+/// growing wait while it is unavailable, for up to [`OUTAGE_PATIENCE`]. The session's order
+/// lock is held until then: a next turn may begin, but logs nothing before this one's end.
 async fn after_outage(
     state: &AppState,
     hub: &Hub,
     session: SessionId,
     error: ApiError,
-    guard: TurnGuard,
+    order: tokio::sync::MutexGuard<'_, ()>,
 ) {
     let _ = hub.feed.send(Published::Broken(error.message));
     state
@@ -158,9 +147,8 @@ async fn after_outage(
     let mut wait = Duration::from_millis(50);
     loop {
         tokio::time::sleep(wait).await;
-        let order = hub.order.lock().await;
-        match append_and_send(state, hub, session, &[], &frames, order).await {
-            Ok(_) => return drop(guard),
+        match append_and_send(state, hub, session, &[], &frames, &order).await {
+            Ok(_) => return,
             Err(e)
                 if e.status == axum::http::StatusCode::SERVICE_UNAVAILABLE
                     && tokio::time::Instant::now() < give_up =>
@@ -236,7 +224,9 @@ pub(crate) async fn run_turn(
             if let Err(why) = guard.sandbox().interrupt(turn.id()).await {
                 tracing::warn!(session = %session, "cannot interrupt a turn the store failed: {why}");
             }
-            return after_outage(&state, &hub, session, e, guard).await;
+            let order = hub.order.lock().await;
+            drop(guard);
+            return after_outage(&state, &hub, session, e, order).await;
         }
         batch = Batch::new(session, &state, &agent);
     }
