@@ -210,3 +210,20 @@ async fn bad_resume_cursors_get_400() {
     let body: Value = response.json().await.unwrap();
     assert!(body["error"].as_str().unwrap().contains("Last-Event-ID"));
 }
+
+#[tokio::test]
+async fn an_agent_that_ignores_an_interrupt_gets_504_and_its_turn_goes_on() {
+    let server = Server::start().await;
+    let session = server.command_session("deaf", GATED_AGENT).await;
+    let mut stream = server.open_stream(&session, json!({"content": "go"})).await;
+    Server::read_until(&mut stream, |f| f.event == "message").await;
+    let (status, body) = server
+        .post(&format!("/api/sessions/{session}/interrupt"), json!({}))
+        .await;
+    assert_eq!(status, 504, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains("did not answer the interrupt"), "{error}");
+    open_gate(&server, &session).await;
+    let frames = Server::read_until(&mut stream, |f| f.event == "done").await;
+    assert!(common::assistant_text(&frames).contains("finished"));
+}

@@ -49,7 +49,13 @@ pub enum SandboxError {
     Start(String),
     #[error("the sandbox's bridge has exited")]
     Gone,
+    #[error("the agent did not answer the interrupt within {0:?}; its turn may still be running")]
+    Unanswered(std::time::Duration),
 }
+
+/// How long an interrupt waits for the agent to confirm it (a `command` agent answers for
+/// itself, and a hostile one may never do).
+const INTERRUPT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Where the sandbox's pieces live on the host.
 #[derive(Debug, Clone)]
@@ -284,12 +290,16 @@ impl Sandbox {
             target: target.to_owned(),
         };
         let mut answer = self.bridge.send(command).await?;
-        while let Some(event) = answer.next().await {
-            if matches!(event, Event::Done { .. } | Event::Error { .. }) {
-                break;
+        let answered = tokio::time::timeout(INTERRUPT_WAIT, async {
+            while let Some(event) = answer.next().await {
+                if matches!(event, Event::Done { .. } | Event::Error { .. }) {
+                    break;
+                }
             }
-        }
-        Ok(())
+        });
+        answered
+            .await
+            .map_err(|_| SandboxError::Unanswered(INTERRUPT_WAIT))
     }
 
     /// Asks the bridge to exit and kills it if it does not; the workspace stays on disk.

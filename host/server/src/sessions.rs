@@ -18,7 +18,7 @@ use ash_core::{
 };
 use ash_protocol::{Backend, QueryOptions};
 use ash_sandbox::doctor::{self, Verdict};
-use ash_sandbox::{Api, Limits, Sandbox, SandboxHost, SandboxSpec, Upstream};
+use ash_sandbox::{Api, Limits, Sandbox, SandboxError, SandboxHost, SandboxSpec, Upstream};
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::sse::{KeepAlive, KeepAliveStream, Sse};
@@ -458,10 +458,12 @@ impl Sessions {
         let Some(target) = target else {
             return Ok(false);
         };
-        live.sandbox
-            .interrupt(&target)
-            .await
-            .map_err(|e| ApiError::internal("interrupt failed", e))?;
+        live.sandbox.interrupt(&target).await.map_err(|e| match e {
+            SandboxError::Unanswered(_) => {
+                ApiError::new(StatusCode::GATEWAY_TIMEOUT, e.to_string())
+            }
+            e => ApiError::internal("interrupt failed", e),
+        })?;
         Ok(true)
     }
 

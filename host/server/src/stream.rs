@@ -102,7 +102,8 @@ pub(crate) async fn publish_ending(
     let order = hub.order.lock().await;
     drop(guard);
     if let Err(e) = append_and_send(state, hub, session, messages, frames, &order).await {
-        after_outage(state, hub, session, e, order).await;
+        broken(state, hub, e);
+        close_when_stored(state, hub, session, order).await;
     }
 }
 
@@ -122,23 +123,26 @@ async fn append_and_send(
     Ok(stored)
 }
 
-/// The store failed a turn's batch: its followers end with the error now, and the turn is
-/// closed in the log (`error` + `done`) as soon as the store takes it, trying again with a
-/// growing wait while it is unavailable, for up to [`OUTAGE_PATIENCE`]. The session's order
-/// lock is held until then: a next turn may begin, but logs nothing before this one's end.
-async fn after_outage(
-    state: &AppState,
-    hub: &Hub,
-    session: SessionId,
-    error: ApiError,
-    order: tokio::sync::MutexGuard<'_, ()>,
-) {
+/// The store failed a turn's batch: its followers end now, with the error.
+fn broken(state: &AppState, hub: &Hub, error: ApiError) {
     let _ = hub.feed.send(Published::Broken(error.message));
     state
         .metrics
         .turns
         .with_label_values(&["storage_failed"])
         .inc();
+}
+
+/// Closes a turn the store failed in the log (`error` + `done`) as soon as the store takes it,
+/// trying again with a growing wait while it is unavailable, for up to [`OUTAGE_PATIENCE`].
+/// The session's order lock is held until then: a next turn may begin, but logs nothing before
+/// this one's end.
+async fn close_when_stored(
+    state: &AppState,
+    hub: &Hub,
+    session: SessionId,
+    order: tokio::sync::MutexGuard<'_, ()>,
+) {
     let frames = closing(
         session,
         Some("storage was unavailable during this turn, so the rest of it was lost; send the message again"),
@@ -221,12 +225,13 @@ pub(crate) async fn run_turn(
                 .await;
         }
         if let Err(e) = publish(&state, &hub, session, &batch.messages, &batch.frames).await {
+            broken(&state, &hub, e);
             if let Err(why) = guard.sandbox().interrupt(turn.id()).await {
                 tracing::warn!(session = %session, "cannot interrupt a turn the store failed: {why}");
             }
             let order = hub.order.lock().await;
             drop(guard);
-            return after_outage(&state, &hub, session, e, order).await;
+            return close_when_stored(&state, &hub, session, order).await;
         }
         batch = Batch::new(session, &state, &agent);
     }
