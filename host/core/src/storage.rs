@@ -4,8 +4,15 @@
 //! `ash:storage/storage-backend` (wit/storage), method for method: SQLite and Postgres implement
 //! it natively (`ash-store`), any other store as a WebAssembly plugin.
 //!
-//! Every backend enforces the same limits ([`check_name`], [`check_data`], [`MAX_LIMIT`]), so a
-//! request one backend takes, every backend takes.
+//! Reads are single calls; every write goes through [`Storage::commit`], which applies a list of
+//! puts, deletes and appends atomically — all of them or none — so a caller that must write a
+//! document and a stream together (a session's mark and its turn's frames) needs one round
+//! trip and can never leave half of it behind. `put`, `delete` and `append` are commits of one.
+//!
+//! Every backend enforces the same limits ([`check_name`], [`check_data`], [`MAX_LIMIT`],
+//! [`check_commit`]), so a request one backend takes, every backend takes.
+
+use std::collections::HashSet;
 
 use async_trait::async_trait;
 
@@ -24,6 +31,32 @@ pub struct Document {
 pub struct Entry {
     pub sequence: u64,
     pub data: String,
+}
+
+/// One write of a [`Storage::commit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// Writes a document when its current revision is `expected` (0: it must not exist yet),
+    /// replacing its index entries with `index`; its result is the new revision.
+    Put {
+        collection: String,
+        key: String,
+        data: String,
+        expected: u64,
+        index: Vec<(String, String)>,
+    },
+    /// Deletes a document and its index entries when its revision is `expected`; its result is
+    /// 1, or 0 when there was none.
+    Delete {
+        collection: String,
+        key: String,
+        expected: u64,
+    },
+    /// Appends entries to a stream in order; its result is the first entry's sequence number.
+    Append {
+        stream: String,
+        entries: Vec<String>,
+    },
 }
 
 /// Why a storage call failed; the WIT `error` record's `code` names the variant.
@@ -70,8 +103,10 @@ pub const MAX_NAME_BYTES: usize = 512;
 /// The largest document or stream entry, in bytes.
 pub const MAX_DATA_BYTES: usize = 16 * 1024 * 1024;
 /// The most documents or entries one `list`, `find` or `read` returns, and the most entries
-/// one `append` takes.
+/// one commit appends.
 pub const MAX_LIMIT: u32 = 10_000;
+/// The most writes in one commit.
+pub const MAX_WRITES: usize = 100;
 
 /// Refuses an empty or overlong name, or one holding a NUL (which Postgres text cannot
 /// hold); `what` names it in the error.
@@ -145,32 +180,74 @@ pub fn check_find(
     check_limit(limit)
 }
 
+/// The checks of a commit: 1 to [`MAX_WRITES`] writes, each in limits, at most [`MAX_LIMIT`]
+/// entries in all, and no document or stream written twice (so every backend can check all
+/// revisions before it writes anything).
+pub fn check_commit(writes: &[Write]) -> Result<(), StorageError> {
+    if writes.is_empty() || writes.len() > MAX_WRITES {
+        return Err(StorageError::Invalid(format!(
+            "a commit holds 1-{MAX_WRITES} writes"
+        )));
+    }
+    let (mut documents, mut streams, mut entries) = (HashSet::new(), HashSet::new(), 0);
+    for write in writes {
+        let once = match write {
+            Write::Put {
+                collection,
+                key,
+                data,
+                index,
+                ..
+            } => {
+                check_put(collection, key, data, index)?;
+                documents.insert((collection, key))
+            }
+            Write::Delete {
+                collection, key, ..
+            } => {
+                check_name("collection", collection)?;
+                check_name("key", key)?;
+                documents.insert((collection, key))
+            }
+            Write::Append {
+                stream,
+                entries: these,
+            } => {
+                check_append(stream, these)?;
+                entries += these.len();
+                streams.insert(stream)
+            }
+        };
+        if !once {
+            return Err(StorageError::Invalid(
+                "a commit writes each document and each stream at most once".into(),
+            ));
+        }
+    }
+    if entries > MAX_LIMIT as usize {
+        return Err(StorageError::Invalid(format!(
+            "a commit appends at most {MAX_LIMIT} entries"
+        )));
+    }
+    Ok(())
+}
+
+/// The one result a commit of one write gave.
+fn only(results: Vec<u64>) -> Result<u64, StorageError> {
+    match results[..] {
+        [result] => Ok(result),
+        _ => Err(StorageError::Internal(format!(
+            "a commit of one write gave {} results",
+            results.len()
+        ))),
+    }
+}
+
 /// A store. Every method is one atomic operation.
 #[async_trait]
 pub trait Storage: Send + Sync {
     /// The document, or none.
     async fn get(&self, collection: &str, key: &str) -> Result<Option<Document>, StorageError>;
-
-    /// Writes a document when its current revision is `expected` (0: it must not exist yet),
-    /// replacing its index entries with `index` (pairs of index name and value). Returns the
-    /// new revision; a different current revision is a `Conflict` and writes nothing.
-    async fn put(
-        &self,
-        collection: &str,
-        key: &str,
-        data: &str,
-        expected: u64,
-        index: &[(String, String)],
-    ) -> Result<u64, StorageError>;
-
-    /// Deletes a document and its index entries when its revision is `expected`; `false` when
-    /// there was none, a `Conflict` when its revision differs.
-    async fn delete(
-        &self,
-        collection: &str,
-        key: &str,
-        expected: u64,
-    ) -> Result<bool, StorageError>;
 
     /// Documents of a collection in key order (bytewise), after the key `after` (empty: from
     /// the start), at most `limit`.
@@ -191,12 +268,63 @@ pub trait Storage: Send + Sync {
         limit: u32,
     ) -> Result<Vec<Document>, StorageError>;
 
-    /// Appends entries to a stream, atomically and in order; returns the sequence number of
-    /// the first. Concurrent appends to one stream never share or skip a number.
-    async fn append(&self, stream: &str, entries: &[String]) -> Result<u64, StorageError>;
-
     /// Entries of a stream with a sequence number above `after`, in order, at most `limit`.
     async fn read(&self, stream: &str, after: u64, limit: u32) -> Result<Vec<Entry>, StorageError>;
+
+    /// Applies the writes atomically and in order — all of them, or none — and returns one
+    /// result per write (see [`Write`]). A put or delete whose revision check fails is a
+    /// `Conflict`, and nothing is written. Concurrent appends to one stream never share or
+    /// skip a number.
+    async fn commit(&self, writes: &[Write]) -> Result<Vec<u64>, StorageError>;
+
+    /// Writes a document when its current revision is `expected` (0: it must not exist yet),
+    /// replacing its index entries with `index` (pairs of index name and value). Returns the
+    /// new revision; a different current revision is a `Conflict` and writes nothing.
+    async fn put(
+        &self,
+        collection: &str,
+        key: &str,
+        data: &str,
+        expected: u64,
+        index: &[(String, String)],
+    ) -> Result<u64, StorageError> {
+        only(
+            self.commit(&[Write::Put {
+                collection: collection.to_owned(),
+                key: key.to_owned(),
+                data: data.to_owned(),
+                expected,
+                index: index.to_vec(),
+            }])
+            .await?,
+        )
+    }
+
+    /// Deletes a document and its index entries when its revision is `expected`; `false` when
+    /// there was none, a `Conflict` when its revision differs.
+    async fn delete(
+        &self,
+        collection: &str,
+        key: &str,
+        expected: u64,
+    ) -> Result<bool, StorageError> {
+        let write = Write::Delete {
+            collection: collection.to_owned(),
+            key: key.to_owned(),
+            expected,
+        };
+        Ok(only(self.commit(&[write]).await?)? == 1)
+    }
+
+    /// Appends entries to a stream, atomically and in order; returns the sequence number of
+    /// the first.
+    async fn append(&self, stream: &str, entries: &[String]) -> Result<u64, StorageError> {
+        let write = Write::Append {
+            stream: stream.to_owned(),
+            entries: entries.to_vec(),
+        };
+        only(self.commit(&[write]).await?)
+    }
 }
 
 #[cfg(test)]
@@ -228,5 +356,43 @@ mod tests {
         assert!(check_name("key", "sessions/1").is_ok());
         assert!(check_limit(0).is_err() && check_limit(MAX_LIMIT + 1).is_err());
         assert!(check_data(&"x".repeat(MAX_DATA_BYTES + 1)).is_err());
+    }
+
+    #[test]
+    fn a_commit_writes_each_document_and_stream_once_within_limits() {
+        let put = |key: &str| Write::Put {
+            collection: "c".into(),
+            key: key.into(),
+            data: "{}".into(),
+            expected: 0,
+            index: Vec::new(),
+        };
+        let append = |stream: &str, n: usize| Write::Append {
+            stream: stream.into(),
+            entries: vec!["{}".into(); n],
+        };
+        assert!(check_commit(&[put("a"), put("b"), append("s", 1), append("t", 1)]).is_ok());
+        assert!(check_commit(&[]).is_err());
+        assert!(check_commit(&vec![append("s", 1); 1][..]).is_ok());
+        assert!(
+            check_commit(&[put("a"), put("a")]).is_err(),
+            "a document twice"
+        );
+        let delete = Write::Delete {
+            collection: "c".into(),
+            key: "a".into(),
+            expected: 1,
+        };
+        assert!(
+            check_commit(&[put("a"), delete]).is_err(),
+            "put and delete of one"
+        );
+        assert!(
+            check_commit(&[append("s", 1), append("s", 1)]).is_err(),
+            "a stream twice"
+        );
+        let many: Vec<Write> = (0..=MAX_WRITES).map(|i| put(&i.to_string())).collect();
+        assert!(check_commit(&many).is_err());
+        assert!(check_commit(&[append("s", 6_000), append("t", 6_000)]).is_err());
     }
 }

@@ -102,7 +102,7 @@ pub(crate) mod bindings {
     pub(crate) mod storage {
         wasmtime::component::bindgen!({
             path: ["../../wit/host", "../../wit/storage"],
-            world: "ash:storage/storage-backend@0.1.0",
+            world: "ash:storage/storage-backend@0.2.0",
             with: { "ash:host": super::transformer::ash::host },
         });
     }

@@ -34,7 +34,7 @@ impl Kind {
             Self::Transform => "ash:observe/transformer@0.1.0",
             Self::Observe => "ash:observe/observer@0.1.0",
             Self::Auth => "ash:auth/authenticator@0.1.0",
-            Self::Storage => "ash:storage/storage-backend@0.1.0",
+            Self::Storage => "ash:storage/storage-backend@0.2.0",
         }
     }
 

@@ -5,8 +5,8 @@
 //! reused, never shared), so concurrent requests reach the store concurrently. The host checks
 //! every request against the port's limits before the plugin sees it, and every answer against
 //! the contract after: a document for another key, keys out of order or past the limit, a
-//! sequence that skips, a revision that is not one more than expected, or text that is not
-//! JSON is the plugin breaking the contract — an `internal` error that counts as the plugin's
+//! sequence that skips, a commit's results that are too few or too many, a revision that is not
+//! one more than expected, or text that is not JSON is the plugin breaking the contract — an `internal` error that counts as the plugin's
 //! failure (five in a row quarantine it, and storage is then unavailable: it fails closed).
 //! An `error` the plugin returns is just that error.
 
@@ -15,8 +15,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use ash_core::{
-    check_append, check_data, check_find, check_limit, check_name, check_put, Document, Entry,
-    Storage, StorageError,
+    check_commit, check_data, check_find, check_limit, check_name, Document, Entry, Storage,
+    StorageError, Write,
 };
 use async_trait::async_trait;
 
@@ -183,60 +183,6 @@ impl Storage for StoragePlugin {
         .await
     }
 
-    async fn put(
-        &self,
-        collection: &str,
-        key: &str,
-        data: &str,
-        expected: u64,
-        index: &[(String, String)],
-    ) -> Result<u64, StorageError> {
-        check_put(collection, key, data, index)?;
-        let (c, k, d, i) = (
-            collection.to_owned(),
-            key.to_owned(),
-            data.to_owned(),
-            index.to_vec(),
-        );
-        self.call(
-            move |exports, store| {
-                exports
-                    .ash_storage_store()
-                    .call_put(store, &c, &k, &d, expected, &i)
-            },
-            move |revision| {
-                if revision == expected + 1 {
-                    Ok(revision)
-                } else {
-                    Err(format!(
-                        "returned revision {revision} for a write expecting {expected}"
-                    ))
-                }
-            },
-        )
-        .await
-    }
-
-    async fn delete(
-        &self,
-        collection: &str,
-        key: &str,
-        expected: u64,
-    ) -> Result<bool, StorageError> {
-        check_name("collection", collection)?;
-        check_name("key", key)?;
-        let (c, k) = (collection.to_owned(), key.to_owned());
-        self.call(
-            move |exports, store| {
-                exports
-                    .ash_storage_store()
-                    .call_delete(store, &c, &k, expected)
-            },
-            Ok,
-        )
-        .await
-    }
-
     async fn list(
         &self,
         collection: &str,
@@ -281,22 +227,6 @@ impl Storage for StoragePlugin {
         .await
     }
 
-    async fn append(&self, stream: &str, entries: &[String]) -> Result<u64, StorageError> {
-        check_append(stream, entries)?;
-        let (s, e) = (stream.to_owned(), entries.to_vec());
-        self.call(
-            move |exports, store| exports.ash_storage_store().call_append(store, &s, &e),
-            |first| {
-                if first == 0 {
-                    Err("returned sequence number 0 for an append".into())
-                } else {
-                    Ok(first)
-                }
-            },
-        )
-        .await
-    }
-
     async fn read(&self, stream: &str, after: u64, limit: u32) -> Result<Vec<Entry>, StorageError> {
         check_name("stream", stream)?;
         check_limit(limit)?;
@@ -329,5 +259,87 @@ impl Storage for StoragePlugin {
             },
         )
         .await
+    }
+
+    async fn commit(&self, writes: &[Write]) -> Result<Vec<u64>, StorageError> {
+        check_commit(writes)?;
+        let sent: Vec<wit::Write> = writes.iter().map(to_wit).collect();
+        let expected: Vec<Expect> = writes.iter().map(Expect::of).collect();
+        self.call(
+            move |exports, store| exports.ash_storage_store().call_commit(store, &sent),
+            move |results: Vec<u64>| {
+                if results.len() != expected.len() {
+                    return Err(format!(
+                        "returned {} results for a commit of {} writes",
+                        results.len(),
+                        expected.len()
+                    ));
+                }
+                for (result, expect) in results.iter().zip(&expected) {
+                    expect.check(*result)?;
+                }
+                Ok(results)
+            },
+        )
+        .await
+    }
+}
+
+/// What the result of one write must be.
+enum Expect {
+    Revision(u64),
+    Deleted,
+    Sequence,
+}
+
+impl Expect {
+    fn of(write: &Write) -> Self {
+        match write {
+            Write::Put { expected, .. } => Self::Revision(expected + 1),
+            Write::Delete { .. } => Self::Deleted,
+            Write::Append { .. } => Self::Sequence,
+        }
+    }
+
+    fn check(&self, result: u64) -> Result<(), String> {
+        match self {
+            Self::Revision(revision) if result != *revision => Err(format!(
+                "returned revision {result} for a write expecting {}",
+                revision - 1
+            )),
+            Self::Deleted if result > 1 => Err(format!("returned {result} for a delete")),
+            Self::Sequence if result == 0 => Err("returned sequence number 0 for an append".into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn to_wit(write: &Write) -> wit::Write {
+    match write.clone() {
+        Write::Put {
+            collection,
+            key,
+            data,
+            expected,
+            index,
+        } => wit::Write::Put(wit::PutDocument {
+            collection,
+            key,
+            data,
+            expected,
+            index,
+        }),
+        Write::Delete {
+            collection,
+            key,
+            expected,
+        } => wit::Write::Delete(wit::DeleteDocument {
+            collection,
+            key,
+            expected,
+        }),
+        Write::Append { stream, entries } => {
+            wit::Write::Append(wit::AppendEntries { stream, entries })
+        }
     }
 }

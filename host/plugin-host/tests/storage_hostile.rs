@@ -18,7 +18,7 @@ fn hostile(dir: &Path, mode: &str) -> StoragePlugin {
     std::fs::write(
         dir.join("plugin.toml"),
         "id = \"test-hostile\"\nversion = \"0.1.0\"\nkind = \"storage\"\n\
-         world = \"ash:storage/storage-backend@0.1.0\"\ncomponent = \"test_hostile.wasm\"\n\
+         world = \"ash:storage/storage-backend@0.2.0\"\ncomponent = \"test_hostile.wasm\"\n\
          [capabilities]\nconfig = [\"mode\"]\n[limits]\nmemory_mb = 16\ndeadline_ms = 100\n",
     )
     .unwrap();
@@ -67,6 +67,25 @@ async fn answers_that_break_the_contract_are_typed_errors_and_quarantine_the_sto
         "{after:?}"
     );
     assert!(store.status().quarantined);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_answered_out_of_contract_is_internal() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = hostile(dir.path(), "garbage");
+    internal(store.delete("c", "k", 1).await, "returned 5 for a delete");
+    let writes = [
+        ash_core::Write::Append {
+            stream: "s".into(),
+            entries: vec!["{}".into()],
+        },
+        ash_core::Write::Delete {
+            collection: "c".into(),
+            key: "k".into(),
+            expected: 1,
+        },
+    ];
+    internal(store.commit(&writes).await, "sequence number 0");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,17 +2,19 @@
 //! (what was said) and `events/<id>` (every SSE frame in order; its sequence numbers are the
 //! frames' SSE ids, gap-free because the port's are).
 //!
-//! An append writes the messages first, then the frames, each in one atomic append: a crash
-//! between leaves a message no client was shown, never a frame without its message. A batch
-//! holding `session_start` marks the session as in a turn before anything is written; one
-//! holding `done` clears the mark after. The server appends a session's batches one at a time
-//! (its hub's order lock), so the marks of consecutive turns cannot interleave, and at the next
-//! start [`Store::unfinished_turns`] are exactly the marked sessions whose log does not end in
-//! `done`.
+//! An append is one commit: the messages, the frames, and — for a batch holding
+//! `session_start` or `done` — the session's mark (a turn has begun and not ended) with its
+//! `lastActiveAt`; all of it is written or none. The server appends a session's batches one at
+//! a time (its hub's order lock), so the marks of consecutive turns cannot interleave, and at
+//! the next start [`Store::unfinished_turns`] are exactly the marked sessions whose log does not
+//! end in `done`.
 
-use ash_core::{Entry, Message, Role, SessionEvent, SessionId, DEFAULT_TENANT, MAX_LIMIT};
+use ash_core::{
+    Entry, Message, Role, SessionEvent, SessionId, StorageError, Write, DEFAULT_TENANT, MAX_LIMIT,
+};
 use serde::{Deserialize, Serialize};
 
+use crate::records::{too_busy, ATTEMPTS};
 use crate::{now, Store, StoreError};
 
 /// Entries read at once where a caller wants a whole stream or a filtered part of it: frames
@@ -87,30 +89,20 @@ impl Store {
         events: &[(K, String)],
     ) -> Result<Vec<SessionEvent>, StoreError> {
         let has = |kind: &str| events.iter().any(|(k, _)| k.as_ref() == kind);
-        if has("session_start") {
-            self.mark_turn(session, true).await?;
-        }
+        let (opens, closes) = (has("session_start"), has("done"));
         let now = now();
-        if !messages.is_empty() {
-            let entries: Vec<String> = messages
-                .iter()
-                .map(|(role, content)| {
-                    json(&MessageEntry {
-                        id: uuid::Uuid::new_v4().to_string(),
-                        tenant_id: DEFAULT_TENANT.to_owned(),
-                        role: *role,
-                        content: content.clone(),
-                        created_at: now.clone(),
-                    })
+        let said: Vec<String> = messages
+            .iter()
+            .map(|(role, content)| {
+                json(&MessageEntry {
+                    id: uuid::Uuid::new_v4().to_string(),
+                    tenant_id: DEFAULT_TENANT.to_owned(),
+                    role: *role,
+                    content: content.clone(),
+                    created_at: now.clone(),
                 })
-                .collect();
-            self.storage
-                .append(&messages_stream(session), &entries)
-                .await?;
-        }
-        if events.is_empty() {
-            return Ok(Vec::new());
-        }
+            })
+            .collect();
         let entries: Vec<EventEntry> = events
             .iter()
             .map(|(kind, data)| EventEntry {
@@ -121,19 +113,45 @@ impl Store {
                 created_at: now.clone(),
             })
             .collect();
-        let texts: Vec<String> = entries.iter().map(json).collect();
-        let first = self.storage.append(&events_stream(session), &texts).await?;
-        // The frames are stored: a mark left behind is cleared at the next start.
-        if has("done") {
-            if let Err(e) = self.mark_turn(session, false).await {
-                tracing::warn!(session = %session, "cannot clear the turn's mark: {e}");
+        let mut appends = Vec::with_capacity(2);
+        if !said.is_empty() {
+            appends.push(Write::Append {
+                stream: messages_stream(session),
+                entries: said,
+            });
+        }
+        if !entries.is_empty() {
+            appends.push(Write::Append {
+                stream: events_stream(session),
+                entries: entries.iter().map(json).collect(),
+            });
+        }
+        for _ in 0..ATTEMPTS {
+            let mut writes = Vec::with_capacity(3);
+            if opens || closes {
+                writes.extend(self.turn_mark(session, !closes, &now).await?);
+            }
+            let marked = !writes.is_empty();
+            writes.extend(appends.iter().cloned());
+            if writes.is_empty() {
+                return Ok(Vec::new());
+            }
+            match self.storage.commit(&writes).await {
+                Ok(_) if entries.is_empty() => return Ok(Vec::new()),
+                Ok(results) => {
+                    let first = *results.last().expect("one result per write");
+                    return Ok(entries
+                        .into_iter()
+                        .zip(first..)
+                        .map(|(entry, sequence)| event(session, sequence, entry))
+                        .collect());
+                }
+                // Only the mark checks a revision: the session changed since it was read.
+                Err(StorageError::Conflict(_)) if marked => continue,
+                Err(e) => return Err(e.into()),
             }
         }
-        Ok(entries
-            .into_iter()
-            .zip(first..)
-            .map(|(entry, sequence)| event(session, sequence, entry))
-            .collect())
+        Err(too_busy("sessions", &session.to_string()))
     }
 
     /// Log events with a sequence above `after`, oldest first, at most `limit`, of one type if

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use ash_core::{
     Agent, AgentName, Credential, CredentialType, Document, Session, SessionId, SessionStatus,
-    Storage, StorageError, DEFAULT_TENANT,
+    Storage, StorageError, Write, DEFAULT_TENANT,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -28,7 +28,7 @@ use crate::{now, StoreError};
 /// Documents one list or find returns at most.
 pub(crate) const PAGE: u32 = 1000;
 /// Reads and writes of one change before it gives up to a busier writer.
-const ATTEMPTS: usize = 16;
+pub(crate) const ATTEMPTS: usize = 16;
 
 /// The server's records, on any backend of the storage port. Cheap to clone.
 #[derive(Clone)]
@@ -54,7 +54,7 @@ fn json(record: &impl Serialize) -> String {
     serde_json::to_string(record).expect("records serialise")
 }
 
-fn too_busy(collection: &str, key: &str) -> StoreError {
+pub(crate) fn too_busy(collection: &str, key: &str) -> StoreError {
     StorageError::Conflict(format!("{collection}/{key} kept changing under this write")).into()
 }
 
@@ -434,6 +434,32 @@ impl Store {
         })
         .await?;
         Ok(())
+    }
+
+    /// The write that marks a session's turn as begun or ended (`open`) and the session active
+    /// now, for a commit; `None` when there is no such session.
+    pub(crate) async fn turn_mark(
+        &self,
+        id: SessionId,
+        open: bool,
+        now: &str,
+    ) -> Result<Option<Write>, StoreError> {
+        let key = session_key(id);
+        let Some((session, revision)) = self.read::<SessionRecord>(&key).await? else {
+            return Ok(None);
+        };
+        let marked = SessionRecord {
+            turn_open: open,
+            last_active_at: now.to_owned(),
+            ..session
+        };
+        Ok(Some(Write::Put {
+            collection: SessionRecord::COLLECTION.to_owned(),
+            key,
+            data: json(&marked),
+            expected: revision,
+            index: marked.index(),
+        }))
     }
 
     /// Sessions marked as in a turn.

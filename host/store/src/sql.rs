@@ -16,8 +16,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use ash_core::{
-    check_append, check_find, check_limit, check_name, check_put, Document, Entry, Storage,
-    StorageError,
+    check_commit, check_find, check_limit, check_name, Document, Entry, Storage, StorageError,
+    Write,
 };
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -233,112 +233,6 @@ impl Storage for SqlStorage {
         Ok(row.map(|row| document(collection, row)))
     }
 
-    async fn put(
-        &self,
-        collection: &str,
-        key: &str,
-        data: &str,
-        expected: u64,
-        index: &[(String, String)],
-    ) -> Result<u64, StorageError> {
-        check_put(collection, key, data, index)?;
-        let expected_db = number(expected, "expected")?;
-        let written = retrying(|| async {
-            with_pool!(self, pool => {
-                let mut tx = pool.begin().await.map_err(db)?;
-                let statement = if expected == 0 {
-                    "INSERT INTO documents (collection, key, revision, data) VALUES ($1, $2, 1, $3)
-                     ON CONFLICT (collection, key) DO NOTHING"
-                } else {
-                    "UPDATE documents SET revision = revision + 1, data = $3
-                     WHERE collection = $1 AND key = $2 AND revision = $4"
-                };
-                let mut query = sqlx::query(statement).bind(collection).bind(key).bind(data);
-                if expected != 0 {
-                    query = query.bind(expected_db);
-                }
-                if query.execute(&mut *tx).await.map_err(db)?.rows_affected() != 1 {
-                    return Ok(false);
-                }
-                sqlx::query("DELETE FROM document_index WHERE collection = $1 AND key = $2")
-                    .bind(collection)
-                    .bind(key)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db)?;
-                for (name, value) in index {
-                    sqlx::query(
-                        "INSERT INTO document_index (collection, name, value, key)
-                         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                    )
-                    .bind(collection)
-                    .bind(name)
-                    .bind(value)
-                    .bind(key)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db)?;
-                }
-                tx.commit().await.map_err(db)?;
-                Ok(true)
-            })
-        })
-        .await?;
-        if !written {
-            return Err(StorageError::Conflict(format!(
-                "{collection}/{key} is not at revision {expected}"
-            )));
-        }
-        Ok(expected + 1)
-    }
-
-    async fn delete(
-        &self,
-        collection: &str,
-        key: &str,
-        expected: u64,
-    ) -> Result<bool, StorageError> {
-        check_name("collection", collection)?;
-        check_name("key", key)?;
-        let expected_db = number(expected, "expected")?;
-        let deleted = retrying(|| async {
-            with_pool!(self, pool => {
-                let mut tx = pool.begin().await.map_err(db)?;
-                let gone = sqlx::query(
-                    "DELETE FROM documents WHERE collection = $1 AND key = $2 AND revision = $3",
-                )
-                .bind(collection)
-                .bind(key)
-                .bind(expected_db)
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?
-                .rows_affected();
-                if gone == 1 {
-                    sqlx::query("DELETE FROM document_index WHERE collection = $1 AND key = $2")
-                        .bind(collection)
-                        .bind(key)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db)?;
-                }
-                tx.commit().await.map_err(db)?;
-                Ok(gone == 1)
-            })
-        })
-        .await?;
-        if deleted {
-            return Ok(true);
-        }
-        match self.get(collection, key).await? {
-            None => Ok(false),
-            Some(current) => Err(StorageError::Conflict(format!(
-                "{collection}/{key} is at revision {}, not {expected}",
-                current.revision
-            ))),
-        }
-    }
-
     async fn list(
         &self,
         collection: &str,
@@ -396,43 +290,6 @@ impl Storage for SqlStorage {
             .collect())
     }
 
-    async fn append(&self, stream: &str, entries: &[String]) -> Result<u64, StorageError> {
-        check_append(stream, entries)?;
-        let count = entries.len() as i64;
-        let first = retrying(|| async {
-            with_pool!(self, pool => {
-                let mut tx = pool.begin().await.map_err(db)?;
-                let last: i64 = sqlx::query_scalar(
-                    "INSERT INTO streams (stream, last) VALUES ($1, $2)
-                     ON CONFLICT (stream) DO UPDATE SET last = streams.last + $2
-                     RETURNING last",
-                )
-                .bind(stream)
-                .bind(count)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(db)?;
-                let first = last - count + 1;
-                for (chunk, rows) in entries.chunks(ENTRIES_PER_INSERT).enumerate() {
-                    let start = first + (chunk * ENTRIES_PER_INSERT) as i64;
-                    let mut insert = sqlx::QueryBuilder::new(
-                        "INSERT INTO stream_entries (stream, sequence, data) ",
-                    );
-                    insert.push_values(rows.iter().enumerate(), |mut row, (i, data)| {
-                        row.push_bind(stream)
-                            .push_bind(start + i as i64)
-                            .push_bind(data.as_str());
-                    });
-                    insert.build().execute(&mut *tx).await.map_err(db)?;
-                }
-                tx.commit().await.map_err(db)?;
-                Ok(first)
-            })
-        })
-        .await?;
-        Ok(first as u64)
-    }
-
     async fn read(&self, stream: &str, after: u64, limit: u32) -> Result<Vec<Entry>, StorageError> {
         check_name("stream", stream)?;
         check_limit(limit)?;
@@ -455,6 +312,124 @@ impl Storage for SqlStorage {
                 data,
             })
             .collect())
+    }
+
+    async fn commit(&self, writes: &[Write]) -> Result<Vec<u64>, StorageError> {
+        check_commit(writes)?;
+        retrying(|| async {
+            with_pool!(self, pool => {
+                let mut tx = pool.begin().await.map_err(db)?;
+                let mut results = Vec::with_capacity(writes.len());
+                for write in writes {
+                    results.push(match write {
+                        Write::Put { collection, key, data, expected, index } => {
+                            let statement = if *expected == 0 {
+                                "INSERT INTO documents (collection, key, revision, data) VALUES ($1, $2, 1, $3)
+                                 ON CONFLICT (collection, key) DO NOTHING"
+                            } else {
+                                "UPDATE documents SET revision = revision + 1, data = $3
+                                 WHERE collection = $1 AND key = $2 AND revision = $4"
+                            };
+                            let mut query = sqlx::query(statement).bind(collection).bind(key).bind(data);
+                            if *expected != 0 {
+                                query = query.bind(number(*expected, "expected")?);
+                            }
+                            if query.execute(&mut *tx).await.map_err(db)?.rows_affected() != 1 {
+                                return Err(StorageError::Conflict(format!(
+                                    "{collection}/{key} is not at revision {expected}"
+                                )));
+                            }
+                            sqlx::query("DELETE FROM document_index WHERE collection = $1 AND key = $2")
+                                .bind(collection)
+                                .bind(key)
+                                .execute(&mut *tx)
+                                .await
+                                .map_err(db)?;
+                            for (name, value) in index {
+                                sqlx::query(
+                                    "INSERT INTO document_index (collection, name, value, key)
+                                     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                                )
+                                .bind(collection)
+                                .bind(name)
+                                .bind(value)
+                                .bind(key)
+                                .execute(&mut *tx)
+                                .await
+                                .map_err(db)?;
+                            }
+                            expected + 1
+                        }
+                        Write::Delete { collection, key, expected } => {
+                            let gone = sqlx::query(
+                                "DELETE FROM documents WHERE collection = $1 AND key = $2 AND revision = $3",
+                            )
+                            .bind(collection)
+                            .bind(key)
+                            .bind(number(*expected, "expected")?)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(db)?
+                            .rows_affected();
+                            if gone == 1 {
+                                sqlx::query("DELETE FROM document_index WHERE collection = $1 AND key = $2")
+                                    .bind(collection)
+                                    .bind(key)
+                                    .execute(&mut *tx)
+                                    .await
+                                    .map_err(db)?;
+                                1
+                            } else {
+                                let current: Option<i64> = sqlx::query_scalar(
+                                    "SELECT revision FROM documents WHERE collection = $1 AND key = $2",
+                                )
+                                .bind(collection)
+                                .bind(key)
+                                .fetch_optional(&mut *tx)
+                                .await
+                                .map_err(db)?;
+                                if let Some(current) = current {
+                                    return Err(StorageError::Conflict(format!(
+                                        "{collection}/{key} is at revision {current}, not {expected}"
+                                    )));
+                                }
+                                0
+                            }
+                        }
+                        Write::Append { stream, entries } => {
+                            let count = entries.len() as i64;
+                            let last: i64 = sqlx::query_scalar(
+                                "INSERT INTO streams (stream, last) VALUES ($1, $2)
+                                 ON CONFLICT (stream) DO UPDATE SET last = streams.last + $2
+                                 RETURNING last",
+                            )
+                            .bind(stream)
+                            .bind(count)
+                            .fetch_one(&mut *tx)
+                            .await
+                            .map_err(db)?;
+                            let first = last - count + 1;
+                            for (chunk, rows) in entries.chunks(ENTRIES_PER_INSERT).enumerate() {
+                                let start = first + (chunk * ENTRIES_PER_INSERT) as i64;
+                                let mut insert = sqlx::QueryBuilder::new(
+                                    "INSERT INTO stream_entries (stream, sequence, data) ",
+                                );
+                                insert.push_values(rows.iter().enumerate(), |mut row, (i, data)| {
+                                    row.push_bind(stream)
+                                        .push_bind(start + i as i64)
+                                        .push_bind(data.as_str());
+                                });
+                                insert.build().execute(&mut *tx).await.map_err(db)?;
+                            }
+                            first as u64
+                        }
+                    });
+                }
+                tx.commit().await.map_err(db)?;
+                Ok(results)
+            })
+        })
+        .await
     }
 }
 

@@ -1,6 +1,6 @@
-//! Ash's storage port (`ash:storage`) on Redis. Each operation is one Lua script, so Redis runs
-//! it atomically: a revision check and its write, or an append and its numbering, cannot
-//! interleave with another client's.
+//! Ash's storage port (`ash:storage`) on Redis. Each read and each commit is one Lua script (or
+//! one command), so Redis runs it atomically: a commit's revision checks and its writes, or an
+//! append and its numbering, cannot interleave with another client's.
 //!
 //! Layout, under the configured `prefix` (names carry their length, so no two collections,
 //! keys or streams can spell the same Redis key):
@@ -16,41 +16,75 @@
 
 wit_bindgen::generate!({
     path: ["../../wit/host", "../../wit/storage"],
-    world: "ash:storage/storage-backend@0.1.0",
+    world: "ash:storage/storage-backend@0.2.0",
     generate_all,
 });
 
+use std::borrow::Cow;
 use std::cell::RefCell;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read, Write as _};
 use std::net::TcpStream;
 
 use ash::host::config;
-use ash::storage::types::{Document, Entry, Error};
+use ash::storage::types::{Document, Entry, Error, Write};
 use exports::ash::storage::store::Guest;
 
 /// The longest bulk reply read (a document is at most 16 MiB).
 const MAX_BULK: usize = 64 * 1024 * 1024;
 
-const PUT: &str = r#"
-local rev = tonumber(redis.call('HGET', KEYS[1], 'rev') or '0')
-if rev ~= tonumber(ARGV[1]) then return redis.error_reply('CONFLICT the document is at revision ' .. rev) end
-local old = redis.call('HGET', KEYS[1], 'idx')
-if old then for _, set in ipairs(cjson.decode(old)) do redis.call('ZREM', set, ARGV[3]) end end
-for _, set in ipairs(cjson.decode(ARGV[4])) do redis.call('ZADD', set, 0, ARGV[3]) end
-redis.call('HSET', KEYS[1], 'rev', rev + 1, 'data', ARGV[2], 'idx', ARGV[4])
-redis.call('ZADD', KEYS[2], 0, ARGV[3])
-return rev + 1
-"#;
-
-const DELETE: &str = r#"
-local rev = redis.call('HGET', KEYS[1], 'rev')
-if not rev then return 0 end
-if tonumber(rev) ~= tonumber(ARGV[1]) then return redis.error_reply('CONFLICT the document is at revision ' .. rev) end
-local old = redis.call('HGET', KEYS[1], 'idx')
-if old then for _, set in ipairs(cjson.decode(old)) do redis.call('ZREM', set, ARGV[2]) end end
-redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[2], ARGV[2])
-return 1
+/// A commit: ARGV is the writes one after another — `put doc set key expected data idx`,
+/// `delete doc set key expected`, `append last log n entry…` — checked all first (every
+/// revision), then applied; so a conflict writes nothing.
+const COMMIT: &str = r#"
+local writes, i = {}, 1
+while i <= #ARGV do
+  local op = ARGV[i]
+  if op == 'put' then
+    table.insert(writes, {op = op, doc = ARGV[i+1], set = ARGV[i+2], key = ARGV[i+3],
+      expected = tonumber(ARGV[i+4]), data = ARGV[i+5], idx = ARGV[i+6]})
+    i = i + 7
+  elseif op == 'delete' then
+    table.insert(writes, {op = op, doc = ARGV[i+1], set = ARGV[i+2], key = ARGV[i+3],
+      expected = tonumber(ARGV[i+4])})
+    i = i + 5
+  else
+    local n = tonumber(ARGV[i+3])
+    table.insert(writes, {op = op, last = ARGV[i+1], log = ARGV[i+2], first = i + 4, n = n})
+    i = i + 4 + n
+  end
+end
+for _, w in ipairs(writes) do
+  if w.op ~= 'append' then
+    local rev = tonumber(redis.call('HGET', w.doc, 'rev') or '0')
+    if rev ~= w.expected and (w.op == 'put' or rev ~= 0) then
+      return redis.error_reply('CONFLICT ' .. w.key .. ' is at revision ' .. rev)
+    end
+  end
+end
+local out = {}
+for _, w in ipairs(writes) do
+  if w.op == 'append' then
+    local last = redis.call('INCRBY', w.last, w.n)
+    for j = w.first, w.first + w.n - 1 do redis.call('RPUSH', w.log, ARGV[j]) end
+    table.insert(out, last - w.n + 1)
+  elseif w.op == 'delete' and redis.call('EXISTS', w.doc) == 0 then
+    table.insert(out, 0)
+  else
+    local old = redis.call('HGET', w.doc, 'idx')
+    if old then for _, set in ipairs(cjson.decode(old)) do redis.call('ZREM', set, w.key) end end
+    if w.op == 'put' then
+      for _, set in ipairs(cjson.decode(w.idx)) do redis.call('ZADD', set, 0, w.key) end
+      redis.call('HSET', w.doc, 'rev', w.expected + 1, 'data', w.data, 'idx', w.idx)
+      redis.call('ZADD', w.set, 0, w.key)
+      table.insert(out, w.expected + 1)
+    else
+      redis.call('DEL', w.doc)
+      redis.call('ZREM', w.set, w.key)
+      table.insert(out, 1)
+    end
+  end
+end
+return out
 "#;
 
 /// Keys of a sorted set after ARGV[1], at most ARGV[2], with each document (ARGV[3] + key).
@@ -62,12 +96,6 @@ for _, key in ipairs(keys) do
   if doc[1] then table.insert(out, {key, doc[1], doc[2]}) end
 end
 return out
-"#;
-
-const APPEND: &str = r#"
-local last = redis.call('INCRBY', KEYS[1], #ARGV)
-for i = 1, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
-return last - #ARGV + 1
 "#;
 
 /// A Redis reply.
@@ -311,42 +339,6 @@ impl Guest for Redis {
         }
     }
 
-    fn put(
-        collection: String,
-        key: String,
-        data: String,
-        expected: u64,
-        index: Vec<(String, String)>,
-    ) -> Result<u64, Error> {
-        let doc = format!("{}{key}", doc_prefix(&collection));
-        let sets: Vec<String> = index
-            .iter()
-            .map(|(name, value)| index_set(&collection, name, value))
-            .collect();
-        let sets = serde_json::to_string(&sets).expect("strings");
-        let reply = script(
-            PUT,
-            &[&doc, &collection_set(&collection)],
-            &[
-                expected.to_string().as_bytes(),
-                data.as_bytes(),
-                key.as_bytes(),
-                sets.as_bytes(),
-            ],
-        )?;
-        int(reply)
-    }
-
-    fn delete(collection: String, key: String, expected: u64) -> Result<bool, Error> {
-        let doc = format!("{}{key}", doc_prefix(&collection));
-        let reply = script(
-            DELETE,
-            &[&doc, &collection_set(&collection)],
-            &[expected.to_string().as_bytes(), key.as_bytes()],
-        )?;
-        Ok(int(reply)? == 1)
-    }
-
     fn list(collection: String, after: String, limit: u32) -> Result<Vec<Document>, Error> {
         range(&collection_set(&collection), &collection, &after, limit)
     }
@@ -360,12 +352,6 @@ impl Guest for Redis {
     ) -> Result<Vec<Document>, Error> {
         let set = index_set(&collection, &index, &value);
         range(&set, &collection, &after, limit)
-    }
-
-    fn append(stream: String, entries: Vec<String>) -> Result<u64, Error> {
-        let (last, log) = stream_keys(&stream);
-        let args: Vec<&[u8]> = entries.iter().map(|e| e.as_bytes()).collect();
-        int(script(APPEND, &[&last, &log], &args)?)
     }
 
     fn read(stream: String, after: u64, limit: u32) -> Result<Vec<Entry>, Error> {
@@ -393,6 +379,53 @@ impl Guest for Redis {
                 })
             })
             .collect()
+    }
+
+    fn commit(writes: Vec<Write>) -> Result<Vec<u64>, Error> {
+        let mut args: Vec<Cow<[u8]>> = Vec::new();
+        let owned = |text: String| Cow::Owned(text.into_bytes());
+        for write in &writes {
+            match write {
+                Write::Put(put) => {
+                    let sets: Vec<String> = put
+                        .index
+                        .iter()
+                        .map(|(name, value)| index_set(&put.collection, name, value))
+                        .collect();
+                    args.extend([
+                        Cow::Borrowed(b"put".as_slice()),
+                        owned(format!("{}{}", doc_prefix(&put.collection), put.key)),
+                        owned(collection_set(&put.collection)),
+                        Cow::Borrowed(put.key.as_bytes()),
+                        owned(put.expected.to_string()),
+                        Cow::Borrowed(put.data.as_bytes()),
+                        owned(serde_json::to_string(&sets).expect("strings")),
+                    ]);
+                }
+                Write::Delete(delete) => args.extend([
+                    Cow::Borrowed(b"delete".as_slice()),
+                    owned(format!("{}{}", doc_prefix(&delete.collection), delete.key)),
+                    owned(collection_set(&delete.collection)),
+                    Cow::Borrowed(delete.key.as_bytes()),
+                    owned(delete.expected.to_string()),
+                ]),
+                Write::Append(append) => {
+                    let (last, log) = stream_keys(&append.stream);
+                    args.extend([
+                        Cow::Borrowed(b"append".as_slice()),
+                        owned(last),
+                        owned(log),
+                        owned(append.entries.len().to_string()),
+                    ]);
+                    args.extend(append.entries.iter().map(|e| Cow::Borrowed(e.as_bytes())));
+                }
+            }
+        }
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_ref()).collect();
+        match script(COMMIT, &[], &args)? {
+            Reply::Array(results) => results.into_iter().map(int).collect(),
+            _ => Err(error("internal", "Redis sent an unexpected reply")),
+        }
     }
 }
 

@@ -6,7 +6,7 @@
 //! it could reach — as the replaced payload, or as an authenticator's denial. A transformer
 //! also has `nested` (JSON 100,000 deep) and `not-json`. As a store, `garbage` breaks the
 //! contract in every answer (another key, text that is not JSON, keys out of order, a wrong
-//! revision, sequence 0, numbers that skip) and `error` answers an error with an unknown code.
+//! revision, a delete that answers 5, sequence 0, numbers that skip) and `error` answers an error with an unknown code.
 //! The hostile-plugin tests load it; never deploy it.
 
 wit_bindgen::generate!({
@@ -17,7 +17,7 @@ wit_bindgen::generate!({
 
 use ash::auth::types::{Decision, Principal, Request};
 use ash::host::config;
-use ash::storage::types::{Document, Entry, Error};
+use ash::storage::types::{Document, Entry, Error, Write};
 use exports::ash::auth::authenticate::Guest as Authenticate;
 use exports::ash::observe::observe::Guest as Observe;
 use exports::ash::observe::transform::{Event, Guest as Transform, Verdict};
@@ -119,22 +119,6 @@ impl Store for Hostile {
         Ok(Some(wrong_document(collection, &key)))
     }
 
-    fn put(
-        _collection: String,
-        _key: String,
-        _data: String,
-        expected: u64,
-        _index: Vec<(String, String)>,
-    ) -> Result<u64, Error> {
-        store_error()?;
-        Ok(expected + 7)
-    }
-
-    fn delete(_collection: String, _key: String, _expected: u64) -> Result<bool, Error> {
-        store_error()?;
-        Ok(true)
-    }
-
     fn list(collection: String, _after: String, _limit: u32) -> Result<Vec<Document>, Error> {
         store_error()?;
         let mut b = wrong_document(collection.clone(), "b");
@@ -154,17 +138,24 @@ impl Store for Hostile {
         Self::list(collection, after, limit)
     }
 
-    fn append(_stream: String, _entries: Vec<String>) -> Result<u64, Error> {
-        store_error()?;
-        Ok(0)
-    }
-
     fn read(_stream: String, after: u64, _limit: u32) -> Result<Vec<Entry>, Error> {
         store_error()?;
         Ok(vec![Entry {
             sequence: after + 2,
             data: "{}".into(),
         }])
+    }
+
+    fn commit(writes: Vec<Write>) -> Result<Vec<u64>, Error> {
+        store_error()?;
+        Ok(writes
+            .iter()
+            .map(|write| match write {
+                Write::Put(put) => put.expected + 7,
+                Write::Delete(_) => 5,
+                Write::Append(_) => 0,
+            })
+            .collect())
     }
 }
 

@@ -3,7 +3,7 @@
 //! first thing a backend gets wrong. Every name it uses starts with `prefix`, so runs can share
 //! a database. [`run_records`] then checks the server's records ([`crate::Store`]) on it.
 
-use ash_core::{Storage, StorageError, MAX_NAME_BYTES};
+use ash_core::{Storage, StorageError, Write, MAX_NAME_BYTES, MAX_WRITES};
 use futures_util::future::join_all;
 
 mod postgres;
@@ -24,6 +24,8 @@ pub async fn run(storage: &dyn Storage, prefix: &str) {
     bad_requests_are_invalid(storage, prefix).await;
     racing_writers_one_wins(storage, prefix).await;
     parallel_appends_stay_gap_free(storage, prefix).await;
+    commits_are_all_or_nothing(storage, prefix).await;
+    racing_commits_write_only_the_winner(storage, prefix).await;
 }
 
 fn conflict<T: std::fmt::Debug>(outcome: Result<T, StorageError>, rule: &str) {
@@ -330,4 +332,132 @@ async fn parallel_appends_stay_gap_free(s: &dyn Storage, p: &str) {
             );
         }
     }
+}
+
+fn put(collection: &str, key: &str, data: &str, expected: u64) -> Write {
+    Write::Put {
+        collection: collection.into(),
+        key: key.into(),
+        data: data.into(),
+        expected,
+        index: vec![("tag".into(), "t".into())],
+    }
+}
+
+fn append(stream: &str, entries: &[&str]) -> Write {
+    Write::Append {
+        stream: stream.into(),
+        entries: entries.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+async fn commits_are_all_or_nothing(s: &dyn Storage, p: &str) {
+    let (c, log, other) = (
+        format!("{p}commit"),
+        format!("{p}commit-log"),
+        format!("{p}commit-other"),
+    );
+    s.put(&c, "gone", "{}", 0, &[]).await.unwrap();
+    let results = s
+        .commit(&[
+            put(&c, "a", r#"{"v":1}"#, 0),
+            append(&log, &["{}", "{}", "{}"]),
+            append(&other, &["{}"]),
+            Write::Delete {
+                collection: c.clone(),
+                key: "gone".into(),
+                expected: 1,
+            },
+            Write::Delete {
+                collection: c.clone(),
+                key: "never".into(),
+                expected: 1,
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(results, [1, 1, 1, 1, 0], "one result per write");
+    assert_eq!(
+        s.find(&c, "tag", "t", "", 10).await.unwrap().len(),
+        1,
+        "its index entries"
+    );
+    assert_eq!(s.get(&c, "gone").await.unwrap(), None);
+
+    let lost = s
+        .commit(&[
+            put(&c, "b", "{}", 0),
+            append(&log, &["{\"lost\":true}"]),
+            put(&c, "a", r#"{"v":"stale"}"#, 5),
+        ])
+        .await;
+    conflict(lost, "a commit with one stale revision");
+    assert_eq!(
+        s.get(&c, "b").await.unwrap(),
+        None,
+        "a failed commit writes no document"
+    );
+    assert_eq!(
+        s.read(&log, 3, 10).await.unwrap(),
+        [],
+        "and appends nothing"
+    );
+    assert_eq!(s.get(&c, "a").await.unwrap().unwrap().data, r#"{"v":1}"#);
+    let next = s.commit(&[append(&log, &["{}"])]).await.unwrap();
+    assert_eq!(next, [4], "numbering goes on without a gap");
+
+    invalid(s.commit(&[]).await, "an empty commit");
+    invalid(
+        s.commit(&[put(&c, "x", "{}", 0), put(&c, "x", "{}", 1)])
+            .await,
+        "one document twice",
+    );
+    invalid(
+        s.commit(&[append(&log, &["{}"]), append(&log, &["{}"])])
+            .await,
+        "one stream twice",
+    );
+    let many: Vec<Write> = (0..=MAX_WRITES)
+        .map(|i| put(&c, &format!("m{i}"), "{}", 0))
+        .collect();
+    invalid(s.commit(&many).await, "too many writes");
+    assert_eq!(
+        s.get(&c, "m0").await.unwrap(),
+        None,
+        "an invalid commit writes nothing"
+    );
+}
+
+async fn racing_commits_write_only_the_winner(s: &dyn Storage, p: &str) {
+    let (c, log) = (format!("{p}rc"), format!("{p}rc-log"));
+    s.put(&c, "d", "{}", 0, &[]).await.unwrap();
+    for round in 1..=20u64 {
+        let outcomes = join_all((0..2).map(|w| {
+            let writes = [
+                put(&c, "d", &format!("{{\"round\":{round},\"w\":{w}}}"), round),
+                append(&log, &[&format!("{{\"round\":{round},\"w\":{w}}}")]),
+            ];
+            async move { s.commit(&writes).await }
+        }))
+        .await;
+        let won: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().ok()).collect();
+        assert_eq!(
+            won.len(),
+            1,
+            "exactly one of two racing commits wins ({outcomes:?})"
+        );
+        assert_eq!(
+            won[0],
+            &[round + 1, round],
+            "the winner's revision and its entry's number"
+        );
+    }
+    let entries = s.read(&log, 0, 100).await.unwrap();
+    assert_eq!(entries.len(), 20, "the losers appended nothing");
+    let doc = s.get(&c, "d").await.unwrap().unwrap();
+    assert_eq!(doc.revision, 21);
+    assert_eq!(
+        doc.data, entries[19].data,
+        "the document and the stream agree on the winner"
+    );
 }
