@@ -126,20 +126,25 @@ impl Store {
                 entries: entries.iter().map(json).collect(),
             });
         }
-        for _ in 0..ATTEMPTS {
+        for attempt in 0..ATTEMPTS {
+            let mark = match opens || closes {
+                true => self.turn_mark(session, !closes, &now, attempt > 0).await?,
+                false => None,
+            };
             let mut writes = Vec::with_capacity(3);
-            if opens || closes {
-                writes.extend(self.turn_mark(session, !closes, &now).await?);
-            }
-            let marked = !writes.is_empty();
+            writes.extend(mark.as_ref().map(|mark| mark.write.clone()));
             writes.extend(appends.iter().cloned());
             if writes.is_empty() {
                 return Ok(Vec::new());
             }
             match self.storage.commit(&writes).await {
-                Ok(_) if entries.is_empty() => return Ok(Vec::new()),
                 Ok(results) => {
-                    let first = *results.last().expect("one result per write");
+                    if let Some(mark) = mark {
+                        self.marked(mark);
+                    }
+                    let Some(&first) = results.last().filter(|_| !entries.is_empty()) else {
+                        return Ok(Vec::new());
+                    };
                     return Ok(entries
                         .into_iter()
                         .zip(first..)
@@ -147,7 +152,7 @@ impl Store {
                         .collect());
                 }
                 // Only the mark checks a revision: the session changed since it was read.
-                Err(StorageError::Conflict(_)) if marked => continue,
+                Err(StorageError::Conflict(_)) if mark.is_some() => continue,
                 Err(e) => return Err(e.into()),
             }
         }

@@ -13,8 +13,8 @@
 //! another writer got there first it reads again, a few times, then gives up with a conflict.
 //! A document that does not parse as its record is `Corrupt`, naming its collection and key.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use ash_core::{
     Agent, AgentName, Credential, CredentialType, Document, Session, SessionId, SessionStatus,
@@ -34,6 +34,10 @@ pub(crate) const ATTEMPTS: usize = 16;
 #[derive(Clone)]
 pub struct Store {
     pub(crate) storage: Arc<dyn Storage>,
+    /// Sessions in a turn, as their mark wrote them, with that revision: the turn's end writes
+    /// from this instead of reading the session again (a conflict means it changed meanwhile,
+    /// and it is read after all). Only sessions whose turn is open are held.
+    marked: Arc<Mutex<HashMap<SessionId, (SessionRecord, u64)>>>,
 }
 
 /// A kind of record: the collection it lives in and the index entries it is found by.
@@ -61,7 +65,10 @@ pub(crate) fn too_busy(collection: &str, key: &str) -> StoreError {
 impl Store {
     /// The records on `storage`.
     pub fn new(storage: Arc<dyn Storage>) -> Self {
-        Self { storage }
+        Self {
+            storage,
+            marked: Arc::default(),
+        }
     }
 
     /// The storage port these records are on.
@@ -335,6 +342,13 @@ impl SessionRecord {
     }
 }
 
+/// A turn's mark for a commit: the write, and the session and revision it leaves.
+pub(crate) struct Mark {
+    pub(crate) write: Write,
+    session: SessionRecord,
+    revision: u64,
+}
+
 impl From<SessionRecord> for Session {
     fn from(r: SessionRecord) -> Self {
         Session {
@@ -437,29 +451,51 @@ impl Store {
     }
 
     /// The write that marks a session's turn as begun or ended (`open`) and the session active
-    /// now, for a commit; `None` when there is no such session.
+    /// now, for a commit; `None` when there is no such session. `fresh` reads the session
+    /// even when this store holds it from the turn's beginning.
     pub(crate) async fn turn_mark(
         &self,
         id: SessionId,
         open: bool,
         now: &str,
-    ) -> Result<Option<Write>, StoreError> {
+        fresh: bool,
+    ) -> Result<Option<Mark>, StoreError> {
         let key = session_key(id);
-        let Some((session, revision)) = self.read::<SessionRecord>(&key).await? else {
-            return Ok(None);
+        let held = self.marked.lock().expect("lock").remove(&id);
+        let current = match held.filter(|_| !fresh) {
+            Some(held) => held,
+            None => match self.read::<SessionRecord>(&key).await? {
+                Some(read) => read,
+                None => return Ok(None),
+            },
         };
+        let (session, revision) = current;
         let marked = SessionRecord {
             turn_open: open,
             last_active_at: now.to_owned(),
             ..session
         };
-        Ok(Some(Write::Put {
+        let write = Write::Put {
             collection: SessionRecord::COLLECTION.to_owned(),
             key,
             data: json(&marked),
             expected: revision,
             index: marked.index(),
+        };
+        Ok(Some(Mark {
+            write,
+            session: marked,
+            revision: revision + 1,
         }))
+    }
+
+    /// Keeps a mark that was written, while its turn is open.
+    pub(crate) fn marked(&self, mark: Mark) {
+        if mark.session.turn_open {
+            let id = mark.session.id;
+            let held = (mark.session, mark.revision);
+            self.marked.lock().expect("lock").insert(id, held);
+        }
     }
 
     /// Sessions marked as in a turn.

@@ -17,6 +17,7 @@ pub async fn run_records(store: &Store, empty: &Store) {
     sessions_list_newest_first_and_keep_their_settings(store).await;
     concurrent_appends_stay_gap_free(store).await;
     events_page_filter_and_mark_turns(store).await;
+    a_turn_ending_after_a_status_change_keeps_the_status(store).await;
     forks_copy_messages_with_their_numbers(store).await;
     keys_and_credentials(store).await;
     a_copy_moves_everything_and_checks_the_count(store, empty).await;
@@ -166,6 +167,37 @@ async fn events_page_filter_and_mark_turns(s: &Store) {
     assert!(s.unfinished_turns().await.unwrap().is_empty(), "closed");
 }
 
+async fn a_turn_ending_after_a_status_change_keeps_the_status(s: &Store) {
+    let x = session("a", "2026-01-04T00:00:01.000Z");
+    s.insert_session(&x).await.unwrap();
+    s.append(x.id, &[], &[("session_start", "{}".to_owned())])
+        .await
+        .unwrap();
+    s.set_session_status(x.id, SessionStatus::Paused)
+        .await
+        .unwrap();
+    s.append(x.id, &[], &[("done", "{}".to_owned())])
+        .await
+        .unwrap();
+    let after = s.get_session(x.id).await.unwrap().unwrap();
+    assert_eq!(
+        after.status,
+        SessionStatus::Paused,
+        "the turn's end wrote over the pause"
+    );
+    assert!(
+        after.last_active_at > x.last_active_at,
+        "the turn made it active"
+    );
+    assert!(
+        !s.unfinished_turns().await.unwrap().contains(&x.id),
+        "and ended its mark"
+    );
+    s.set_session_status(x.id, SessionStatus::Ended)
+        .await
+        .unwrap();
+}
+
 async fn forks_copy_messages_with_their_numbers(s: &Store) {
     let (parent, child) = (
         session("a", "2026-01-05T00:00:00.000Z"),
@@ -253,9 +285,9 @@ async fn a_copy_moves_everything_and_checks_the_count(from: &Store, to: &Store) 
             source.api_keys,
             source.credentials
         ),
-        (2, 7, 1, 1)
+        (2, 8, 1, 1)
     );
-    assert_eq!((source.messages, source.events), (50, 2_545));
+    assert_eq!((source.messages, source.events), (50, 2_547));
 
     let reported = std::sync::atomic::AtomicU64::new(0);
     let copied = from
@@ -288,7 +320,7 @@ async fn a_copy_moves_everything_and_checks_the_count(from: &Store, to: &Store) 
     );
     assert!(to.get_credential("c1").await.unwrap().is_some());
     let of_a = to.list_sessions(Some(&name("a"))).await.unwrap();
-    assert_eq!(of_a.len(), 6, "index entries are rebuilt");
+    assert_eq!(of_a.len(), 7, "index entries are rebuilt");
 
     let again = from.copy_to(to, &|_, _| {}).await.unwrap_err();
     assert!(matches!(again, CopyError::NotEmpty(_)), "{again}");
