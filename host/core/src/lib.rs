@@ -20,6 +20,6 @@ pub use error::CoreError;
 pub use session::{Message, Role, Session, SessionEvent, SessionId, SessionStatus, DEFAULT_TENANT};
 pub use storage::{
     check_append, check_commit, check_data, check_find, check_limit, check_name, check_put,
-    Document, Entry, Storage, StorageError, Write, MAX_DATA_BYTES, MAX_LIMIT, MAX_NAME_BYTES,
-    MAX_WRITES,
+    Document, Entry, Storage, StorageError, Write, MAX_DATA_BYTES, MAX_INDEX_ENTRIES, MAX_LIMIT,
+    MAX_NAME_BYTES, MAX_WRITES,
 };

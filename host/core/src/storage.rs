@@ -107,6 +107,8 @@ pub const MAX_DATA_BYTES: usize = 16 * 1024 * 1024;
 pub const MAX_LIMIT: u32 = 10_000;
 /// The most writes in one commit.
 pub const MAX_WRITES: usize = 100;
+/// The most index entries one document has.
+pub const MAX_INDEX_ENTRIES: usize = 64;
 
 /// Refuses an empty or overlong name, or one holding a NUL (which Postgres text cannot
 /// hold); `what` names it in the error.
@@ -139,7 +141,8 @@ pub fn check_limit(limit: u32) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// The checks of a `put`: its names, its document and its index entries.
+/// The checks of a `put`: its names, its document and its index entries (at most
+/// [`MAX_INDEX_ENTRIES`]).
 pub fn check_put(
     collection: &str,
     key: &str,
@@ -149,6 +152,11 @@ pub fn check_put(
     check_name("collection", collection)?;
     check_name("key", key)?;
     check_data(data)?;
+    if index.len() > MAX_INDEX_ENTRIES {
+        return Err(StorageError::Invalid(format!(
+            "a document has at most {MAX_INDEX_ENTRIES} index entries"
+        )));
+    }
     for (name, value) in index {
         check_name("index name", name)?;
         check_name("index value", value)?;

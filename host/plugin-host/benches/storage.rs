@@ -3,7 +3,8 @@
 //! `storage-redis` plugin against the real Redis (127.0.0.1:6379 or `ASH_TEST_REDIS`; build
 //! it first with `scripts/build-plugins.sh`). One client, one operation at a time.
 //! Then the server's records on each ([`ash_store::Store`]): reading a session, and the storage
-//! work of a turn's first and last batch (a message, its frames, and the turn's mark).
+//! work of a turn — its first batch (the mark, the user's message, `session_start`) and its
+//! last (the reply, its frames, `done`, the mark cleared), one commit each.
 //! Run: `cargo bench -p ash-plugin-host --bench storage`.
 
 use std::path::PathBuf;
@@ -110,16 +111,13 @@ async fn records(store: &Store) {
     .await;
     let user = [(Role::User, r#"{"type":"user","content":"hi"}"#.to_owned())];
     let start = [("session_start", format!(r#"{{"sessionId":"{id}"}}"#))];
-    measure("records: turn start (mark, message, frame)", |_| async {
-        store.append(id, &user, &start).await.unwrap();
-    })
-    .await;
     let reply = [(Role::Assistant, r#"{"type":"assistant"}"#.to_owned())];
     let end = [
         ("message", r#"{"type":"assistant"}"#.to_owned()),
         ("done", format!(r#"{{"sessionId":"{id}"}}"#)),
     ];
-    measure("records: turn end (message, frames, unmark)", |_| async {
+    measure("records: a turn's first and last batch", |_| async {
+        store.append(id, &user, &start).await.unwrap();
         store.append(id, &reply, &end).await.unwrap();
     })
     .await;

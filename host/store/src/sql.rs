@@ -345,18 +345,18 @@ impl Storage for SqlStorage {
                                 .execute(&mut *tx)
                                 .await
                                 .map_err(db)?;
-                            for (name, value) in index {
-                                sqlx::query(
-                                    "INSERT INTO document_index (collection, name, value, key)
-                                     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                                )
-                                .bind(collection)
-                                .bind(name)
-                                .bind(value)
-                                .bind(key)
-                                .execute(&mut *tx)
-                                .await
-                                .map_err(db)?;
+                            if !index.is_empty() {
+                                let mut insert = sqlx::QueryBuilder::new(
+                                    "INSERT INTO document_index (collection, name, value, key) ",
+                                );
+                                insert.push_values(index, |mut row, (name, value)| {
+                                    row.push_bind(collection)
+                                        .push_bind(name)
+                                        .push_bind(value)
+                                        .push_bind(key);
+                                });
+                                insert.push(" ON CONFLICT DO NOTHING");
+                                insert.build().execute(&mut *tx).await.map_err(db)?;
                             }
                             expected + 1
                         }

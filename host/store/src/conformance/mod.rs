@@ -3,7 +3,7 @@
 //! first thing a backend gets wrong. Every name it uses starts with `prefix`, so runs can share
 //! a database. [`run_records`] then checks the server's records ([`crate::Store`]) on it.
 
-use ash_core::{Storage, StorageError, Write, MAX_NAME_BYTES, MAX_WRITES};
+use ash_core::{Storage, StorageError, Write, MAX_INDEX_ENTRIES, MAX_NAME_BYTES, MAX_WRITES};
 use futures_util::future::join_all;
 
 mod postgres;
@@ -250,6 +250,19 @@ async fn bad_requests_are_invalid(s: &dyn Storage, p: &str) {
         s.put(&c, "k", "{}", 0, &[(String::new(), "v".into())])
             .await,
         "an empty index name",
+    );
+    let crowded: Vec<(String, String)> = (0..=MAX_INDEX_ENTRIES)
+        .map(|i| (format!("i{i}"), "v".into()))
+        .collect();
+    invalid(
+        s.put(&c, "k", "{}", 0, &crowded).await,
+        "too many index entries",
+    );
+    let full = &crowded[..MAX_INDEX_ENTRIES];
+    assert_eq!(
+        s.put(&c, "full", "{}", 0, full).await.unwrap(),
+        1,
+        "as many as allowed"
     );
     assert!(
         s.get(&c, "k").await.unwrap().is_none(),
