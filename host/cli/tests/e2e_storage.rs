@@ -440,3 +440,21 @@ async fn a_turn_the_store_fails_ends_for_its_client_and_is_closed_in_the_log_onc
     );
     schema.drop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_started_with_another_data_dir_gets_its_bundled_agent_again() {
+    let schema = TestSchema::create().await;
+    let env = [
+        ("ASH_DATABASE_URL", schema.url()),
+        ("ASH_API_KEY", "k".repeat(32)),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Server::start_with_env(&env).await.stop().await;
+    let elsewhere = Server::start_with_env(&env).await;
+    let session = elsewhere.session("hello-agent").await;
+    assert_eq!(
+        assistant_text(&elsewhere.message(&session, "hi").await),
+        "Echo: hi"
+    );
+    schema.drop().await;
+}

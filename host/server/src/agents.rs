@@ -141,11 +141,14 @@ pub(crate) async fn remove(
     Ok(Json(Deleted { ok: true }))
 }
 
-/// Deploys a bundled agent unless an agent of that name exists already.
+/// Deploys a bundled agent unless an agent of that name exists already with its folder (a
+/// store used before with another data dir has the record but not the folder).
 pub(crate) async fn seed(state: &AppState, seed: crate::SeedAgent) -> Result<(), ApiError> {
     let name = AgentName::try_from(seed.name)?;
-    if state.store.get_agent(&name).await?.is_some() {
-        return Ok(());
+    if let Some(agent) = state.store.get_agent(&name).await? {
+        if Path::new(&agent.path).is_dir() {
+            return Ok(());
+        }
     }
     let mut files = Vec::with_capacity(seed.files.len());
     for (path, bytes) in seed.files {
