@@ -958,7 +958,7 @@ pub(crate) async fn stream(
 
 /// `POST /api/sessions/:id/interrupt`: stops the running turn, which ends with `error` + `done`.
 #[utoipa::path(post, path = "/api/sessions/{id}/interrupt", tag = "sessions", params(("id" = String, Path, format = Uuid)),
-    responses((status = 200, body = Interrupted), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody)))]
+    responses((status = 200, body = Interrupted), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 504, description = "the agent did not confirm the interrupt within 5 s", body = crate::openapi::ErrorBody)))]
 pub(crate) async fn interrupt(
     State(state): State<Arc<AppState>>,
     UrlPath(id): UrlPath<String>,
