@@ -113,27 +113,32 @@ impl Store {
                 created_at: now.clone(),
             })
             .collect();
-        let mut appends = Vec::with_capacity(2);
+        let mut writes = Vec::with_capacity(3);
         if !said.is_empty() {
-            appends.push(Write::Append {
+            writes.push(Write::Append {
                 stream: messages_stream(session),
                 entries: said,
             });
         }
         if !entries.is_empty() {
-            appends.push(Write::Append {
+            writes.push(Write::Append {
                 stream: events_stream(session),
                 entries: entries.iter().map(json).collect(),
             });
         }
         for attempt in 0..ATTEMPTS {
+            // A retry comes only after the mark (the first write) met a conflict.
+            if attempt > 0 {
+                writes.remove(0);
+            }
             let mark = match opens || closes {
                 true => self.turn_mark(session, !closes, &now, attempt > 0).await?,
                 false => None,
             };
-            let mut writes = Vec::with_capacity(3);
-            writes.extend(mark.as_ref().map(|mark| mark.write.clone()));
-            writes.extend(appends.iter().cloned());
+            let mark = mark.map(|(write, mark)| {
+                writes.insert(0, write);
+                mark
+            });
             if writes.is_empty() {
                 return Ok(Vec::new());
             }

@@ -342,9 +342,8 @@ impl SessionRecord {
     }
 }
 
-/// A turn's mark for a commit: the write, and the session and revision it leaves.
+/// The session and revision a turn's mark leaves, once its commit is written.
 pub(crate) struct Mark {
-    pub(crate) write: Write,
     session: SessionRecord,
     revision: u64,
 }
@@ -451,15 +450,15 @@ impl Store {
     }
 
     /// The write that marks a session's turn as begun or ended (`open`) and the session active
-    /// now, for a commit; `None` when there is no such session. `fresh` reads the session
-    /// even when this store holds it from the turn's beginning.
+    /// now, for a commit, with the mark it leaves; `None` when there is no such session.
+    /// `fresh` reads the session even when this store holds it from the turn's beginning.
     pub(crate) async fn turn_mark(
         &self,
         id: SessionId,
         open: bool,
         now: &str,
         fresh: bool,
-    ) -> Result<Option<Mark>, StoreError> {
+    ) -> Result<Option<(Write, Mark)>, StoreError> {
         let key = session_key(id);
         let held = self.marked.lock().expect("lock").remove(&id);
         let current = match held.filter(|_| !fresh) {
@@ -482,11 +481,11 @@ impl Store {
             expected: revision,
             index: marked.index(),
         };
-        Ok(Some(Mark {
-            write,
+        let mark = Mark {
             session: marked,
             revision: revision + 1,
-        }))
+        };
+        Ok(Some((write, mark)))
     }
 
     /// Keeps a mark that was written, while its turn is open.
