@@ -135,7 +135,7 @@ impl Store {
         copy_documents::<CredentialRecord>(self, to, &mut progress).await?;
         for session in copy_documents::<SessionRecord>(self, to, &mut progress).await? {
             for stream in [messages_stream(session.id()), events_stream(session.id())] {
-                copy_stream(self.storage(), to.storage(), &stream, &mut progress).await?;
+                copy_stream(&*self.storage, &*to.storage, &stream, &mut progress).await?;
             }
         }
         let after = to.count().await?;

@@ -255,7 +255,7 @@ impl Store {
                 None => true,
             };
             if ended {
-                self.mark_turn(id, false).await?;
+                self.clear_turn_mark(id).await?;
             } else {
                 open.push(id);
             }

@@ -71,11 +71,6 @@ impl Store {
         }
     }
 
-    /// The storage port these records are on.
-    pub fn storage(&self) -> &dyn Storage {
-        &*self.storage
-    }
-
     async fn read<T: Record>(&self, key: &str) -> Result<Option<(T, u64)>, StoreError> {
         match self.storage.get(T::COLLECTION, key).await? {
             None => Ok(None),
@@ -340,6 +335,15 @@ impl SessionRecord {
     pub(crate) fn id(&self) -> SessionId {
         self.id
     }
+
+    /// The session with its turn begun or ended (`open`), active at `now`.
+    fn marked(self, open: bool, now: &str) -> Self {
+        Self {
+            turn_open: open,
+            last_active_at: now.to_owned(),
+            ..self
+        }
+    }
 }
 
 /// The session and revision a turn's mark leaves, once its commit is written.
@@ -435,15 +439,11 @@ impl Store {
         Ok(changed.map(Session::from))
     }
 
-    /// Marks a session's turn as begun or ended (`open`), and the session active now; does
-    /// nothing to a session that does not exist.
-    pub(crate) async fn mark_turn(&self, id: SessionId, open: bool) -> Result<(), StoreError> {
+    /// Clears the mark of a turn that ended without its commit saying so (found at start);
+    /// does nothing to a session that does not exist.
+    pub(crate) async fn clear_turn_mark(&self, id: SessionId) -> Result<(), StoreError> {
         self.change(&session_key(id), |session: Option<SessionRecord>| {
-            session.map(|session| SessionRecord {
-                turn_open: open,
-                last_active_at: now(),
-                ..session
-            })
+            session.map(|session| session.marked(false, &now()))
         })
         .await?;
         Ok(())
@@ -469,11 +469,7 @@ impl Store {
             },
         };
         let (session, revision) = current;
-        let marked = SessionRecord {
-            turn_open: open,
-            last_active_at: now.to_owned(),
-            ..session
-        };
+        let marked = session.marked(open, now);
         let write = Write::Put {
             collection: SessionRecord::COLLECTION.to_owned(),
             key,
