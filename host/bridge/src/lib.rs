@@ -29,11 +29,19 @@ pub(crate) type Events = mpsc::Sender<Event>;
 
 /// Runs the bridge until the host hangs up or sends `shutdown`.
 pub fn main() -> std::process::ExitCode {
+    // Before the runtime opens descriptors of its own.
+    let fd = match host_fd().and_then(|fd| keep_to_ourselves(fd).map(|()| fd)) {
+        Ok(fd) => fd,
+        Err(e) => {
+            eprintln!("ash-bridge: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match runtime.block_on(run()) {
+    match runtime.block_on(run(fd)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ash-bridge: {e}");
@@ -42,13 +50,38 @@ pub fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run() -> Result<(), String> {
-    let fd: i32 = std::env::var("ASH_BRIDGE_FD")
+/// Keeps the host socket away from everything the bridge starts: it is closed on exec, every
+/// other inherited descriptor is closed now, and the bridge becomes non-dumpable, so a process
+/// of the same uid can neither ptrace it nor open `/proc/<bridge>/fd/<socket>`.
+fn keep_to_ourselves(socket: i32) -> Result<(), String> {
+    let fail = |what: &str| format!("cannot {what}: {}", std::io::Error::last_os_error());
+    // SAFETY: fcntl, close_range and prctl on this process's own descriptors and attributes.
+    unsafe {
+        if libc::fcntl(socket, libc::F_SETFD, libc::FD_CLOEXEC) < 0 {
+            return Err(fail("mark the host socket close-on-exec"));
+        }
+        let above = socket as u32 + 1;
+        if libc::syscall(libc::SYS_close_range, above, u32::MAX, 0) < 0 {
+            return Err(fail("close inherited descriptors"));
+        }
+        if libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) < 0 {
+            return Err(fail("make the bridge non-dumpable"));
+        }
+    }
+    Ok(())
+}
+
+/// The host socket's descriptor, from `ASH_BRIDGE_FD`.
+fn host_fd() -> Result<i32, String> {
+    std::env::var("ASH_BRIDGE_FD")
         .map_err(|_| {
             "ASH_BRIDGE_FD is not set: the bridge is started by the ash server".to_owned()
         })?
         .parse()
-        .map_err(|_| "ASH_BRIDGE_FD is not a file descriptor number".to_owned())?;
+        .map_err(|_| "ASH_BRIDGE_FD is not a file descriptor number".to_owned())
+}
+
+async fn run(fd: i32) -> Result<(), String> {
     // SAFETY: the host passes this fd for us alone; nothing else in this process owns it.
     let socket = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
     socket.set_nonblocking(true).map_err(|e| e.to_string())?;

@@ -47,6 +47,8 @@ pub(crate) struct FileSettings {
     sandbox_cpu_percent: Option<u64>,
     sandbox_file_size_mb: Option<u64>,
     sandbox_open_files: Option<u64>,
+    /// `FIRST:COUNT`: the host uids a root server gives its sandboxes.
+    sandbox_uids: Option<String>,
     idle_timeout_ms: Option<u64>,
     credential_key: Option<String>,
     #[serde(default)]
@@ -222,6 +224,7 @@ pub async fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or(1000),
         bwrap: find_bwrap(env("ASH_BWRAP")?.or(file.bwrap))?,
         bridge,
+        sandbox_uids: sandbox_uids(file.sandbox_uids)?,
         seed_agents: vec![hello_agent()],
         plugins: file.plugins,
         credential_key: env("ASH_CREDENTIAL_KEY")?.or(file.credential_key),
@@ -249,6 +252,17 @@ pub async fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
     let _ = std::io::Write::write_all(&mut std::io::stdout(), notes.as_bytes());
     server.run(shutdown).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `ASH_SANDBOX_UIDS`, else the settings file's `sandbox_uids`.
+fn sandbox_uids(configured: Option<String>) -> anyhow::Result<Option<ash_server::UidRange>> {
+    env::<String>("ASH_SANDBOX_UIDS")?
+        .or(configured)
+        .map(|text| {
+            text.parse()
+                .map_err(|e: String| anyhow::anyhow!("sandbox_uids: {e}"))
+        })
+        .transpose()
 }
 
 /// `ASH_BRIDGE_BIN`, else the settings file's `bridge_bin`, else `ash-bridge` beside `ash`.

@@ -89,6 +89,7 @@ async fn main() {
             key: "sk-bench".into(),
             api: Api::OpenaiChat,
         },
+        None,
     )
     .unwrap();
     let socket = dir.path().join("model.sock");

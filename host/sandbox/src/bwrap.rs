@@ -1,5 +1,5 @@
 use std::collections::BTreeMap;
-use std::ffi::OsString;
+use std::ffi::{CString, OsString};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::process::Stdio;
@@ -8,14 +8,15 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
 use crate::limits::{apply_rlimits, Cgroups, Limits};
+use crate::users::{STAGE_BRIDGE, STAGE_RUN, STAGE_WORKSPACE};
 use crate::{SandboxError, SandboxHost};
 
 /// The workspace's path inside every sandbox.
 pub(crate) const WORKSPACE: &str = "/workspace";
+/// Where the bridge binary sits inside every sandbox.
+const BRIDGE_IN_SANDBOX: &str = "/ash/bridge";
 /// The uid (and gid) the agent runs as inside the sandbox.
 const SANDBOX_UID: u32 = 1000;
-/// The fd number the bridge finds its socket on.
-const BRIDGE_FD: i32 = 3;
 /// Files from the host's `/etc` that programs commonly need and that hold no secrets.
 const ETC_FILES: &[&str] = &[
     "/etc/ld.so.cache",
@@ -48,9 +49,57 @@ fn system_dirs() -> &'static [OsString] {
     })
 }
 
-/// The bwrap arguments for a sandbox whose workspace is `workspace` on the host, with the
-/// folder of its model proxy's socket when it has one.
-pub(crate) fn bwrap_args(bridge: &Path, workspace: &Path, proxy: Option<&Path>) -> Vec<OsString> {
+/// What `/proc` shows of the kernel, as container runtimes have it: these folders read-only
+/// (`sys` holds every sysctl, some of them guarded by no capability check)…
+const PROC_READ_ONLY: &[&str] = &["sys", "bus", "fs", "irq"];
+/// …these files masked (a bind of `/dev/null` on a `nodev` mount: opening them fails)…
+const PROC_MASKED_FILES: &[&str] = &[
+    "kcore",
+    "keys",
+    "key-users",
+    "kmsg",
+    "latency_stats",
+    "sched_debug",
+    "sysrq-trigger",
+    "timer_list",
+    "timer_stats",
+];
+/// …and these folders replaced by an empty read-only one.
+const PROC_MASKED_DIRS: &[&str] = &["acpi", "asound", "scsi"];
+
+/// The bwrap arguments that harden `/proc`, for the entries this kernel has (a bind onto a
+/// missing entry would fail the start); read once.
+fn proc_walls() -> &'static [OsString] {
+    static ARGS: std::sync::OnceLock<Vec<OsString>> = std::sync::OnceLock::new();
+    ARGS.get_or_init(|| {
+        let exists = |name: &&&str| Path::new("/proc").join(name).exists();
+        let mut args = Vec::new();
+        for name in PROC_READ_ONLY.iter().filter(exists) {
+            let path = format!("/proc/{name}");
+            args.extend(["--ro-bind", &path, &path].map(OsString::from));
+        }
+        for name in PROC_MASKED_FILES.iter().filter(exists) {
+            args.extend(["--ro-bind", "/dev/null", &format!("/proc/{name}")].map(OsString::from));
+        }
+        for name in PROC_MASKED_DIRS.iter().filter(exists) {
+            let path = format!("/proc/{name}");
+            args.extend(["--tmpfs", &path, "--remount-ro", &path].map(OsString::from));
+        }
+        args
+    })
+}
+
+/// Where bwrap finds what it binds into the sandbox.
+pub(crate) struct Sources<'a> {
+    pub bridge: &'a Path,
+    pub workspace: &'a Path,
+    /// The folder of the sandbox's model-proxy socket, when it has one.
+    pub proxy: Option<&'a Path>,
+}
+
+/// The bwrap options for a sandbox (the command, `/ash/bridge`, follows them on bwrap's own
+/// command line).
+pub(crate) fn bwrap_args(sources: &Sources<'_>) -> Vec<OsString> {
     let mut args: Vec<OsString> = [
         "--unshare-all",
         "--unshare-user",
@@ -71,9 +120,15 @@ pub(crate) fn bwrap_args(bridge: &Path, workspace: &Path, proxy: Option<&Path>) 
     for file in ETC_FILES {
         args.extend(["--ro-bind-try", file, file].map(OsString::from));
     }
-    args.extend(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"].map(OsString::from));
-    args.extend([OsString::from("--bind"), workspace.into(), WORKSPACE.into()]);
-    if let Some(dir) = proxy {
+    args.extend(["--proc", "/proc"].map(OsString::from));
+    args.extend(proc_walls().iter().cloned());
+    args.extend(["--dev", "/dev", "--tmpfs", "/tmp"].map(OsString::from));
+    args.extend([
+        OsString::from("--bind"),
+        sources.workspace.into(),
+        WORKSPACE.into(),
+    ]);
+    if let Some(dir) = sources.proxy {
         args.extend([
             OsString::from("--ro-bind"),
             dir.into(),
@@ -82,18 +137,48 @@ pub(crate) fn bwrap_args(bridge: &Path, workspace: &Path, proxy: Option<&Path>) 
     }
     args.extend([
         OsString::from("--ro-bind"),
-        bridge.into(),
-        "/ash/bridge".into(),
+        sources.bridge.into(),
+        BRIDGE_IN_SANDBOX.into(),
     ]);
-    args.extend(["--chdir", WORKSPACE, "--", "/ash/bridge"].map(OsString::from));
+    args.extend(["--chdir", WORKSPACE].map(OsString::from));
     args
 }
 
+/// A memfd holding `bytes`, positioned at its start: how bwrap gets its arguments
+/// (`--args`, so the sandbox's `/proc/1/cmdline` reads `bwrap --args 4` and shows no host
+/// path) and its seccomp programs. A fresh one per sandbox: bwrap reads it to the end.
+fn memfd(bytes: &[u8]) -> Result<OwnedFd, SandboxError> {
+    use std::io::{Seek, Write};
+    let fail = |e: std::io::Error| SandboxError::Start(format!("cannot pass bwrap its setup: {e}"));
+    let fd = rustix::fs::memfd_create("ash-bwrap", rustix::fs::MemfdFlags::CLOEXEC)
+        .map_err(|e| fail(e.into()))?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(bytes).map_err(fail)?;
+    file.rewind().map_err(fail)?;
+    Ok(file.into())
+}
+
+/// The arguments as `--args` reads them: each one NUL-terminated.
+fn nul_terminated(args: &[OsString]) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut bytes = Vec::new();
+    for arg in args {
+        bytes.extend_from_slice(arg.as_bytes());
+        bytes.push(0);
+    }
+    bytes
+}
+
 /// Starts bwrap with the bridge; returns the child and the host end of the bridge socket.
+/// With `uid` (the server is root) bwrap starts as that uid, after the host paths are bound
+/// onto the staging mount points in a mount namespace of the sandbox's own.
+/// bwrap gets exactly four descriptors beyond stdio: the bridge socket (3), its arguments
+/// (4) and its two seccomp programs (5, 6); every other descriptor the server holds, inherited from its
+/// own launcher or not, is closed before bwrap runs.
 pub(crate) fn spawn(
     host: &SandboxHost,
-    workspace: &Path,
-    proxy: Option<&Path>,
+    sources: Sources<'_>,
+    uid: Option<u32>,
     sandbox_id: &str,
     agent_env: &BTreeMap<String, String>,
     limits: Limits,
@@ -103,10 +188,34 @@ pub(crate) fn spawn(
     let (ours, theirs) =
         std::os::unix::net::UnixStream::pair().map_err(|e| SandboxError::Start(e.to_string()))?;
     let theirs = OwnedFd::from(theirs);
-    let their_fd = theirs.as_raw_fd();
+    let staged = uid.map(|_| Sources {
+        bridge: Path::new(STAGE_BRIDGE),
+        workspace: Path::new(STAGE_WORKSPACE),
+        proxy: sources.proxy.map(|_| Path::new(STAGE_RUN)),
+    });
+    let args = memfd(&nul_terminated(&bwrap_args(
+        staged.as_ref().unwrap_or(&sources),
+    )))?;
+    let [eperm, enosys] = crate::seccomp::program_bytes();
+    let filters = [memfd(eperm)?, memfd(enosys)?];
+    let passed = [
+        theirs.as_raw_fd(),
+        args.as_raw_fd(),
+        filters[0].as_raw_fd(),
+        filters[1].as_raw_fd(),
+    ];
+    let switch = uid.map(|uid| UidSwitch::new(uid, &sources)).transpose()?;
     let mut command = tokio::process::Command::new(&host.bwrap);
     command
-        .args(bwrap_args(&host.bridge, workspace, proxy))
+        .args([
+            "--add-seccomp-fd",
+            "5",
+            "--add-seccomp-fd",
+            "6",
+            "--args",
+            "4",
+        ])
+        .args(["--", BRIDGE_IN_SANDBOX])
         .env_clear()
         .envs(agent_env)
         .envs([
@@ -121,8 +230,16 @@ pub(crate) fn spawn(
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    // SAFETY: between fork and exec we only make async-signal-safe calls (write, dup2, fcntl,
-    // setrlimit) on fds and structs we own.
+    // The kernel counts processes per uid: with a uid of its own the sandbox gets a process
+    // rlimit too, just above the cgroup's limit where there is one (so the cgroup, which
+    // reports the hit, stops a fork bomb first).
+    let nproc = switch.is_some().then(|| match cgroups {
+        Some(_) => limits.max_processes + 16,
+        None => limits.max_processes,
+    });
+    // SAFETY: between fork and exec we only make async-signal-safe calls (write, setrlimit,
+    // unshare, mount, set*id, fcntl, dup2, close_range) on fds, strings and structs prepared
+    // before the fork.
     unsafe {
         command.pre_exec(move || {
             // Join the sandbox's cgroups before exec, so bwrap and all it starts are inside.
@@ -131,29 +248,111 @@ pub(crate) fn spawn(
                     return Err(std::io::Error::last_os_error());
                 }
             }
-            apply_rlimits(&limits)?;
-            if their_fd == BRIDGE_FD {
-                let flags = libc::fcntl(BRIDGE_FD, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(BRIDGE_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-            } else if libc::dup2(their_fd, BRIDGE_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
+            // Before the rlimits: the server may hold more descriptors than a sandbox may.
+            hand_over(&passed)?;
+            apply_rlimits(&limits, nproc)?;
+            match &switch {
+                Some(switch) => switch.apply(),
+                None => Ok(()),
             }
-            Ok(())
         });
     }
     let child = command.spawn().map_err(|source| SandboxError::Spawn {
         path: host.bwrap.display().to_string(),
         source,
     })?;
-    drop(theirs);
+    drop((theirs, args, filters));
     ours.set_nonblocking(true)
         .map_err(|e| SandboxError::Start(e.to_string()))?;
     let ours =
         tokio::net::UnixStream::from_std(ours).map_err(|e| SandboxError::Start(e.to_string()))?;
     Ok((child, ours))
+}
+
+/// Puts `fds` at 3, 4, 5… (without close-on-exec) and closes every other descriptor above 2.
+/// Runs between fork and exec.
+fn hand_over(fds: &[i32; 4]) -> std::io::Result<()> {
+    let check = |result: i32| {
+        if result < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(result)
+        }
+    };
+    let first_free = 3 + fds.len() as i32;
+    let mut moved = [0; 4];
+    // SAFETY: fcntl, dup2 and close_range on descriptors of this (forked) process.
+    unsafe {
+        for (slot, fd) in moved.iter_mut().zip(fds) {
+            *slot = check(libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, first_free))?;
+        }
+        for (target, fd) in (3..).zip(moved) {
+            check(libc::dup2(fd, target))?;
+        }
+        check(libc::syscall(libc::SYS_close_range, first_free as u32, u32::MAX, 0) as i32)?;
+    }
+    Ok(())
+}
+
+/// What the forked child does to become the sandbox's own uid: a private mount namespace with
+/// the host paths bound onto the staging mount points, then no groups, gid and uid `uid`.
+struct UidSwitch {
+    uid: u32,
+    binds: Vec<(CString, CString)>,
+}
+
+impl UidSwitch {
+    fn new(uid: u32, sources: &Sources<'_>) -> Result<Self, SandboxError> {
+        let c = |path: &Path| {
+            CString::new(path.as_os_str().as_encoded_bytes())
+                .map_err(|_| SandboxError::Start(format!("{} holds a NUL byte", path.display())))
+        };
+        let mut binds = vec![
+            (c(sources.workspace)?, c(Path::new(STAGE_WORKSPACE))?),
+            (c(sources.bridge)?, c(Path::new(STAGE_BRIDGE))?),
+        ];
+        if let Some(dir) = sources.proxy {
+            binds.push((c(dir)?, c(Path::new(STAGE_RUN))?));
+        }
+        Ok(Self { uid, binds })
+    }
+
+    /// Runs between fork and exec.
+    fn apply(&self) -> std::io::Result<()> {
+        let check = |result: i32| {
+            if result == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        };
+        let none = std::ptr::null();
+        // SAFETY: each call reads only the C strings and values prepared before the fork.
+        unsafe {
+            check(libc::unshare(libc::CLONE_NEWNS))?;
+            // Nothing mounted here may reach the host's mount table.
+            check(libc::mount(
+                none,
+                c"/".as_ptr(),
+                none,
+                libc::MS_REC | libc::MS_SLAVE,
+                none.cast(),
+            ))?;
+            for (source, target) in &self.binds {
+                check(libc::mount(
+                    source.as_ptr(),
+                    target.as_ptr(),
+                    none,
+                    libc::MS_BIND,
+                    none.cast(),
+                ))?;
+            }
+            check(libc::setgroups(0, std::ptr::null()))?;
+            check(libc::setresgid(self.uid, self.uid, self.uid))?;
+            check(libc::setresuid(self.uid, self.uid, self.uid))?;
+        }
+        Ok(())
+    }
 }
 
 /// Why a sandbox did not come up: kills it and returns its exit status and first stderr.
@@ -195,6 +394,10 @@ pub(crate) fn log_stderr(child: &mut tokio::process::Child, sandbox_id: String) 
 mod tests {
     use super::*;
 
+    fn strings(args: &[OsString]) -> Vec<String> {
+        args.iter().map(|a| a.to_string_lossy().into()).collect()
+    }
+
     fn pairs(args: &[OsString]) -> Vec<(String, String)> {
         args.windows(2)
             .map(|w| (w[0].to_string_lossy().into(), w[1].to_string_lossy().into()))
@@ -203,11 +406,11 @@ mod tests {
 
     #[test]
     fn sandbox_never_sees_the_host_root() {
-        let args = bwrap_args(
-            Path::new("/opt/ash-bridge"),
-            Path::new("/data/sandboxes/x/workspace"),
-            Some(Path::new("/data/sandboxes/x/run")),
-        );
+        let args = bwrap_args(&Sources {
+            bridge: Path::new("/opt/ash-bridge"),
+            workspace: Path::new("/data/sandboxes/x/workspace"),
+            proxy: Some(Path::new("/data/sandboxes/x/run")),
+        });
         let binds = pairs(&args);
         assert!(!binds
             .iter()
@@ -219,10 +422,11 @@ mod tests {
 
     #[test]
     fn every_namespace_is_unshared_and_caps_dropped() {
-        let args: Vec<String> = bwrap_args(Path::new("/b"), Path::new("/w"), None)
-            .iter()
-            .map(|a| a.to_string_lossy().into())
-            .collect();
+        let args = strings(&bwrap_args(&Sources {
+            bridge: Path::new("/b"),
+            workspace: Path::new("/w"),
+            proxy: None,
+        }));
         for flag in [
             "--unshare-all",
             "--unshare-user",
@@ -235,5 +439,33 @@ mod tests {
         let drop_at = args.iter().position(|a| a == "--cap-drop").unwrap();
         assert_eq!(args[drop_at + 1], "ALL");
         assert!(!args.iter().any(|a| a == "--share-net"));
+    }
+
+    #[test]
+    fn proc_sys_is_read_only_and_kernel_files_masked_after_proc_is_mounted() {
+        let args = strings(&bwrap_args(&Sources {
+            bridge: Path::new("/b"),
+            workspace: Path::new("/w"),
+            proxy: None,
+        }));
+        let proc_at = args.iter().position(|a| a == "--proc").unwrap();
+        let sys_at = args.iter().position(|a| a == "/proc/sys").unwrap();
+        assert!(sys_at > proc_at);
+        assert_eq!(
+            (args[sys_at - 1].as_str(), args[sys_at + 1].as_str()),
+            ("--ro-bind", "/proc/sys")
+        );
+        if Path::new("/proc/keys").exists() {
+            let keys_at = args.iter().position(|a| a == "/proc/keys").unwrap();
+            assert_eq!(args[keys_at - 1], "/dev/null");
+        }
+    }
+
+    #[test]
+    fn arguments_are_passed_nul_terminated() {
+        assert_eq!(
+            nul_terminated(&["--proc".into(), "/proc".into()]),
+            b"--proc\0/proc\0"
+        );
     }
 }

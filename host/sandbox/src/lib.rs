@@ -1,14 +1,18 @@
 //! Sandboxes: one bubblewrap jail per session, with the bridge inside.
 //!
 //! A sandbox sees a read-only `/usr` (and the `/bin`, `/lib` links into it), a few
-//! read-only files from `/etc`, fresh `/proc`, `/dev` and `/tmp`, its own workspace at
-//! `/workspace`, and the bridge binary at `/ash/bridge` — never the host's `/`, the data
-//! dir or another session's files. Every namespace is unshared (network included), the
-//! process runs as uid 1000 with no capabilities, in a new session, and dies with the
-//! server. The environment is cleared and rebuilt from an allowlist plus the agent's env.
+//! read-only files from `/etc`, fresh `/proc` (its kernel knobs read-only, its kernel
+//! surfaces masked), `/dev` and `/tmp`, its own workspace at `/workspace`, and the bridge
+//! binary at `/ash/bridge` — never the host's `/`, the data dir or another session's files.
+//! Every namespace is unshared (network included), the process runs as uid 1000 with no
+//! capabilities, in a new session, under a seccomp filter (`seccomp`), and dies with the
+//! server. On the host it is never root: a root server gives each sandbox an unprivileged uid
+//! of its own (`users`). The environment is cleared and rebuilt from an allowlist plus the
+//! agent's env. The host walks a workspace only fd-relative, never following a link (`tree`).
 //!
-//! The host speaks to the bridge over a socketpair inherited as fd 3. If the bridge dies,
-//! every command waiting on it sees its event stream end, so no caller waits forever.
+//! The host speaks to the bridge over a socketpair inherited as fd 3, the only descriptor the
+//! sandbox gets. If the bridge dies, every command waiting on it sees its event stream end, so
+//! no caller waits forever.
 
 mod bwrap;
 mod client;
@@ -16,6 +20,9 @@ pub mod doctor;
 mod files;
 mod limits;
 mod proxy;
+pub mod seccomp;
+mod tree;
+mod users;
 mod workspace;
 
 use std::collections::BTreeMap;
@@ -28,6 +35,7 @@ pub use client::Turn;
 pub use files::{FileEntry, FileError, Workspace};
 pub use limits::{LimitHit, Limits};
 pub use proxy::{Api, Proxy, Upstream};
+pub use users::{SandboxUsers, UidRange};
 use workspace::{copy_into_workspace, latest, snapshot};
 
 /// How long a new bridge may take to say `ready` and accept its backend.
@@ -71,6 +79,8 @@ pub struct SandboxHost {
     /// The cgroup folder (under each controller) holding this server's sandboxes; one per
     /// data dir, so servers on one machine never touch each other's.
     pub cgroup_group: String,
+    /// Which host uid each sandbox runs as.
+    pub users: std::sync::Arc<SandboxUsers>,
 }
 
 impl SandboxHost {
@@ -148,6 +158,23 @@ impl SandboxHost {
     }
 }
 
+/// Claims the sandbox's host uid (a root server's; `None` otherwise), keeping the one its
+/// workspace already belongs to when that is free, and gives the workspace to it.
+fn own_workspace(
+    users: &SandboxUsers,
+    workspace: &Path,
+) -> std::io::Result<Option<users::UidClaim>> {
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::symlink_metadata(workspace)?.uid();
+    let claim = users.claim(Some(owner))?;
+    if let Some(claim) = &claim {
+        if claim.uid != owner {
+            tree::chown(&tree::open_dir(workspace)?, claim.uid)?;
+        }
+    }
+    Ok(claim)
+}
+
 /// What one sandbox runs.
 pub struct SandboxSpec<'a> {
     pub id: &'a str,
@@ -172,6 +199,8 @@ pub struct Sandbox {
     cgroups: Option<limits::Cgroups>,
     /// Stops with the sandbox.
     _proxy: Option<proxy::Proxy>,
+    /// The sandbox's own host uid (a root server's); released after the bridge is gone.
+    _uid: Option<users::UidClaim>,
 }
 
 impl Sandbox {
@@ -198,6 +227,13 @@ impl Sandbox {
             .map_err(|e| SandboxError::Workspace(e.to_string()))?
             .map_err(|e| SandboxError::Workspace(e.to_string()))?;
         }
+        let uid = {
+            let (users, workspace) = (host.users.clone(), workspace.clone());
+            tokio::task::spawn_blocking(move || own_workspace(&users, &workspace))
+                .await
+                .map_err(|e| SandboxError::Start(e.to_string()))?
+                .map_err(|e| SandboxError::Start(format!("cannot give the sandbox a uid: {e}")))?
+        };
         let cgroups = {
             let (id, limits) = (spec.id.to_owned(), spec.limits);
             let group = host.cgroup_group.clone();
@@ -209,12 +245,17 @@ impl Sandbox {
         let run_dir = workspace.with_file_name("run");
         let proxy = spec
             .upstream
-            .map(|upstream| proxy::Proxy::start(&run_dir, upstream))
+            .map(|upstream| proxy::Proxy::start(&run_dir, upstream, uid.as_ref().map(|c| c.uid)))
             .transpose()?;
+        let sources = bwrap::Sources {
+            bridge: &host.bridge,
+            workspace: &workspace,
+            proxy: proxy.as_ref().map(|_| run_dir.as_path()),
+        };
         let (mut child, socket) = bwrap::spawn(
             host,
-            &workspace,
-            proxy.as_ref().map(|_| run_dir.as_path()),
+            sources,
+            uid.as_ref().map(|claim| claim.uid),
             spec.id,
             spec.env,
             spec.limits,
@@ -237,6 +278,7 @@ impl Sandbox {
             bridge,
             cgroups,
             _proxy: proxy,
+            _uid: uid,
         };
         let configure = Command::Configure {
             id: client::next_id(),

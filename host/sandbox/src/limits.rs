@@ -399,7 +399,9 @@ fn pids(dir: &Path) -> Vec<i32> {
 }
 
 /// Sets the rlimits for the calling process; only async-signal-safe calls, for `pre_exec`.
-pub(crate) fn apply_rlimits(limits: &Limits) -> io::Result<()> {
+/// Sets the sandbox's rlimits, and `nproc` as its process limit (for a sandbox with a uid of
+/// its own: the kernel counts processes per uid).
+pub(crate) fn apply_rlimits(limits: &Limits, nproc: Option<u64>) -> io::Result<()> {
     let set = |resource, value: u64| {
         let limit = libc::rlimit {
             rlim_cur: value,
@@ -414,6 +416,9 @@ pub(crate) fn apply_rlimits(limits: &Limits) -> io::Result<()> {
     };
     set(libc::RLIMIT_FSIZE, limits.file_size_bytes)?;
     set(libc::RLIMIT_NOFILE, limits.open_files)?;
+    if let Some(nproc) = nproc {
+        set(libc::RLIMIT_NPROC, nproc)?;
+    }
     set(libc::RLIMIT_CORE, 0)
 }
 

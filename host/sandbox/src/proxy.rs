@@ -93,21 +93,28 @@ impl Drop for Proxy {
 type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 impl Proxy {
-    /// Listens on `<dir>/model.sock` (a fresh one) and serves until dropped.
-    pub fn start(dir: &Path, upstream: Upstream) -> Result<Self, SandboxError> {
+    /// Listens on `<dir>/model.sock` (a fresh one) and serves until dropped. The folder and
+    /// the socket belong to the sandbox's uid (`uid`, else the server's own) and no one else.
+    pub fn start(dir: &Path, upstream: Upstream, uid: Option<u32>) -> Result<Self, SandboxError> {
         use std::os::unix::fs::PermissionsExt;
         let fail =
             |e: std::io::Error| SandboxError::Start(format!("cannot start the model proxy: {e}"));
+        let owned = |path: &Path, mode| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+            match uid {
+                Some(uid) => std::os::unix::fs::lchown(path, Some(uid), Some(uid)),
+                None => Ok(()),
+            }
+        };
         std::fs::create_dir_all(dir).map_err(fail)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(fail)?;
+        owned(dir, 0o700).map_err(fail)?;
         let path = dir.join(SOCKET_NAME);
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(fail(e)),
             _ => {}
         }
         let listener = tokio::net::UnixListener::bind(&path).map_err(fail)?;
-        // The sandbox's uid is not ours: it connects as "other".
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).map_err(fail)?;
+        owned(&path, 0o600).map_err(fail)?;
         let client = client()?;
         let upstream = Arc::new(upstream);
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));

@@ -2,20 +2,19 @@ use std::fs;
 use std::io;
 use std::path::Path;
 
-/// The largest folder copied into or out of a workspace: 512 MiB.
-const MAX_COPY_BYTES: u64 = 512 * 1024 * 1024;
+use crate::tree;
+
 /// A snapshot's pointer to its current generation.
 const CURRENT: &str = "current";
 
-/// Copies a folder (an agent, or a snapshot) into a new workspace, whole or not at all.
-/// Symlinks are copied as links (they resolve inside the sandbox, never on the host); sockets,
-/// pipes and devices are skipped; the copy fails past [`MAX_COPY_BYTES`]. Blocking: call it
-/// from `spawn_blocking`.
+/// Copies a folder (an agent, or a snapshot) into a new workspace, whole or not at all, by
+/// the rules of [`tree`]: links copied as links, never followed; sockets, pipes and devices
+/// skipped; no setuid bits. Blocking: call it from `spawn_blocking`.
 pub(crate) fn copy_into_workspace(from: &Path, to: &Path) -> io::Result<()> {
     let staging = to.with_extension("partial");
     let _ = fs::remove_dir_all(&staging);
     fs::create_dir_all(&staging)?;
-    copy_dir(from, &staging, &mut MAX_COPY_BYTES.clone(), false)?;
+    tree::copy(&tree::open_dir(from)?, &tree::open_dir(&staging)?, false)?;
     fs::rename(&staging, to)
 }
 
@@ -31,8 +30,9 @@ pub(crate) fn snapshot(workspace: &Path, dir: &Path) -> io::Result<()> {
     let name = format!("g-{nanos}");
     let generation = dir.join(&name);
     fs::create_dir(&generation)?;
-    copy_dir(workspace, &generation, &mut MAX_COPY_BYTES.clone(), true)?;
-    fs::File::open(&generation)?.sync_all()?;
+    let target = tree::open_dir(&generation)?;
+    tree::copy(&tree::open_dir(workspace)?, &target, true)?;
+    fs::File::from(target).sync_all()?;
     let link = dir.join("current.new");
     let _ = fs::remove_file(&link);
     std::os::unix::fs::symlink(&name, &link)?;
@@ -48,60 +48,11 @@ pub(crate) fn snapshot(workspace: &Path, dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// The snapshot's current copy, if `dir` holds one.
+/// The snapshot's current generation folder, if `dir` holds one (the host's own `current`
+/// link, read here so the copy that follows opens a folder, not a link).
 pub(crate) fn latest(dir: &Path) -> Option<std::path::PathBuf> {
-    let current = dir.join(CURRENT);
-    current.is_dir().then_some(current)
-}
-
-fn copy_dir(from: &Path, to: &Path, budget: &mut u64, durable: bool) -> io::Result<()> {
-    for entry in fs::read_dir(from)? {
-        let entry = entry?;
-        let kind = entry.file_type()?;
-        let (src, dst) = (entry.path(), to.join(entry.file_name()));
-        if kind.is_dir() {
-            fs::create_dir(&dst)?;
-            copy_dir(&src, &dst, budget, durable)?;
-        } else if kind.is_file() {
-            let size = entry.metadata()?.len();
-            *budget = budget.checked_sub(size).ok_or_else(|| {
-                io::Error::other(format!("folder is larger than {MAX_COPY_BYTES} bytes"))
-            })?;
-            fs::copy(&src, &dst)?;
-            if durable {
-                fs::File::open(&dst)?.sync_all()?;
-            }
-        } else if kind.is_symlink() {
-            std::os::unix::fs::symlink(fs::read_link(&src)?, &dst)?;
-        }
-    }
-    if durable {
-        fs::File::open(to)?.sync_all()?;
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn copies_files_and_links_but_not_sockets() {
-        let src = tempfile::tempdir().unwrap();
-        fs::create_dir(src.path().join("sub")).unwrap();
-        fs::write(src.path().join("sub/a.txt"), "a").unwrap();
-        std::os::unix::fs::symlink("/etc/passwd", src.path().join("link")).unwrap();
-        let _socket = std::os::unix::net::UnixListener::bind(src.path().join("s.sock")).unwrap();
-        let dst = tempfile::tempdir().unwrap();
-        let to = dst.path().join("ws");
-        copy_into_workspace(src.path(), &to).unwrap();
-        assert_eq!(fs::read_to_string(to.join("sub/a.txt")).unwrap(), "a");
-        assert_eq!(
-            fs::read_link(to.join("link")).unwrap(),
-            Path::new("/etc/passwd")
-        );
-        assert!(!to.join("s.sock").exists());
-    }
+    let generation = dir.join(fs::read_link(dir.join(CURRENT)).ok()?);
+    generation.is_dir().then_some(generation)
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::Router;
 
 pub use ash_plugin_host::PluginConfig;
-pub use ash_sandbox::{doctor, Limits};
+pub use ash_sandbox::{doctor, seccomp, Limits, SandboxUsers, UidRange};
 pub use error::ApiError;
 pub use openapi::document as openapi_document;
 pub use state::{open_storage, AppState};
@@ -52,6 +52,10 @@ pub struct ServerConfig {
     pub idle_timeout: std::time::Duration,
     pub bwrap: PathBuf,
     pub bridge: PathBuf,
+    /// The host uids a root server gives its sandboxes, one each (`sandbox_uids`); `None`
+    /// takes the `ash` line of `/etc/subuid`, else the built-in range. Unused when the server
+    /// is not root.
+    pub sandbox_uids: Option<ash_sandbox::UidRange>,
     /// Agents deployed on start when no agent of that name exists (the bundled examples).
     pub seed_agents: Vec<SeedAgent>,
     /// WebAssembly plugins to load (`[[plugins]]` in the settings file).
@@ -102,6 +106,8 @@ pub enum StartError {
     Plugin(#[from] ash_plugin_host::PluginError),
     #[error("invalid setting: {0}")]
     Config(String),
+    #[error("refusing to start sandboxes: {0}")]
+    SandboxUsers(String),
 }
 
 /// A server that has opened its store and bound its port, ready to [`run`](Self::run).

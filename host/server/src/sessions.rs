@@ -18,7 +18,9 @@ use ash_core::{
 };
 use ash_protocol::{Backend, QueryOptions};
 use ash_sandbox::doctor::{self, Verdict};
-use ash_sandbox::{Api, Limits, Sandbox, SandboxError, SandboxHost, SandboxSpec, Upstream};
+use ash_sandbox::{
+    Api, Limits, Sandbox, SandboxError, SandboxHost, SandboxSpec, SandboxUsers, Upstream,
+};
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::sse::{KeepAlive, KeepAliveStream, Sse};
@@ -107,13 +109,14 @@ impl Drop for TurnGuard {
 }
 
 impl Sessions {
-    pub(crate) fn new(config: &ServerConfig) -> Self {
+    pub(crate) fn new(config: &ServerConfig, users: SandboxUsers) -> Self {
         let host = SandboxHost {
             bwrap: config.bwrap.clone(),
             bridge: config.bridge.clone(),
             root: config.data_dir.join("sandboxes"),
             snapshots: config.data_dir.join("snapshots"),
             cgroup_group: cgroup_group(&config.data_dir),
+            users: Arc::new(users),
         };
         Self {
             host,

@@ -29,7 +29,9 @@ impl AppState {
         let cache = config.data_dir.join("plugin-cache");
         let (store, storage_plugin) = open_storage(&config.storage, Some(&cache)).await?;
         let (keys, new_key) = Keys::bootstrap(&store, &config).await?;
-        let sessions = Sessions::new(&config);
+        let users = ash_sandbox::SandboxUsers::for_this_process(config.sandbox_uids)
+            .map_err(StartError::SandboxUsers)?;
+        let sessions = Sessions::new(&config, users);
         let plugins = load_plugins(config.plugins.clone(), cache).await?;
         let state = Self {
             plugins,

@@ -12,6 +12,26 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 pub const ASH: &str = env!("CARGO_BIN_EXE_ash");
 pub const BRIDGE: &str = env!("CARGO_BIN_EXE_ash-bridge");
 
+/// The uid of `nobody`, whom the unprivileged runs of the server use.
+pub const NOBODY: u32 = 65534;
+/// The descriptor a careless launcher leaves open to the server, in the fd-hygiene test.
+pub const INHERITED_FD: i32 = 7;
+
+/// Who runs the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum User {
+    Root,
+    Unprivileged,
+}
+
+#[derive(Default)]
+struct Launch {
+    /// Run as this uid (and gid) instead of the test's own.
+    user: Option<u32>,
+    /// A descriptor to leave open to the server as [`INHERITED_FD`].
+    inherited: Option<i32>,
+}
+
 pub struct Server {
     pub data: tempfile::TempDir,
     pub url: String,
@@ -34,7 +54,51 @@ impl Server {
 
     /// Starts `ash start` on the data dir; env adds to the server's environment.
     pub async fn start_in(data: tempfile::TempDir, env: &[(&str, &str)]) -> Self {
-        let mut child = tokio::process::Command::new(ASH)
+        Self::launch(data, env, Launch::default()).await
+    }
+
+    /// Starts the server as an unprivileged user (`nobody`), on a data dir of its own.
+    pub async fn start_unprivileged() -> Self {
+        let data = tempfile::tempdir().unwrap();
+        std::os::unix::fs::chown(data.path(), Some(NOBODY), Some(NOBODY)).unwrap();
+        Self::launch(
+            data,
+            &[],
+            Launch {
+                user: Some(NOBODY),
+                ..Launch::default()
+            },
+        )
+        .await
+    }
+
+    /// Starts the server as root or as `nobody`.
+    pub async fn start_as(user: User) -> Self {
+        match user {
+            User::Root => Self::start().await,
+            User::Unprivileged => Self::start_unprivileged().await,
+        }
+    }
+
+    /// Starts the server as `user`, holding `file` open (without close-on-exec) as fd 7, the
+    /// way a careless launcher leaves a descriptor to its child.
+    pub async fn start_as_with_inherited(user: User, file: &std::fs::File) -> Self {
+        use std::os::fd::AsRawFd;
+        let data = tempfile::tempdir().unwrap();
+        let uid = (user == User::Unprivileged).then_some(NOBODY);
+        if let Some(uid) = uid {
+            std::os::unix::fs::chown(data.path(), Some(uid), Some(uid)).unwrap();
+        }
+        let launch = Launch {
+            user: uid,
+            inherited: Some(file.as_raw_fd()),
+        };
+        Self::launch(data, &[], launch).await
+    }
+
+    async fn launch(data: tempfile::TempDir, env: &[(&str, &str)], launch: Launch) -> Self {
+        let mut command = tokio::process::Command::new(ASH);
+        command
             .args(["start", "--port", "0"])
             .env("ASH_DATA_DIR", data.path())
             .env("ASH_BRIDGE_BIN", BRIDGE)
@@ -42,9 +106,22 @@ impl Server {
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
+            .kill_on_drop(true);
+        if let Some(uid) = launch.user {
+            command.uid(uid).gid(uid);
+        }
+        if let Some(fd) = launch.inherited {
+            // SAFETY: dup2 between fork and exec, on a descriptor the test holds open.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::dup2(fd, INHERITED_FD) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command.spawn().unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut stdout = Vec::new();
         let url = tokio::time::timeout(Duration::from_secs(30), async {
