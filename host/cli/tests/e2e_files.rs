@@ -171,6 +171,41 @@ async fn uploaded_files_reach_the_agent_and_bad_ones_get_their_own_error() {
     }
 }
 
+#[tokio::test]
+async fn what_the_host_writes_belongs_to_the_agent_which_can_change_it() {
+    use std::os::unix::fs::MetadataExt;
+    let server = Server::start().await;
+    let session = server.session("hello-agent").await;
+    let base = format!("/api/sessions/{session}/files");
+    let (status, reply) = server
+        .post(
+            &base,
+            json!({"targetPath": "deep/er", "files": [{"path": "n.txt", "content": b64(b"one")}]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    let changed = exec(
+        &server,
+        &session,
+        "echo two >> deep/er/n.txt && touch deep/er/new && cat deep/er/n.txt",
+    )
+    .await;
+    assert_eq!(changed, "onetwo\n");
+    let workspace = server.workspace(&session);
+    let agent = std::fs::metadata(workspace.join("deep/er/new"))
+        .unwrap()
+        .uid();
+    for made_by_host in ["deep", "deep/er", "deep/er/n.txt"] {
+        assert_eq!(
+            std::fs::metadata(workspace.join(made_by_host))
+                .unwrap()
+                .uid(),
+            agent,
+            "{made_by_host}"
+        );
+    }
+}
+
 /// `tar czf` run on the host, so bundles are what a user's own tools make.
 fn tar(dir: &std::path::Path, args: &[&str]) -> Vec<u8> {
     let out = std::process::Command::new("tar")

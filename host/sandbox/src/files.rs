@@ -80,6 +80,9 @@ pub struct FileEntry {
 /// One session's workspace folder, opened as a capability.
 pub struct Workspace {
     dir: Dir,
+    /// The uid the workspace belongs to (its sandbox's), when that is not the server's own:
+    /// what the host creates in it is given to that uid, so the agent can change it.
+    owner: Option<u32>,
 }
 
 enum Kind {
@@ -90,9 +93,60 @@ enum Kind {
 
 impl Workspace {
     pub fn open(path: &Path) -> io::Result<Self> {
-        Ok(Self {
-            dir: Dir::open_ambient_dir(path, ambient_authority())?,
-        })
+        let dir = Dir::open_ambient_dir(path, ambient_authority())?;
+        let uid = dir.dir_metadata()?.uid();
+        // SAFETY: geteuid has no preconditions.
+        let owner = (uid != unsafe { libc::geteuid() }).then_some(uid);
+        Ok(Self { dir, owner })
+    }
+
+    /// Gives what the host just made (`fd`) to the workspace's owner.
+    fn give(&self, fd: impl std::os::fd::AsFd) -> io::Result<()> {
+        match self.owner {
+            // By `AT_EMPTY_PATH`, which also takes cap-std's `O_PATH` folder descriptors.
+            Some(uid) => Ok(rustix::fs::chownat(
+                fd,
+                "",
+                Some(rustix::fs::Uid::from_raw(uid)),
+                Some(rustix::fs::Gid::from_raw(uid)),
+                rustix::fs::AtFlags::EMPTY_PATH,
+            )?),
+            None => Ok(()),
+        }
+    }
+
+    /// Gives the link at `path` (not what it points to) to the workspace's owner.
+    fn give_link(&self, path: &Path) -> io::Result<()> {
+        let (Some(uid), Some(name)) = (self.owner, path.file_name()) else {
+            return Ok(());
+        };
+        let parent = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(parent) => self.dir.open_dir(parent)?,
+            None => self.dir.try_clone()?,
+        };
+        Ok(rustix::fs::chownat(
+            &parent,
+            name,
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(uid)),
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )?)
+    }
+
+    /// Gives the folders on the way to `path` that the host made to the workspace's owner.
+    fn give_folders(&self, path: &Path) -> io::Result<()> {
+        let Some(uid) = self.owner else {
+            return Ok(());
+        };
+        let mut folder = PathBuf::new();
+        for part in path.components() {
+            folder.push(part);
+            let dir = self.dir.open_dir(&folder)?;
+            if dir.dir_metadata()?.uid() != uid {
+                self.give(&dir)?;
+            }
+        }
+        Ok(())
     }
 
     /// The regular files, skipping dependency folders and runtime litter (and hidden tool
@@ -181,7 +235,10 @@ impl Workspace {
                 OpenOptions::new().write(true).create_new(true).mode(mode),
             )
             .map_err(fail)?;
-        let written = io::copy(data, &mut file).and_then(|_| file.flush());
+        let written = self
+            .give(&file)
+            .and_then(|()| io::copy(data, &mut file))
+            .and_then(|_| file.flush());
         let renamed = written.and_then(|()| self.dir.rename(&temp, &self.dir, path));
         if let Err(e) = renamed {
             let _ = self.dir.remove_file(&temp);
@@ -194,10 +251,13 @@ impl Workspace {
         let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) else {
             return Ok(());
         };
-        self.dir.create_dir_all(parent).map_err(|e| match e.kind() {
-            io::ErrorKind::AlreadyExists => FileError::Blocked(path.display().to_string()),
-            _ => FileError::at(path, e),
-        })
+        self.dir
+            .create_dir_all(parent)
+            .and_then(|()| self.give_folders(parent))
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::AlreadyExists => FileError::Blocked(path.display().to_string()),
+                _ => FileError::at(path, e),
+            })
     }
 
     /// Deletes a file or a symlink (never what the link points to); folders are refused.
@@ -319,12 +379,17 @@ impl Workspace {
             };
             let fail = |e| FileError::at(&path, e);
             match entry.header().entry_type() {
-                tar::EntryType::Directory => self.dir.create_dir_all(&path).map_err(fail)?,
+                tar::EntryType::Directory => self
+                    .dir
+                    .create_dir_all(&path)
+                    .and_then(|()| self.give_folders(&path))
+                    .map_err(fail)?,
                 tar::EntryType::Symlink => {
                     let target = entry.link_name().map_err(bad)?.unwrap_or_default();
                     self.make_parent(&path)?;
                     let _ = self.dir.remove_file(&path);
                     self.dir.symlink(&target, &path).map_err(fail)?;
+                    self.give_link(&path).map_err(fail)?;
                 }
                 _ => {
                     let executable = entry.header().mode().is_ok_and(|m| m & 0o111 != 0);
