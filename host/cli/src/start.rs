@@ -281,7 +281,8 @@ pub fn doctor(args: StartArgs) -> anyhow::Result<ExitCode> {
     let bridge = bridge_path(file.bridge_bin)?;
     let bwrap =
         find_bwrap(env("ASH_BWRAP")?.or(file.bwrap)).unwrap_or_else(|_| PathBuf::from("bwrap"));
-    let findings = check(&bwrap, &bridge);
+    let users = ash_server::SandboxUsers::for_this_process(sandbox_uids(file.sandbox_uids)?);
+    let findings = check(&bwrap, &bridge, users.as_ref().map_err(String::as_str));
     for finding in &findings {
         let label = match finding.verdict {
             Verdict::Ok => "ok",

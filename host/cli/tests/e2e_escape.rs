@@ -515,3 +515,35 @@ fn assert_no_secret(dir: &std::path::Path) {
         }
     }
 }
+
+#[tokio::test]
+async fn a_root_server_refuses_a_uid_range_that_maps_sandboxes_to_root_and_names_the_fix() {
+    if !is_root() {
+        return; // an unprivileged server never uses the range
+    }
+    let data = tempfile::tempdir().unwrap();
+    let out = tokio::process::Command::new(common::ASH)
+        .args(["start", "--port", "0"])
+        .env("ASH_DATA_DIR", data.path())
+        .env("ASH_BRIDGE_BIN", common::BRIDGE)
+        .env("ASH_SANDBOX_UIDS", "0:65536")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("holds uid 0"), "{stderr}");
+    assert!(stderr.contains("sandbox_uids"), "{stderr}");
+    // Control: with the default range, ash doctor finds sandboxes can run.
+    let doctor = tokio::process::Command::new(common::ASH)
+        .arg("doctor")
+        .env("ASH_BRIDGE_BIN", common::BRIDGE)
+        .output()
+        .await
+        .unwrap();
+    let report = String::from_utf8_lossy(&doctor.stdout);
+    assert!(
+        report.contains("ok       sandbox uids: each sandbox runs as a host uid of its own"),
+        "{report}"
+    );
+}

@@ -6,6 +6,74 @@ use std::process::{Command, Stdio};
 use std::path::Path;
 
 use crate::limits;
+use crate::users::{SandboxUsers, DEFAULT_RANGE};
+
+/// Who the sandboxes run as, and for a root server whether bwrap works as such a uid.
+fn uid_finding(bwrap: &Path, users: Result<&SandboxUsers, &str>) -> Finding {
+    let what = "sandbox uids";
+    let users = match users {
+        Ok(users) => users,
+        Err(e) => {
+            return Finding {
+                what,
+                verdict: Verdict::Broken,
+                detail: e.to_owned(),
+                fix: format!("give sandboxes a range of their own: sandbox_uids = \"{DEFAULT_RANGE}\" in the settings file (or ASH_SANDBOX_UIDS), reserved in /etc/subuid as ash:{DEFAULT_RANGE}"),
+            }
+        }
+    };
+    let SandboxUsers::PerSandbox { range, source, .. } = users else {
+        return Finding {
+            what,
+            verdict: Verdict::Ok,
+            detail: users.describe(),
+            fix: String::new(),
+        };
+    };
+    use std::os::unix::process::CommandExt;
+    let probe = Command::new(bwrap)
+        .args([
+            "--unshare-all",
+            "--unshare-user",
+            "--ro-bind",
+            "/",
+            "/",
+            "--",
+            "true",
+        ])
+        .uid(range.first)
+        .gid(range.first)
+        .stdin(Stdio::null())
+        .output();
+    match probe {
+        Ok(out) if out.status.success() => Finding {
+            what,
+            verdict: Verdict::Ok,
+            detail: users.describe(),
+            fix: if *source == "the built-in default" {
+                format!("reserve the range so no other tool hands it out: echo ash:{range} >> /etc/subuid")
+            } else {
+                String::new()
+            },
+        },
+        Ok(out) => Finding {
+            what,
+            verdict: Verdict::Broken,
+            detail: format!(
+                "bwrap cannot make a sandbox as uid {}: {}",
+                range.first,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            fix: "allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1; on Ubuntu kernel.apparmor_restrict_unprivileged_userns=0 or an AppArmor profile for bwrap)".into(),
+        },
+        Err(e) => Finding {
+            what,
+            verdict: Verdict::Broken,
+            detail: format!("cannot start bwrap as uid {}: {e}", range.first),
+            fix: String::new(),
+        },
+    }
+}
 
 /// How a check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,9 +95,11 @@ pub struct Finding {
     pub fix: String,
 }
 
-/// Checks bwrap, user namespaces, cgroups, the bridge binary and the open-files limit.
-/// Blocking (it starts bwrap once): call it from `spawn_blocking`.
-pub fn check(bwrap: &Path, bridge: &Path) -> Vec<Finding> {
+/// Checks bwrap, user namespaces, the sandboxes' host uids, the syscall filter, cgroups, the
+/// bridge binary and the open-files limit. `users` is what the server would use (an error
+/// says why it refuses to start sandboxes). Blocking (it starts bwrap): call it from
+/// `spawn_blocking`.
+pub fn check(bwrap: &Path, bridge: &Path, users: Result<&SandboxUsers, &str>) -> Vec<Finding> {
     let mut findings = Vec::new();
     let version = Command::new(bwrap).arg("--version").output();
     let (verdict, detail, fix) = match version {
@@ -81,6 +151,17 @@ pub fn check(bwrap: &Path, bridge: &Path) -> Vec<Finding> {
             Err(e) => Finding { what: "user namespaces", verdict: Verdict::Broken, detail: e.to_string(), fix: String::new() },
         });
     }
+
+    findings.push(uid_finding(bwrap, users));
+    findings.push(Finding {
+        what: "syscall filter",
+        verdict: Verdict::Ok,
+        detail: format!(
+            "every sandbox runs under a seccomp filter refusing {} syscalls outright (keyrings, bpf, perf, io_uring, mounts and namespaces, modules, ptrace, …) and namespace clones, odd socket families and setuid modes",
+            crate::seccomp::BLOCKED.len()
+        ),
+        fix: String::new(),
+    });
 
     findings.push(match limits::Layout::detect() {
         Some(limits::Layout::V1) => Finding {

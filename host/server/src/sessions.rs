@@ -137,9 +137,11 @@ impl Sessions {
     /// sandboxes of earlier runs left in the kernel (empty cgroups).
     pub(crate) async fn check_host(&self) {
         let (bwrap, bridge) = (self.host.bwrap.clone(), self.host.bridge.clone());
-        let findings = tokio::task::spawn_blocking(move || doctor::check(&bwrap, &bridge))
-            .await
-            .unwrap_or_default();
+        let users = self.host.users.clone();
+        let findings =
+            tokio::task::spawn_blocking(move || doctor::check(&bwrap, &bridge, Ok(&users)))
+                .await
+                .unwrap_or_default();
         for f in findings {
             match f.verdict {
                 Verdict::Ok => tracing::info!("{}: {}", f.what, f.detail),
