@@ -49,6 +49,8 @@ pub(crate) struct FileSettings {
     sandbox_open_files: Option<u64>,
     /// `FIRST:COUNT`: the host uids a root server gives its sandboxes.
     sandbox_uids: Option<String>,
+    /// Folders path-mode deploys may come from.
+    deploy_roots: Option<Vec<PathBuf>>,
     idle_timeout_ms: Option<u64>,
     credential_key: Option<String>,
     #[serde(default)]
@@ -225,6 +227,7 @@ pub async fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
         bwrap: find_bwrap(env("ASH_BWRAP")?.or(file.bwrap))?,
         bridge,
         sandbox_uids: sandbox_uids(file.sandbox_uids)?,
+        deploy_roots: deploy_roots(file.deploy_roots),
         seed_agents: vec![hello_agent()],
         plugins: file.plugins,
         credential_key: env("ASH_CREDENTIAL_KEY")?.or(file.credential_key),
@@ -252,6 +255,20 @@ pub async fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
     let _ = std::io::Write::write_all(&mut std::io::stdout(), notes.as_bytes());
     server.run(shutdown).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `ASH_DEPLOY_ROOTS` (`:`-separated), else the settings file's `deploy_roots`, else the
+/// examples folder of the source tree this binary was built from, when it is still there.
+fn deploy_roots(configured: Option<Vec<PathBuf>>) -> Vec<PathBuf> {
+    if let Some(roots) = std::env::var_os("ASH_DEPLOY_ROOTS") {
+        return std::env::split_paths(&roots)
+            .filter(|p| !p.as_os_str().is_empty())
+            .collect();
+    }
+    configured.unwrap_or_else(|| {
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+        examples.is_dir().then_some(examples).into_iter().collect()
+    })
 }
 
 /// `ASH_SANDBOX_UIDS`, else the settings file's `sandbox_uids`.

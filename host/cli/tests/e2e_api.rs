@@ -224,8 +224,9 @@ async fn the_command_backend_runs_a_program_from_the_agent_folder() {
 
 #[tokio::test]
 async fn path_mode_deploys_a_folder_on_the_server_and_needs_claude_md() {
-    let server = Server::start().await;
     let folder = tempfile::tempdir().unwrap();
+    let roots = folder.path().parent().unwrap().to_str().unwrap().to_owned();
+    let server = Server::start_with_env(&[("ASH_DEPLOY_ROOTS", &roots)]).await;
     let (status, body) = server
         .post(
             "/api/agents",

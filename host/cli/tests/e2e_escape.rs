@@ -547,3 +547,52 @@ async fn a_root_server_refuses_a_uid_range_that_maps_sandboxes_to_root_and_names
         "{report}"
     );
 }
+
+async fn deploy(server: &Server, path: String) -> (u16, serde_json::Value) {
+    server
+        .post("/api/agents", json!({"name": "p", "path": path}))
+        .await
+}
+
+#[tokio::test]
+async fn path_mode_deploys_only_from_allowed_roots_and_never_the_data_dir() {
+    let allowed = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    for dir in [allowed.path(), outside.path()] {
+        std::fs::create_dir(dir.join("agent")).unwrap();
+        std::fs::write(dir.join("agent/CLAUDE.md"), "# agent").unwrap();
+    }
+    std::os::unix::fs::symlink(
+        outside.path().join("agent"),
+        allowed.path().join("link-out"),
+    )
+    .unwrap();
+    // Off by default for folders outside the bundled examples.
+    let server = Server::start().await;
+    let (status, body) = deploy(&server, outside.path().join("agent").display().to_string()).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("deploy_roots"),
+        "{body}"
+    );
+    drop(server);
+
+    // With a root allowed that also holds the data dir: still never the data dir.
+    let data = tempfile::tempdir_in(allowed.path()).unwrap();
+    let roots = allowed.path().display().to_string();
+    let server = Server::start_in(data, &[("ASH_DEPLOY_ROOTS", &roots)]).await;
+    let other = server.session("hello-agent").await;
+    exec(&server, &other, "echo '# mine' > CLAUDE.md").await;
+    for path in [
+        server.workspace(&other).display().to_string(),
+        server.data_path().display().to_string(),
+        allowed.path().join("link-out").display().to_string(),
+        outside.path().join("agent").display().to_string(),
+    ] {
+        let (status, body) = deploy(&server, path.clone()).await;
+        assert_eq!(status, 403, "{path}: {body}");
+    }
+    // Control: a folder under the allowed root deploys.
+    let (status, body) = deploy(&server, allowed.path().join("agent").display().to_string()).await;
+    assert_eq!(status, 201, "{body}");
+}

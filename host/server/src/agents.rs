@@ -55,7 +55,7 @@ pub(crate) struct FileBody {
 }
 
 #[utoipa::path(post, path = "/api/agents", tag = "agents", request_body = DeployBody,
-    responses((status = 201, body = AgentReply), (status = 400, body = crate::openapi::ErrorBody), (status = 413, body = crate::openapi::ErrorBody)))]
+    responses((status = 201, body = AgentReply), (status = 400, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody), (status = 413, body = crate::openapi::ErrorBody)))]
 pub(crate) async fn deploy(
     State(state): State<Arc<AppState>>,
     Json(body): Json<DeployBody>,
@@ -64,7 +64,7 @@ pub(crate) async fn deploy(
     validate_env(&body.env)?;
     let dir = match body.path {
         Some(path) if body.files.is_none() && body.system_prompt.is_none() => {
-            path_mode(&state.config.data_dir, &path).await?
+            path_mode(&state.config, &path).await?
         }
         Some(_) => {
             return Err(ApiError::bad_request(
@@ -172,12 +172,35 @@ pub(crate) fn agent_not_found() -> ApiError {
 }
 
 /// Resolves a path-mode folder (relative paths are under the data dir) and checks it.
-async fn path_mode(data_dir: &Path, raw: &str) -> Result<PathBuf, ApiError> {
+/// Path mode: a folder already on the server, used in place. Only folders under the
+/// operator's `deploy_roots` qualify (relative paths are taken under the first), judged after
+/// every link in the path is resolved, and never the data dir or anything in it (other
+/// sessions' workspaces, snapshots, keys).
+async fn path_mode(config: &crate::ServerConfig, raw: &str) -> Result<PathBuf, ApiError> {
     if raw.is_empty() || raw.len() > 4096 {
         return Err(ApiError::bad_request("path must be 1-4096 bytes"));
     }
-    let dir = data_dir.join(raw);
+    let (roots, data_dir) = (config.deploy_roots.clone(), config.data_dir.clone());
+    let raw = PathBuf::from(raw);
     blocking(move || {
+        let refused = |why: &str| {
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("{why}; deploy with files in the request, or let the operator allow the folder with deploy_roots in the server's settings"),
+            )
+        };
+        let Some(first) = roots.first() else {
+            return Err(refused("path-mode deploys are off on this server"));
+        };
+        let dir = std::fs::canonicalize(first.join(&raw))
+            .map_err(|_| ApiError::bad_request("Agent directory must contain CLAUDE.md"))?;
+        let inside = |root: &Path| std::fs::canonicalize(root).is_ok_and(|root| dir.starts_with(root));
+        if inside(&data_dir) || std::fs::canonicalize(&data_dir).is_ok_and(|d| d.starts_with(&dir)) {
+            return Err(refused("the data dir and folders holding it cannot be deployed"));
+        }
+        if !roots.iter().any(|root| inside(root)) {
+            return Err(refused(&format!("{} is not under an allowed deploy root", dir.display())));
+        }
         if !dir.join("CLAUDE.md").is_file() {
             return Err(ApiError::bad_request(
                 "Agent directory must contain CLAUDE.md",

@@ -56,6 +56,9 @@ pub struct ServerConfig {
     /// takes the `ash` line of `/etc/subuid`, else the built-in range. Unused when the server
     /// is not root.
     pub sandbox_uids: Option<ash_sandbox::UidRange>,
+    /// The folders path-mode deploys may come from (`deploy_roots`); empty turns path mode
+    /// off. Never the data dir.
+    pub deploy_roots: Vec<PathBuf>,
     /// Agents deployed on start when no agent of that name exists (the bundled examples).
     pub seed_agents: Vec<SeedAgent>,
     /// WebAssembly plugins to load (`[[plugins]]` in the settings file).
