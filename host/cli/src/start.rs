@@ -51,6 +51,9 @@ pub(crate) struct FileSettings {
     sandbox_uids: Option<String>,
     /// Folders path-mode deploys may come from.
     deploy_roots: Option<Vec<PathBuf>>,
+    /// Syscalls agents may ask back from the sandbox filter.
+    #[serde(default)]
+    sandbox_grant_syscalls: Vec<String>,
     idle_timeout_ms: Option<u64>,
     credential_key: Option<String>,
     #[serde(default)]
@@ -228,6 +231,14 @@ pub async fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
         bridge,
         sandbox_uids: sandbox_uids(file.sandbox_uids)?,
         deploy_roots: deploy_roots(file.deploy_roots),
+        sandbox_grant_syscalls: match std::env::var("ASH_SANDBOX_GRANT_SYSCALLS") {
+            Ok(list) => list
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            Err(_) => file.sandbox_grant_syscalls,
+        },
         seed_agents: vec![hello_agent()],
         plugins: file.plugins,
         credential_key: env("ASH_CREDENTIAL_KEY")?.or(file.credential_key),

@@ -596,3 +596,36 @@ async fn path_mode_deploys_only_from_allowed_roots_and_never_the_data_dir() {
     let (status, body) = deploy(&server, allowed.path().join("agent").display().to_string()).await;
     assert_eq!(status, 201, "{body}");
 }
+
+/// `ptrace(PTRACE_TRACEME)` and `keyctl(KEYCTL_GET_KEYRING_ID, @u)` from Python: `name errno`.
+const GRANT_PROBE: &str = "python3 -c 'import ctypes; l = ctypes.CDLL(None, use_errno=True); \
+    [print(n, 0 if l.syscall(nr, *a) >= 0 else ctypes.get_errno()) for n, nr, a in \
+    ((\"ptrace\", 101, (0, 0, 0, 0)), (\"keyctl\", 250, (0, -4, 0)))]'";
+
+#[tokio::test]
+async fn an_agent_gets_a_refused_syscall_back_only_with_the_operator_s_grant() {
+    if !cfg!(target_arch = "x86_64") {
+        return; // the probe's syscall numbers are x86_64's
+    }
+    let manifest = "[backend]\nkind = \"echo\"\n\n[sandbox]\nsyscalls = [\"ptrace\"]\n";
+    let files = [("CLAUDE.md", "# debugger"), ("ash.toml", manifest)];
+    let strict = Server::start().await;
+    let (status, body) = strict.deploy("debugger", &files).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body["error"]
+        .as_str()
+        .unwrap()
+        .contains("sandbox_grant_syscalls"));
+    // Control: the same probe in an ordinary sandbox is refused both calls.
+    let plain = strict.session("hello-agent").await;
+    let refused = errnos(&exec(&strict, &plain, GRANT_PROBE).await);
+    assert_eq!(refused.get("ptrace"), Some(&libc::EPERM));
+
+    let granting = Server::start_with_env(&[("ASH_SANDBOX_GRANT_SYSCALLS", "ptrace")]).await;
+    let (status, body) = granting.deploy("debugger", &files).await;
+    assert_eq!(status, 201, "{body}");
+    let session = granting.session("debugger").await;
+    let granted = errnos(&exec(&granting, &session, GRANT_PROBE).await);
+    assert_eq!(granted.get("ptrace"), Some(&0), "{granted:?}");
+    assert_eq!(granted.get("keyctl"), Some(&libc::EPERM), "{granted:?}");
+}

@@ -114,6 +114,19 @@ pub struct AgentManifest {
     pub limits: LimitOverrides,
     #[serde(default)]
     pub pool: PoolSettings,
+    #[serde(default)]
+    pub sandbox: SandboxRequests,
+}
+
+/// `[sandbox]` in `ash.toml`: what the agent needs beyond the sandbox's defaults. Each item
+/// holds only where the operator grants it in the server's settings.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxRequests {
+    /// Syscalls the sandbox's filter refuses that the agent needs (e.g. `ptrace` for a
+    /// debugger); at most 16.
+    #[serde(default)]
+    pub syscalls: Vec<String>,
 }
 
 /// `[pool]` in `ash.toml`.
@@ -173,6 +186,18 @@ impl AgentManifest {
         let manifest: Self =
             toml::from_str(text).map_err(|e| CoreError::InvalidManifest(e.message().to_owned()))?;
         manifest.limits.check()?;
+        let names_ok = |n: &String| {
+            !n.is_empty()
+                && n.len() <= 32
+                && n.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        };
+        if manifest.sandbox.syscalls.len() > 16 || !manifest.sandbox.syscalls.iter().all(names_ok) {
+            return Err(CoreError::InvalidManifest(
+                "sandbox.syscalls takes at most 16 syscall names (lowercase, e.g. \"ptrace\")"
+                    .into(),
+            ));
+        }
         if manifest.pool.prewarm > 64 {
             return Err(CoreError::InvalidManifest(
                 "pool.prewarm must be 0-64".into(),

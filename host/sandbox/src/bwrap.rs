@@ -1,4 +1,3 @@
-use std::collections::BTreeMap;
 use std::ffi::{CString, OsString};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
@@ -7,7 +6,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
-use crate::limits::{apply_rlimits, Cgroups, Limits};
+use crate::limits::{apply_rlimits, Cgroups};
 use crate::users::{STAGE_BRIDGE, STAGE_RUN, STAGE_WORKSPACE};
 use crate::{SandboxError, SandboxHost};
 
@@ -173,17 +172,16 @@ fn nul_terminated(args: &[OsString]) -> Vec<u8> {
 /// With `uid` (the server is root) bwrap starts as that uid, after the host paths are bound
 /// onto the staging mount points in a mount namespace of the sandbox's own.
 /// bwrap gets exactly four descriptors beyond stdio: the bridge socket (3), its arguments
-/// (4) and its two seccomp programs (5, 6); every other descriptor the server holds, inherited from its
-/// own launcher or not, is closed before bwrap runs.
+/// (4) and its two seccomp programs (5, 6); every other descriptor the server holds,
+/// inherited from its own launcher or not, is closed before bwrap runs.
 pub(crate) fn spawn(
     host: &SandboxHost,
     sources: Sources<'_>,
     uid: Option<u32>,
-    sandbox_id: &str,
-    agent_env: &BTreeMap<String, String>,
-    limits: Limits,
+    spec: &crate::SandboxSpec<'_>,
     cgroups: Option<&Cgroups>,
 ) -> Result<(tokio::process::Child, tokio::net::UnixStream), SandboxError> {
+    let limits = spec.limits;
     let join = cgroups.map(Cgroups::join_fds).unwrap_or_default();
     let (ours, theirs) =
         std::os::unix::net::UnixStream::pair().map_err(|e| SandboxError::Start(e.to_string()))?;
@@ -196,8 +194,8 @@ pub(crate) fn spawn(
     let args = memfd(&nul_terminated(&bwrap_args(
         staged.as_ref().unwrap_or(&sources),
     )))?;
-    let [eperm, enosys] = crate::seccomp::program_bytes();
-    let filters = [memfd(eperm)?, memfd(enosys)?];
+    let programs = crate::seccomp::program_bytes(spec.syscalls);
+    let filters = [memfd(&programs[0])?, memfd(&programs[1])?];
     let passed = [
         theirs.as_raw_fd(),
         args.as_raw_fd(),
@@ -217,13 +215,13 @@ pub(crate) fn spawn(
         ])
         .args(["--", BRIDGE_IN_SANDBOX])
         .env_clear()
-        .envs(agent_env)
+        .envs(spec.env)
         .envs([
             ("PATH", "/usr/local/bin:/usr/bin:/bin"),
             ("HOME", WORKSPACE),
             ("LANG", "C.UTF-8"),
             ("ASH_WORKSPACE_DIR", WORKSPACE),
-            ("ASH_SANDBOX_ID", sandbox_id),
+            ("ASH_SANDBOX_ID", spec.id),
             ("ASH_BRIDGE_FD", "3"),
         ])
         .stdin(Stdio::null())

@@ -189,6 +189,8 @@ pub struct SandboxSpec<'a> {
     /// The model endpoint the sandbox reaches through a model proxy, with its key (which
     /// stays on the host); `None` for backends that call no model.
     pub upstream: Option<proxy::Upstream>,
+    /// Syscalls of [`seccomp::BLOCKED`] this sandbox may make (the operator granted them).
+    pub syscalls: &'a [String],
 }
 
 /// A running sandbox. Dropping it kills the sandbox.
@@ -207,7 +209,10 @@ impl Sandbox {
     /// Prepares the workspace (a copy of the agent on first start, or of the session's last
     /// snapshot when its workspace was lost), starts bwrap with the
     /// bridge and configures the backend. Returns once the bridge is ready for queries.
-    pub async fn start(host: &SandboxHost, spec: SandboxSpec<'_>) -> Result<Self, SandboxError> {
+    pub async fn start(
+        host: &SandboxHost,
+        mut spec: SandboxSpec<'_>,
+    ) -> Result<Self, SandboxError> {
         let workspace = host.workspace(spec.id);
         if !workspace.exists() {
             let snapshot = host.latest_snapshot(spec.id);
@@ -245,6 +250,7 @@ impl Sandbox {
         let run_dir = workspace.with_file_name("run");
         let proxy = spec
             .upstream
+            .take()
             .map(|upstream| proxy::Proxy::start(&run_dir, upstream, uid.as_ref().map(|c| c.uid)))
             .transpose()?;
         let sources = bwrap::Sources {
@@ -256,9 +262,7 @@ impl Sandbox {
             host,
             sources,
             uid.as_ref().map(|claim| claim.uid),
-            spec.id,
-            spec.env,
-            spec.limits,
+            &spec,
             cgroups.as_ref(),
         )?;
         let bridge = match tokio::time::timeout(

@@ -202,11 +202,19 @@ pub(crate) fn programs(allowed: &[String]) -> [BpfProgram; 2] {
     ]
 }
 
-/// The filter as bwrap reads it (raw `sock_filter`s), compiled once: the `EPERM` program,
-/// then the `ENOSYS` one.
-pub(crate) fn program_bytes() -> &'static [Vec<u8>; 2] {
-    static BYTES: std::sync::OnceLock<[Vec<u8>; 2]> = std::sync::OnceLock::new();
-    BYTES.get_or_init(|| programs(&[]).map(|program| as_bytes(&program)))
+/// The filter as bwrap reads it (raw `sock_filter`s) for a sandbox granted `allowed`: the
+/// `EPERM` program, then the `ENOSYS` one. Compiled once per set of grants.
+pub(crate) fn program_bytes(allowed: &[String]) -> std::sync::Arc<[Vec<u8>; 2]> {
+    type Cache = std::sync::Mutex<BTreeMap<Vec<String>, std::sync::Arc<[Vec<u8>; 2]>>>;
+    static CACHE: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
+    let mut key = allowed.to_vec();
+    key.sort();
+    key.dedup();
+    let mut cache = CACHE.get_or_init(Cache::default).lock().expect("lock");
+    cache
+        .entry(key)
+        .or_insert_with_key(|key| std::sync::Arc::new(programs(key).map(|p| as_bytes(&p))))
+        .clone()
 }
 
 fn as_bytes(program: &BpfProgram) -> Vec<u8> {
@@ -435,9 +443,23 @@ mod tests {
     }
 
     #[test]
-    fn an_operator_grant_lifts_one_block() {
-        let [strict, _] = programs(&[]);
-        let [granted, _] = programs(&["ptrace".to_owned()]);
-        assert!(granted.len() < strict.len());
+    fn an_operator_grant_lifts_exactly_its_block() {
+        let under_grant = |nr: i64| {
+            std::thread::spawn(move || {
+                // SAFETY: no_new_privs on this thread only, as seccomp requires.
+                assert_eq!(
+                    unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) },
+                    0
+                );
+                for program in programs(&["ptrace".to_owned()]) {
+                    seccompiler::apply_filter(&program).unwrap();
+                }
+                errno_of_nr(nr)
+            })
+            .join()
+            .unwrap()
+        };
+        assert_ne!(under_grant(libc::SYS_ptrace), libc::EPERM);
+        assert_eq!(under_grant(libc::SYS_keyctl), libc::EPERM);
     }
 }

@@ -64,7 +64,9 @@ pub(crate) async fn deploy(
     validate_env(&body.env)?;
     let dir = match body.path {
         Some(path) if body.files.is_none() && body.system_prompt.is_none() => {
-            path_mode(&state.config, &path).await?
+            let (dir, manifest) = path_mode(&state.config, &path).await?;
+            check_grants(&state.config, &manifest)?;
+            dir
         }
         Some(_) => {
             return Err(ApiError::bad_request(
@@ -73,6 +75,9 @@ pub(crate) async fn deploy(
         }
         None => {
             let upload = decode_files(&name, body.files.unwrap_or_default(), body.system_prompt)?;
+            if let Some(text) = manifest_text(&upload) {
+                check_grants(&state.config, &AgentManifest::parse(Some(text))?)?;
+            }
             let root = state.config.data_dir.join("agents");
             blocking(move || Ok(write_managed(&root, upload)?)).await?
         }
@@ -176,7 +181,10 @@ pub(crate) fn agent_not_found() -> ApiError {
 /// operator's `deploy_roots` qualify (relative paths are taken under the first), judged after
 /// every link in the path is resolved, and never the data dir or anything in it (other
 /// sessions' workspaces, snapshots, keys).
-async fn path_mode(config: &crate::ServerConfig, raw: &str) -> Result<PathBuf, ApiError> {
+async fn path_mode(
+    config: &crate::ServerConfig,
+    raw: &str,
+) -> Result<(PathBuf, AgentManifest), ApiError> {
     if raw.is_empty() || raw.len() > 4096 {
         return Err(ApiError::bad_request("path must be 1-4096 bytes"));
     }
@@ -206,8 +214,8 @@ async fn path_mode(config: &crate::ServerConfig, raw: &str) -> Result<PathBuf, A
                 "Agent directory must contain CLAUDE.md",
             ));
         }
-        AgentManifest::parse(read_manifest(&dir)?.as_deref())?;
-        Ok(dir)
+        let manifest = AgentManifest::parse(read_manifest(&dir)?.as_deref())?;
+        Ok((dir, manifest))
     })
     .await
 }
@@ -229,6 +237,25 @@ pub(crate) fn read_manifest(dir: &Path) -> Result<Option<String>, ApiError> {
 struct Upload {
     name: AgentName,
     files: Vec<(RelativePath, Vec<u8>)>,
+}
+
+/// Refuses a manifest asking for syscalls the operator has not granted (403).
+pub(crate) fn check_grants(
+    config: &crate::ServerConfig,
+    manifest: &AgentManifest,
+) -> Result<(), ApiError> {
+    match manifest
+        .sandbox
+        .syscalls
+        .iter()
+        .find(|asked| !config.sandbox_grant_syscalls.contains(asked))
+    {
+        None => Ok(()),
+        Some(asked) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("ash.toml asks for syscall {asked:?}, which this server's operator has not granted (sandbox_grant_syscalls in its settings)"),
+        )),
+    }
 }
 
 fn decode_files(
@@ -256,18 +283,29 @@ fn decode_files(
         let prompt = system_prompt.unwrap_or_else(|| format!("# {name}\n"));
         decoded.push((RelativePath::parse("CLAUDE.md")?, prompt.into_bytes()));
     }
-    let manifest = decoded
-        .iter()
-        .find(|(p, _)| p.as_path() == Path::new(MANIFEST_FILE));
-    if let Some((_, bytes)) = manifest {
-        let text = std::str::from_utf8(bytes)
-            .map_err(|_| ApiError::bad_request("invalid ash.toml: not UTF-8"))?;
-        AgentManifest::parse(Some(text))?;
-    }
-    Ok(Upload {
+    let upload = Upload {
         name: name.clone(),
         files: decoded,
-    })
+    };
+    if upload
+        .files
+        .iter()
+        .any(|(p, _)| p.as_path() == Path::new(MANIFEST_FILE))
+    {
+        let text = manifest_text(&upload)
+            .ok_or_else(|| ApiError::bad_request("invalid ash.toml: not UTF-8"))?;
+        AgentManifest::parse(Some(text))?;
+    }
+    Ok(upload)
+}
+
+/// The upload's `ash.toml`, when it has one in UTF-8.
+fn manifest_text(upload: &Upload) -> Option<&str> {
+    upload
+        .files
+        .iter()
+        .find(|(p, _)| p.as_path() == Path::new(MANIFEST_FILE))
+        .and_then(|(_, bytes)| std::str::from_utf8(bytes).ok())
 }
 
 /// Writes the upload to a staging folder, then swaps it in for the agent's folder.

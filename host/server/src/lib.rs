@@ -59,6 +59,9 @@ pub struct ServerConfig {
     /// The folders path-mode deploys may come from (`deploy_roots`); empty turns path mode
     /// off. Never the data dir.
     pub deploy_roots: Vec<PathBuf>,
+    /// Syscalls of the sandbox filter's refusals an agent may ask back in its `ash.toml`
+    /// (`sandbox_grant_syscalls`); empty grants none.
+    pub sandbox_grant_syscalls: Vec<String>,
     /// Agents deployed on start when no agent of that name exists (the bundled examples).
     pub seed_agents: Vec<SeedAgent>,
     /// WebAssembly plugins to load (`[[plugins]]` in the settings file).

@@ -246,6 +246,7 @@ impl Sessions {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
         })?;
         let manifest = manifest(agent).await?;
+        crate::agents::check_grants(&state.config, &manifest)?;
         let agent_dir = Path::new(&agent.path).to_owned();
         let limits = merge_limits(state.config.limits, &manifest.limits);
         let (env, upstream) = model_upstream(&manifest.backend, env)?;
@@ -257,6 +258,7 @@ impl Sessions {
             env: &env,
             limits,
             upstream,
+            syscalls: &manifest.sandbox.syscalls,
         };
         let clock = Instant::now();
         let sandbox = Sandbox::start(&self.host, spec)

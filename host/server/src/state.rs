@@ -29,6 +29,15 @@ impl AppState {
         let cache = config.data_dir.join("plugin-cache");
         let (store, storage_plugin) = open_storage(&config.storage, Some(&cache)).await?;
         let (keys, new_key) = Keys::bootstrap(&store, &config).await?;
+        if let Some(unknown) = config.sandbox_grant_syscalls.iter().find(|name| {
+            !ash_sandbox::seccomp::BLOCKED
+                .iter()
+                .any(|b| &b.name == name)
+        }) {
+            return Err(StartError::Config(format!(
+                "sandbox_grant_syscalls: {unknown:?} is not a syscall the sandbox filter refuses (see docs/operations.md)"
+            )));
+        }
         let users = ash_sandbox::SandboxUsers::for_this_process(config.sandbox_uids)
             .map_err(StartError::SandboxUsers)?;
         let sessions = Sessions::new(&config, users);
