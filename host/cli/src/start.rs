@@ -51,6 +51,9 @@ pub(crate) struct FileSettings {
     sandbox_uids: Option<String>,
     /// Folders path-mode deploys may come from.
     deploy_roots: Option<Vec<PathBuf>>,
+    turn_max_event_mb: Option<usize>,
+    turn_max_events: Option<usize>,
+    session_max_events: Option<i64>,
     /// Syscalls agents may ask back from the sandbox filter.
     #[serde(default)]
     sandbox_grant_syscalls: Vec<String>,
@@ -231,6 +234,20 @@ pub async fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
         bridge,
         sandbox_uids: sandbox_uids(file.sandbox_uids)?,
         deploy_roots: deploy_roots(file.deploy_roots),
+        event_caps: {
+            let defaults = ash_server::EventCaps::default();
+            ash_server::EventCaps {
+                turn_bytes: env::<usize>("ASH_TURN_MAX_EVENT_MB")?
+                    .or(file.turn_max_event_mb)
+                    .map_or(defaults.turn_bytes, |mb| mb << 20),
+                turn_events: env("ASH_TURN_MAX_EVENTS")?
+                    .or(file.turn_max_events)
+                    .unwrap_or(defaults.turn_events),
+                session_events: env("ASH_SESSION_MAX_EVENTS")?
+                    .or(file.session_max_events)
+                    .unwrap_or(defaults.session_events),
+            }
+        },
         sandbox_grant_syscalls: match std::env::var("ASH_SANDBOX_GRANT_SYSCALLS") {
             Ok(list) => list
                 .split(',')

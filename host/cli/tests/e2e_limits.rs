@@ -110,3 +110,104 @@ async fn limits_out_of_range_are_refused_at_deploy() {
         "{body}"
     );
 }
+
+/// An agent whose every turn sends `$1` messages of `$2` bytes each, then `done`.
+const FLOOD_AGENT: &str = r#"#!/bin/sh
+exec python3 -c '
+import json, sys
+count, size = int(sys.argv[1]), int(sys.argv[2])
+for line in sys.stdin:
+    cmd = json.loads(line)
+    if cmd.get("cmd") != "query":
+        continue
+    text = "a" * size
+    for _ in range(count):
+        msg = {"type": "assistant", "message": {"role": "assistant", "content": [{"type": "text", "text": text}]}}
+        print(json.dumps({"ev": "message", "id": cmd["id"], "data": msg}), flush=True)
+    print(json.dumps({"ev": "done", "id": cmd["id"]}), flush=True)
+' "$@"
+"#;
+
+async fn flood(server: &Server, count: u32, size: u32) -> (String, Vec<ash_cli::sse::Frame>) {
+    let manifest = format!(
+        "[backend]\nkind = \"command\"\nargv = [\"/bin/sh\", \"agent.sh\", \"{count}\", \"{size}\"]\n"
+    );
+    let (status, body) = server
+        .deploy(
+            "flood",
+            &[("ash.toml", &manifest), ("agent.sh", FLOOD_AGENT)],
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let session = server.session("flood").await;
+    let frames = server.message(&session, "go").await;
+    (session, frames)
+}
+
+#[tokio::test]
+async fn a_turn_past_its_event_byte_cap_is_stopped_with_a_limit_frame_and_nothing_more_is_kept() {
+    let server = Server::start_with_env(&[("ASH_TURN_MAX_EVENT_MB", "8")]).await;
+    let (session, frames) = flood(&server, 40, 1 << 20).await;
+    let limit = limit_of(&frames);
+    assert_eq!(limit["kind"], "event_bytes", "{limit}");
+    assert_eq!(limit["limit"], 8 << 20);
+    assert_eq!(events(&frames).last(), Some(&"done"));
+    let kept: usize = frames.iter().map(|f| f.data.len()).sum();
+    assert!(
+        kept < 16 << 20,
+        "the turn kept {kept} bytes past an 8 MiB cap"
+    );
+    let (_, messages) = server
+        .get(&format!("/api/sessions/{session}/messages"))
+        .await;
+    let stored = messages["messages"].as_array().unwrap().len();
+    assert!(stored < 20, "{stored} messages stored past the cap");
+    // The server keeps serving.
+    let other = server.session("hello-agent").await;
+    assert_eq!(
+        assistant_text(&server.message(&other, "hi").await),
+        "Echo: hi"
+    );
+}
+
+#[tokio::test]
+async fn a_turn_past_its_event_count_cap_is_stopped_and_a_turn_within_it_is_not() {
+    let server = Server::start_with_env(&[("ASH_TURN_MAX_EVENTS", "300")]).await;
+    let (_, frames) = flood(&server, 1000, 10).await;
+    assert_eq!(limit_of(&frames)["kind"], "events");
+    assert!(
+        frames.len() < 600,
+        "{} frames past a cap of 300",
+        frames.len()
+    );
+    // Control: the same agent under the default caps sends everything.
+    let roomy = Server::start().await;
+    let (_, frames) = flood(&roomy, 1000, 10).await;
+    assert!(!events(&frames).contains(&"limit"));
+    assert!(frames.len() >= 1000);
+}
+
+#[tokio::test]
+async fn a_session_at_its_log_cap_ends_its_turns_with_a_limit_frame() {
+    let server = Server::start_with_env(&[("ASH_SESSION_MAX_EVENTS", "500")]).await;
+    let manifest =
+        "[backend]\nkind = \"command\"\nargv = [\"/bin/sh\", \"agent.sh\", \"200\", \"10\"]\n";
+    let (status, body) = server
+        .deploy(
+            "flood",
+            &[("ash.toml", manifest), ("agent.sh", FLOOD_AGENT)],
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let session = server.session("flood").await;
+    let mut kinds = Vec::new();
+    for _ in 0..4 {
+        let frames = server.message(&session, "go").await;
+        kinds.push(frames.iter().any(|f| f.event == "limit"));
+    }
+    assert_eq!(kinds[0], false, "the first turn fits");
+    assert!(
+        kinds[2] && kinds[3],
+        "turns past the session cap: {kinds:?}"
+    );
+}

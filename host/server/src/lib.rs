@@ -62,6 +62,8 @@ pub struct ServerConfig {
     /// Syscalls of the sandbox filter's refusals an agent may ask back in its `ash.toml`
     /// (`sandbox_grant_syscalls`); empty grants none.
     pub sandbox_grant_syscalls: Vec<String>,
+    /// How much one turn, and one session's log, may hold.
+    pub event_caps: EventCaps,
     /// Agents deployed on start when no agent of that name exists (the bundled examples).
     pub seed_agents: Vec<SeedAgent>,
     /// WebAssembly plugins to load (`[[plugins]]` in the settings file).
@@ -69,6 +71,28 @@ pub struct ServerConfig {
     /// The master key credentials are encrypted under (`ASH_CREDENTIAL_KEY`); credentials
     /// are off without it.
     pub credential_key: Option<String>,
+}
+
+/// Caps on what an agent's events may add to the log; a turn past one ends with a `limit`
+/// frame.
+#[derive(Debug, Clone, Copy)]
+pub struct EventCaps {
+    /// Bytes of events (and stored messages) one turn may log.
+    pub turn_bytes: usize,
+    /// Events one turn may log.
+    pub turn_events: usize,
+    /// Events one session's log may hold.
+    pub session_events: i64,
+}
+
+impl Default for EventCaps {
+    fn default() -> Self {
+        Self {
+            turn_bytes: 64 << 20,
+            turn_events: 20_000,
+            session_events: 1_000_000,
+        }
+    }
 }
 
 /// Where the server keeps its records.

@@ -40,6 +40,9 @@ const CLIENT_BUFFER: usize = 256;
 const SLOW_CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Events stored in one transaction, at most.
 const BATCH: usize = 256;
+/// Bytes of events gathered into one transaction before it is stored: what one turn holds
+/// in memory at a time, whatever its agent sends.
+const BATCH_BYTES: usize = 4 << 20;
 /// How long a turn the store failed keeps trying to log its closing frames.
 const OUTAGE_PATIENCE: Duration = Duration::from_secs(600);
 /// The longest wait between two of those tries.
@@ -205,17 +208,22 @@ pub(crate) async fn run_turn(
     mut turn: Turn,
     guard: TurnGuard,
 ) {
+    let caps = state.config.event_caps;
+    let mut spent = Spent::default();
     let mut batch = Batch::new(session, &state, &agent);
     loop {
         let Some(first) = turn.next().await else {
             break;
         };
         batch.add(first);
-        while batch.frames.len() < BATCH && batch.outcome.is_none() {
+        while batch.frames.len() < BATCH && batch.bytes() < BATCH_BYTES && batch.outcome.is_none() {
             match turn.try_next() {
                 Some(event) => batch.add(event),
                 None => break,
             }
+        }
+        if let Some(cap) = spent.over(&batch, caps) {
+            return end_at_cap(&state, &hub, session, batch, cap, &turn, guard).await;
         }
         if let (Some(at), Some(outcome)) = (batch.closing_at, batch.outcome) {
             let hits = limit_frames(&state, guard.sandbox());
@@ -224,14 +232,17 @@ pub(crate) async fn run_turn(
             return publish_ending(&state, &hub, session, &batch.messages, &batch.frames, guard)
                 .await;
         }
-        if let Err(e) = publish(&state, &hub, session, &batch.messages, &batch.frames).await {
-            broken(&state, &hub, e);
-            if let Err(why) = guard.sandbox().interrupt(turn.id()).await {
-                tracing::warn!(session = %session, "cannot interrupt a turn the store failed: {why}");
+        match publish(&state, &hub, session, &batch.messages, &batch.frames).await {
+            Ok(stored) => spent.logged = stored.last().map_or(spent.logged, |e| e.sequence),
+            Err(e) => {
+                broken(&state, &hub, e);
+                if let Err(why) = guard.sandbox().interrupt(turn.id()).await {
+                    tracing::warn!(session = %session, "cannot interrupt a turn the store failed: {why}");
+                }
+                let order = hub.order.lock().await;
+                drop(guard);
+                return close_when_stored(&state, &hub, session, order).await;
             }
-            let order = hub.order.lock().await;
-            drop(guard);
-            return close_when_stored(&state, &hub, session, order).await;
         }
         batch = Batch::new(session, &state, &agent);
     }
@@ -247,6 +258,69 @@ pub(crate) async fn run_turn(
         .with_label_values(&["sandbox_lost"])
         .inc();
     publish_ending(&state, &hub, session, &batch.messages, &frames, guard).await;
+}
+
+/// What a turn has logged so far, against the event caps.
+#[derive(Default)]
+struct Spent {
+    bytes: usize,
+    events: usize,
+    /// The session log's last sequence number (its event count) after the turn's last batch.
+    logged: i64,
+}
+
+/// Which cap a batch would break, with its limit.
+#[derive(Clone, Copy)]
+enum Cap {
+    TurnBytes(usize),
+    TurnEvents(usize),
+    SessionEvents(i64),
+}
+
+impl Spent {
+    /// Counts the batch in; the cap it breaks, if any (the batch is then not logged).
+    fn over(&mut self, batch: &Batch<'_>, caps: crate::EventCaps) -> Option<Cap> {
+        self.bytes += batch.bytes();
+        self.events += batch.frames.len();
+        if self.bytes > caps.turn_bytes {
+            Some(Cap::TurnBytes(caps.turn_bytes))
+        } else if self.events > caps.turn_events {
+            Some(Cap::TurnEvents(caps.turn_events))
+        } else if self.logged + batch.frames.len() as i64 > caps.session_events {
+            Some(Cap::SessionEvents(caps.session_events))
+        } else {
+            None
+        }
+    }
+}
+
+/// Ends a turn whose agent sent more than a cap allows: the batch that broke it is dropped,
+/// the agent's turn is interrupted, and the log gets a `limit` frame and the closing frames.
+async fn end_at_cap(
+    state: &AppState,
+    hub: &Hub,
+    session: SessionId,
+    batch: Batch<'_>,
+    cap: Cap,
+    turn: &Turn,
+    guard: TurnGuard,
+) {
+    let (kind, limit, message) = match cap {
+        Cap::TurnBytes(limit) => ("event_bytes", limit as i64, format!("the turn's events reached the cap of {} MiB per turn; the rest was dropped and the turn stopped", limit >> 20)),
+        Cap::TurnEvents(limit) => ("events", limit as i64, format!("the turn reached the cap of {limit} events per turn; the rest was dropped and the turn stopped")),
+        Cap::SessionEvents(limit) => ("session_events", limit, format!("the session's log reached the cap of {limit} events; start a new session or fork this one")),
+    };
+    state.metrics.limit_hits.with_label_values(&[kind]).inc();
+    if let Err(why) = guard.sandbox().interrupt(turn.id()).await {
+        tracing::warn!(session = %session, "a turn past its event cap did not stop: {why}");
+    }
+    let mut frames = limit_frames(state, guard.sandbox());
+    let data = json!({"kind": kind, "limit": limit, "count": 1, "message": message});
+    frames.push(("limit".to_owned(), data.to_string()));
+    frames.extend(closing(session, Some(&message)));
+    state.metrics.turns.with_label_values(&["limit"]).inc();
+    drop(batch);
+    publish_ending(state, hub, session, &[], &frames, guard).await;
 }
 
 /// A `limit` frame (and a metric) for each limit the sandbox hit since the last look.
@@ -346,6 +420,12 @@ impl<'a> Batch<'a> {
 }
 
 impl Batch<'_> {
+    /// The bytes the batch would store.
+    fn bytes(&self) -> usize {
+        let frames: usize = self.frames.iter().map(|(k, d)| k.len() + d.len()).sum();
+        frames + self.messages.iter().map(|(_, m)| m.len()).sum::<usize>()
+    }
+
     fn observe(&self, hook: &str, name: &str, data: impl FnOnce() -> String) {
         hooks::observe(self.state, hook, name, self.session, self.agent, data);
     }
