@@ -205,7 +205,7 @@ async fn a_session_at_its_log_cap_ends_its_turns_with_a_limit_frame() {
         let frames = server.message(&session, "go").await;
         kinds.push(frames.iter().any(|f| f.event == "limit"));
     }
-    assert_eq!(kinds[0], false, "the first turn fits");
+    assert!(!kinds[0], "the first turn fits");
     assert!(
         kinds[2] && kinds[3],
         "turns past the session cap: {kinds:?}"
