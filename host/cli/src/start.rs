@@ -51,6 +51,7 @@ pub(crate) struct FileSettings {
     sandbox_uids: Option<String>,
     /// Folders path-mode deploys may come from.
     deploy_roots: Option<Vec<PathBuf>>,
+    sandbox_memory_budget_mb: Option<u64>,
     turn_max_event_mb: Option<usize>,
     turn_max_events: Option<usize>,
     session_max_events: Option<i64>,
@@ -234,6 +235,9 @@ pub async fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
         bridge,
         sandbox_uids: sandbox_uids(file.sandbox_uids)?,
         deploy_roots: deploy_roots(file.deploy_roots),
+        memory_budget: env::<u64>("ASH_SANDBOX_MEMORY_BUDGET_MB")?
+            .or(file.sandbox_memory_budget_mb)
+            .map_or_else(ash_server::default_memory_budget, |mb| mb * MIB),
         event_caps: {
             let defaults = ash_server::EventCaps::default();
             ash_server::EventCaps {

@@ -211,3 +211,36 @@ async fn a_session_at_its_log_cap_ends_its_turns_with_a_limit_frame() {
         "turns past the session cap: {kinds:?}"
     );
 }
+
+/// Holds 150 MiB in the session's sandbox; the exec's reply.
+async fn hog(server: &Server, session: &str) -> Value {
+    let hog = "python3 -c 'a = bytearray(150 << 20); a[::4096] = b\"x\" * len(a[::4096]); print(\"held\")'";
+    let body = serde_json::json!({ "command": hog });
+    server
+        .post(&format!("/api/sessions/{session}/exec"), body)
+        .await
+        .1
+}
+
+#[tokio::test]
+async fn all_sandboxes_together_are_held_to_the_memory_budget() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return; // cgroups (and so the budget) need a root server on this host kind
+    }
+    let tight = Server::start_with_env(&[
+        ("ASH_SANDBOX_MEMORY_MB", "512"),
+        ("ASH_SANDBOX_MEMORY_BUDGET_MB", "96"),
+    ])
+    .await;
+    let session = tight.session("hello-agent").await;
+    let out = hog(&tight, &session).await;
+    assert_ne!(
+        out["stdout"], "held\n",
+        "150 MiB held under a 96 MiB budget: {out}"
+    );
+    // Control: the same sandbox limit with room in the budget holds it.
+    let roomy = Server::start_with_env(&[("ASH_SANDBOX_MEMORY_MB", "512")]).await;
+    let session = roomy.session("hello-agent").await;
+    assert_eq!(hog(&roomy, &session).await["stdout"], "held\n");
+}

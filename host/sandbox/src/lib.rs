@@ -33,7 +33,7 @@ use ash_protocol::{Backend, Command, Event};
 
 pub use client::Turn;
 pub use files::{FileEntry, FileError, Workspace};
-pub use limits::{LimitHit, Limits};
+pub use limits::{default_memory_budget, LimitHit, Limits};
 pub use proxy::{Api, Proxy, Upstream};
 pub use users::{SandboxUsers, UidRange};
 use workspace::{copy_into_workspace, latest, snapshot};
@@ -81,6 +81,8 @@ pub struct SandboxHost {
     pub cgroup_group: String,
     /// Which host uid each sandbox runs as.
     pub users: std::sync::Arc<SandboxUsers>,
+    /// Bytes of memory all sandboxes together may use (enforced where there are cgroups).
+    pub memory_budget: u64,
 }
 
 impl SandboxHost {
@@ -242,10 +244,13 @@ impl Sandbox {
         let cgroups = {
             let (id, limits) = (spec.id.to_owned(), spec.limits);
             let group = host.cgroup_group.clone();
-            tokio::task::spawn_blocking(move || limits::Cgroups::create(&group, &id, limits))
-                .await
-                .map_err(|e| SandboxError::Start(e.to_string()))?
-                .map_err(|e| SandboxError::Start(format!("cannot set up cgroups: {e}")))?
+            let budget = host.memory_budget;
+            tokio::task::spawn_blocking(move || {
+                limits::Cgroups::create(&group, &id, limits, budget)
+            })
+            .await
+            .map_err(|e| SandboxError::Start(e.to_string()))?
+            .map_err(|e| SandboxError::Start(format!("cannot set up cgroups: {e}")))?
         };
         let run_dir = workspace.with_file_name("run");
         let proxy = spec

@@ -55,6 +55,41 @@ const ROOT: &str = "ash";
 /// Empty cgroups younger than this may belong to a sandbox another server is starting.
 const SWEEP_AGE: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// Holds a server's group of sandboxes to `budget` bytes (swap included where the host
+/// accounts it), writing only when the limit differs.
+fn cap_memory(group: &Path, budget: u64) -> io::Result<()> {
+    let value = budget.to_string();
+    for knob in [
+        "memory.limit_in_bytes",
+        "memory.memsw.limit_in_bytes",
+        "memory.max",
+    ] {
+        let path = group.join(knob);
+        match fs::read_to_string(&path) {
+            Ok(now) if now.trim() != value => fs::write(&path, &value)?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The memory all of a server's sandboxes may share by default: the host's memory less a tenth
+/// (at least 1 GiB) for the server and the host.
+pub fn default_memory_budget() -> u64 {
+    let total_kib: u64 = fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0);
+    let total = total_kib * 1024;
+    total
+        .saturating_sub((total / 10).max(1 << 30))
+        .max(256 << 20)
+}
+
 /// Knobs a sandbox cgroup must have; the others (swap accounting, CPU) may be absent.
 const REQUIRED: [&str; 3] = ["memory.limit_in_bytes", "memory.max", "pids.max"];
 
@@ -164,7 +199,14 @@ pub(crate) struct Cgroups {
 
 impl Cgroups {
     /// Creates the sandbox's cgroups; `Ok(None)` when the host offers none this process may use.
-    pub(crate) fn create(group: &str, id: &str, limits: Limits) -> io::Result<Option<Self>> {
+    /// The server's own group (holding all its sandboxes) is held to `budget` bytes of memory:
+    /// however the sandboxes' own limits add up, together they never take more.
+    pub(crate) fn create(
+        group: &str,
+        id: &str,
+        limits: Limits,
+        budget: u64,
+    ) -> io::Result<Option<Self>> {
         let Some(layout) = Layout::detect() else {
             return Ok(None);
         };
@@ -184,6 +226,14 @@ impl Cgroups {
             }
         }
         for (dir, knobs) in layout.settings(group, id, limits) {
+            if let Some(parent) = dir
+                .parent()
+                .filter(|_| knobs.iter().any(|(k, _)| k.starts_with("memory.")))
+            {
+                if fs::create_dir_all(parent).is_ok() {
+                    cap_memory(parent, budget)?;
+                }
+            }
             match fs::create_dir_all(&dir) {
                 Ok(()) => {}
                 Err(e)

@@ -29,7 +29,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::Router;
 
 pub use ash_plugin_host::PluginConfig;
-pub use ash_sandbox::{doctor, seccomp, Limits, SandboxUsers, UidRange};
+pub use ash_sandbox::{default_memory_budget, doctor, seccomp, Limits, SandboxUsers, UidRange};
 pub use error::ApiError;
 pub use openapi::document as openapi_document;
 pub use state::{open_storage, AppState};
@@ -62,6 +62,9 @@ pub struct ServerConfig {
     /// Syscalls of the sandbox filter's refusals an agent may ask back in its `ash.toml`
     /// (`sandbox_grant_syscalls`); empty grants none.
     pub sandbox_grant_syscalls: Vec<String>,
+    /// Bytes of memory all sandboxes together may use (`sandbox_memory_budget_mb`): their
+    /// parent cgroup's limit, so `max_sandboxes` × the memory limit cannot overcommit the host.
+    pub memory_budget: u64,
     /// How much one turn, and one session's log, may hold.
     pub event_caps: EventCaps,
     /// Agents deployed on start when no agent of that name exists (the bundled examples).

@@ -56,6 +56,8 @@ pub struct Sessions {
     host: SandboxHost,
     slots: Mutex<HashMap<SessionId, Arc<Slot>>>,
     max_sandboxes: usize,
+    /// The server's default sandbox limits (an agent may set its own).
+    limits: Limits,
     capacity: Arc<Semaphore>,
     running: Arc<AtomicUsize>,
     pool: Pool,
@@ -117,9 +119,11 @@ impl Sessions {
             snapshots: config.data_dir.join("snapshots"),
             cgroup_group: cgroup_group(&config.data_dir),
             users: Arc::new(users),
+            memory_budget: config.memory_budget,
         };
         Self {
             host,
+            limits: config.limits,
             slots: Mutex::default(),
             max_sandboxes: config.max_sandboxes,
             capacity: Arc::new(Semaphore::new(config.max_sandboxes)),
@@ -155,6 +159,16 @@ impl Sessions {
             }
         }
         if self.host.cgroups_available() {
+            let (budget, each) = (
+                self.host.memory_budget >> 20,
+                self.limits.memory_bytes >> 20,
+            );
+            let most = each * self.max_sandboxes as u64;
+            if most > budget {
+                tracing::info!("memory budget: all sandboxes together are held to {budget} MiB (sandbox_memory_budget_mb); {} sandboxes of {each} MiB could ask for {most} MiB, so under pressure the kernel kills inside sandboxes, never outside them", self.max_sandboxes);
+            } else {
+                tracing::info!("memory budget: all sandboxes together are held to {budget} MiB");
+            }
             self.host.sweep_cgroups().await;
         }
     }
