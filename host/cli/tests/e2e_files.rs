@@ -281,6 +281,14 @@ async fn hostile_bundles_are_refused_and_write_nothing() {
     std::fs::write(made.path().join("outside.txt"), "x").unwrap();
     std::os::unix::fs::symlink("/etc", dir.join("etc")).unwrap();
     std::os::unix::fs::symlink("../../..", dir.join("inner/up")).unwrap();
+    // Two links that each stay inside, chained into one that leads out.
+    std::os::unix::fs::symlink("..", dir.join("inner/parent")).unwrap();
+    std::os::unix::fs::symlink("inner/parent/..", dir.join("chained")).unwrap();
+    // A link that leads out only through the one the agent planted below.
+    std::os::unix::fs::symlink("planted/up/..", dir.join("via-agent")).unwrap();
+    // A file where the agent has a file of the same name as a folder.
+    std::fs::create_dir(dir.join("taken")).unwrap();
+    std::fs::write(dir.join("taken/x"), "x").unwrap();
     let bundles = [
         (
             "dot-dot entry",
@@ -299,8 +307,23 @@ async fn hostile_bundles_are_refused_and_write_nothing() {
         ),
         ("absolute link", tar(&dir, &["inner/ok.txt", "etc"])),
         ("link out", tar(&dir, &["inner/ok.txt", "inner/up"])),
+        (
+            "chained links",
+            tar(&dir, &["inner/ok.txt", "inner/parent", "chained"]),
+        ),
+        (
+            "through the agent's link",
+            tar(&dir, &["inner/ok.txt", "via-agent"]),
+        ),
+        ("a file in the way", tar(&dir, &["inner/ok.txt", "taken"])),
         ("not gzip", b"plain text".to_vec()),
     ];
+    exec(
+        &server,
+        &session,
+        "mkdir planted && ln -s .. planted/up && echo file > taken",
+    )
+    .await;
     let before = exec(&server, &session, "find . | sort").await;
     for (what, bundle) in bundles {
         let (status, body) = server

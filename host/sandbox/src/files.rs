@@ -5,6 +5,7 @@
 //! agent swapped in cannot stall or trick the server. Everything here blocks: call it from
 //! `spawn_blocking`.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io::{self, Read, Write};
 use std::path::{Component, Path, PathBuf};
@@ -358,6 +359,7 @@ impl Workspace {
         }
         let bad = |e: io::Error| FileError::Bundle(e.to_string());
         let (mut total, mut count) = (0u64, 0usize);
+        let mut planned = HashMap::new();
         for entry in archive(bundle).entries().map_err(bad)? {
             let entry = entry.map_err(bad)?;
             if let Some(path) = checked_entry(&entry)? {
@@ -369,8 +371,21 @@ impl Workspace {
                         limit,
                     });
                 }
+                let planned_kind = match entry.header().entry_type() {
+                    tar::EntryType::Directory => Planned::Dir,
+                    tar::EntryType::Symlink => Planned::Link(
+                        entry
+                            .link_name()
+                            .map_err(bad)?
+                            .unwrap_or_default()
+                            .into_owned(),
+                    ),
+                    _ => Planned::File,
+                };
+                planned.insert(path, planned_kind);
             }
         }
+        self.check_plan(&planned)?;
         let mut files = 0;
         for entry in archive(bundle).entries().map_err(bad)? {
             let mut entry = entry.map_err(bad)?;
@@ -400,6 +415,135 @@ impl Workspace {
         }
         Ok(files)
     }
+}
+
+/// What a bundle entry will make.
+enum Planned {
+    Dir,
+    File,
+    Link(PathBuf),
+}
+
+/// How many links a resolution may pass through, as the kernel's own limit.
+const MAX_LINK_HOPS: usize = 40;
+
+impl Workspace {
+    /// Refuses a bundle before anything is written when an entry could not be written whole
+    /// (something of another kind in its way, or a link on its path), or when one of its links,
+    /// followed through the bundle's other links and those already in the workspace, leads out.
+    fn check_plan(&self, planned: &HashMap<PathBuf, Planned>) -> Result<(), FileError> {
+        for (path, kind) in planned {
+            let shown = || path.display().to_string();
+            let mut prefix = PathBuf::new();
+            let parts: Vec<_> = path.components().collect();
+            for (i, part) in parts.iter().enumerate() {
+                prefix.push(part);
+                let last = i + 1 == parts.len();
+                let existing = self.dir.symlink_metadata(&prefix).ok();
+                let in_bundle = planned.get(&prefix);
+                let is_dir = match (in_bundle, &existing) {
+                    (Some(Planned::Dir), _) => true,
+                    (Some(_), _) => false,
+                    (None, Some(meta)) => meta.is_dir(),
+                    (None, None) => true, // made by the entry itself
+                };
+                let is_link = matches!(in_bundle, Some(Planned::Link(_)))
+                    || existing
+                        .as_ref()
+                        .is_some_and(|m| m.file_type().is_symlink());
+                if !last && (is_link || !is_dir) {
+                    return Err(FileError::Blocked(shown()));
+                }
+                if last {
+                    let existing_dir = existing.as_ref().is_some_and(|m| m.is_dir());
+                    let clash = match kind {
+                        Planned::Dir => existing.as_ref().is_some_and(|m| !m.is_dir()),
+                        Planned::File | Planned::Link(_) => existing_dir,
+                    };
+                    if clash {
+                        return Err(FileError::Blocked(shown()));
+                    }
+                }
+            }
+            if let Planned::Link(target) = kind {
+                if !self.resolves_inside(planned, path, target) {
+                    return Err(FileError::Escapes(format!(
+                        "{} -> {}",
+                        shown(),
+                        target.display()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the link at `link` pointing to `target` resolves inside the workspace, each link
+    /// on the way (of the bundle, else of the workspace) followed.
+    fn resolves_inside(
+        &self,
+        planned: &HashMap<PathBuf, Planned>,
+        link: &Path,
+        target: &Path,
+    ) -> bool {
+        let mut at: Vec<std::ffi::OsString> = link
+            .parent()
+            .map(|p| p.iter().map(ToOwned::to_owned).collect())
+            .unwrap_or_default();
+        // `None` is a step up (`..`).
+        let mut todo = std::collections::VecDeque::new();
+        if !push_steps(&mut todo, target) {
+            return false;
+        }
+        let mut hops = 0;
+        while let Some(step) = todo.pop_front() {
+            let Some(name) = step else {
+                if at.pop().is_none() {
+                    return false;
+                }
+                continue;
+            };
+            at.push(name);
+            let here: PathBuf = at.iter().collect();
+            let next = match planned.get(&here) {
+                Some(Planned::Link(t)) => Some(t.clone()),
+                Some(_) => None,
+                None => self
+                    .dir
+                    .symlink_metadata(&here)
+                    .ok()
+                    .filter(|m| m.file_type().is_symlink())
+                    .and_then(|_| self.dir.read_link_contents(&here).ok()),
+            };
+            if let Some(next) = next {
+                hops += 1;
+                at.pop();
+                let mut ahead = std::collections::VecDeque::new();
+                if hops > MAX_LINK_HOPS || !push_steps(&mut ahead, &next) {
+                    return false;
+                }
+                ahead.extend(todo);
+                todo = ahead;
+            }
+        }
+        true
+    }
+}
+
+/// Appends `target`'s steps to `todo` (`None` for `..`); `false` for an absolute target.
+fn push_steps(
+    todo: &mut std::collections::VecDeque<Option<std::ffi::OsString>>,
+    target: &Path,
+) -> bool {
+    for part in target.components() {
+        match part {
+            Component::Normal(name) => todo.push_back(Some(name.to_owned())),
+            Component::ParentDir => todo.push_back(None),
+            Component::CurDir => {}
+            Component::RootDir | Component::Prefix(_) => return false,
+        }
+    }
+    true
 }
 
 fn archive(bundle: &[u8]) -> tar::Archive<flate2::read::GzDecoder<&[u8]>> {
@@ -655,6 +799,93 @@ mod tests {
         let truncated = &raw_bundle(&[fine])[..20];
         assert!(w.unpack(truncated, 1 << 20).is_err());
         assert_eq!(std::fs::read_dir(ws.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn links_that_chain_out_are_refused_with_the_bundle_s_links_and_the_workspace_s() {
+        use tar::EntryType::{Directory, Regular, Symlink};
+        let chained: [&[(&str, tar::EntryType, &str, &[u8])]; 3] = [
+            // Each link stays inside on its own; `out` through `sub/up` leads out.
+            &[
+                ("sub", Directory, "", b""),
+                ("sub/up", Symlink, "..", b""),
+                ("out", Symlink, "sub/up/..", b""),
+            ],
+            // A loop of links never resolves.
+            &[("a", Symlink, "b", b""), ("b", Symlink, "a", b"")],
+            // A file written through a link of the bundle.
+            &[
+                ("l", Symlink, "sub", b""),
+                ("sub", Directory, "", b""),
+                ("l/f", Regular, "", b"x"),
+            ],
+        ];
+        for bundle in chained {
+            let ws = tempfile::tempdir().unwrap();
+            let w = Workspace::open(ws.path()).unwrap();
+            assert!(
+                w.unpack(&raw_bundle(bundle), 1 << 20).is_err(),
+                "{:?} accepted",
+                bundle[bundle.len() - 1].0
+            );
+            assert_eq!(
+                std::fs::read_dir(ws.path()).unwrap().count(),
+                0,
+                "{:?} wrote",
+                bundle[0].0
+            );
+        }
+        // A link the agent planted, chained with one of the bundle's.
+        let ws = tempfile::tempdir().unwrap();
+        std::fs::create_dir(ws.path().join("deep")).unwrap();
+        std::os::unix::fs::symlink("..", ws.path().join("deep/up")).unwrap();
+        let w = Workspace::open(ws.path()).unwrap();
+        let bundle = raw_bundle(&[
+            ("fine.txt", Regular, "", b"ok"),
+            ("out", Symlink, "deep/up/..", b""),
+        ]);
+        assert!(matches!(
+            w.unpack(&bundle, 1 << 20),
+            Err(FileError::Escapes(_))
+        ));
+        assert!(
+            !ws.path().join("fine.txt").exists(),
+            "a refused bundle wrote"
+        );
+        // Control: the same links resolving inside are accepted.
+        let bundle = raw_bundle(&[
+            ("fine.txt", Regular, "", b"ok"),
+            ("in", Symlink, "deep/up/deep", b""),
+        ]);
+        assert_eq!(w.unpack(&bundle, 1 << 20).unwrap(), 1);
+        assert!(ws.path().join("in").is_symlink());
+    }
+
+    #[test]
+    fn a_bundle_that_cannot_be_written_whole_writes_nothing() {
+        use tar::EntryType::{Directory, Regular};
+        let ws = tempfile::tempdir().unwrap();
+        std::fs::write(ws.path().join("taken"), "a file").unwrap();
+        std::fs::create_dir(ws.path().join("folder")).unwrap();
+        let w = Workspace::open(ws.path()).unwrap();
+        for clash in [
+            ("taken/inner.txt", Regular),
+            ("taken", Directory),
+            ("folder", Regular),
+        ] {
+            let bundle = raw_bundle(&[
+                ("first.txt", Regular, "", b"ok"),
+                (clash.0, clash.1, "", b""),
+            ]);
+            assert!(
+                matches!(w.unpack(&bundle, 1 << 20), Err(FileError::Blocked(_))),
+                "{clash:?}"
+            );
+            assert!(
+                !ws.path().join("first.txt").exists(),
+                "{clash:?} wrote first.txt"
+            );
+        }
     }
 
     #[test]
