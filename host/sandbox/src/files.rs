@@ -738,7 +738,10 @@ mod tests {
     }
 
     /// A tar.gz written header by header, so it can hold what `tar::Builder` would refuse.
-    fn raw_bundle(entries: &[(&str, tar::EntryType, &str, &[u8])]) -> Vec<u8> {
+    /// A tar entry: name, kind, link target, content.
+    type Entry<'a> = (&'a str, tar::EntryType, &'a str, &'a [u8]);
+
+    fn raw_bundle(entries: &[Entry<'_>]) -> Vec<u8> {
         let mut tar = tar::Builder::new(Vec::new());
         for (name, kind, link, data) in entries {
             let mut header = tar::Header::new_old();
@@ -804,7 +807,7 @@ mod tests {
     #[test]
     fn links_that_chain_out_are_refused_with_the_bundle_s_links_and_the_workspace_s() {
         use tar::EntryType::{Directory, Regular, Symlink};
-        let chained: [&[(&str, tar::EntryType, &str, &[u8])]; 3] = [
+        let chained: [&[Entry<'_>]; 3] = [
             // Each link stays inside on its own; `out` through `sub/up` leads out.
             &[
                 ("sub", Directory, "", b""),
