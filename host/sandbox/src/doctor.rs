@@ -163,6 +163,13 @@ pub fn check(bwrap: &Path, bridge: &Path, users: Result<&SandboxUsers, &str>) ->
         fix: String::new(),
     });
 
+    findings.push(Finding {
+        what: "workspace quotas",
+        verdict: Verdict::Degraded,
+        detail: "not enforced yet: a workspace is bounded by the per-file size limit and the 512 MiB limit of fork, snapshot and restore, not in total bytes or files, so an agent can fill the data dir's disk".into(),
+        fix: "put the data dir on a filesystem of its own (a separate partition or volume) so a full workspace cannot fill the host's root filesystem".into(),
+    });
+
     findings.push(match limits::Layout::detect() {
         Some(limits::Layout::V1) => Finding {
             what: "resource limits",
