@@ -43,13 +43,7 @@ as_root_and_unprivileged!(
 
 /// Runs `command` in the session's sandbox; returns stdout (asserting it ran).
 async fn exec(server: &Server, session: &str, command: &str) -> String {
-    let (status, out) = server
-        .post(
-            &format!("/api/sessions/{session}/exec"),
-            json!({ "command": command }),
-        )
-        .await;
-    assert_eq!(status, 200, "{out}");
+    let out = server.exec(session, command).await;
     format!(
         "{}{}",
         out["stdout"].as_str().unwrap(),

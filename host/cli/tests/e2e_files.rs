@@ -13,13 +13,8 @@ fn b64(bytes: &[u8]) -> String {
 }
 
 async fn exec(server: &Server, session: &str, command: &str) -> String {
-    let (status, out) = server
-        .post(
-            &format!("/api/sessions/{session}/exec"),
-            json!({ "command": command }),
-        )
-        .await;
-    assert_eq!((status, &out["exitCode"]), (200, &json!(0)), "{out}");
+    let out = server.exec(session, command).await;
+    assert_eq!(out["exitCode"], 0, "{out}");
     out["stdout"].as_str().unwrap().to_owned()
 }
 

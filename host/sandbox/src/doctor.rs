@@ -8,6 +8,23 @@ use std::path::Path;
 use crate::limits;
 use crate::users::{SandboxUsers, DEFAULT_RANGE};
 
+/// bwrap making the smallest sandbox: every namespace unshared, running `true`.
+fn sandbox_probe(bwrap: &Path) -> Command {
+    let mut command = Command::new(bwrap);
+    command
+        .args([
+            "--unshare-all",
+            "--unshare-user",
+            "--ro-bind",
+            "/",
+            "/",
+            "--",
+            "true",
+        ])
+        .stdin(Stdio::null());
+    command
+}
+
 /// Who the sandboxes run as, and for a root server whether bwrap works as such a uid.
 fn uid_finding(bwrap: &Path, users: Result<&SandboxUsers, &str>) -> Finding {
     let what = "sandbox uids";
@@ -31,16 +48,7 @@ fn uid_finding(bwrap: &Path, users: Result<&SandboxUsers, &str>) -> Finding {
         };
     };
     use std::os::unix::process::CommandExt;
-    let probe = Command::new(bwrap)
-        .args([
-            "--unshare-all",
-            "--unshare-user",
-            "--ro-bind",
-            "/",
-            "/",
-            "--",
-            "true",
-        ])
+    let probe = sandbox_probe(bwrap)
         .uid(range.first)
         .gid(range.first)
         .stdin(Stdio::null())
@@ -123,18 +131,7 @@ pub fn check(bwrap: &Path, bridge: &Path, users: Result<&SandboxUsers, &str>) ->
     });
 
     if bwrap_runs {
-        let probe = Command::new(bwrap)
-            .args([
-                "--unshare-all",
-                "--unshare-user",
-                "--ro-bind",
-                "/",
-                "/",
-                "--",
-                "true",
-            ])
-            .stdin(Stdio::null())
-            .output();
+        let probe = sandbox_probe(bwrap).output();
         findings.push(match probe {
             Ok(out) if out.status.success() => Finding {
                 what: "user namespaces",

@@ -292,6 +292,18 @@ impl Server {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// Runs `command` in the session's sandbox (`POST /exec`); its reply, asserting 200.
+    pub async fn exec(&self, session: &str, command: &str) -> Value {
+        let (status, out) = self
+            .post(
+                &format!("/api/sessions/{session}/exec"),
+                json!({ "command": command }),
+            )
+            .await;
+        assert_eq!(status, 200, "{out}");
+        out
+    }
+
     /// Deploys a `command` agent running `script` as its `agent.sh`, and starts a session with it.
     pub async fn command_session(&self, agent: &str, script: &str) -> String {
         let (status, body) = self
