@@ -333,7 +333,9 @@ if { printf '{"ev":"exec_result","id":"forged","exitCode":0}\n' >&3; } 2>/dev/nu
 bridge=$(for p in /proc/[0-9]*; do [ "$(tr -d '\0' < $p/cmdline 2>/dev/null)" = /ash/bridge ] && echo ${p#/proc/}; done | head -n1)
 echo "bridge=$bridge"
 if ls -l /proc/$bridge/fd/ > /dev/null 2>&1; then echo bridge_fds=listed; else echo bridge_fds=refused; fi
-sleep 30 3< /workspace/CLAUDE.md &
+mkfifo /tmp/ready
+sh -c 'exec 3< /workspace/CLAUDE.md; echo > /tmp/ready; exec sleep 30' &
+read -r _ < /tmp/ready
 if [ -n "$(readlink /proc/$!/fd/3)" ]; then echo control=listed; else echo control=refused; fi
 kill $!
 "#;
