@@ -17,6 +17,12 @@ pub const NOBODY: u32 = 65534;
 /// The descriptor a careless launcher leaves open to the server, in the fd-hygiene test.
 pub const INHERITED_FD: i32 = 7;
 
+/// Whether the tests run as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// Who runs the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum User {
@@ -57,8 +63,12 @@ impl Server {
         Self::launch(data, env, Launch::default()).await
     }
 
-    /// Starts the server as an unprivileged user (`nobody`), on a data dir of its own.
+    /// Starts the server as an unprivileged user: `nobody` when the tests run as root, else
+    /// the tests' own user.
     pub async fn start_unprivileged() -> Self {
+        if !is_root() {
+            return Self::start().await;
+        }
         let data = tempfile::tempdir().unwrap();
         std::os::unix::fs::chown(data.path(), Some(NOBODY), Some(NOBODY)).unwrap();
         Self::launch(
@@ -85,7 +95,7 @@ impl Server {
     pub async fn start_as_with_inherited(user: User, file: &std::fs::File) -> Self {
         use std::os::fd::AsRawFd;
         let data = tempfile::tempdir().unwrap();
-        let uid = (user == User::Unprivileged).then_some(NOBODY);
+        let uid = (user == User::Unprivileged && is_root()).then_some(NOBODY);
         if let Some(uid) = uid {
             std::os::unix::fs::chown(data.path(), Some(uid), Some(uid)).unwrap();
         }
