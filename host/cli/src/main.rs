@@ -55,6 +55,15 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     raise_open_files_limit();
+    // A root server keeps its mounts (the workspaces' filesystems) in a mount namespace of its
+    // own, before the runtime starts threads: they end with it, however it ends.
+    // SAFETY: geteuid has no preconditions.
+    if matches!(cli.command, Command::Start(_)) && unsafe { libc::geteuid() } == 0 {
+        if let Err(e) = ash_server::disk::private_mounts() {
+            eprintln!("ash: cannot make a mount namespace of its own: {e} (a root server needs CAP_SYS_ADMIN)");
+            return std::process::ExitCode::FAILURE;
+        }
+    }
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = runtime.block_on(async move {
         match cli.command {

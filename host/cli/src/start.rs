@@ -52,6 +52,8 @@ pub(crate) struct FileSettings {
     /// Folders path-mode deploys may come from.
     deploy_roots: Option<Vec<PathBuf>>,
     sandbox_memory_budget_mb: Option<u64>,
+    sandbox_disk_mb: Option<u64>,
+    sandbox_disk_files: Option<u64>,
     turn_max_event_mb: Option<usize>,
     turn_max_events: Option<usize>,
     session_max_events: Option<i64>,
@@ -238,6 +240,7 @@ pub async fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
         memory_budget: env::<u64>("ASH_SANDBOX_MEMORY_BUDGET_MB")?
             .or(file.sandbox_memory_budget_mb)
             .map_or_else(ash_server::default_memory_budget, |mb| mb * MIB),
+        disk_quota: disk_quota(file.sandbox_disk_mb, file.sandbox_disk_files)?,
         event_caps: {
             let defaults = ash_server::EventCaps::default();
             ash_server::EventCaps {
@@ -303,6 +306,29 @@ fn deploy_roots(configured: Option<Vec<PathBuf>>) -> Vec<PathBuf> {
     })
 }
 
+/// The size of each workspace's filesystem: `ASH_SANDBOX_DISK_MB` / `sandbox_disk_mb` (512,
+/// at most what a fork or snapshot copies; 0 turns quotas off) and `ASH_SANDBOX_DISK_FILES` /
+/// `sandbox_disk_files` (100,000).
+fn disk_quota(
+    mb: Option<u64>,
+    files: Option<u64>,
+) -> anyhow::Result<Option<ash_server::disk::Quota>> {
+    let mb = env::<u64>("ASH_SANDBOX_DISK_MB")?.or(mb).unwrap_or(2048);
+    let files = env::<u64>("ASH_SANDBOX_DISK_FILES")?
+        .or(files)
+        .unwrap_or(200_000);
+    if mb == 0 {
+        return Ok(None);
+    }
+    if !(16..=1 << 22).contains(&mb) || !(1_000..=1 << 32).contains(&files) {
+        bail!("sandbox_disk_mb must be 0 or 16-4194304, and sandbox_disk_files 1000-4294967296");
+    }
+    Ok(Some(ash_server::disk::Quota {
+        bytes: mb << 20,
+        inodes: files,
+    }))
+}
+
 /// `ASH_SANDBOX_UIDS`, else the settings file's `sandbox_uids`.
 fn sandbox_uids(configured: Option<String>) -> anyhow::Result<Option<ash_server::UidRange>> {
     env::<String>("ASH_SANDBOX_UIDS")?
@@ -331,7 +357,16 @@ pub fn doctor(args: StartArgs) -> anyhow::Result<ExitCode> {
     let bwrap =
         find_bwrap(env("ASH_BWRAP")?.or(file.bwrap)).unwrap_or_else(|_| PathBuf::from("bwrap"));
     let users = ash_server::SandboxUsers::for_this_process(sandbox_uids(file.sandbox_uids)?);
-    let findings = check(&bwrap, &bridge, users.as_ref().map_err(String::as_str));
+    let quotas = match disk_quota(file.sandbox_disk_mb, file.sandbox_disk_files)? {
+        Some(quota) => ash_server::disk::support().map(|()| quota),
+        None => Err("turned off (sandbox_disk_mb = 0)".into()),
+    };
+    let findings = check(
+        &bwrap,
+        &bridge,
+        users.as_ref().map_err(String::as_str),
+        quotas,
+    );
     for finding in &findings {
         let label = match finding.verdict {
             Verdict::Ok => "ok",

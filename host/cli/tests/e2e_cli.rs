@@ -245,7 +245,7 @@ async fn doctor_says_what_works_and_fails_plainly_without_bwrap() {
         "ok       user namespaces",
         "ok       bridge binary",
         "ok       syscall filter",
-        "degraded workspace quotas",
+        "ok       workspace quotas",
     ] {
         assert!(text.contains(line), "{line:?} missing from:\n{text}");
     }

@@ -42,7 +42,7 @@ as_root_and_unprivileged!(
     no_file_can_become_setuid,
     the_bridge_socket_is_out_of_the_agent_s_reach,
     no_descriptor_of_the_server_s_launcher_reaches_the_sandbox,
-    host_paths_are_not_in_the_sandbox_s_command_line,
+    host_paths_are_not_in_the_sandbox_s_command_line_or_mounts,
     forks_and_snapshots_never_follow_a_link_the_agent_swaps_in,
 );
 
@@ -397,7 +397,7 @@ async fn no_descriptor_of_the_server_s_launcher_reaches_the_sandbox(user: User) 
     assert!(inside.contains("fd7=closed"), "{inside}");
 }
 
-async fn host_paths_are_not_in_the_sandbox_s_command_line(user: User) {
+async fn host_paths_are_not_in_the_sandbox_s_command_line_or_mounts(user: User) {
     let server = Server::start_as(user).await;
     let session = server.session("hello-agent").await;
     let data = server.data_path().display().to_string();
@@ -413,6 +413,78 @@ async fn host_paths_are_not_in_the_sandbox_s_command_line(user: User) {
     assert!(!cmdlines.contains(&data), "{cmdlines}");
     assert!(!cmdlines.contains(bridge), "{cmdlines}");
     assert!(!cmdlines.contains(&session), "{cmdlines}");
+    // A root server's sandboxes mount their workspace from a filesystem of its own and the
+    // bridge from a copy in /run/ash, so their mount table names no host path either.
+    if user == User::Root {
+        let mounts = exec(&server, &session, "cat /proc/self/mountinfo").await;
+        // Control: the table was read, the workspace's mount in it.
+        assert!(mounts.contains(" /workspace "), "{mounts}");
+        assert!(!mounts.contains(&data), "{mounts}");
+        assert!(!mounts.contains(bridge), "{mounts}");
+        assert!(!mounts.contains(&session), "{mounts}");
+    }
+}
+
+#[tokio::test]
+async fn a_workspace_is_stopped_at_its_byte_and_file_quota_and_others_keep_theirs() {
+    if !is_root() {
+        return; // quotas need a root server; the test below checks what doctor says then
+    }
+    let server = Server::start_with_env(&[
+        ("ASH_SANDBOX_DISK_MB", "16"),
+        ("ASH_SANDBOX_DISK_FILES", "1000"),
+    ])
+    .await;
+    let full = server.session("hello-agent").await;
+    let bytes = exec(
+        &server,
+        &full,
+        "dd if=/dev/zero of=big bs=1M count=32 2>&1; rm -f big",
+    )
+    .await;
+    assert!(bytes.contains("No space left on device"), "{bytes}");
+    let files = exec(
+        &server,
+        &full,
+        "mkdir many && cd many && i=0; while [ $i -lt 2000 ] && touch f$i 2>/dev/null; do i=$((i+1)); done; echo made=$i",
+    )
+    .await;
+    let made: u32 = files
+        .lines()
+        .find_map(|l| l.strip_prefix("made="))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no count in {files:?}"));
+    assert!(made < 1000, "{made} files made under a quota of 1000");
+    // Another session's workspace has its own quota, untouched by the first.
+    let other = server.session("hello-agent").await;
+    let written = exec(
+        &server,
+        &other,
+        "dd if=/dev/zero of=half bs=1M count=8 2>/dev/null && stat -c %s half",
+    )
+    .await;
+    assert_eq!(written.trim(), "8388608");
+    // Control: the same 32 MiB write on the host's disk goes through.
+    let host = tempfile::tempdir().unwrap();
+    let out = on_host(&format!(
+        "dd if=/dev/zero of={}/big bs=1M count=32 2>&1 | tail -n 1",
+        host.path().display()
+    ));
+    assert!(out.contains("33554432 bytes"), "{out}");
+}
+
+#[tokio::test]
+async fn doctor_says_when_workspace_quotas_cannot_be_enforced() {
+    let mut doctor = tokio::process::Command::new(common::ASH);
+    doctor.arg("doctor").env("ASH_BRIDGE_BIN", common::BRIDGE);
+    if is_root() {
+        doctor.uid(common::NOBODY).gid(common::NOBODY);
+    }
+    let report = String::from_utf8_lossy(&doctor.output().await.unwrap().stdout).into_owned();
+    assert!(
+        report.contains("degraded workspace quotas: not enforced: needs a root server"),
+        "{report}"
+    );
 }
 
 /// A `command` agent that, from its first turn on, keeps swapping `swap` between a folder

@@ -107,7 +107,12 @@ pub struct Finding {
 /// bridge binary and the open-files limit. `users` is what the server would use (an error
 /// says why it refuses to start sandboxes). Blocking (it starts bwrap): call it from
 /// `spawn_blocking`.
-pub fn check(bwrap: &Path, bridge: &Path, users: Result<&SandboxUsers, &str>) -> Vec<Finding> {
+pub fn check(
+    bwrap: &Path,
+    bridge: &Path,
+    users: Result<&SandboxUsers, &str>,
+    quotas: Result<crate::disk::Quota, String>,
+) -> Vec<Finding> {
     let mut findings = Vec::new();
     let version = Command::new(bwrap).arg("--version").output();
     let (verdict, detail, fix) = match version {
@@ -160,11 +165,19 @@ pub fn check(bwrap: &Path, bridge: &Path, users: Result<&SandboxUsers, &str>) ->
         fix: String::new(),
     });
 
-    findings.push(Finding {
-        what: "workspace quotas",
-        verdict: Verdict::Degraded,
-        detail: "not enforced yet: a workspace is bounded by the per-file size limit and the 512 MiB limit of fork, snapshot and restore, not in total bytes or files, so an agent can fill the data dir's disk".into(),
-        fix: "put the data dir on a filesystem of its own (a separate partition or volume) so a full workspace cannot fill the host's root filesystem".into(),
+    findings.push(match quotas {
+        Ok(quota) => Finding {
+            what: "workspace quotas",
+            verdict: Verdict::Ok,
+            detail: format!("each workspace is a filesystem of its own ({} MiB, {} files), so an agent is stopped at its quota and cannot fill the data dir's disk", quota.bytes >> 20, quota.inodes),
+            fix: String::new(),
+        },
+        Err(why) => Finding {
+            what: "workspace quotas",
+            verdict: Verdict::Degraded,
+            detail: format!("not enforced: {why}; a workspace is bounded only by the per-file size limit and the 512 MiB limit of fork, snapshot and restore, so an agent can fill the data dir's disk"),
+            fix: "run the server as root on a host with loop devices and mkfs.ext4, or put the data dir on a filesystem of its own so a full workspace cannot fill the host's".into(),
+        },
     });
 
     findings.push(match limits::Layout::detect() {

@@ -16,6 +16,7 @@
 
 mod bwrap;
 mod client;
+pub mod disk;
 pub mod doctor;
 mod files;
 mod limits;
@@ -83,6 +84,8 @@ pub struct SandboxHost {
     pub users: std::sync::Arc<SandboxUsers>,
     /// Bytes of memory all sandboxes together may use (enforced where there are cgroups).
     pub memory_budget: u64,
+    /// Each workspace a filesystem of its own (its quota), where the host allows it.
+    pub disks: Option<std::sync::Arc<disk::Disks>>,
 }
 
 impl SandboxHost {
@@ -96,9 +99,28 @@ impl SandboxHost {
         let _ = tokio::task::spawn_blocking(limits::sweep).await;
     }
 
-    /// The sandbox's workspace folder (it may not exist).
+    /// The sandbox's workspace folder (it may not exist; with quotas, call [`Self::ready`]
+    /// first).
     pub fn workspace(&self, id: &str) -> PathBuf {
-        self.root.join(id).join("workspace")
+        match self.disks {
+            Some(_) => self.root.join(id).join(disk::MOUNT).join("workspace"),
+            None => self.root.join(id).join("workspace"),
+        }
+    }
+
+    /// Mounts the sandbox's filesystem when workspaces have quotas (making it on first use);
+    /// nothing otherwise.
+    pub async fn ready(&self, id: &str) -> Result<(), SandboxError> {
+        let Some(disks) = self.disks.clone() else {
+            return Ok(());
+        };
+        let sandbox = self.root.join(id);
+        tokio::task::spawn_blocking(move || disks.mount(&sandbox))
+            .await
+            .map_err(|e| SandboxError::Workspace(e.to_string()))?
+            .map_err(|e| {
+                SandboxError::Workspace(format!("cannot mount the workspace's filesystem: {e}"))
+            })
     }
 
     /// The sandbox's last durable snapshot, if it has one.
@@ -108,6 +130,7 @@ impl SandboxHost {
 
     /// Brings back a lost workspace from the last snapshot; `false` when there is neither.
     pub async fn restore_workspace(&self, id: &str) -> Result<bool, SandboxError> {
+        self.ready(id).await?;
         let workspace = self.workspace(id);
         if workspace.is_dir() {
             return Ok(true);
@@ -124,6 +147,7 @@ impl SandboxHost {
 
     /// Makes a durable snapshot of the sandbox's workspace; returns once it is on disk.
     pub async fn snapshot(&self, id: &str) -> Result<(), SandboxError> {
+        self.ready(id).await?;
         let (workspace, dir) = (self.workspace(id), self.snapshots.join(id));
         tokio::task::spawn_blocking(move || snapshot(&workspace, &dir))
             .await
@@ -133,6 +157,8 @@ impl SandboxHost {
 
     /// Copies one sandbox's workspace (or, if it is gone, its last snapshot) to be another's.
     pub async fn fork(&self, from: &str, to: &str) -> Result<(), SandboxError> {
+        self.ready(from).await?;
+        self.ready(to).await?;
         let source = self.workspace(from);
         let snapshot = self.latest_snapshot(from);
         let target = self.workspace(to);
@@ -153,6 +179,7 @@ impl SandboxHost {
     pub async fn forget(&self, id: &str) {
         let (sandbox, snapshots) = (self.root.join(id), self.snapshots.join(id));
         let _ = tokio::task::spawn_blocking(move || {
+            disk::Disks::unmount(&sandbox);
             let _ = std::fs::remove_dir_all(sandbox);
             let _ = std::fs::remove_dir_all(snapshots);
         })
@@ -215,6 +242,7 @@ impl Sandbox {
         host: &SandboxHost,
         mut spec: SandboxSpec<'_>,
     ) -> Result<Self, SandboxError> {
+        host.ready(spec.id).await?;
         let workspace = host.workspace(spec.id);
         if !workspace.exists() {
             let snapshot = host.latest_snapshot(spec.id);
@@ -252,7 +280,7 @@ impl Sandbox {
             .map_err(|e| SandboxError::Start(e.to_string()))?
             .map_err(|e| SandboxError::Start(format!("cannot set up cgroups: {e}")))?
         };
-        let run_dir = workspace.with_file_name("run");
+        let run_dir = host.root.join(spec.id).join("run");
         let proxy = spec
             .upstream
             .take()

@@ -80,6 +80,9 @@ async fn readable(state: &AppState, raw_id: &str) -> Result<(PathBuf, Source), A
     let session = find(state, raw_id).await?;
     let host = state.sessions.host();
     let id = session.id.to_string();
+    host.ready(&id)
+        .await
+        .map_err(|e| ApiError::internal("Failed to mount the workspace", e))?;
     let workspace = host.workspace(&id);
     if workspace.is_dir() {
         return Ok((workspace, Source::Sandbox));

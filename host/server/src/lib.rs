@@ -29,7 +29,9 @@ use axum::extract::DefaultBodyLimit;
 use axum::Router;
 
 pub use ash_plugin_host::PluginConfig;
-pub use ash_sandbox::{default_memory_budget, doctor, seccomp, Limits, SandboxUsers, UidRange};
+pub use ash_sandbox::{
+    default_memory_budget, disk, doctor, seccomp, Limits, SandboxUsers, UidRange,
+};
 pub use error::ApiError;
 pub use openapi::document as openapi_document;
 pub use state::{open_storage, AppState};
@@ -65,6 +67,9 @@ pub struct ServerConfig {
     /// Bytes of memory all sandboxes together may use (`sandbox_memory_budget_mb`): their
     /// parent cgroup's limit, so `max_sandboxes` × the memory limit cannot overcommit the host.
     pub memory_budget: u64,
+    /// The size of each workspace's own filesystem (`sandbox_disk_mb`, `sandbox_disk_files`);
+    /// `None` turns workspace quotas off. Applies where the server is root with loop devices.
+    pub disk_quota: Option<ash_sandbox::disk::Quota>,
     /// How much one turn, and one session's log, may hold.
     pub event_caps: EventCaps,
     /// Agents deployed on start when no agent of that name exists (the bundled examples).

@@ -111,15 +111,29 @@ impl Drop for TurnGuard {
 }
 
 impl Sessions {
-    pub(crate) fn new(config: &ServerConfig, users: SandboxUsers) -> Self {
+    pub(crate) fn new(
+        config: &ServerConfig,
+        users: SandboxUsers,
+        disks: Option<Arc<ash_sandbox::disk::Disks>>,
+    ) -> Self {
+        let bridge = users
+            .bridge_for_sandboxes(&config.bridge)
+            .unwrap_or_else(|e| {
+                tracing::warn!(
+                    "cannot copy the bridge to /run/ash/bin ({e}); sandboxes bind {}",
+                    config.bridge.display()
+                );
+                config.bridge.clone()
+            });
         let host = SandboxHost {
             bwrap: config.bwrap.clone(),
-            bridge: config.bridge.clone(),
+            bridge,
             root: config.data_dir.join("sandboxes"),
             snapshots: config.data_dir.join("snapshots"),
             cgroup_group: cgroup_group(&config.data_dir),
             users: Arc::new(users),
             memory_budget: config.memory_budget,
+            disks,
         };
         Self {
             host,
@@ -142,8 +156,14 @@ impl Sessions {
     pub(crate) async fn check_host(&self) {
         let (bwrap, bridge) = (self.host.bwrap.clone(), self.host.bridge.clone());
         let users = self.host.users.clone();
+        let quotas = match &self.host.disks {
+            Some(disks) => Ok(disks.quota),
+            None => Err(ash_sandbox::disk::support()
+                .err()
+                .unwrap_or_else(|| "turned off (sandbox_disk_mb = 0)".into())),
+        };
         let findings =
-            tokio::task::spawn_blocking(move || doctor::check(&bwrap, &bridge, Ok(&users)))
+            tokio::task::spawn_blocking(move || doctor::check(&bwrap, &bridge, Ok(&users), quotas))
                 .await
                 .unwrap_or_default();
         for f in findings {

@@ -40,7 +40,21 @@ impl AppState {
         }
         let users = ash_sandbox::SandboxUsers::for_this_process(config.sandbox_uids)
             .map_err(StartError::SandboxUsers)?;
-        let sessions = Sessions::new(&config, users);
+        let disks = match (config.disk_quota, &users) {
+            (Some(quota), ash_sandbox::SandboxUsers::PerSandbox { .. })
+                if ash_sandbox::disk::support().is_ok() =>
+            {
+                let disks =
+                    ash_sandbox::disk::Disks::prepare(&config.data_dir, quota).map_err(|e| {
+                        StartError::SandboxUsers(format!(
+                            "cannot make the workspace filesystem template: {e}"
+                        ))
+                    })?;
+                Some(Arc::new(disks))
+            }
+            _ => None,
+        };
+        let sessions = Sessions::new(&config, users, disks);
         let plugins = load_plugins(config.plugins.clone(), cache).await?;
         let state = Self {
             plugins,

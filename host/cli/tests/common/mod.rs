@@ -235,12 +235,18 @@ impl Server {
         self.data.path()
     }
 
+    /// The session's workspace as the server sees it: with workspace quotas, a filesystem
+    /// mounted in the server's own mount namespace, reached through `/proc/<pid>/root`.
     pub fn workspace(&self, session: &str) -> PathBuf {
-        self.data
-            .path()
-            .join("sandboxes")
-            .join(session)
-            .join("workspace")
+        let sandbox = self.data.path().join("sandboxes").join(session);
+        if sandbox.join("disk.img").exists() {
+            let inside = sandbox.strip_prefix("/").unwrap_or(&sandbox);
+            Path::new(&format!("/proc/{}/root", self.pid()))
+                .join(inside)
+                .join("disk/workspace")
+        } else {
+            sandbox.join("workspace")
+        }
     }
 
     pub async fn call(
