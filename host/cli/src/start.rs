@@ -313,15 +313,16 @@ fn disk_quota(
     mb: Option<u64>,
     files: Option<u64>,
 ) -> anyhow::Result<Option<ash_server::disk::Quota>> {
-    let mb = env::<u64>("ASH_SANDBOX_DISK_MB")?.or(mb).unwrap_or(2048);
+    let mb = env::<u64>("ASH_SANDBOX_DISK_MB")?.or(mb).unwrap_or(512);
     let files = env::<u64>("ASH_SANDBOX_DISK_FILES")?
         .or(files)
-        .unwrap_or(200_000);
+        .unwrap_or(100_000);
     if mb == 0 {
         return Ok(None);
     }
-    if !(16..=1 << 22).contains(&mb) || !(1_000..=1 << 32).contains(&files) {
-        bail!("sandbox_disk_mb must be 0 or 16-4194304, and sandbox_disk_files 1000-4294967296");
+    // A workspace larger than a fork or snapshot copies (512 MiB) could not be paused.
+    if !(16..=512).contains(&mb) || !(1_000..=1_000_000).contains(&files) {
+        bail!("sandbox_disk_mb must be 0 (off) or 16-512 (a fork or snapshot copies at most 512 MiB), and sandbox_disk_files 1000-1000000");
     }
     Ok(Some(ash_server::disk::Quota {
         bytes: mb << 20,
