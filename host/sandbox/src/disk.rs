@@ -32,12 +32,20 @@ pub struct Quota {
     pub inodes: u64,
 }
 
-/// Workspace filesystems of one size.
+/// Workspace filesystems of one size, with a few made and mounted ahead for new sandboxes.
 #[derive(Debug)]
 pub struct Disks {
     template: PathBuf,
     pub quota: Quota,
+    /// Where sandboxes' folders are; stocked filesystems wait there as `.disk-stock-*`.
+    root: PathBuf,
+    stock: std::sync::Mutex<Vec<PathBuf>>,
+    refilling: std::sync::atomic::AtomicBool,
 }
+
+/// Filesystems kept made and mounted ahead, so a new sandbox does not wait for one.
+const STOCK: usize = 4;
+const STOCK_PREFIX: &str = ".disk-stock-";
 
 /// Takes this process into a mount namespace of its own whose mounts never reach the host's
 /// (new host mounts still reach it). Must run before the process starts a second thread.
@@ -72,8 +80,18 @@ pub fn support() -> Result<(), String> {
 }
 
 impl Disks {
-    /// Makes (once) the template image for `quota` under `<data dir>/disk-templates`.
-    pub fn prepare(data_dir: &Path, quota: Quota) -> io::Result<Self> {
+    /// Makes (once) the template image for `quota` under `<data dir>/disk-templates`, for
+    /// sandboxes' folders under `root`; removes what an earlier server left in stock there.
+    pub fn prepare(data_dir: &Path, root: &Path, quota: Quota) -> io::Result<Self> {
+        for entry in fs::read_dir(root).into_iter().flatten().flatten() {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(STOCK_PREFIX)
+            {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
         let dir = data_dir.join("disk-templates");
         fs::create_dir_all(&dir)?;
         let template = dir.join(format!("ext4-{}-{}.img", quota.bytes, quota.inodes));
@@ -96,7 +114,50 @@ impl Disks {
             }
             fs::rename(&partial, &template)?;
         }
-        Ok(Self { template, quota })
+        Ok(Self {
+            template,
+            quota,
+            root: root.to_owned(),
+            stock: Default::default(),
+            refilling: Default::default(),
+        })
+    }
+
+    /// Gives the sandbox at `sandbox` its mounted filesystem: its own when it has one, else one
+    /// from the stock (a rename: the mount moves with its folder), else a new one. Blocking.
+    pub(crate) fn provide(&self, sandbox: &Path) -> io::Result<()> {
+        if !sandbox.exists() {
+            let stocked = self.stock.lock().expect("lock").pop();
+            if let Some(stocked) = stocked {
+                if fs::rename(&stocked, sandbox).is_ok() {
+                    return Ok(());
+                }
+            }
+        }
+        self.mount(sandbox)
+    }
+
+    /// Makes and mounts filesystems until the stock is full (one refill at a time). Blocking.
+    pub(crate) fn refill(&self) {
+        use std::sync::atomic::Ordering;
+        if self.refilling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        while self.stock.lock().expect("lock").len() < STOCK {
+            let dir = self
+                .root
+                .join(format!("{STOCK_PREFIX}{}", uuid::Uuid::new_v4().simple()));
+            match self.mount(&dir) {
+                Ok(()) => self.stock.lock().expect("lock").push(dir),
+                Err(e) => {
+                    tracing::warn!("cannot stock a workspace filesystem: {e}");
+                    Self::unmount(&dir);
+                    let _ = fs::remove_dir_all(&dir);
+                    break;
+                }
+            }
+        }
+        self.refilling.store(false, Ordering::Release);
     }
 
     /// Makes the sandbox's image if it has none and mounts it at `<sandbox>/disk`, unless it

@@ -115,12 +115,16 @@ impl SandboxHost {
             return Ok(());
         };
         let sandbox = self.root.join(id);
-        tokio::task::spawn_blocking(move || disks.mount(&sandbox))
+        let provider = disks.clone();
+        let provided = tokio::task::spawn_blocking(move || provider.provide(&sandbox))
             .await
             .map_err(|e| SandboxError::Workspace(e.to_string()))?
             .map_err(|e| {
                 SandboxError::Workspace(format!("cannot mount the workspace's filesystem: {e}"))
-            })
+            });
+        // Off the caller's path: the next new sandbox finds one ready.
+        tokio::task::spawn_blocking(move || disks.refill());
+        provided
     }
 
     /// The sandbox's last durable snapshot, if it has one.

@@ -44,8 +44,13 @@ impl AppState {
             (Some(quota), ash_sandbox::SandboxUsers::PerSandbox { .. })
                 if ash_sandbox::disk::support().is_ok() =>
             {
-                let disks =
-                    ash_sandbox::disk::Disks::prepare(&config.data_dir, quota).map_err(|e| {
+                let root = config.data_dir.join("sandboxes");
+                std::fs::create_dir_all(&root).map_err(|source| StartError::DataDir {
+                    path: root.display().to_string(),
+                    source,
+                })?;
+                let disks = ash_sandbox::disk::Disks::prepare(&config.data_dir, &root, quota)
+                    .map_err(|e| {
                         StartError::SandboxUsers(format!(
                             "cannot make the workspace filesystem template: {e}"
                         ))
