@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what building, running and testing Ash needs on Debian/Ubuntu, beyond the Rust
-# toolchain: bubblewrap (the sandbox), a C compiler (bundled SQLite), Python with venv (for
+# toolchain: bubblewrap (the sandbox), e2fsprogs (workspace filesystems), a C compiler (bundled SQLite), Python with venv (for
 # the API fuzzer), cargo-nextest, the rustfmt/clippy components and the wasm32-wasip2 target
 # (plugins), and the Claude Code CLI (scripts/install-claude.sh). Safe to run again: it skips
 # what is already there.
@@ -12,6 +12,8 @@ as_root() {
 
 missing=()
 command -v bwrap >/dev/null || missing+=(bubblewrap)
+# Workspace quotas: each workspace of a root server is an ext4 filesystem of its own.
+command -v mkfs.ext4 >/dev/null || [ -x /usr/sbin/mkfs.ext4 ] || missing+=(e2fsprogs)
 command -v cc >/dev/null || missing+=(gcc libc6-dev)
 command -v curl >/dev/null || missing+=(curl ca-certificates)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3 python3-venv)
