@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building, running and testing Ash needs on Debian/Ubuntu, beyond the Rust
-# toolchain: bubblewrap (the sandbox), e2fsprogs (workspace filesystems), a C compiler (bundled SQLite), Python with venv (for
-# the API fuzzer), cargo-nextest, the rustfmt/clippy components and the wasm32-wasip2 target
-# (plugins), and the Claude Code CLI (scripts/install-claude.sh). Safe to run again: it skips
-# what is already there.
+# toolchain: bubblewrap (the sandbox), e2fsprogs (workspace filesystems), a C compiler (bundled
+# SQLite), Python with venv (for the API fuzzer), cargo-nextest, the rustfmt/clippy components
+# and the wasm32-wasip2 target (plugins), and the Claude Code CLI (scripts/install-claude.sh).
+# Safe to run again: it skips what is already there.
 set -euo pipefail
 
 as_root() {
