@@ -209,30 +209,33 @@ pub(crate) const STAGE_RUN: &str = "/run/ash/mnt/run";
 pub(crate) const STAGE_BRIDGE: &str = "/run/ash/mnt/bridge";
 
 impl SandboxUsers {
-    /// The bridge binary as sandboxes get it: for a root server a copy in `/run/ash/bin`
-    /// (named by its size and modification time, so servers of different builds keep theirs),
-    /// so a sandbox's mount table names no build tree or install path of the host; the binary
-    /// itself otherwise.
+    /// The bridge binary as sandboxes get it: for a root server a copy of its own in
+    /// `/run/ash/bin` (named by the server's pid; copies of servers no longer running are
+    /// removed), so a sandbox's mount table names no build tree or install path of the host;
+    /// the binary itself otherwise.
     pub fn bridge_for_sandboxes(&self, bridge: &Path) -> io::Result<std::path::PathBuf> {
         if matches!(self, Self::Server(_)) {
             return Ok(bridge.to_owned());
         }
-        let meta = std::fs::metadata(bridge)?;
-        let stamp = meta
-            .modified()?
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
         let dir = Path::new(RUN_DIR).join("bin");
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o755)
             .create(&dir)?;
-        let copy = dir.join(format!("ash-bridge-{}-{stamp}", meta.len()));
-        if !copy.is_file() {
-            let partial = copy.with_extension(format!("partial-{}", std::process::id()));
-            std::fs::copy(bridge, &partial)?;
-            std::fs::rename(&partial, &copy)?;
+        for entry in std::fs::read_dir(&dir)?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let pid = name
+                .strip_prefix("ash-bridge-")
+                .and_then(|p| p.split('.').next());
+            if pid.is_some_and(|pid| !Path::new("/proc").join(pid).exists()) {
+                let _ = std::fs::remove_file(entry.path());
+            }
         }
+        let pid = std::process::id();
+        let copy = dir.join(format!("ash-bridge-{pid}"));
+        let partial = dir.join(format!("ash-bridge-{pid}.partial"));
+        std::fs::copy(bridge, &partial)?;
+        std::fs::rename(&partial, &copy)?;
         Ok(copy)
     }
 }
