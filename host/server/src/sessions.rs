@@ -58,6 +58,8 @@ pub struct Sessions {
     max_sandboxes: usize,
     /// The server's default sandbox limits (an agent may set its own).
     limits: Limits,
+    /// The bridge binary as configured (the host's `bridge` may be the server's own copy).
+    host_bridge_as_configured: std::path::PathBuf,
     capacity: Arc<Semaphore>,
     running: Arc<AtomicUsize>,
     pool: Pool,
@@ -138,6 +140,7 @@ impl Sessions {
         Self {
             host,
             limits: config.limits,
+            host_bridge_as_configured: config.bridge.clone(),
             slots: Mutex::default(),
             max_sandboxes: config.max_sandboxes,
             capacity: Arc::new(Semaphore::new(config.max_sandboxes)),
@@ -570,7 +573,8 @@ impl Sessions {
         }
     }
 
-    /// Stops every sandbox, keeping workspaces for the next start (warm ones are deleted).
+    /// Stops every sandbox, keeping workspaces for the next start (warm ones are deleted), and
+    /// removes the server's own copy of the bridge.
     pub(crate) async fn stop_all(&self) {
         for (id, live) in self.pool.drain(None) {
             self.retire(&id, &live).await;
@@ -587,6 +591,9 @@ impl Sessions {
             if let Some(live) = live {
                 live.sandbox.stop().await;
             }
+        }
+        if self.host.bridge != self.host_bridge_as_configured {
+            let _ = tokio::fs::remove_file(&self.host.bridge).await;
         }
     }
 }
