@@ -189,9 +189,10 @@ async fn a_turn_past_its_event_count_cap_is_stopped_and_a_turn_within_it_is_not(
 
 #[tokio::test]
 async fn a_session_at_its_log_cap_ends_its_turns_with_a_limit_frame() {
-    let server = Server::start_with_env(&[("ASH_SESSION_MAX_EVENTS", "500")]).await;
+    // Small turns: each fits in one batch, so the cap must count the session's whole log.
+    let server = Server::start_with_env(&[("ASH_SESSION_MAX_EVENTS", "40")]).await;
     let manifest =
-        "[backend]\nkind = \"command\"\nargv = [\"/bin/sh\", \"agent.sh\", \"200\", \"10\"]\n";
+        "[backend]\nkind = \"command\"\nargv = [\"/bin/sh\", \"agent.sh\", \"10\", \"10\"]\n";
     let (status, body) = server
         .deploy(
             "flood",
@@ -201,13 +202,13 @@ async fn a_session_at_its_log_cap_ends_its_turns_with_a_limit_frame() {
     assert_eq!(status, 201, "{body}");
     let session = server.session("flood").await;
     let mut kinds = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..6 {
         let frames = server.message(&session, "go").await;
         kinds.push(frames.iter().any(|f| f.event == "limit"));
     }
     assert!(!kinds[0], "the first turn fits");
     assert!(
-        kinds[2] && kinds[3],
+        kinds[4] && kinds[5],
         "turns past the session cap: {kinds:?}"
     );
 }

@@ -907,6 +907,7 @@ pub(crate) async fn send(
                 hub,
                 turn,
                 guard,
+                started[started.len() - 1].sequence,
             ));
         }
         Err(e) => {

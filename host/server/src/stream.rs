@@ -200,6 +200,7 @@ fn closing_with(session: SessionId, error: Option<(String, String)>) -> Vec<(Str
 
 /// Drives one turn to its end: logs and publishes everything the bridge sends, and a `limit`
 /// frame for each resource limit the sandbox hit, just before the turn's closing frames.
+/// `logged` is the session log's length when the turn began (its cap counts from there).
 pub(crate) async fn run_turn(
     state: Arc<AppState>,
     session: SessionId,
@@ -207,9 +208,13 @@ pub(crate) async fn run_turn(
     hub: Hub,
     mut turn: Turn,
     guard: TurnGuard,
+    logged: i64,
 ) {
     let caps = state.config.event_caps;
-    let mut spent = Spent::default();
+    let mut spent = Spent {
+        logged,
+        ..Spent::default()
+    };
     let mut batch = Batch::new(session, &state, &agent);
     loop {
         let Some(first) = turn.next().await else {
@@ -223,7 +228,7 @@ pub(crate) async fn run_turn(
             }
         }
         if let Some(cap) = spent.over(&batch, caps) {
-            return end_at_cap(&state, &hub, session, batch, cap, &turn, guard).await;
+            return end_at_cap(&state, &hub, session, cap, &turn, guard).await;
         }
         if let (Some(at), Some(outcome)) = (batch.closing_at, batch.outcome) {
             let hits = limit_frames(&state, guard.sandbox());
@@ -300,7 +305,6 @@ async fn end_at_cap(
     state: &AppState,
     hub: &Hub,
     session: SessionId,
-    batch: Batch<'_>,
     cap: Cap,
     turn: &Turn,
     guard: TurnGuard,
@@ -319,7 +323,6 @@ async fn end_at_cap(
     frames.push(("limit".to_owned(), data.to_string()));
     frames.extend(closing(session, Some(&message)));
     state.metrics.turns.with_label_values(&["limit"]).inc();
-    drop(batch);
     publish_ending(state, hub, session, &[], &frames, guard).await;
 }
 
