@@ -302,8 +302,8 @@ struct UidSwitch {
 impl UidSwitch {
     fn new(uid: u32, sources: &Sources<'_>) -> Result<Self, SandboxError> {
         let c = |path: &Path| {
-            CString::new(path.as_os_str().as_encoded_bytes())
-                .map_err(|_| SandboxError::Start(format!("{} holds a NUL byte", path.display())))
+            crate::disk::c_path(path)
+                .map_err(|e| SandboxError::Start(format!("{}: {e}", path.display())))
         };
         let mut binds = vec![
             (c(sources.workspace)?, c(Path::new(STAGE_WORKSPACE))?),

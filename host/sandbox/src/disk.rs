@@ -124,17 +124,21 @@ impl Disks {
     }
 
     /// Gives the sandbox at `sandbox` its mounted filesystem: its own when it has one, else one
-    /// from the stock (a rename: the mount moves with its folder), else a new one. Blocking.
-    pub(crate) fn provide(&self, sandbox: &Path) -> io::Result<()> {
-        if !sandbox.exists() {
-            let stocked = self.stock.lock().expect("lock").pop();
-            if let Some(stocked) = stocked {
-                if fs::rename(&stocked, sandbox).is_ok() {
-                    return Ok(());
-                }
+    /// from the stock (a rename: the mount moves with its folder), else a new one. Returns
+    /// whether the sandbox is new (the stock wants refilling then). Blocking.
+    pub(crate) fn provide(&self, sandbox: &Path) -> io::Result<bool> {
+        if sandbox.exists() {
+            self.mount(sandbox)?;
+            return Ok(false);
+        }
+        let stocked = self.stock.lock().expect("lock").pop();
+        if let Some(stocked) = stocked {
+            if fs::rename(&stocked, sandbox).is_ok() {
+                return Ok(true);
             }
         }
-        self.mount(sandbox)
+        self.mount(sandbox)?;
+        Ok(true)
     }
 
     /// Makes and mounts filesystems until the stock is full (one refill at a time). Blocking.
@@ -209,7 +213,8 @@ impl Disks {
     }
 }
 
-fn c_path(path: &Path) -> io::Result<CString> {
+/// A path as a C string, for the raw calls (mount, umount) made here and in `bwrap`.
+pub(crate) fn c_path(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|_| io::Error::other("a path holds a NUL byte"))
 }

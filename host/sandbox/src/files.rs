@@ -104,14 +104,7 @@ impl Workspace {
     /// Gives what the host just made (`fd`) to the workspace's owner.
     fn give(&self, fd: impl std::os::fd::AsFd) -> io::Result<()> {
         match self.owner {
-            // By `AT_EMPTY_PATH`, which also takes cap-std's `O_PATH` folder descriptors.
-            Some(uid) => Ok(rustix::fs::chownat(
-                fd,
-                "",
-                Some(rustix::fs::Uid::from_raw(uid)),
-                Some(rustix::fs::Gid::from_raw(uid)),
-                rustix::fs::AtFlags::EMPTY_PATH,
-            )?),
+            Some(uid) => Ok(crate::tree::give(fd, "", uid)?),
             None => Ok(()),
         }
     }
@@ -125,13 +118,7 @@ impl Workspace {
             Some(parent) => self.dir.open_dir(parent)?,
             None => self.dir.try_clone()?,
         };
-        Ok(rustix::fs::chownat(
-            &parent,
-            name,
-            Some(rustix::fs::Uid::from_raw(uid)),
-            Some(rustix::fs::Gid::from_raw(uid)),
-            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-        )?)
+        Ok(crate::tree::give(&parent, name, uid)?)
     }
 
     /// Gives the folders on the way to `path` that the host made to the workspace's owner.

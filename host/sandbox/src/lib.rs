@@ -121,10 +121,12 @@ impl SandboxHost {
             .map_err(|e| SandboxError::Workspace(e.to_string()))?
             .map_err(|e| {
                 SandboxError::Workspace(format!("cannot mount the workspace's filesystem: {e}"))
-            });
-        // Off the caller's path: the next new sandbox finds one ready.
-        tokio::task::spawn_blocking(move || disks.refill());
-        provided
+            })?;
+        if provided {
+            // Off the caller's path: the next new sandbox finds one ready.
+            tokio::task::spawn_blocking(move || disks.refill());
+        }
+        Ok(())
     }
 
     /// The sandbox's last durable snapshot, if it has one.

@@ -50,13 +50,32 @@ pub(crate) fn copy(from: &impl AsFd, to: &impl AsFd, durable: bool) -> io::Resul
 /// Gives every entry under `root` (and `root` itself) to `uid`:`uid`, links included (the
 /// link itself, never its target).
 pub(crate) fn chown(root: &impl AsFd, uid: u32) -> io::Result<()> {
-    let owner = (
+    give(root, "", uid)?;
+    let mut entries = MAX_ENTRIES;
+    chown_dir(root.as_fd(), 0, uid, &mut entries)
+}
+
+/// Gives the entry `name` of the folder `dir` (a link itself, never its target) to
+/// `uid`:`uid`; an empty `name` gives `dir` itself, whatever kind of descriptor it is
+/// (`O_PATH` ones included).
+pub(crate) fn give(
+    dir: impl AsFd,
+    name: impl rustix::path::Arg,
+    uid: u32,
+) -> rustix::io::Result<()> {
+    let empty = name.as_str().is_ok_and(str::is_empty);
+    let flags = if empty {
+        AtFlags::EMPTY_PATH
+    } else {
+        AtFlags::SYMLINK_NOFOLLOW
+    };
+    rustix::fs::chownat(
+        dir,
+        name,
         Some(rustix::fs::Uid::from_raw(uid)),
         Some(rustix::fs::Gid::from_raw(uid)),
-    );
-    rustix::fs::fchown(root, owner.0, owner.1)?;
-    let mut entries = MAX_ENTRIES;
-    chown_dir(root.as_fd(), 0, owner, &mut entries)
+        flags,
+    )
 }
 
 struct Budget {
@@ -188,7 +207,7 @@ fn copy_dir(
 fn chown_dir(
     dir: std::os::fd::BorrowedFd<'_>,
     depth: usize,
-    owner: (Option<rustix::fs::Uid>, Option<rustix::fs::Gid>),
+    uid: u32,
     entries: &mut u64,
 ) -> io::Result<()> {
     if depth == MAX_DEPTH {
@@ -198,13 +217,13 @@ fn chown_dir(
         *entries = entries.checked_sub(1).ok_or_else(|| {
             io::Error::other(format!("the folder has more than {MAX_ENTRIES} entries"))
         })?;
-        match rustix::fs::chownat(dir, &name, owner.0, owner.1, AtFlags::SYMLINK_NOFOLLOW) {
+        match give(dir, name.as_c_str(), uid) {
             Ok(()) => {}
             Err(rustix::io::Errno::NOENT) => continue,
             Err(e) => return Err(e.into()),
         }
         match rustix::fs::openat(dir, &name, DIR_FLAGS, Mode::empty()) {
-            Ok(sub) => chown_dir(sub.as_fd(), depth + 1, owner, entries)?,
+            Ok(sub) => chown_dir(sub.as_fd(), depth + 1, uid, entries)?,
             // Not a folder (or no longer one): nothing beneath it.
             Err(e) if swapped(e) => {}
             Err(e) => return Err(e.into()),
