@@ -255,14 +255,7 @@ pub async fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
                     .unwrap_or(defaults.session_events),
             }
         },
-        sandbox_grant_syscalls: match std::env::var("ASH_SANDBOX_GRANT_SYSCALLS") {
-            Ok(list) => list
-                .split(',')
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-                .collect(),
-            Err(_) => file.sandbox_grant_syscalls,
-        },
+        sandbox_grant_syscalls: grant_syscalls(file.sandbox_grant_syscalls),
         seed_agents: vec![hello_agent()],
         plugins: file.plugins,
         credential_key: env("ASH_CREDENTIAL_KEY")?.or(file.credential_key),
@@ -328,6 +321,19 @@ fn disk_quota(
         bytes: mb << 20,
         inodes: files,
     }))
+}
+
+/// `ASH_SANDBOX_GRANT_SYSCALLS` (`,`-separated), else the settings file's
+/// `sandbox_grant_syscalls`.
+fn grant_syscalls(configured: Vec<String>) -> Vec<String> {
+    match std::env::var("ASH_SANDBOX_GRANT_SYSCALLS") {
+        Ok(list) => list
+            .split(',')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect(),
+        Err(_) => configured,
+    }
 }
 
 /// `ASH_SANDBOX_UIDS`, else the settings file's `sandbox_uids`.

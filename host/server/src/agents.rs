@@ -74,10 +74,9 @@ pub(crate) async fn deploy(
             ))
         }
         None => {
-            let upload = decode_files(&name, body.files.unwrap_or_default(), body.system_prompt)?;
-            if let Some(text) = manifest_text(&upload) {
-                check_grants(&state.config, &AgentManifest::parse(Some(text))?)?;
-            }
+            let (upload, manifest) =
+                decode_files(&name, body.files.unwrap_or_default(), body.system_prompt)?;
+            check_grants(&state.config, &manifest)?;
             let root = state.config.data_dir.join("agents");
             blocking(move || Ok(write_managed(&root, upload)?)).await?
         }
@@ -203,7 +202,8 @@ async fn path_mode(
         let dir = std::fs::canonicalize(first.join(&raw))
             .map_err(|_| ApiError::bad_request("Agent directory must contain CLAUDE.md"))?;
         let inside = |root: &Path| std::fs::canonicalize(root).is_ok_and(|root| dir.starts_with(root));
-        if inside(&data_dir) || std::fs::canonicalize(&data_dir).is_ok_and(|d| d.starts_with(&dir)) {
+        let data_dir = std::fs::canonicalize(&data_dir).unwrap_or(data_dir);
+        if dir.starts_with(&data_dir) || data_dir.starts_with(&dir) {
             return Err(refused("the data dir and folders holding it cannot be deployed"));
         }
         if !roots.iter().any(|root| inside(root)) {
@@ -262,7 +262,7 @@ fn decode_files(
     name: &AgentName,
     files: Vec<FileBody>,
     system_prompt: Option<String>,
-) -> Result<Upload, ApiError> {
+) -> Result<(Upload, AgentManifest), ApiError> {
     if files.len() > MAX_FILES {
         return Err(ApiError::bad_request(format!(
             "at most {MAX_FILES} files per deploy"
@@ -283,29 +283,21 @@ fn decode_files(
         let prompt = system_prompt.unwrap_or_else(|| format!("# {name}\n"));
         decoded.push((RelativePath::parse("CLAUDE.md")?, prompt.into_bytes()));
     }
+    let manifest = match decoded
+        .iter()
+        .find(|(p, _)| p.as_path() == Path::new(MANIFEST_FILE))
+    {
+        Some((_, bytes)) => AgentManifest::parse(Some(
+            std::str::from_utf8(bytes)
+                .map_err(|_| ApiError::bad_request("invalid ash.toml: not UTF-8"))?,
+        ))?,
+        None => AgentManifest::parse(None)?,
+    };
     let upload = Upload {
         name: name.clone(),
         files: decoded,
     };
-    if upload
-        .files
-        .iter()
-        .any(|(p, _)| p.as_path() == Path::new(MANIFEST_FILE))
-    {
-        let text = manifest_text(&upload)
-            .ok_or_else(|| ApiError::bad_request("invalid ash.toml: not UTF-8"))?;
-        AgentManifest::parse(Some(text))?;
-    }
-    Ok(upload)
-}
-
-/// The upload's `ash.toml`, when it has one in UTF-8.
-fn manifest_text(upload: &Upload) -> Option<&str> {
-    upload
-        .files
-        .iter()
-        .find(|(p, _)| p.as_path() == Path::new(MANIFEST_FILE))
-        .and_then(|(_, bytes)| std::str::from_utf8(bytes).ok())
+    Ok((upload, manifest))
 }
 
 /// Writes the upload to a staging folder, then swaps it in for the agent's folder.
