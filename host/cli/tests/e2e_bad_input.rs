@@ -287,3 +287,27 @@ async fn a_second_message_while_a_turn_runs_gets_409() {
     }
     assert_eq!(last, "done");
 }
+
+#[tokio::test]
+async fn bad_sandbox_settings_stop_the_start_with_what_to_fix() {
+    let bad = [
+        ("ASH_SANDBOX_UIDS", "lots", "FIRST:COUNT"),
+        ("ASH_SANDBOX_DISK_MB", "9999", "sandbox_disk_mb"),
+        ("ASH_SANDBOX_GRANT_SYSCALLS", "ptrace,teleport", "teleport"),
+        ("ASH_TURN_MAX_EVENTS", "many", "ASH_TURN_MAX_EVENTS"),
+    ];
+    for (name, value, named) in bad {
+        let data = tempfile::tempdir().unwrap();
+        let out = tokio::process::Command::new(common::ASH)
+            .args(["start", "--port", "0"])
+            .env("ASH_DATA_DIR", data.path())
+            .env("ASH_BRIDGE_BIN", common::BRIDGE)
+            .env(name, value)
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}={value} started");
+        assert!(stderr.contains(named), "{name}={value}: {stderr}");
+    }
+}

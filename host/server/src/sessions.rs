@@ -694,7 +694,7 @@ pub(crate) struct CreateBody {
 }
 
 #[utoipa::path(post, path = "/api/sessions", tag = "sessions", request_body = CreateBody,
-    responses((status = 201, body = SessionReply), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 422, body = crate::openapi::ErrorBody), (status = 503, body = crate::openapi::ErrorBody)))]
+    responses((status = 201, body = SessionReply), (status = 400, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 422, body = crate::openapi::ErrorBody), (status = 503, body = crate::openapi::ErrorBody)))]
 pub(crate) async fn create(
     State(state): State<Arc<AppState>>,
     Json(body): Json<CreateBody>,
