@@ -17,6 +17,8 @@ command -v mkfs.ext4 >/dev/null || [ -x /usr/sbin/mkfs.ext4 ] || missing+=(e2fsp
 command -v cc >/dev/null || missing+=(gcc libc6-dev)
 command -v curl >/dev/null || missing+=(curl ca-certificates)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3 python3-venv)
+# The escape and load tests run Python inside sandboxes, which see only the host's /usr.
+[ -x /usr/bin/python3 ] || missing+=(python3)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   as_root apt-get update -qq
