@@ -57,6 +57,7 @@ pub(crate) struct FileSettings {
     turn_max_event_mb: Option<usize>,
     turn_max_events: Option<usize>,
     session_max_events: Option<i64>,
+    session_max_event_mb: Option<u64>,
     /// Syscalls agents may ask back from the sandbox filter.
     #[serde(default)]
     sandbox_grant_syscalls: Vec<String>,
@@ -253,6 +254,9 @@ pub async fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
                 session_events: env("ASH_SESSION_MAX_EVENTS")?
                     .or(file.session_max_events)
                     .unwrap_or(defaults.session_events),
+                session_bytes: env::<u64>("ASH_SESSION_MAX_EVENT_MB")?
+                    .or(file.session_max_event_mb)
+                    .map_or(defaults.session_bytes, |mb| mb * MIB),
             }
         },
         sandbox_grant_syscalls: grant_syscalls(file.sandbox_grant_syscalls),

@@ -213,6 +213,36 @@ async fn a_session_at_its_log_cap_ends_its_turns_with_a_limit_frame() {
     );
 }
 
+#[tokio::test]
+async fn a_session_at_its_log_byte_cap_ends_its_turns_with_a_limit_frame_across_restarts() {
+    // One ~300 kB message per turn is logged two or three times over (its frames and the
+    // stored message): one turn fits under 1 MiB, two do not.
+    let server = Server::start_with_env(&[("ASH_SESSION_MAX_EVENT_MB", "1")]).await;
+    let manifest =
+        "[backend]\nkind = \"command\"\nargv = [\"/bin/sh\", \"agent.sh\", \"1\", \"300000\"]\n";
+    let (status, body) = server
+        .deploy(
+            "flood",
+            &[("ash.toml", manifest), ("agent.sh", FLOOD_AGENT)],
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let session = server.session("flood").await;
+    let first = server.message(&session, "go").await;
+    assert!(!events(&first).contains(&"limit"), "the first turn fits");
+    // The count is kept with the session: a restart does not reset it.
+    let server = server.restart().await;
+    let second = server.message(&session, "go").await;
+    let limit = limit_of(&second);
+    assert_eq!(limit["kind"], "session_event_bytes", "{limit}");
+    assert_eq!(limit["limit"], 1 << 20);
+    assert_eq!(events(&second).last(), Some(&"done"));
+    // Control: a new session of the same agent has room for the same turn.
+    let fresh = server.session("flood").await;
+    let frames = server.message(&fresh, "go").await;
+    assert!(!events(&frames).contains(&"limit"));
+}
+
 /// Holds 150 MiB in the session's sandbox; the exec's reply.
 async fn hog(server: &Server, session: &str) -> Value {
     let hog = "python3 -c 'a = bytearray(150 << 20); a[::4096] = b\"x\" * len(a[::4096]); print(\"held\")'";

@@ -139,6 +139,10 @@ pub struct Session {
     pub created_at: String,
     #[schema(format = DateTime)]
     pub last_active_at: String,
+    /// Bytes of messages and events the session's log holds, as of its last turn's
+    /// beginning or end; a new session's record starts at 0 whatever this says. Never shown.
+    #[serde(skip)]
+    pub logged_bytes: u64,
 }
 
 /// Who wrote a stored message.

@@ -102,6 +102,7 @@ async fn records(store: &Store) {
         credential_id: None,
         created_at: now.clone(),
         last_active_at: now,
+        logged_bytes: 0,
     };
     store.insert_session(&session).await.unwrap();
     let id = session.id;

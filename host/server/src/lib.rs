@@ -91,6 +91,8 @@ pub struct EventCaps {
     pub turn_events: usize,
     /// Events one session's log may hold.
     pub session_events: i64,
+    /// Bytes of events and messages one session's log may hold.
+    pub session_bytes: u64,
 }
 
 impl Default for EventCaps {
@@ -99,6 +101,7 @@ impl Default for EventCaps {
             turn_bytes: 64 << 20,
             turn_events: 20_000,
             session_events: 1_000_000,
+            session_bytes: 1 << 30,
         }
     }
 }

@@ -729,6 +729,7 @@ pub(crate) async fn create(
         credential_id: body.credential_id,
         created_at: now.clone(),
         last_active_at: now,
+        logged_bytes: 0,
     };
     state
         .sessions
@@ -907,7 +908,7 @@ pub(crate) async fn send(
                 hub,
                 turn,
                 guard,
-                started[started.len() - 1].sequence,
+                (started[started.len() - 1].sequence, session.logged_bytes),
             ));
         }
         Err(e) => {

@@ -200,7 +200,8 @@ fn closing_with(session: SessionId, error: Option<(String, String)>) -> Vec<(Str
 
 /// Drives one turn to its end: logs and publishes everything the bridge sends, and a `limit`
 /// frame for each resource limit the sandbox hit, just before the turn's closing frames.
-/// `logged` is the session log's length when the turn began (its cap counts from there).
+/// `logged` is the session log's length when the turn began and `logged_bytes` its bytes
+/// before it (the session caps count from there).
 pub(crate) async fn run_turn(
     state: Arc<AppState>,
     session: SessionId,
@@ -208,11 +209,12 @@ pub(crate) async fn run_turn(
     hub: Hub,
     mut turn: Turn,
     guard: TurnGuard,
-    logged: i64,
+    (logged, logged_bytes): (i64, u64),
 ) {
     let caps = state.config.event_caps;
     let mut spent = Spent {
         logged,
+        logged_bytes,
         ..Spent::default()
     };
     let mut batch = Batch::new(session, &state, &agent);
@@ -272,6 +274,8 @@ struct Spent {
     events: usize,
     /// The session log's last sequence number (its event count) after the turn's last batch.
     logged: i64,
+    /// The session log's bytes before this turn.
+    logged_bytes: u64,
 }
 
 /// Which cap a batch would break, with its limit.
@@ -280,6 +284,7 @@ enum Cap {
     TurnBytes(usize),
     TurnEvents(usize),
     SessionEvents(i64),
+    SessionBytes(u64),
 }
 
 impl Spent {
@@ -293,6 +298,8 @@ impl Spent {
             Some(Cap::TurnEvents(caps.turn_events))
         } else if self.logged + batch.frames.len() as i64 > caps.session_events {
             Some(Cap::SessionEvents(caps.session_events))
+        } else if self.logged_bytes + self.bytes as u64 > caps.session_bytes {
+            Some(Cap::SessionBytes(caps.session_bytes))
         } else {
             None
         }
@@ -313,6 +320,7 @@ async fn end_at_cap(
         Cap::TurnBytes(limit) => ("event_bytes", limit as i64, format!("the turn's events reached the cap of {} MiB per turn; the rest was dropped and the turn stopped", limit >> 20)),
         Cap::TurnEvents(limit) => ("events", limit as i64, format!("the turn reached the cap of {limit} events per turn; the rest was dropped and the turn stopped")),
         Cap::SessionEvents(limit) => ("session_events", limit, format!("the session's log reached the cap of {limit} events; start a new session or fork this one")),
+        Cap::SessionBytes(limit) => ("session_event_bytes", limit as i64, format!("the session's log reached the cap of {} MiB; start a new session", limit >> 20)),
     };
     state.metrics.limit_hits.with_label_values(&[kind]).inc();
     if let Err(why) = guard.sandbox().interrupt(turn.id()).await {

@@ -4,7 +4,8 @@
 //!
 //! An append is one commit: the messages, the frames, and — for a batch holding
 //! `session_start` or `done` — the session's mark (a turn has begun and not ended) with its
-//! `lastActiveAt`; all of it is written or none. The server appends a session's batches one at
+//! `lastActiveAt` and the bytes its log holds (counted in memory between marks, so a crash
+//! mid-turn forgets at most that turn's); all of it is written or none. The server appends a session's batches one at
 //! a time (its hub's order lock), so the marks of consecutive turns cannot interleave, and at
 //! the next start [`Store::unfinished_turns`] are exactly the marked sessions whose log does not
 //! end in `done`.
@@ -90,6 +91,8 @@ impl Store {
     ) -> Result<Vec<SessionEvent>, StoreError> {
         let has = |kind: &str| events.iter().any(|(k, _)| k.as_ref() == kind);
         let (opens, closes) = (has("session_start"), has("done"));
+        let bytes = messages.iter().map(|(_, c)| c.len()).sum::<usize>()
+            + events.iter().map(|(_, d)| d.len()).sum::<usize>();
         let now = now();
         let said: Vec<String> = messages
             .iter()
@@ -132,7 +135,10 @@ impl Store {
                 writes.remove(0);
             }
             let mark = match opens || closes {
-                true => self.turn_mark(session, !closes, &now, attempt > 0).await?,
+                true => {
+                    self.turn_mark(session, !closes, &now, attempt > 0, bytes as u64)
+                        .await?
+                }
                 false => None,
             };
             let mark = mark.map(|(write, mark)| {
@@ -144,8 +150,9 @@ impl Store {
             }
             match self.storage.commit(&writes).await {
                 Ok(results) => {
-                    if let Some(mark) = mark {
-                        self.marked(mark);
+                    match mark {
+                        Some(mark) => self.marked(mark),
+                        None => self.logged_unmarked(session, bytes as u64),
                     }
                     let Some(&first) = results.last().filter(|_| !entries.is_empty()) else {
                         return Ok(Vec::new());

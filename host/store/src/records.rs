@@ -38,6 +38,9 @@ pub struct Store {
     /// from this instead of reading the session again (a conflict means it changed meanwhile,
     /// and it is read after all). Only sessions whose turn is open are held.
     marked: Arc<Mutex<HashMap<SessionId, (SessionRecord, u64)>>>,
+    /// Bytes a session's log has taken since its last mark wrote its `loggedBytes`: the next
+    /// mark adds them.
+    unmarked: Arc<Mutex<HashMap<SessionId, u64>>>,
 }
 
 /// A kind of record: the collection it lives in and the index entries it is found by.
@@ -68,6 +71,7 @@ impl Store {
         Self {
             storage,
             marked: Arc::default(),
+            unmarked: Arc::default(),
         }
     }
 
@@ -308,6 +312,9 @@ pub(crate) struct SessionRecord {
     /// A turn has begun and its `done` is not in the log yet.
     #[serde(default)]
     turn_open: bool,
+    /// Bytes of messages and events the session's log holds, as of its last turn mark.
+    #[serde(default)]
+    logged_bytes: u64,
 }
 
 impl Record for SessionRecord {
@@ -336,11 +343,13 @@ impl SessionRecord {
         self.id
     }
 
-    /// The session with its turn begun or ended (`open`), active at `now`.
-    fn marked(self, open: bool, now: &str) -> Self {
+    /// The session with its turn begun or ended (`open`), active at `now`, its log grown by
+    /// `bytes`.
+    fn marked(self, open: bool, now: &str, bytes: u64) -> Self {
         Self {
             turn_open: open,
             last_active_at: now.to_owned(),
+            logged_bytes: self.logged_bytes + bytes,
             ..self
         }
     }
@@ -366,6 +375,7 @@ impl From<SessionRecord> for Session {
             credential_id: r.credential_id,
             created_at: r.created_at,
             last_active_at: r.last_active_at,
+            logged_bytes: r.logged_bytes,
         }
     }
 }
@@ -389,6 +399,7 @@ impl Store {
             created_at: session.created_at.clone(),
             last_active_at: session.last_active_at.clone(),
             turn_open: false,
+            logged_bytes: 0,
         };
         self.create(&session_key(session.id), &record).await
     }
@@ -443,7 +454,7 @@ impl Store {
     /// does nothing to a session that does not exist.
     pub(crate) async fn clear_turn_mark(&self, id: SessionId) -> Result<(), StoreError> {
         self.change(&session_key(id), |session: Option<SessionRecord>| {
-            session.map(|session| session.marked(false, &now()))
+            session.map(|session| session.marked(false, &now(), 0))
         })
         .await?;
         Ok(())
@@ -452,12 +463,14 @@ impl Store {
     /// The write that marks a session's turn as begun or ended (`open`) and the session active
     /// now, for a commit, with the mark it leaves; `None` when there is no such session.
     /// `fresh` reads the session even when this store holds it from the turn's beginning.
+    /// `bytes` is what the commit adds to the log.
     pub(crate) async fn turn_mark(
         &self,
         id: SessionId,
         open: bool,
         now: &str,
         fresh: bool,
+        bytes: u64,
     ) -> Result<Option<(Write, Mark)>, StoreError> {
         let key = session_key(id);
         let held = self.marked.lock().expect("lock").remove(&id);
@@ -469,7 +482,8 @@ impl Store {
             },
         };
         let (session, revision) = current;
-        let marked = session.marked(open, now);
+        let unmarked = self.unmarked.lock().expect("lock").get(&id).copied();
+        let marked = session.marked(open, now, unmarked.unwrap_or(0) + bytes);
         let write = Write::Put {
             collection: SessionRecord::COLLECTION.to_owned(),
             key,
@@ -486,11 +500,17 @@ impl Store {
 
     /// Keeps a mark that was written, while its turn is open.
     pub(crate) fn marked(&self, mark: Mark) {
+        self.unmarked.lock().expect("lock").remove(&mark.session.id);
         if mark.session.turn_open {
             let id = mark.session.id;
             let held = (mark.session, mark.revision);
             self.marked.lock().expect("lock").insert(id, held);
         }
+    }
+
+    /// Counts bytes a commit without a mark added to a session's log, for its next mark.
+    pub(crate) fn logged_unmarked(&self, id: SessionId, bytes: u64) {
+        *self.unmarked.lock().expect("lock").entry(id).or_default() += bytes;
     }
 
     /// Sessions marked as in a turn.

@@ -41,6 +41,7 @@ fn session(agent: &str, created_at: &str) -> Session {
         credential_id: Some("c1".into()),
         created_at: created_at.into(),
         last_active_at: created_at.into(),
+        logged_bytes: 0,
     }
 }
 
@@ -176,10 +177,21 @@ async fn a_turn_ending_after_a_status_change_keeps_the_status(s: &Store) {
     s.set_session_status(x.id, SessionStatus::Paused)
         .await
         .unwrap();
+    s.append(
+        x.id,
+        &[(Role::Assistant, "said".to_owned())],
+        &[("text_delta", "abcd".to_owned())],
+    )
+    .await
+    .unwrap();
     s.append(x.id, &[], &[("done", "{}".to_owned())])
         .await
         .unwrap();
     let after = s.get_session(x.id).await.unwrap().unwrap();
+    assert_eq!(
+        after.logged_bytes, 12,
+        "the log's bytes, those between the turn's marks included"
+    );
     assert_eq!(
         after.status,
         SessionStatus::Paused,
@@ -287,7 +299,7 @@ async fn a_copy_moves_everything_and_checks_the_count(from: &Store, to: &Store) 
         ),
         (2, 8, 1, 1)
     );
-    assert_eq!((source.messages, source.events), (50, 2_547));
+    assert_eq!((source.messages, source.events), (51, 2_548));
 
     let reported = std::sync::atomic::AtomicU64::new(0);
     let copied = from
