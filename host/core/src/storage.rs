@@ -68,6 +68,10 @@ pub enum StorageError {
     /// The store cannot be reached; the same call may work later.
     #[error("storage is unavailable: {0}")]
     Unavailable(String),
+    /// The store's disk is full; nothing was written, and the same call may work once there
+    /// is space again.
+    #[error("the store's disk is full: {0}")]
+    Full(String),
     /// The request breaks the contract (a name or document too long, a bad argument).
     #[error("invalid storage request: {0}")]
     Invalid(String),
@@ -82,6 +86,7 @@ impl StorageError {
         match self {
             StorageError::Conflict(_) => "conflict",
             StorageError::Unavailable(_) => "unavailable",
+            StorageError::Full(_) => "full",
             StorageError::Invalid(_) => "invalid",
             StorageError::Internal(_) => "internal",
         }
@@ -92,6 +97,7 @@ impl StorageError {
         match code {
             "conflict" => StorageError::Conflict(message),
             "unavailable" => StorageError::Unavailable(message),
+            "full" => StorageError::Full(message),
             "invalid" => StorageError::Invalid(message),
             _ => StorageError::Internal(message),
         }
@@ -344,6 +350,7 @@ mod tests {
         for error in [
             StorageError::Conflict("a".into()),
             StorageError::Unavailable("b".into()),
+            StorageError::Full("e".into()),
             StorageError::Invalid("c".into()),
             StorageError::Internal("d".into()),
         ] {

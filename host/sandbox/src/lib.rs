@@ -49,6 +49,8 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(2);
 pub enum SandboxError {
     #[error("cannot prepare the sandbox workspace: {0}")]
     Workspace(String),
+    #[error("the data dir's disk is full: {0}")]
+    DiskFull(String),
     #[error("cannot start bwrap at {path}: {source} (install it with apt-get install bubblewrap)")]
     Spawn {
         path: String,
@@ -60,6 +62,16 @@ pub enum SandboxError {
     Gone,
     #[error("the agent did not answer the interrupt within {0:?}; its turn may still be running")]
     Unanswered(std::time::Duration),
+}
+
+impl SandboxError {
+    /// A workspace operation's I/O failure: [`Self::DiskFull`] when it ran out of space.
+    fn workspace(context: &str, e: std::io::Error) -> Self {
+        match e.kind() {
+            std::io::ErrorKind::StorageFull => Self::DiskFull(format!("{context}{e}")),
+            _ => Self::Workspace(format!("{context}{e}")),
+        }
+    }
 }
 
 /// How long an interrupt waits for the agent to confirm it (a `command` agent answers for
@@ -119,9 +131,7 @@ impl SandboxHost {
         let provided = tokio::task::spawn_blocking(move || provider.provide(&sandbox))
             .await
             .map_err(|e| SandboxError::Workspace(e.to_string()))?
-            .map_err(|e| {
-                SandboxError::Workspace(format!("cannot mount the workspace's filesystem: {e}"))
-            })?;
+            .map_err(|e| SandboxError::workspace("cannot mount the workspace's filesystem: ", e))?;
         if provided {
             // Off the caller's path: the next new sandbox finds one ready.
             tokio::task::spawn_blocking(move || disks.refill());
@@ -147,7 +157,7 @@ impl SandboxHost {
         tokio::task::spawn_blocking(move || copy_into_workspace(&snapshot, &workspace))
             .await
             .map_err(|e| SandboxError::Workspace(e.to_string()))?
-            .map_err(|e| SandboxError::Workspace(format!("restore failed: {e}")))?;
+            .map_err(|e| SandboxError::workspace("restore failed: ", e))?;
         Ok(true)
     }
 
@@ -158,7 +168,7 @@ impl SandboxHost {
         tokio::task::spawn_blocking(move || snapshot(&workspace, &dir))
             .await
             .map_err(|e| SandboxError::Workspace(e.to_string()))?
-            .map_err(|e| SandboxError::Workspace(format!("snapshot failed: {e}")))
+            .map_err(|e| SandboxError::workspace("snapshot failed: ", e))
     }
 
     /// Copies one sandbox's workspace (or, if it is gone, its last snapshot) to be another's.
@@ -178,7 +188,7 @@ impl SandboxHost {
         })
         .await
         .map_err(|e| SandboxError::Workspace(e.to_string()))?
-        .map_err(|e| SandboxError::Workspace(format!("fork failed: {e}")))
+        .map_err(|e| SandboxError::workspace("fork failed: ", e))
     }
 
     /// Deletes the sandbox's workspace and snapshots.
@@ -266,7 +276,7 @@ impl Sandbox {
             })
             .await
             .map_err(|e| SandboxError::Workspace(e.to_string()))?
-            .map_err(|e| SandboxError::Workspace(e.to_string()))?;
+            .map_err(|e| SandboxError::workspace("", e))?;
         }
         let uid = {
             let (users, workspace) = (host.users.clone(), workspace.clone());

@@ -56,6 +56,14 @@ impl From<ash_store::StoreError> for ApiError {
     /// A store out of reach is a 503 the client may retry (the server reconnects by itself);
     /// anything else is a 500.
     fn from(e: ash_store::StoreError) -> Self {
+        if e.is_full() {
+            tracing::warn!("{e}");
+            return Self::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "the store's disk is full, so nothing was written; free space where the \
+                 database keeps its files (writes work again by themselves)",
+            );
+        }
         if e.is_unavailable() {
             tracing::warn!("storage is unavailable: {e}");
             return Self::new(
@@ -69,7 +77,29 @@ impl From<ash_store::StoreError> for ApiError {
 
 impl From<std::io::Error> for ApiError {
     fn from(e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::StorageFull {
+            return Self::data_dir_full(e);
+        }
         Self::internal("file operation failed", e)
+    }
+}
+
+impl ApiError {
+    /// The data dir's disk (or a workspace's quota) is full.
+    pub fn data_dir_full(e: impl std::fmt::Display) -> Self {
+        tracing::warn!("out of space: {e}");
+        Self::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "the data dir's disk is full, so nothing was written; free space there and try again",
+        )
+    }
+
+    /// A sandbox that could not be made or changed: 507 when the disk is full, else a 500.
+    pub fn sandbox(context: &str, e: ash_sandbox::SandboxError) -> Self {
+        match e {
+            ash_sandbox::SandboxError::DiskFull(_) => Self::data_dir_full(e),
+            e => Self::internal(context, e),
+        }
     }
 }
 

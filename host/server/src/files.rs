@@ -82,7 +82,7 @@ async fn readable(state: &AppState, raw_id: &str) -> Result<(PathBuf, Source), A
     let id = session.id.to_string();
     host.ready(&id)
         .await
-        .map_err(|e| ApiError::internal("Failed to mount the workspace", e))?;
+        .map_err(|e| ApiError::sandbox("Failed to mount the workspace", e))?;
     let workspace = host.workspace(&id);
     if workspace.is_dir() {
         return Ok((workspace, Source::Sandbox));
@@ -100,7 +100,7 @@ async fn writable(state: &AppState, raw_id: &str) -> Result<(Session, PathBuf), 
     let restored = host
         .restore_workspace(&id)
         .await
-        .map_err(|e| ApiError::internal("Failed to restore the workspace", e))?;
+        .map_err(|e| ApiError::sandbox("Failed to restore the workspace", e))?;
     if !restored {
         return Err(no_workspace());
     }
@@ -129,6 +129,10 @@ async fn in_workspace<T: Send + 'static>(
 fn file_error(e: FileError) -> ApiError {
     match e {
         FileError::NotFound(_) => ApiError::not_found(e.to_string()),
+        FileError::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => ApiError::new(
+            axum::http::StatusCode::INSUFFICIENT_STORAGE,
+            "the workspace is full (its quota, or the data dir's disk); delete files in it and try again",
+        ),
         FileError::Io(e) => ApiError::internal("workspace I/O failed", e),
         e => ApiError::bad_request(e.to_string()),
     }

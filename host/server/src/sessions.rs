@@ -300,7 +300,7 @@ impl Sessions {
         let clock = Instant::now();
         let sandbox = Sandbox::start(&self.host, spec)
             .await
-            .map_err(|e| ApiError::internal("Failed to create session sandbox", e))?;
+            .map_err(|e| ApiError::sandbox("Failed to create session sandbox", e))?;
         state
             .metrics
             .sandbox_start
@@ -553,7 +553,7 @@ impl Sessions {
         self.host
             .fork(&from.to_string(), &to.to_string())
             .await
-            .map_err(|e| ApiError::internal("Failed to fork the workspace", e))
+            .map_err(|e| ApiError::sandbox("Failed to fork the workspace", e))
     }
 
     /// Writes a durable snapshot of the session's workspace.
@@ -561,7 +561,7 @@ impl Sessions {
         self.host
             .snapshot(&id.to_string())
             .await
-            .map_err(|e| ApiError::internal("Failed to snapshot the workspace", e))
+            .map_err(|e| ApiError::sandbox("Failed to snapshot the workspace", e))
     }
 
     /// True when the session has a running sandbox.
@@ -868,9 +868,10 @@ pub(crate) async fn send(
     validate_content(&body.content)?;
     let session = find(&state, &id).await?;
     session.status.accept_message()?;
+    let hub = state.sessions.hub(session.id);
+    hub.refusal()?;
     let live = state.sessions.live(&state, &session, None).await?;
     let guard = state.sessions.begin_turn(&live)?;
-    let hub = state.sessions.hub(session.id);
     let followers = hub.subscribe();
     let user = [(
         Role::User,

@@ -23,9 +23,10 @@ use std::time::Duration;
 use ash_core::{Role, SessionEvent, SessionId};
 use ash_protocol::Event;
 use ash_sandbox::{Sandbox, Turn};
+use axum::http::StatusCode;
 use axum::response::sse;
 use serde_json::{json, Value};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::hooks;
@@ -63,6 +64,9 @@ pub(crate) enum Published {
 pub(crate) struct Hub {
     feed: broadcast::Sender<Published>,
     order: Arc<tokio::sync::Mutex<()>>,
+    /// Set while a turn the store failed waits to log its end (holding the order lock): the
+    /// store's last answer, which every new append gets at once instead of waiting.
+    unclosed: Arc<watch::Sender<Option<(StatusCode, String)>>>,
 }
 
 impl Hub {
@@ -70,6 +74,25 @@ impl Hub {
         Self {
             feed: broadcast::channel(HUB_CAPACITY).0,
             order: Arc::default(),
+            unclosed: Arc::new(watch::channel(None).0),
+        }
+    }
+
+    /// The store's last error while a turn it failed has no end in the log yet: the answer to
+    /// anything that would log in this session meanwhile.
+    pub(crate) fn refusal(&self) -> Result<(), ApiError> {
+        refused(&self.unclosed.borrow())
+    }
+
+    /// The order lock, or the store's error while a failed turn's end is not logged yet.
+    async fn lock(&self) -> Result<tokio::sync::MutexGuard<'_, ()>, ApiError> {
+        let mut unclosed = self.unclosed.subscribe();
+        loop {
+            refused(&unclosed.borrow_and_update())?;
+            tokio::select! {
+                order = self.order.lock() => return Ok(order),
+                _ = unclosed.changed() => {}
+            }
         }
     }
 
@@ -77,6 +100,13 @@ impl Hub {
         self.feed.subscribe()
     }
 }
+fn refused(unclosed: &Option<(StatusCode, String)>) -> Result<(), ApiError> {
+    match unclosed {
+        Some((status, message)) => Err(ApiError::new(*status, message.clone())),
+        None => Ok(()),
+    }
+}
+
 pub(crate) type Frames = ReceiverStream<Result<sse::Event, Infallible>>;
 
 /// Appends to the log and publishes the stored frames; returns them.
@@ -87,7 +117,7 @@ pub(crate) async fn publish(
     messages: &[(Role, String)],
     frames: &[(String, String)],
 ) -> Result<Vec<Arc<SessionEvent>>, ApiError> {
-    let order = hub.order.lock().await;
+    let order = hub.lock().await?;
     append_and_send(state, hub, session, messages, frames, &order).await
 }
 
@@ -105,7 +135,7 @@ pub(crate) async fn publish_ending(
     let order = hub.order.lock().await;
     drop(guard);
     if let Err(e) = append_and_send(state, hub, session, messages, frames, &order).await {
-        broken(state, hub, e);
+        broken(state, hub, &e);
         close_when_stored(state, hub, session, order).await;
     }
 }
@@ -126,9 +156,12 @@ async fn append_and_send(
     Ok(stored)
 }
 
-/// The store failed a turn's batch: its followers end now, with the error.
-fn broken(state: &AppState, hub: &Hub, error: ApiError) {
-    let _ = hub.feed.send(Published::Broken(error.message));
+/// The store failed a turn's batch: the session refuses new appends until the turn's end is
+/// logged, and its followers end now, with the error.
+fn broken(state: &AppState, hub: &Hub, error: &ApiError) {
+    hub.unclosed
+        .send_replace(Some((error.status, error.message.clone())));
+    let _ = hub.feed.send(Published::Broken(error.message.clone()));
     state
         .metrics
         .turns
@@ -136,10 +169,11 @@ fn broken(state: &AppState, hub: &Hub, error: ApiError) {
         .inc();
 }
 
-/// Closes a turn the store failed in the log (`error` + `done`) as soon as the store takes it,
-/// trying again with a growing wait while it is unavailable, for up to [`OUTAGE_PATIENCE`].
-/// The session's order lock is held until then: a next turn may begin, but logs nothing before
-/// this one's end.
+/// Closes a turn the store failed in the log (`error` + `done`) as soon as the
+/// store takes it, trying again with a growing wait while it is unavailable or its disk full,
+/// for up to [`OUTAGE_PATIENCE`]. The session's order lock is held until then, and every new
+/// append of the session is refused at once with the store's last answer: nothing is logged
+/// before this turn's end.
 async fn close_when_stored(
     state: &AppState,
     hub: &Hub,
@@ -148,26 +182,35 @@ async fn close_when_stored(
 ) {
     let frames = closing(
         session,
-        Some("storage was unavailable during this turn, so the rest of it was lost; send the message again"),
+        Some("storage was unavailable during this turn (out of reach, or its disk full), so the rest of it was lost; send the message again"),
     );
     let give_up = tokio::time::Instant::now() + OUTAGE_PATIENCE;
     let mut wait = Duration::from_millis(50);
     loop {
         tokio::time::sleep(wait).await;
         match append_and_send(state, hub, session, &[], &frames, &order).await {
-            Ok(_) => return,
-            Err(e)
-                if e.status == axum::http::StatusCode::SERVICE_UNAVAILABLE
-                    && tokio::time::Instant::now() < give_up =>
-            {
+            Ok(_) => break,
+            Err(e) if retryable(&e) && tokio::time::Instant::now() < give_up => {
+                hub.unclosed.send_replace(Some((e.status, e.message)));
                 wait = (wait * 2).min(OUTAGE_RETRY);
             }
             Err(e) => {
                 tracing::error!(session = %session, "the turn could not be closed in the log: {}; the next start closes it", e.message);
-                return;
+                break;
             }
         }
     }
+    hub.unclosed.send_replace(None);
+    drop(order);
+}
+
+/// A store error that may go away by itself: the store out of reach, or its disk full.
+fn retryable(e: &ApiError) -> bool {
+    [
+        StatusCode::SERVICE_UNAVAILABLE,
+        StatusCode::INSUFFICIENT_STORAGE,
+    ]
+    .contains(&e.status)
 }
 
 /// The frames that close a turn: an error (when there is one) and `done`.
@@ -242,7 +285,7 @@ pub(crate) async fn run_turn(
         match publish(&state, &hub, session, &batch.messages, &batch.frames).await {
             Ok(stored) => spent.logged = stored.last().map_or(spent.logged, |e| e.sequence),
             Err(e) => {
-                broken(&state, &hub, e);
+                broken(&state, &hub, &e);
                 if let Err(why) = guard.sandbox().interrupt(turn.id()).await {
                     tracing::warn!(session = %session, "cannot interrupt a turn the store failed: {why}");
                 }
@@ -540,11 +583,10 @@ impl Follower {
                     }
                     Ok(Published::Logged(_)) => {}
                     Ok(Published::Broken(error)) => {
+                        // Not in the log, so without an `id:`: a client keeps the last id it
+                        // saw, and reads the turn's logged end after it once the store is back.
                         let data = json!({ "error": error }).to_string();
-                        let frame = sse::Event::default()
-                            .id(self.last.to_string())
-                            .event("error")
-                            .data(data);
+                        let frame = sse::Event::default().event("error").data(data);
                         let _ = self.tx.send(Ok(frame)).await;
                         return Err("the turn broke");
                     }

@@ -42,6 +42,11 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         matches!(self, Self::Storage(ash_core::StorageError::Unavailable(_)))
     }
+
+    /// The store's disk is full; the same call may work once there is space again.
+    pub fn is_full(&self) -> bool {
+        matches!(self, Self::Storage(ash_core::StorageError::Full(_)))
+    }
 }
 
 fn now() -> String {

@@ -9,7 +9,10 @@
 //! reports its transaction conflicts as serialization failures) are retried a few times.
 //! Errors that mean the database is out of reach (a broken or refused connection, a server
 //! shutting down, a pool that cannot get a connection in time) are `unavailable`: the server
-//! answers 503, and the pool opens new connections by itself once the database is back.
+//! answers 503, and the pool opens new connections by itself once the database is back. A
+//! database whose disk is full is `full` (507). A connection whose transaction could not be
+//! committed or rolled back is closed, never reused: nothing later on it can look committed
+//! when it is not.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -175,6 +178,8 @@ fn db(e: sqlx::Error) -> StorageError {
         | sqlx::Error::WorkerCrashed => StorageError::Unavailable(e.to_string()),
         sqlx::Error::Database(d) => match d.code().as_deref() {
             Some("40001" | "40P01") => StorageError::Conflict(format!("retry: {e}")),
+            // SQLITE_FULL; Postgres's disk_full.
+            Some("13" | "53100") => StorageError::Full(e.to_string()),
             // Connection exceptions, a server shutting down or out of resources.
             Some(code) if ["08", "53", "57"].contains(&&code[..code.len().min(2)]) => {
                 StorageError::Unavailable(e.to_string())
@@ -318,7 +323,9 @@ impl Storage for SqlStorage {
         check_commit(writes)?;
         retrying(|| async {
             with_pool!(self, pool => {
-                let mut tx = pool.begin().await.map_err(db)?;
+                let mut conn = pool.acquire().await.map_err(db)?;
+                let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(db)?;
+                let outcome: Result<Vec<u64>, StorageError> = async {
                 let mut results = Vec::with_capacity(writes.len());
                 for write in writes {
                     results.push(match write {
@@ -425,8 +432,22 @@ impl Storage for SqlStorage {
                         }
                     });
                 }
-                tx.commit().await.map_err(db)?;
                 Ok(results)
+                }
+                .await;
+                let ended = match outcome {
+                    Ok(_) => tx.commit().await,
+                    Err(_) => tx.rollback().await,
+                };
+                if let Err(e) = ended {
+                    // The connection may still be inside the transaction (SQLite keeps it
+                    // after a COMMIT that failed for a full disk, holding the write lock) or
+                    // outside it with sqlx believing otherwise: either way later writes on it
+                    // would not be what they seem. It is closed, never reused.
+                    let _ = conn.close().await;
+                    return Err(outcome.err().unwrap_or_else(|| db(e)));
+                }
+                outcome
             })
         })
         .await

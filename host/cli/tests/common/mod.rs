@@ -404,6 +404,35 @@ impl Server {
         }
     }
 
+    /// Sends a message: its whole SSE reply, or the status and body it was refused with.
+    pub async fn try_message(
+        &self,
+        session: &str,
+        content: &str,
+    ) -> Result<Vec<Frame>, (u16, Value)> {
+        let response = self
+            .http
+            .post(format!("{}/api/sessions/{session}/messages", self.url))
+            .bearer_auth(&self.key)
+            .json(&json!({ "content": content }))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        if status != 200 {
+            return Err((status, response.json().await.unwrap_or(Value::Null)));
+        }
+        let mut reader = Reader::new(response.bytes_stream());
+        let mut frames = Vec::new();
+        while let Some(frame) = tokio::time::timeout(Duration::from_secs(30), reader.next())
+            .await
+            .expect("stream stalled")
+        {
+            frames.push(frame.unwrap());
+        }
+        Ok(frames)
+    }
+
     /// Sends a message and reads its whole SSE reply.
     pub async fn message(&self, session: &str, content: &str) -> Vec<Frame> {
         let mut reader = self

@@ -1,0 +1,251 @@
+//! Faults the stream must survive, from the real binary: the data dir's disk running full.
+//! Every frame a client saw with an `id:` must be the log's frame under that id, whatever failed.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use ash_cli::sse::Frame;
+use common::{assistant_text, events, Server};
+use serde_json::Value;
+
+/// A tmpfs of a fixed size, mounted for one test (root only) and lazily unmounted after it.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(mib: u64) -> Option<Self> {
+        if !common::is_root() {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "ash-test"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount tmpfs");
+        Some(Self { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Fills the disk to the last block with one file, and returns it.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.path().join("filler");
+        let mut file = std::fs::File::create(&path).unwrap();
+        for chunk in [1 << 20, 4096, 1] {
+            while file.write_all(&vec![7u8; chunk]).is_ok() {}
+        }
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// The session's whole event log, by sequence.
+async fn log_of(server: &Server, session: &str) -> BTreeMap<i64, (String, String)> {
+    let mut log = BTreeMap::new();
+    loop {
+        let after = log.keys().next_back().copied().unwrap_or(0);
+        let path = format!("/api/sessions/{session}/events?limit=1000&after={after}");
+        let (status, page) = server.get(&path).await;
+        assert_eq!(status, 200, "{page}");
+        let events = page["events"].as_array().unwrap();
+        if events.is_empty() {
+            return log;
+        }
+        for e in events {
+            let data = e["data"].as_str().map_or("null".to_owned(), str::to_owned);
+            let kind = e["type"].as_str().unwrap().to_owned();
+            log.insert(e["sequence"].as_i64().unwrap(), (kind, data));
+        }
+    }
+}
+
+/// Every frame with an id is the log's frame under that id.
+fn assert_seen_is_logged(seen: &[Frame], log: &BTreeMap<i64, (String, String)>) {
+    for frame in seen {
+        let Some(id) = &frame.id else { continue };
+        let id: i64 = id.parse().unwrap();
+        let logged = log.get(&id);
+        assert_eq!(
+            logged,
+            Some(&(frame.event.clone(), frame.data.clone())),
+            "the client saw id {id} as {} {}",
+            frame.event,
+            frame.data
+        );
+    }
+}
+
+fn names_the_full_disk(status: u16, body: &Value) {
+    assert_eq!(status, 507, "{body}");
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(error.contains("disk is full"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_on_a_full_disk_refuses_writes_with_507_loses_nothing_and_recovers_by_itself() {
+    let Some(disk) = SmallDisk::mount(64) else {
+        return; // mounting a small filesystem takes root
+    };
+    let data = tempfile::tempdir_in(disk.path()).unwrap();
+    // Workspaces as plain folders of the data dir, so an agent's files fill the same disk.
+    let server = Server::start_in(data, &[("ASH_SANDBOX_DISK_MB", "0")]).await;
+    let session = server.session("hello-agent").await;
+    let mut seen = server.message(&session, "before").await;
+
+    let filler = disk.fill();
+    // Control: the disk is full for anyone.
+    assert!(std::fs::write(disk.path().join("probe"), [0u8; 4096]).is_err());
+    let big = "x".repeat(200_000);
+    let mut refused = 0;
+    for i in 0..12 {
+        match server.try_message(&session, &format!("{i} {big}")).await {
+            Ok(frames) => seen.extend(frames),
+            Err((status, body)) => {
+                names_the_full_disk(status, &body);
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused > 0, "no write noticed the full disk");
+    let (status, body) = server
+        .post("/api/sessions", serde_json::json!({"agent": "hello-agent"}))
+        .await;
+    names_the_full_disk(status, &body);
+    let (status, body) = server.deploy("late", &[("CLAUDE.md", &big)]).await;
+    names_the_full_disk(status, &body);
+    // Reads go on.
+    let (status, _) = server.get(&format!("/api/sessions/{session}")).await;
+    assert_eq!(status, 200);
+
+    // Space comes back: writes work again without a restart.
+    std::fs::remove_file(filler).unwrap();
+    let frames = server.message(&session, "after").await;
+    assert!(
+        assistant_text(&frames).starts_with("Echo: after"),
+        "{frames:?}"
+    );
+    seen.extend(frames);
+    let other = server.session("hello-agent").await;
+    assert_eq!(
+        assistant_text(&server.message(&other, "hi").await),
+        "Echo: hi"
+    );
+
+    // Nothing a client saw was lost or renumbered, before or after a restart.
+    assert_seen_is_logged(&seen, &log_of(&server, &session).await);
+    let server = server.restart().await;
+    let log = log_of(&server, &session).await;
+    assert_seen_is_logged(&seen, &log);
+    let ids: Vec<i64> = log.keys().copied().collect();
+    assert_eq!(ids, (1..=ids.len() as i64).collect::<Vec<_>>(), "gap-free");
+    assert_eq!(
+        log.values().last().unwrap().0,
+        "done",
+        "the last turn ended"
+    );
+}
+
+/// A `command` agent whose turn says "started", waits for its `gate` (a FIFO in the
+/// workspace), then sends eight messages of 300 kB; it answers interrupts at once.
+const GATED_BIG_AGENT: &str = r#"#!/bin/sh
+exec python3 -c '
+import json, os, sys, threading
+lock = threading.Lock()
+def out(event):
+    with lock:
+        print(json.dumps(event), flush=True)
+def say(id, text):
+    out({"ev": "message", "id": id, "data": {"type": "assistant", "message": {"role": "assistant", "content": [{"type": "text", "text": text}]}}})
+def turn(id):
+    say(id, "started")
+    with open("gate") as gate:
+        gate.read()
+    for _ in range(8):
+        say(id, "x" * 300000)
+    out({"ev": "done", "id": id})
+if not os.path.exists("gate"):
+    os.mkfifo("gate")
+for line in sys.stdin:
+    cmd = json.loads(line)
+    if cmd.get("cmd") == "query":
+        threading.Thread(target=turn, args=(cmd["id"],), daemon=True).start()
+    elif cmd.get("cmd") == "interrupt":
+        out({"ev": "done", "id": cmd["id"]})
+'
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_filling_up_mid_turn_ends_the_stream_without_a_false_id_and_closes_the_turn_once_space_returns(
+) {
+    let Some(disk) = SmallDisk::mount(64) else {
+        return; // mounting a small filesystem takes root
+    };
+    let data = tempfile::tempdir_in(disk.path()).unwrap();
+    let server = Server::start_in(data, &[("ASH_SANDBOX_DISK_MB", "0")]).await;
+    let session = server.command_session("gated", GATED_BIG_AGENT).await;
+    let mut stream = server
+        .open_stream(&session, serde_json::json!({"content": "go"}))
+        .await;
+    let mut seen = Server::read_until(&mut stream, |f| f.event == "message").await;
+    let last_logged = seen.last().unwrap().id.clone().unwrap();
+
+    let filler = disk.fill();
+    common::open_gate(&server, &session).await;
+    let rest = Server::read_until(&mut stream, |f| f.event == "error").await;
+    let error = rest.last().unwrap();
+    assert_eq!(
+        error.id, None,
+        "a frame the log does not hold carries no id"
+    );
+    assert!(error.data.contains("disk is full"), "{error:?}");
+    seen.extend(rest);
+    assert!(stream.next().await.is_none(), "nothing follows the error");
+    // Until the turn's end is in the log, the session takes nothing new, and says why.
+    let (status, body) = server.try_message(&session, "more").await.unwrap_err();
+    names_the_full_disk(status, &body);
+
+    std::fs::remove_file(filler).unwrap();
+    let mut log = server
+        .open_log_stream(&session, Some(last_logged.parse().unwrap()))
+        .await;
+    let closing = Server::read_until(&mut log, |f| f.event == "done").await;
+    assert_eq!(
+        events(&closing),
+        ["error", "done"],
+        "the turn is closed in the log"
+    );
+    assert!(closing[0].id.is_some());
+    seen.extend(closing);
+    drop(log);
+
+    let mut next = server
+        .open_stream(&session, serde_json::json!({"content": "again"}))
+        .await;
+    seen.extend(Server::read_until(&mut next, |f| f.event == "message").await);
+    common::open_gate(&server, &session).await;
+    let frames = Server::read_until(&mut next, |f| f.event == "done").await;
+    assert!(!events(&frames).contains(&"error"), "{:?}", events(&frames));
+    seen.extend(frames);
+
+    let server = server.restart().await;
+    let log = log_of(&server, &session).await;
+    assert_seen_is_logged(&seen, &log);
+    let ids: Vec<i64> = log.keys().copied().collect();
+    assert_eq!(ids, (1..=ids.len() as i64).collect::<Vec<_>>(), "gap-free");
+}
