@@ -1,4 +1,5 @@
-//! Faults the stream must survive, from the real binary: the data dir's disk running full.
+//! Faults the stream must survive, from the real binary: the store's disk running full (SQLite
+//! in the data dir, or Postgres's tablespace).
 //! Every frame a client saw with an `id:` must be the log's frame under that id, whatever failed.
 
 mod common;
@@ -7,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use ash_cli::sse::Frame;
+use ash_store::conformance::TestSchema;
 use common::{assistant_text, events, Server};
 use serde_json::Value;
 
@@ -97,14 +99,51 @@ fn names_the_full_disk(status: u16, body: &Value) {
     assert!(error.contains("disk is full"), "{body}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_on_a_full_disk_refuses_writes_with_507_loses_nothing_and_recovers_by_itself() {
-    let Some(disk) = SmallDisk::mount(64) else {
+/// Which store fills up.
+#[derive(Clone, Copy, PartialEq)]
+enum Backend {
+    /// The default SQLite file, in a data dir on the small disk.
+    Sqlite,
+    /// Postgres, its tables in a tablespace on the small disk (the data dir is not on it).
+    Postgres,
+}
+
+/// A server whose store lives on a 64 MiB disk of its own; `None` when not root.
+async fn on_a_small_disk(backend: Backend) -> Option<(Server, SmallDisk, Option<TestSchema>)> {
+    let disk = SmallDisk::mount(64)?;
+    // Workspaces as plain folders of the data dir, so an agent's files fill the same disk.
+    let quotas_off = ("ASH_SANDBOX_DISK_MB", "0");
+    Some(match backend {
+        Backend::Sqlite => {
+            let data = tempfile::tempdir_in(disk.path()).unwrap();
+            (Server::start_in(data, &[quotas_off]).await, disk, None)
+        }
+        Backend::Postgres => {
+            let location = disk.path().join("tablespace");
+            std::fs::create_dir(&location).unwrap();
+            let postgres = std::process::Command::new("id")
+                .args(["-u", "postgres"])
+                .output()
+                .unwrap();
+            let uid: u32 = String::from_utf8(postgres.stdout)
+                .unwrap()
+                .trim()
+                .parse()
+                .expect("a postgres user");
+            std::os::unix::fs::chown(&location, Some(uid), None).unwrap();
+            let schema = TestSchema::create_in(&location).await;
+            let url = schema.url();
+            let server =
+                Server::start_with_env(&[quotas_off, ("ASH_DATABASE_URL", url.as_str())]).await;
+            (server, disk, Some(schema))
+        }
+    })
+}
+
+async fn full_disk_refuses_writes_with_507_loses_nothing_and_recovers_by_itself(backend: Backend) {
+    let Some((server, disk, schema)) = on_a_small_disk(backend).await else {
         return; // mounting a small filesystem takes root
     };
-    let data = tempfile::tempdir_in(disk.path()).unwrap();
-    // Workspaces as plain folders of the data dir, so an agent's files fill the same disk.
-    let server = Server::start_in(data, &[("ASH_SANDBOX_DISK_MB", "0")]).await;
     let session = server.session("hello-agent").await;
     let mut seen = server.message(&session, "before").await;
 
@@ -123,12 +162,15 @@ async fn sqlite_on_a_full_disk_refuses_writes_with_507_loses_nothing_and_recover
         }
     }
     assert!(refused > 0, "no write noticed the full disk");
-    let (status, body) = server
-        .post("/api/sessions", serde_json::json!({"agent": "hello-agent"}))
-        .await;
-    names_the_full_disk(status, &body);
-    let (status, body) = server.deploy("late", &[("CLAUDE.md", &big)]).await;
-    names_the_full_disk(status, &body);
+    if backend == Backend::Sqlite {
+        // The data dir is full too: new sessions and deploys are refused, saying why.
+        let (status, body) = server
+            .post("/api/sessions", serde_json::json!({"agent": "hello-agent"}))
+            .await;
+        names_the_full_disk(status, &body);
+        let (status, body) = server.deploy("late", &[("CLAUDE.md", &big)]).await;
+        names_the_full_disk(status, &body);
+    }
     // Reads go on.
     let (status, _) = server.get(&format!("/api/sessions/{session}")).await;
     assert_eq!(status, 200);
@@ -159,6 +201,20 @@ async fn sqlite_on_a_full_disk_refuses_writes_with_507_loses_nothing_and_recover
         "done",
         "the last turn ended"
     );
+    drop(server);
+    if let Some(schema) = schema {
+        schema.drop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_on_a_full_disk_refuses_writes_with_507_loses_nothing_and_recovers_by_itself() {
+    full_disk_refuses_writes_with_507_loses_nothing_and_recovers_by_itself(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_on_a_full_disk_refuses_writes_with_507_loses_nothing_and_recovers_by_itself() {
+    full_disk_refuses_writes_with_507_loses_nothing_and_recovers_by_itself(Backend::Postgres).await;
 }
 
 /// A `command` agent whose turn says "started", waits for its `gate` (a FIFO in the
@@ -190,14 +246,12 @@ for line in sys.stdin:
 '
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_filling_up_mid_turn_ends_the_stream_without_a_false_id_and_closes_the_turn_once_space_returns(
+async fn filling_up_mid_turn_ends_the_stream_without_a_false_id_and_closes_the_turn_once_space_returns(
+    backend: Backend,
 ) {
-    let Some(disk) = SmallDisk::mount(64) else {
+    let Some((server, disk, schema)) = on_a_small_disk(backend).await else {
         return; // mounting a small filesystem takes root
     };
-    let data = tempfile::tempdir_in(disk.path()).unwrap();
-    let server = Server::start_in(data, &[("ASH_SANDBOX_DISK_MB", "0")]).await;
     let session = server.command_session("gated", GATED_BIG_AGENT).await;
     let mut stream = server
         .open_stream(&session, serde_json::json!({"content": "go"}))
@@ -248,4 +302,25 @@ async fn sqlite_filling_up_mid_turn_ends_the_stream_without_a_false_id_and_close
     assert_seen_is_logged(&seen, &log);
     let ids: Vec<i64> = log.keys().copied().collect();
     assert_eq!(ids, (1..=ids.len() as i64).collect::<Vec<_>>(), "gap-free");
+    drop(server);
+    if let Some(schema) = schema {
+        schema.drop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_filling_up_mid_turn_ends_the_stream_without_a_false_id_and_closes_the_turn_later() {
+    filling_up_mid_turn_ends_the_stream_without_a_false_id_and_closes_the_turn_once_space_returns(
+        Backend::Sqlite,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_filling_up_mid_turn_ends_the_stream_without_a_false_id_and_closes_the_turn_later()
+{
+    filling_up_mid_turn_ends_the_stream_without_a_false_id_and_closes_the_turn_once_space_returns(
+        Backend::Postgres,
+    )
+    .await;
 }

@@ -407,6 +407,11 @@ async fn a_turn_the_store_fails_ends_for_its_client_and_is_closed_in_the_log_onc
     let rest = Server::read_until(&mut stream, |f| f.event == "error").await;
     let error = &rest.last().unwrap().data;
     assert!(error.contains("storage is unavailable"), "{error}");
+    assert_eq!(
+        rest.last().unwrap().id,
+        None,
+        "a frame the log does not hold carries no id"
+    );
     let ended = tokio::time::timeout(std::time::Duration::from_secs(30), stream.next()).await;
     assert!(
         ended.expect("the stream ends").is_none(),
