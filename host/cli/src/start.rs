@@ -364,6 +364,10 @@ fn bridge_path(configured: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 pub fn doctor(args: StartArgs) -> anyhow::Result<ExitCode> {
     use ash_server::doctor::{check, Verdict};
     let file = read_settings(args.config)?;
+    let data_dir = match args.data_dir {
+        Some(dir) => dir,
+        None => file.data_dir()?,
+    };
     let bridge = bridge_path(file.bridge_bin)?;
     let bwrap =
         find_bwrap(env("ASH_BWRAP")?.or(file.bwrap)).unwrap_or_else(|_| PathBuf::from("bwrap"));
@@ -377,6 +381,7 @@ pub fn doctor(args: StartArgs) -> anyhow::Result<ExitCode> {
         &bridge,
         users.as_ref().map_err(String::as_str),
         quotas,
+        &data_dir,
     );
     for finding in &findings {
         let label = match finding.verdict {

@@ -170,6 +170,17 @@ async fn full_disk_refuses_writes_with_507_loses_nothing_and_recovers_by_itself(
         names_the_full_disk(status, &body);
         let (status, body) = server.deploy("late", &[("CLAUDE.md", &big)]).await;
         names_the_full_disk(status, &body);
+        // `/health` and `ash doctor` say the data dir's disk is (nearly) full.
+        let (_, health) = server.get("/health").await;
+        assert_eq!(health["disk"]["low"], true, "{health}");
+        let doctor = std::process::Command::new(common::ASH)
+            .arg("doctor")
+            .env("ASH_DATA_DIR", server.data_path())
+            .env("ASH_BRIDGE_BIN", common::BRIDGE)
+            .output()
+            .unwrap();
+        let report = String::from_utf8_lossy(&doctor.stdout);
+        assert!(report.contains("degraded disk space"), "{report}");
     }
     // Reads go on.
     let (status, _) = server.get(&format!("/api/sessions/{session}")).await;
@@ -177,6 +188,8 @@ async fn full_disk_refuses_writes_with_507_loses_nothing_and_recovers_by_itself(
 
     // Space comes back: writes work again without a restart.
     std::fs::remove_file(filler).unwrap();
+    let (_, health) = server.get("/health").await;
+    assert_eq!(health["disk"]["low"], false, "{health}");
     let frames = server.message(&session, "after").await;
     assert!(
         assistant_text(&frames).starts_with("Echo: after"),

@@ -103,15 +103,93 @@ pub struct Finding {
     pub fix: String,
 }
 
+/// Free and total bytes of a filesystem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    pub free: u64,
+    pub total: u64,
+}
+
+impl Space {
+    /// The filesystem holding `path`.
+    pub fn of(path: &Path) -> std::io::Result<Self> {
+        let path = crate::disk::c_path(path)?;
+        // SAFETY: statvfs writes only the struct we pass; the path is NUL-terminated.
+        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let block = stat.f_frsize as u64;
+        Ok(Self {
+            free: stat.f_bavail as u64 * block,
+            total: stat.f_blocks as u64 * block,
+        })
+    }
+
+    /// Running out: less than a tenth left.
+    pub fn low(&self) -> bool {
+        self.free < self.total / 10
+    }
+}
+
+/// How much room the data dir's filesystem has left.
+fn space_finding(data_dir: &Path) -> Finding {
+    const MIB: u64 = 1 << 20;
+    let what = "disk space";
+    // Before the first start the data dir may not exist yet: its nearest folder that does.
+    let there = data_dir
+        .ancestors()
+        .find(|dir| dir.exists())
+        .unwrap_or(data_dir);
+    match Space::of(there) {
+        Ok(space) => Finding {
+            what,
+            verdict: if space.low() {
+                Verdict::Degraded
+            } else {
+                Verdict::Ok
+            },
+            detail: format!(
+                "{} MiB free of {} MiB where the data dir is ({}){}",
+                space.free / MIB,
+                space.total / MIB,
+                data_dir.display(),
+                if space.low() {
+                    ": less than a tenth left; once it is full, writes get 507 until space returns"
+                } else {
+                    ""
+                }
+            ),
+            fix: match space.low() {
+                true => {
+                    "free space there, or move the data dir (ASH_DATA_DIR) to a larger filesystem"
+                        .into()
+                }
+                false => String::new(),
+            },
+        },
+        Err(e) => Finding {
+            what,
+            verdict: Verdict::Degraded,
+            detail: format!(
+                "cannot read the free space where the data dir is ({}): {e}",
+                data_dir.display()
+            ),
+            fix: "check the data dir's path and its permissions".into(),
+        },
+    }
+}
+
 /// Checks bwrap, user namespaces, the sandboxes' host uids, the syscall filter, cgroups, the
-/// bridge binary and the open-files limit. `users` is what the server would use (an error
-/// says why it refuses to start sandboxes). Blocking (it starts bwrap): call it from
-/// `spawn_blocking`.
+/// bridge binary, the open-files limit and the data dir's free space. `users` is what the
+/// server would use (an error says why it refuses to start sandboxes). Blocking (it starts
+/// bwrap): call it from `spawn_blocking`.
 pub fn check(
     bwrap: &Path,
     bridge: &Path,
     users: Result<&SandboxUsers, &str>,
     quotas: Result<crate::disk::Quota, String>,
+    data_dir: &Path,
 ) -> Vec<Finding> {
     let mut findings = Vec::new();
     let version = Command::new(bwrap).arg("--version").output();
@@ -233,5 +311,6 @@ pub fn check(
             fix: "raise it (LimitNOFILE= in the systemd unit, or nofile in /etc/security/limits.conf)".into(),
         }
     });
+    findings.push(space_finding(data_dir));
     findings
 }

@@ -30,6 +30,11 @@ pub(crate) async fn health(State(state): State<Arc<AppState>>) -> Result<Json<He
             StorageConfig::Database(Database::Postgres(_)) => "postgres",
             StorageConfig::Plugin(_) => "plugin",
         },
+        disk: snapshot.disk.map(|space| DiskHealth {
+            free_bytes: space.free,
+            total_bytes: space.total,
+            low: space.low(),
+        }),
         plugins: snapshot
             .plugins
             .into_iter()
@@ -79,8 +84,21 @@ pub(crate) struct Health {
     /// `plugins`); an addition to the reference shape.
     #[schema(value_type = String, example = "sqlite")]
     storage: &'static str,
+    /// The data dir's filesystem (an addition to the reference shape); `null` when it cannot
+    /// be read.
+    disk: Option<DiskHealth>,
     /// The loaded plugins (an addition to the reference shape).
     plugins: Vec<PluginHealth>,
+}
+
+/// Room left on the data dir's filesystem. `low`: less than a tenth is free; once it is full,
+/// writes get 507 until space returns.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct DiskHealth {
+    free_bytes: u64,
+    total_bytes: u64,
+    low: bool,
 }
 
 /// One plugin's state: a quarantined plugin is no longer called; `lastError` says why.
@@ -139,6 +157,23 @@ struct Snapshot {
     waiting: i64,
     running: i64,
     plugins: Vec<ash_plugin_host::PluginStatus>,
+    disk: Option<ash_sandbox::doctor::Space>,
+}
+
+/// The data dir's free space; a warning in the log each time it gets low.
+fn disk_space(state: &AppState) -> Option<ash_sandbox::doctor::Space> {
+    use std::sync::atomic::Ordering;
+    let space = ash_sandbox::doctor::Space::of(&state.config.data_dir).ok()?;
+    state.metrics.data_dir_free.set(space.free as i64);
+    let was_low = state.disk_low.swap(space.low(), Ordering::Relaxed);
+    if space.low() && !was_low {
+        tracing::warn!(
+            free_mib = space.free >> 20,
+            total_mib = space.total >> 20,
+            "the data dir's disk has less than a tenth left; once it is full, writes get 507"
+        );
+    }
+    Some(space)
 }
 
 async fn refresh(state: &AppState) -> Result<Snapshot, ApiError> {
@@ -171,6 +206,7 @@ async fn refresh(state: &AppState) -> Result<Snapshot, ApiError> {
             .into_iter()
             .chain(state.storage_plugin.as_ref().map(|p| p.status()))
             .collect(),
+        disk: disk_space(state),
     };
     let m = &state.metrics;
     m.uptime.set(m.started.elapsed().as_secs() as i64);

@@ -208,7 +208,8 @@ impl Server {
         // Checking the host (it starts bwrap once) and sweeping stale cgroups can take a while;
         // neither holds up serving.
         let state = self.state.clone();
-        tokio::spawn(async move { state.sessions.check_host().await });
+        let data_dir = state.config.data_dir.clone();
+        tokio::spawn(async move { state.sessions.check_host(data_dir).await });
         let sweeper = tokio::spawn(sweep_idle(self.state.clone()));
         for agent in self.state.store.list_agents().await.unwrap_or_default() {
             tokio::spawn(pool::fill(self.state.clone(), agent.name));

@@ -10,6 +10,8 @@ pub struct Metrics {
     pub started: Instant,
     pub up: IntGauge,
     pub uptime: IntGauge,
+    /// Bytes free where the data dir is.
+    pub data_dir_free: IntGauge,
     pub active_sessions: IntGauge,
     pub active_sandboxes: IntGauge,
     pub pool: IntGaugeVec,
@@ -43,6 +45,10 @@ impl Metrics {
         };
         let up = gauge("ash_up", "1 while the server runs");
         let uptime = gauge("ash_uptime_seconds", "Seconds since the server started");
+        let data_dir_free = gauge(
+            "ash_data_dir_free_bytes",
+            "Bytes free on the data dir's filesystem",
+        );
         let active_sessions = gauge("ash_active_sessions", "Sessions with status active");
         let active_sandboxes = gauge("ash_active_sandboxes", "Live sandboxes on this node");
         let max_capacity = gauge(
@@ -156,6 +162,7 @@ impl Metrics {
             started: Instant::now(),
             up,
             uptime,
+            data_dir_free,
             active_sessions,
             active_sandboxes,
             pool,

@@ -7,7 +7,7 @@
 //! 409. `ASH_MAX_SANDBOXES` bounds live sandboxes; past it, creation gets 503.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -156,7 +156,7 @@ impl Sessions {
 
     /// Logs what this host can do for sandboxes (the `ash doctor` findings) and removes what
     /// sandboxes of earlier runs left in the kernel (empty cgroups).
-    pub(crate) async fn check_host(&self) {
+    pub(crate) async fn check_host(&self, data_dir: PathBuf) {
         let (bwrap, bridge) = (self.host.bwrap.clone(), self.host.bridge.clone());
         let users = self.host.users.clone();
         let quotas = match &self.host.disks {
@@ -165,10 +165,11 @@ impl Sessions {
                 .err()
                 .unwrap_or_else(|| "turned off (sandbox_disk_mb = 0)".into())),
         };
-        let findings =
-            tokio::task::spawn_blocking(move || doctor::check(&bwrap, &bridge, Ok(&users), quotas))
-                .await
-                .unwrap_or_default();
+        let findings = tokio::task::spawn_blocking(move || {
+            doctor::check(&bwrap, &bridge, Ok(&users), quotas, &data_dir)
+        })
+        .await
+        .unwrap_or_default();
         for f in findings {
             match f.verdict {
                 Verdict::Ok => tracing::info!("{}: {}", f.what, f.detail),

@@ -20,6 +20,8 @@ pub struct AppState {
     pub metrics: Metrics,
     pub plugins: ash_plugin_host::Plugins,
     pub sealer: Option<crate::credentials::Sealer>,
+    /// The data dir's disk had less than a tenth free when last looked at (`/health`).
+    pub disk_low: std::sync::atomic::AtomicBool,
 }
 
 impl AppState {
@@ -70,6 +72,7 @@ impl AppState {
             storage_plugin,
             keys,
             sessions,
+            disk_low: Default::default(),
         };
         Ok((state, new_key))
     }
