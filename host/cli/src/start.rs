@@ -62,6 +62,7 @@ pub(crate) struct FileSettings {
     #[serde(default)]
     sandbox_grant_syscalls: Vec<String>,
     idle_timeout_ms: Option<u64>,
+    shutdown_grace_secs: Option<u64>,
     credential_key: Option<String>,
     #[serde(default)]
     plugins: Vec<PluginConfig>,
@@ -222,6 +223,11 @@ pub async fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
     let config = ServerConfig {
         limits,
         idle_timeout: std::time::Duration::from_millis(idle_ms.max(1)),
+        shutdown_grace: std::time::Duration::from_secs(
+            env("ASH_SHUTDOWN_GRACE_SECS")?
+                .or(file.shutdown_grace_secs)
+                .unwrap_or(10),
+        ),
         host: args
             .host
             .or(env("ASH_HOST")?)

@@ -1,5 +1,5 @@
 //! Faults the stream must survive, from the real binary: the store's disk running full (SQLite
-//! in the data dir, or Postgres's tablespace).
+//! in the data dir, or Postgres's tablespace), and a stop with clients attached.
 //! Every frame a client saw with an `id:` must be the log's frame under that id, whatever failed.
 
 mod common;
@@ -336,4 +336,105 @@ async fn postgres_filling_up_mid_turn_ends_the_stream_without_a_false_id_and_clo
         Backend::Postgres,
     )
     .await;
+}
+
+async fn a_stop_with_clients_attached_is_bounded_and_ends_turns_and_followers_cleanly(
+    backend: Backend,
+) {
+    let schema = match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => Some(TestSchema::create().await),
+    };
+    let url = schema.as_ref().map(TestSchema::url);
+    let mut env = vec![("ASH_SHUTDOWN_GRACE_SECS", "2")];
+    env.extend(url.as_deref().map(|url| ("ASH_DATABASE_URL", url)));
+    let mut server = Server::start_with_env(&env).await;
+    // A turn in flight, its client attached; it never ends by itself.
+    let busy = server.command_session("gated", common::GATED_AGENT).await;
+    let mut turn = server
+        .open_stream(&busy, serde_json::json!({"content": "go"}))
+        .await;
+    let mut seen = Server::read_until(&mut turn, |f| f.event == "message").await;
+    // An idle follower of another session, shown live: it sees a turn sent meanwhile.
+    let idle = server.session("hello-agent").await;
+    let mut follower = server.open_log_stream(&idle, None).await;
+    server.message(&idle, "hi").await;
+    let live = Server::read_until(&mut follower, |f| f.event == "done").await;
+    let last_seen = live.last().unwrap().id.clone().unwrap();
+
+    let stopping = std::time::Instant::now();
+    server.terminate();
+    // Draining: a load balancer is told to go elsewhere, new work is refused, reads go on.
+    let health = loop {
+        let (status, health) = server.get("/health").await;
+        if status == 503 {
+            break health;
+        }
+        assert_eq!(status, 200, "{health}");
+    };
+    assert_eq!(health["status"], "draining", "{health}");
+    let (status, body) = server
+        .post("/api/sessions", serde_json::json!({"agent": "hello-agent"}))
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("shutting down"),
+        "{body}"
+    );
+    let (status, _) = server.get(&format!("/api/sessions/{idle}")).await;
+    assert_eq!(status, 200);
+
+    // The running turn ends at the grace period's end, in the log: `error` + `done`, with ids.
+    let end = Server::read_until(&mut turn, |f| f.event == "done").await;
+    assert_eq!(events(&end), ["error", "done"]);
+    assert!(
+        end[0]
+            .data
+            .contains("the server shut down during this turn"),
+        "{end:?}"
+    );
+    assert!(end.iter().all(|f| f.id.is_some()));
+    seen.extend(end);
+    assert!(
+        turn.next().await.is_none(),
+        "the turn's stream ends at done"
+    );
+    // The idle follower is told to reconnect, by a frame the log does not hold.
+    let last = follower.next().await.unwrap().unwrap();
+    assert_eq!(last.event, "shutdown", "{last:?}");
+    assert_eq!(last.id, None);
+    let said: Value = serde_json::from_str(&last.data).unwrap();
+    assert_eq!(said["lastEventId"].to_string(), last_seen);
+    assert!(follower.next().await.is_none(), "and its stream ends");
+
+    let status = server.exited().await;
+    assert!(status.success(), "{status}");
+    let took = stopping.elapsed();
+    // The grace period (2 s) and the last waits (5 s) bound it; idle followers used to hold
+    // the server up until it was killed.
+    assert!(
+        took < std::time::Duration::from_secs(15),
+        "the stop took {took:?}"
+    );
+
+    let server = server.restart().await;
+    let log = log_of(&server, &busy).await;
+    assert_seen_is_logged(&seen, &log);
+    assert_eq!(log.values().last().unwrap().0, "done");
+    drop(server);
+    if let Some(schema) = schema {
+        schema.drop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_stop_with_clients_attached_is_bounded_and_ends_turns_and_followers_cleanly() {
+    a_stop_with_clients_attached_is_bounded_and_ends_turns_and_followers_cleanly(Backend::Sqlite)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_stop_with_clients_attached_is_bounded_and_ends_turns_and_followers_cleanly() {
+    a_stop_with_clients_attached_is_bounded_and_ends_turns_and_followers_cleanly(Backend::Postgres)
+        .await;
 }

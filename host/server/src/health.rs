@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use ash_core::SessionStatus;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use prometheus::Encoder;
 use serde::Serialize;
@@ -14,60 +14,70 @@ use crate::error::Json;
 use crate::{ApiError, AppState, StorageConfig};
 
 /// `GET /health`: public liveness and pool summary, in the reference API's shape.
-#[utoipa::path(get, path = "/health", tag = "health", security(()), responses((status = 200, body = Health)))]
-pub(crate) async fn health(State(state): State<Arc<AppState>>) -> Result<Json<Health>, ApiError> {
+#[utoipa::path(get, path = "/health", tag = "health", security(()), responses((status = 200, body = Health), (status = 503, body = Health, description = "The server is stopping (`status: draining`): send new work elsewhere")))]
+pub(crate) async fn health(
+    State(state): State<Arc<AppState>>,
+) -> Result<(StatusCode, Json<Health>), ApiError> {
     let snapshot = refresh(&state).await?;
-    Ok(Json(Health {
-        status: "ok",
-        version: env!("CARGO_PKG_VERSION"),
-        coordinator_id: coordinator_id(),
-        active_sessions: snapshot.active_sessions,
-        active_sandboxes: snapshot.live,
-        remote_runners: 0,
-        uptime: state.metrics.started.elapsed().as_secs(),
-        storage: match &state.config.storage {
-            StorageConfig::Database(Database::Sqlite(_)) => "sqlite",
-            StorageConfig::Database(Database::Postgres(_)) => "postgres",
-            StorageConfig::Plugin(_) => "plugin",
-        },
-        disk: snapshot.disk.map(|space| DiskHealth {
-            free_bytes: space.free,
-            total_bytes: space.total,
-            low: space.low(),
+    let (code, status) = match state.drain.began() {
+        true => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
+        false => (StatusCode::OK, "ok"),
+    };
+    Ok((
+        code,
+        Json(Health {
+            status,
+            version: env!("CARGO_PKG_VERSION"),
+            coordinator_id: coordinator_id(),
+            active_sessions: snapshot.active_sessions,
+            active_sandboxes: snapshot.live,
+            remote_runners: 0,
+            uptime: state.metrics.started.elapsed().as_secs(),
+            storage: match &state.config.storage {
+                StorageConfig::Database(Database::Sqlite(_)) => "sqlite",
+                StorageConfig::Database(Database::Postgres(_)) => "postgres",
+                StorageConfig::Plugin(_) => "plugin",
+            },
+            disk: snapshot.disk.map(|space| DiskHealth {
+                free_bytes: space.free,
+                total_bytes: space.total,
+                low: space.low(),
+            }),
+            plugins: snapshot
+                .plugins
+                .into_iter()
+                .map(|s| PluginHealth {
+                    id: s.id,
+                    version: s.version,
+                    kind: s.kind.name().to_owned(),
+                    calls: s.calls,
+                    failures: s.failures,
+                    dropped: s.dropped,
+                    quarantined: s.quarantined,
+                    last_error: s.last_error,
+                })
+                .collect(),
+            pool: PoolStats {
+                total: snapshot.live + snapshot.cold,
+                cold: snapshot.cold,
+                warming: snapshot.warming,
+                warm: snapshot.warm,
+                waiting: snapshot.waiting,
+                running: snapshot.running,
+                max_capacity: state.config.max_sandboxes,
+                pre_warm_hits: state.metrics.prewarm_hits.get(),
+                resume_warm_hits: state.metrics.resumes.with_label_values(&["warm"]).get(),
+                resume_cold_hits: state.metrics.resumes.with_label_values(&["cold"]).get(),
+            },
         }),
-        plugins: snapshot
-            .plugins
-            .into_iter()
-            .map(|s| PluginHealth {
-                id: s.id,
-                version: s.version,
-                kind: s.kind.name().to_owned(),
-                calls: s.calls,
-                failures: s.failures,
-                dropped: s.dropped,
-                quarantined: s.quarantined,
-                last_error: s.last_error,
-            })
-            .collect(),
-        pool: PoolStats {
-            total: snapshot.live + snapshot.cold,
-            cold: snapshot.cold,
-            warming: snapshot.warming,
-            warm: snapshot.warm,
-            waiting: snapshot.waiting,
-            running: snapshot.running,
-            max_capacity: state.config.max_sandboxes,
-            pre_warm_hits: state.metrics.prewarm_hits.get(),
-            resume_warm_hits: state.metrics.resumes.with_label_values(&["warm"]).get(),
-            resume_cold_hits: state.metrics.resumes.with_label_values(&["cold"]).get(),
-        },
-    }))
+    ))
 }
 
 /// The server's state, in the reference API's `HealthResponse` shape.
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct Health {
+    /// `ok`, or `draining` while the server stops.
     #[schema(value_type = String, example = "ok")]
     status: &'static str,
     #[schema(value_type = String)]

@@ -9,6 +9,7 @@
 mod agents;
 mod auth;
 mod credentials;
+mod drain;
 mod error;
 mod files;
 mod health;
@@ -52,6 +53,9 @@ pub struct ServerConfig {
     pub limits: ash_sandbox::Limits,
     /// A session whose sandbox has had no turn for this long is paused and its sandbox freed.
     pub idle_timeout: std::time::Duration,
+    /// How long a stop waits for running turns to end before it ends them
+    /// (`shutdown_grace_secs`).
+    pub shutdown_grace: std::time::Duration,
     pub bwrap: PathBuf,
     pub bridge: PathBuf,
     /// The host uids a root server gives its sandboxes, one each (`sandbox_uids`); `None`
@@ -200,7 +204,7 @@ impl Server {
             .expect("a bound listener has an address")
     }
 
-    /// Serves until `shutdown` completes, then stops every sandbox.
+    /// Serves until `shutdown` completes, then drains ([`drain`]) and stops every sandbox.
     pub async fn run(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -222,9 +226,18 @@ impl Server {
                 tracing::warn!("cannot set TCP_NODELAY: {e}");
             }
         });
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        let closed = self.state.drain.closed();
+        let mut serving = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(closed)
+                .await
+        });
+        tokio::select! {
+            _ = shutdown => {}
+            ended = &mut serving => return ended.unwrap_or_else(|e| Err(std::io::Error::other(e))),
+        }
+        drain::drain(&self.state, self.state.config.shutdown_grace).await;
+        drain::last_wait(serving).await;
         sweeper.abort();
         self.state.sessions.stop_all().await;
         // Observers get every event queued before the server stops.
@@ -268,6 +281,10 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/docs/json", axum::routing::get(openapi::serve))
         .merge(api)
         .fallback(|| async { ApiError::not_found("Not found: no such route") })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            drain::refuse_new_work,
+        ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)

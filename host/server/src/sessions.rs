@@ -903,7 +903,7 @@ pub(crate) async fn send(
     {
         Ok(turn) => {
             *live.current.lock().expect("lock") = Some(turn.id().to_owned());
-            tokio::spawn(stream::run_turn(
+            state.drain.turns.spawn(stream::run_turn(
                 state.clone(),
                 session.id,
                 session.agent_name.to_string(),

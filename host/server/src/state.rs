@@ -22,6 +22,8 @@ pub struct AppState {
     pub sealer: Option<crate::credentials::Sealer>,
     /// The data dir's disk had less than a tenth free when last looked at (`/health`).
     pub disk_low: std::sync::atomic::AtomicBool,
+    /// Where a stop stands.
+    pub drain: crate::drain::Drain,
 }
 
 impl AppState {
@@ -73,6 +75,7 @@ impl AppState {
             keys,
             sessions,
             disk_low: Default::default(),
+            drain: Default::default(),
         };
         Ok((state, new_key))
     }

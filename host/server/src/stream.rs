@@ -262,7 +262,11 @@ pub(crate) async fn run_turn(
     };
     let mut batch = Batch::new(session, &state, &agent);
     loop {
-        let Some(first) = turn.next().await else {
+        let next = tokio::select! {
+            next = turn.next() => next,
+            () = state.drain.deadline() => return end_at_shutdown(&state, &hub, session, guard).await,
+        };
+        let Some(first) = next else {
             break;
         };
         batch.add(first);
@@ -375,6 +379,22 @@ async fn end_at_cap(
     frames.extend(closing(session, Some(&message)));
     state.metrics.turns.with_label_values(&["limit"]).inc();
     publish_ending(state, hub, session, &[], &frames, guard).await;
+}
+
+/// Ends a turn still running when a stop's grace period is over; the sandbox is stopped
+/// with the server.
+async fn end_at_shutdown(state: &AppState, hub: &Hub, session: SessionId, guard: TurnGuard) {
+    let error = "the server shut down during this turn; send the message again";
+    state.metrics.turns.with_label_values(&["shutdown"]).inc();
+    publish_ending(
+        state,
+        hub,
+        session,
+        &[],
+        &closing(session, Some(error)),
+        guard,
+    )
+    .await;
 }
 
 /// A `limit` frame (and a metric) for each limit the sandbox hit since the last look.
@@ -575,7 +595,16 @@ impl Follower {
                 }
             }
             loop {
-                match hub.recv().await {
+                // Frames already published go out first: a turn's end comes before the shutdown.
+                let published = tokio::select! {
+                    biased;
+                    published = hub.recv() => published,
+                    () = state.drain.closing() => {
+                        let _ = self.tx.send(Ok(self.shutdown_frame())).await;
+                        return Ok(());
+                    }
+                };
+                match published {
                     Ok(Published::Logged(event)) if event.sequence > self.last => {
                         if self.push(&event).await? {
                             return Ok(());
@@ -595,6 +624,19 @@ impl Follower {
                 }
             }
         }
+    }
+
+    /// The last frame of a stream the server ends as it stops: not in the log, so without an
+    /// `id:`; it names the last id sent, to reconnect with.
+    fn shutdown_frame(&self) -> sse::Event {
+        let data = json!({
+            "message": "the server is shutting down; reconnect with Last-Event-ID to go on",
+            "lastEventId": self.last,
+        });
+        sse::Event::default()
+            .event("shutdown")
+            .data(data.to_string())
+            .retry(Duration::from_secs(1))
     }
 
     /// Sends one frame; `true` when it was the `done` this stream waits for.

@@ -185,14 +185,25 @@ impl Server {
     /// Stops the server (SIGTERM, as an operator would) and waits for it to exit; returns
     /// its data dir and its API key.
     pub async fn stop(mut self) -> (tempfile::TempDir, String) {
-        let pid = self.child.id().unwrap().to_string();
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
+        self.terminate();
         let status = self.child.wait().await.unwrap();
         assert!(status.success(), "ash exited with {status} on SIGTERM");
         (self.data, self.key)
+    }
+
+    /// Sends SIGTERM, as an operator stopping the server would; nothing when it has exited.
+    pub fn terminate(&self) {
+        if let Some(pid) = self.child.id() {
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .unwrap();
+        }
+    }
+
+    /// Waits for the server to exit.
+    pub async fn exited(&mut self) -> std::process::ExitStatus {
+        self.child.wait().await.unwrap()
     }
 
     /// Stops the server (SIGTERM, as an operator would) and starts it again on the same data.
