@@ -438,3 +438,162 @@ async fn postgres_a_stop_with_clients_attached_is_bounded_and_ends_turns_and_fol
     a_stop_with_clients_attached_is_bounded_and_ends_turns_and_followers_cleanly(Backend::Postgres)
         .await;
 }
+
+/// A server on the backend's store (a fresh Postgres schema when it is Postgres).
+async fn server_on(backend: Backend) -> (Server, Option<TestSchema>) {
+    let schema = match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => Some(TestSchema::create().await),
+    };
+    let url = schema.as_ref().map(TestSchema::url);
+    let env: Vec<(&str, &str)> = url
+        .iter()
+        .map(|url| ("ASH_DATABASE_URL", url.as_str()))
+        .collect();
+    (Server::start_with_env(&env).await, schema)
+}
+
+/// A `command` agent that sends one message, waits for its `gate`, then kills its own bridge
+/// (its parent) instead of ending the turn: the bridge dies between a turn's last frame and
+/// its `done`.
+const KILLS_ITS_BRIDGE_BEFORE_DONE: &str = r#"#!/bin/sh
+[ -p gate ] || mkfifo gate
+while IFS= read -r line; do
+  id=$(printf '%s\n' "$line" | sed -n 's/^{"cmd":"query","id":"\([^"]*\)".*/\1/p')
+  [ -n "$id" ] || continue
+  printf '{"ev":"message","id":"%s","data":{"type":"assistant","message":{"role":"assistant","content":[{"type":"text","text":"last"}]}}}\n' "$id"
+  read -r _ < gate
+  kill -9 "$PPID"
+done
+"#;
+
+/// A `command` agent that ends each turn and kills its bridge at once, racing the `done`.
+const KILLS_ITS_BRIDGE_AFTER_DONE: &str = r#"#!/bin/sh
+while IFS= read -r line; do
+  id=$(printf '%s\n' "$line" | sed -n 's/^{"cmd":"query","id":"\([^"]*\)".*/\1/p')
+  [ -n "$id" ] || continue
+  printf '{"ev":"message","id":"%s","data":{"type":"assistant","message":{"role":"assistant","content":[{"type":"text","text":"last"}]}}}\n{"ev":"done","id":"%s"}\n' "$id" "$id"
+  kill -9 "$PPID"
+done
+"#;
+
+async fn a_bridge_killed_after_the_last_frame_ends_the_turn_with_error_and_done(backend: Backend) {
+    let (server, schema) = server_on(backend).await;
+    // The kill lands after the last frame, before `done`: the window held open by the gate.
+    let session = server
+        .command_session("killer", KILLS_ITS_BRIDGE_BEFORE_DONE)
+        .await;
+    let mut stream = server
+        .open_stream(&session, serde_json::json!({"content": "go"}))
+        .await;
+    let mut seen = Server::read_until(&mut stream, |f| f.event == "message").await;
+    common::open_gate(&server, &session).await;
+    let end = Server::read_until(&mut stream, |f| f.event == "done").await;
+    assert_eq!(events(&end), ["error", "done"], "{end:?}");
+    assert!(end[0].data.contains("the sandbox stopped during this turn"));
+    seen.extend(end);
+    assert!(stream.next().await.is_none());
+    assert_seen_is_logged(&seen, &log_of(&server, &session).await);
+
+    // The kill races the frames and the `done` before it (either may reach the host first):
+    // each turn ends once, and the next gets a new sandbox.
+    let racer = server
+        .command_session("racer", KILLS_ITS_BRIDGE_AFTER_DONE)
+        .await;
+    for round in 0..10 {
+        let frames = server.message(&racer, &format!("round {round}")).await;
+        let kinds = events(&frames);
+        assert_eq!(kinds.last(), Some(&"done"), "round {round}: {kinds:?}");
+        assert_eq!(
+            kinds.iter().filter(|k| **k == "done").count(),
+            1,
+            "{kinds:?}"
+        );
+    }
+    let log = log_of(&server, &racer).await;
+    let dones = log.values().filter(|(kind, _)| kind == "done").count();
+    let starts = log
+        .values()
+        .filter(|(kind, _)| kind == "session_start")
+        .count();
+    assert_eq!((starts, dones), (10, 10), "every turn in the log ends once");
+    drop(server);
+    if let Some(schema) = schema {
+        schema.drop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_bridge_killed_after_the_last_frame_ends_the_turn_with_error_and_done() {
+    a_bridge_killed_after_the_last_frame_ends_the_turn_with_error_and_done(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_bridge_killed_after_the_last_frame_ends_the_turn_with_error_and_done() {
+    a_bridge_killed_after_the_last_frame_ends_the_turn_with_error_and_done(Backend::Postgres).await;
+}
+
+async fn a_message_racing_a_stop_either_runs_or_gets_a_clear_answer(backend: Backend) {
+    let (server, schema) = server_on(backend).await;
+    let session = server.session("hello-agent").await;
+    let (mut ran, mut stopped) = (0, 0);
+    for round in 0..30 {
+        let stop_path = format!("/api/sessions/{session}/stop");
+        let content = format!("round {round}");
+        let (message, (stop, body)) = tokio::join!(
+            server.try_message(&session, &content),
+            server.post(&stop_path, serde_json::json!({})),
+        );
+        match &message {
+            Ok(frames) => {
+                assert!(
+                    assistant_text(frames).starts_with(&format!("Echo: round {round}")),
+                    "{frames:?}"
+                );
+                ran += 1;
+            }
+            Err((409, _)) => {}
+            Err((400, body)) => assert_eq!(body["error"], "Session is stopped", "{body}"),
+            Err(other) => panic!("round {round}: the message got {other:?}"),
+        }
+        assert!(
+            matches!(stop, 200 | 409),
+            "round {round}: the stop got {stop} {body}"
+        );
+        assert!(
+            message.is_ok() || stop == 200,
+            "round {round}: both were refused"
+        );
+        let (_, now) = server.get(&format!("/api/sessions/{session}")).await;
+        let status = now["session"]["status"].as_str().unwrap();
+        if stop == 200 {
+            stopped += 1;
+            assert_eq!(status, "stopped");
+            let (status, body) = server
+                .post(
+                    &format!("/api/sessions/{session}/resume"),
+                    serde_json::json!({}),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+        } else {
+            assert_eq!(status, "active");
+        }
+    }
+    // Both orders happened, so both were tested.
+    assert!(ran > 0 && stopped > 0, "ran {ran}, stopped {stopped}");
+    drop(server);
+    if let Some(schema) = schema {
+        schema.drop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_message_racing_a_stop_either_runs_or_gets_a_clear_answer() {
+    a_message_racing_a_stop_either_runs_or_gets_a_clear_answer(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_message_racing_a_stop_either_runs_or_gets_a_clear_answer() {
+    a_message_racing_a_stop_either_runs_or_gets_a_clear_answer(Backend::Postgres).await;
+}

@@ -40,7 +40,7 @@ pub(crate) async fn pause(
 ) -> Result<Json<SessionReply>, ApiError> {
     let session = find(&state, &id).await?;
     let paused = session.status.pause()?;
-    let _still = state.sessions.hold(session.id).await?;
+    let _still = state.sessions.hold(session.id)?;
     state.sessions.snapshot(session.id).await?;
     set_status(&state, session.id, paused).await
 }
@@ -55,9 +55,9 @@ pub(crate) async fn stop(
 ) -> Result<Json<SessionReply>, ApiError> {
     let session = find(&state, &id).await?;
     let stopped = session.status.stop()?;
-    let still = state.sessions.hold(session.id).await?;
+    // Held to the end: a message waiting for it sees the session stopped.
+    let _still = state.sessions.hold(session.id)?;
     state.sessions.snapshot(session.id).await?;
-    drop(still);
     state.sessions.discard(session.id).await;
     set_status(&state, session.id, stopped).await
 }
@@ -185,7 +185,7 @@ pub(crate) async fn fork(
             "Session has ended; its files are gone, so it cannot be forked",
         ));
     }
-    let _still = state.sessions.hold(parent.id).await?;
+    let _still = state.sessions.hold(parent.id)?;
     let child = Session {
         id: SessionId::new(),
         status: SessionStatus::Paused,

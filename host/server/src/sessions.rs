@@ -65,8 +65,12 @@ pub struct Sessions {
     pool: Pool,
 }
 
+/// A session's place in the runtime: its sandbox, its hub and its turn lock.
 struct Slot {
     live: tokio::sync::Mutex<Option<Arc<Live>>>,
+    /// Held by a turn, and by a pause, stop, fork or delete while it changes the session:
+    /// one at a time, whichever comes first; the others get 409.
+    turn: Arc<tokio::sync::Mutex<()>>,
     hub: Hub,
 }
 
@@ -74,15 +78,15 @@ impl Default for Slot {
     fn default() -> Self {
         Self {
             live: Default::default(),
+            turn: Default::default(),
             hub: Hub::new(),
         }
     }
 }
 
-/// A session's running sandbox and its one-turn-at-a-time lock.
+/// A session's running sandbox.
 pub(crate) struct Live {
     pub(crate) sandbox: Sandbox,
-    turn: Arc<tokio::sync::Mutex<()>>,
     /// The bridge command id of the running turn, for `interrupt`.
     current: Mutex<Option<String>>,
     /// When a turn last started or ended, for the idle sweep and eviction.
@@ -90,12 +94,15 @@ pub(crate) struct Live {
     _permit: OwnedSemaphorePermit,
 }
 
+/// A session's turn lock, held.
+pub(crate) type TurnLock = tokio::sync::OwnedMutexGuard<()>;
+
 /// Held while a turn runs: counts the sandbox as running, names the turn for `interrupt`,
 /// and frees the session for its next turn when dropped.
 pub(crate) struct TurnGuard {
     live: Arc<Live>,
     running: Arc<AtomicUsize>,
-    _turn: tokio::sync::OwnedMutexGuard<()>,
+    _turn: TurnLock,
 }
 
 impl TurnGuard {
@@ -308,7 +315,6 @@ impl Sessions {
             .observe(clock.elapsed().as_secs_f64());
         Ok(Arc::new(Live {
             sandbox,
-            turn: Arc::default(),
             current: Mutex::default(),
             last_used: Mutex::new(Instant::now()),
             _permit: permit,
@@ -434,7 +440,7 @@ impl Sessions {
         let Some(live) = held.clone() else {
             return false;
         };
-        let Ok(_quiet) = live.turn.clone().try_lock_owned() else {
+        let Ok(_quiet) = slot.turn.clone().try_lock_owned() else {
             return false;
         };
         if let Err(e) = self.host.snapshot(&id.to_string()).await {
@@ -471,21 +477,15 @@ impl Sessions {
         true
     }
 
-    /// Claims the session's turn, or says which status code explains why not.
-    pub(crate) fn begin_turn(&self, live: &Arc<Live>) -> Result<TurnGuard, ApiError> {
-        let turn = live.turn.clone().try_lock_owned().map_err(|_| {
-            ApiError::new(
-                StatusCode::CONFLICT,
-                "A turn is already running in this session; wait for its done event",
-            )
-        })?;
+    /// A turn in the session's sandbox, under its turn lock (from [`Self::hold`]).
+    pub(crate) fn begin_turn(&self, live: &Arc<Live>, turn: TurnLock) -> TurnGuard {
         self.running.fetch_add(1, Ordering::Relaxed);
         *live.last_used.lock().expect("lock") = Instant::now();
-        Ok(TurnGuard {
+        TurnGuard {
             live: live.clone(),
             running: self.running.clone(),
             _turn: turn,
-        })
+        }
     }
 
     /// The session's hub, which publishes its log as it grows.
@@ -512,12 +512,17 @@ impl Sessions {
         Ok(true)
     }
 
-    /// Forgets a sandbox that failed mid-turn, so the next message starts a new one.
+    /// Forgets a sandbox that failed mid-turn, so the next message starts a new one. The
+    /// old sandbox is gone before a new one of the session can start.
     pub(crate) async fn discard(&self, id: SessionId) {
-        let slot = self.slot(id);
-        let live = slot.live.lock().await.take();
-        if let Some(live) = live {
-            live.sandbox.stop().await;
+        Self::stop_live(&self.slot(id)).await;
+    }
+
+    /// Stops the slot's sandbox, holding its place until it is gone.
+    async fn stop_live(slot: &Slot) {
+        let mut live = slot.live.lock().await;
+        if let Some(old) = live.take() {
+            old.sandbox.stop().await;
         }
     }
 
@@ -525,26 +530,18 @@ impl Sessions {
     pub(crate) async fn end(&self, id: SessionId) {
         let slot = self.slots.lock().expect("lock").remove(&id);
         if let Some(slot) = slot {
-            let live = slot.live.lock().await.take();
-            if let Some(live) = live {
-                live.sandbox.stop().await;
-            }
+            Self::stop_live(&slot).await;
         }
         self.host.forget(&id.to_string()).await;
     }
 
-    /// Claims the session's turn lock when it has a sandbox, so its workspace holds still (for
-    /// a snapshot); 409 while a turn runs.
-    pub(crate) async fn hold(
-        &self,
-        id: SessionId,
-    ) -> Result<Option<tokio::sync::OwnedMutexGuard<()>>, ApiError> {
-        let live = self.slot(id).live.lock().await.clone();
-        let Some(live) = live else { return Ok(None) };
-        live.turn.clone().try_lock_owned().map(Some).map_err(|_| {
+    /// Claims the session's turn lock, so nothing else changes it meanwhile (and its workspace
+    /// holds still); 409 while a turn — or a pause, stop or fork — has it.
+    pub(crate) fn hold(&self, id: SessionId) -> Result<TurnLock, ApiError> {
+        self.slot(id).turn.clone().try_lock_owned().map_err(|_| {
             ApiError::new(
                 StatusCode::CONFLICT,
-                "A turn is running in this session; interrupt it or wait for its done event",
+                "The session is busy (a turn, or a pause, stop or fork of it, is running); wait for its done event, or interrupt it",
             )
         })
     }
@@ -871,8 +868,12 @@ pub(crate) async fn send(
     session.status.accept_message()?;
     let hub = state.sessions.hub(session.id);
     hub.refusal()?;
+    let turn = state.sessions.hold(session.id)?;
+    // Read again under the lock: a pause, stop or delete that ended just before it is seen.
+    let session = find(&state, &id).await?;
+    session.status.accept_message()?;
     let live = state.sessions.live(&state, &session, None).await?;
-    let guard = state.sessions.begin_turn(&live)?;
+    let guard = state.sessions.begin_turn(&live, turn);
     let followers = hub.subscribe();
     let user = [(
         Role::User,
