@@ -99,7 +99,40 @@ fn names_the_full_disk(status: u16, body: &Value) {
     assert!(error.contains("disk is full"), "{body}");
 }
 
-/// Which store fills up.
+/// Runs each fault as two tests, `<fault>::sqlite` and `<fault>::postgres`.
+macro_rules! on_both_stores {
+    ($($fault:ident),* $(,)?) => {$(
+        mod $fault {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$fault(super::Backend::Sqlite).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$fault(super::Backend::Postgres).await;
+            }
+        }
+    )*};
+}
+
+on_both_stores!(
+    full_disk_refuses_writes_with_507_loses_nothing_and_recovers_by_itself,
+    filling_up_mid_turn_ends_the_stream_without_a_false_id_and_closes_the_turn_later,
+    a_stop_with_clients_attached_is_bounded_and_ends_turns_and_followers_cleanly,
+    a_bridge_killed_after_the_last_frame_ends_the_turn_with_error_and_done,
+    a_message_racing_a_stop_either_runs_or_gets_a_clear_answer,
+);
+
+/// Stops the server, then drops its Postgres schema, if it had one.
+async fn finish(server: Server, schema: Option<TestSchema>) {
+    drop(server);
+    if let Some(schema) = schema {
+        schema.drop().await;
+    }
+}
+
+/// Which store a fault hits.
 #[derive(Clone, Copy, PartialEq)]
 enum Backend {
     /// The default SQLite file, in a data dir on the small disk.
@@ -214,20 +247,7 @@ async fn full_disk_refuses_writes_with_507_loses_nothing_and_recovers_by_itself(
         "done",
         "the last turn ended"
     );
-    drop(server);
-    if let Some(schema) = schema {
-        schema.drop().await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_on_a_full_disk_refuses_writes_with_507_loses_nothing_and_recovers_by_itself() {
-    full_disk_refuses_writes_with_507_loses_nothing_and_recovers_by_itself(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_on_a_full_disk_refuses_writes_with_507_loses_nothing_and_recovers_by_itself() {
-    full_disk_refuses_writes_with_507_loses_nothing_and_recovers_by_itself(Backend::Postgres).await;
+    finish(server, schema).await;
 }
 
 /// A `command` agent whose turn says "started", waits for its `gate` (a FIFO in the
@@ -259,7 +279,7 @@ for line in sys.stdin:
 '
 "#;
 
-async fn filling_up_mid_turn_ends_the_stream_without_a_false_id_and_closes_the_turn_once_space_returns(
+async fn filling_up_mid_turn_ends_the_stream_without_a_false_id_and_closes_the_turn_later(
     backend: Backend,
 ) {
     let Some((server, disk, schema)) = on_a_small_disk(backend).await else {
@@ -315,27 +335,7 @@ async fn filling_up_mid_turn_ends_the_stream_without_a_false_id_and_closes_the_t
     assert_seen_is_logged(&seen, &log);
     let ids: Vec<i64> = log.keys().copied().collect();
     assert_eq!(ids, (1..=ids.len() as i64).collect::<Vec<_>>(), "gap-free");
-    drop(server);
-    if let Some(schema) = schema {
-        schema.drop().await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_filling_up_mid_turn_ends_the_stream_without_a_false_id_and_closes_the_turn_later() {
-    filling_up_mid_turn_ends_the_stream_without_a_false_id_and_closes_the_turn_once_space_returns(
-        Backend::Sqlite,
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_filling_up_mid_turn_ends_the_stream_without_a_false_id_and_closes_the_turn_later()
-{
-    filling_up_mid_turn_ends_the_stream_without_a_false_id_and_closes_the_turn_once_space_returns(
-        Backend::Postgres,
-    )
-    .await;
+    finish(server, schema).await;
 }
 
 async fn a_stop_with_clients_attached_is_bounded_and_ends_turns_and_followers_cleanly(
@@ -421,22 +421,7 @@ async fn a_stop_with_clients_attached_is_bounded_and_ends_turns_and_followers_cl
     let log = log_of(&server, &busy).await;
     assert_seen_is_logged(&seen, &log);
     assert_eq!(log.values().last().unwrap().0, "done");
-    drop(server);
-    if let Some(schema) = schema {
-        schema.drop().await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_a_stop_with_clients_attached_is_bounded_and_ends_turns_and_followers_cleanly() {
-    a_stop_with_clients_attached_is_bounded_and_ends_turns_and_followers_cleanly(Backend::Sqlite)
-        .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_a_stop_with_clients_attached_is_bounded_and_ends_turns_and_followers_cleanly() {
-    a_stop_with_clients_attached_is_bounded_and_ends_turns_and_followers_cleanly(Backend::Postgres)
-        .await;
+    finish(server, schema).await;
 }
 
 /// A server on the backend's store (a fresh Postgres schema when it is Postgres).
@@ -517,20 +502,7 @@ async fn a_bridge_killed_after_the_last_frame_ends_the_turn_with_error_and_done(
         .filter(|(kind, _)| kind == "session_start")
         .count();
     assert_eq!((starts, dones), (10, 10), "every turn in the log ends once");
-    drop(server);
-    if let Some(schema) = schema {
-        schema.drop().await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_a_bridge_killed_after_the_last_frame_ends_the_turn_with_error_and_done() {
-    a_bridge_killed_after_the_last_frame_ends_the_turn_with_error_and_done(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_a_bridge_killed_after_the_last_frame_ends_the_turn_with_error_and_done() {
-    a_bridge_killed_after_the_last_frame_ends_the_turn_with_error_and_done(Backend::Postgres).await;
+    finish(server, schema).await;
 }
 
 async fn a_message_racing_a_stop_either_runs_or_gets_a_clear_answer(backend: Backend) {
@@ -582,18 +554,5 @@ async fn a_message_racing_a_stop_either_runs_or_gets_a_clear_answer(backend: Bac
     }
     // Both orders happened, so both were tested.
     assert!(ran > 0 && stopped > 0, "ran {ran}, stopped {stopped}");
-    drop(server);
-    if let Some(schema) = schema {
-        schema.drop().await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_a_message_racing_a_stop_either_runs_or_gets_a_clear_answer() {
-    a_message_racing_a_stop_either_runs_or_gets_a_clear_answer(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_a_message_racing_a_stop_either_runs_or_gets_a_clear_answer() {
-    a_message_racing_a_stop_either_runs_or_gets_a_clear_answer(Backend::Postgres).await;
+    finish(server, schema).await;
 }
