@@ -420,6 +420,14 @@ async fn send(client: &Client, session: &str, message: &str, raw: bool) -> anyho
                 );
                 ok = false;
             }
+            "shutdown" => {
+                eprintln!(
+                    "\nash: {} (after event {})",
+                    data["message"].as_str().unwrap_or(&frame.data),
+                    data["lastEventId"]
+                );
+                ok = false;
+            }
             _ => {}
         }
         stdout.flush()?;

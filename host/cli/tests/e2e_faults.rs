@@ -122,6 +122,7 @@ on_both_stores!(
     a_stop_with_clients_attached_is_bounded_and_ends_turns_and_followers_cleanly,
     a_bridge_killed_after_the_last_frame_ends_the_turn_with_error_and_done,
     a_message_racing_a_stop_either_runs_or_gets_a_clear_answer,
+    sigkills_mid_stream_lose_no_frame_a_client_saw,
 );
 
 /// Stops the server, then drops its Postgres schema, if it had one.
@@ -554,5 +555,55 @@ async fn a_message_racing_a_stop_either_runs_or_gets_a_clear_answer(backend: Bac
     }
     // Both orders happened, so both were tested.
     assert!(ran > 0 && stopped > 0, "ran {ran}, stopped {stopped}");
+    finish(server, schema).await;
+}
+
+/// A `command` agent whose turns stream messages until they are stopped.
+const STREAMS_ON: &str = r#"#!/bin/sh
+exec python3 -c '
+import json, sys, threading
+lock = threading.Lock()
+def turn(id):
+    n = 0
+    while True:
+        n += 1
+        with lock:
+            print(json.dumps({"ev": "message", "id": id, "data": {"type": "assistant", "message": {"role": "assistant", "content": [{"type": "text", "text": str(n)}]}}}), flush=True)
+for line in sys.stdin:
+    cmd = json.loads(line)
+    if cmd.get("cmd") == "query":
+        threading.Thread(target=turn, args=(cmd["id"],), daemon=True).start()
+'
+"#;
+
+async fn sigkills_mid_stream_lose_no_frame_a_client_saw(backend: Backend) {
+    let (mut server, schema) = server_on(backend).await;
+    let session = server.command_session("streamer", STREAMS_ON).await;
+    let mut seen = Vec::new();
+    for round in 0..5 {
+        let mut stream = server
+            .open_stream(
+                &session,
+                serde_json::json!({"content": format!("round {round}")}),
+            )
+            .await;
+        let mut count = 0;
+        while count < 300 {
+            let frame = stream.next().await.expect("the turn streams on").unwrap();
+            assert!(frame.id.is_some(), "{frame:?}");
+            seen.push(frame);
+            count += 1;
+        }
+        server = server.crash_and_restart().await;
+        // Each start closes the turn the kill cut off, so the next message is taken.
+        let log = log_of(&server, &session).await;
+        assert_seen_is_logged(&seen, &log);
+        assert_eq!(log.values().last().unwrap().0, "done", "round {round}");
+    }
+    assert_eq!(
+        seen.len(),
+        1500,
+        "frames acknowledged to the client and kept"
+    );
     finish(server, schema).await;
 }
