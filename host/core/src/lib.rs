@@ -8,6 +8,7 @@
 mod agent;
 mod credential;
 mod error;
+mod hook;
 mod session;
 mod storage;
 
@@ -17,7 +18,11 @@ pub use agent::{
 };
 pub use credential::{Credential, CredentialType};
 pub use error::CoreError;
-pub use session::{Message, Role, Session, SessionEvent, SessionId, SessionStatus, DEFAULT_TENANT};
+pub use hook::HookPoint;
+pub use session::{
+    LimitKind, Message, ParkReason, ResumePath, Role, Session, SessionEvent, SessionId,
+    SessionStatus, TurnOutcome, DEFAULT_TENANT,
+};
 pub use storage::{
     check_append, check_commit, check_data, check_find, check_limit, check_name, check_put,
     Document, Entry, Storage, StorageError, Write, MAX_DATA_BYTES, MAX_INDEX_ENTRIES, MAX_LIMIT,

@@ -234,3 +234,99 @@ mod tests {
         assert!(SessionId::parse("../etc").is_err());
     }
 }
+
+/// What a turn ran into, as its `limit` frame's `kind` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LimitKind {
+    /// The kernel killed a process of the sandbox for memory.
+    Memory,
+    /// A fork in the sandbox was refused at its process limit.
+    Pids,
+    /// The turn's events reached the bytes one turn may log.
+    EventBytes,
+    /// The turn's events reached the count one turn may log.
+    Events,
+    /// The session's log reached the events it may hold.
+    SessionEvents,
+    /// The session's log reached the bytes it may hold.
+    SessionEventBytes,
+}
+
+impl LimitKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Pids => "pids",
+            Self::EventBytes => "event_bytes",
+            Self::Events => "events",
+            Self::SessionEvents => "session_events",
+            Self::SessionEventBytes => "session_event_bytes",
+        }
+    }
+}
+
+/// How a turn ended, as the `ash_turns_total` metric counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TurnOutcome {
+    /// The agent finished it.
+    Ok,
+    /// The agent reported an error, or it was interrupted.
+    Error,
+    /// It passed an event cap of the server.
+    Limit,
+    /// Its sandbox died.
+    SandboxLost,
+    /// The store failed its events (out of reach, or its disk full).
+    StorageFailed,
+    /// A stop's grace period ended it.
+    Shutdown,
+}
+
+impl TurnOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Error => "error",
+            Self::Limit => "limit",
+            Self::SandboxLost => "sandbox_lost",
+            Self::StorageFailed => "storage_failed",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Why the server paused a session by itself, as its `lifecycle` frame says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParkReason {
+    /// It had no turn for the idle timeout.
+    Idle,
+    /// The node was full and it was the least recently used idle session.
+    Evicted,
+}
+
+impl ParkReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Idle => "idle",
+            Self::Evicted => "evicted",
+        }
+    }
+}
+
+/// How a resume brought a session back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumePath {
+    /// Its sandbox was still up.
+    Warm,
+    /// A new sandbox started over its workspace or last snapshot.
+    Cold,
+}
+
+impl ResumePath {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Warm => "warm",
+            Self::Cold => "cold",
+        }
+    }
+}

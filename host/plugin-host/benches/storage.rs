@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use ash_core::{AgentName, Role, Session, SessionId, SessionStatus, Storage, DEFAULT_TENANT};
 use ash_plugin_host::{PluginConfig, StoragePlugin};
 use ash_store::conformance::{redis_address, TestRedis, TestSchema};
-use ash_store::{SqlStorage, Store};
+use ash_store::{SqlStorage, Store, TurnMark};
 
 const CALLS: usize = 2_000;
 
@@ -118,8 +118,8 @@ async fn records(store: &Store) {
         ("done", format!(r#"{{"sessionId":"{id}"}}"#)),
     ];
     measure("records: a turn's first and last batch", |_| async {
-        store.append(id, &user, &start).await.unwrap();
-        store.append(id, &reply, &end).await.unwrap();
+        store.append(id, &user, &start, Some(TurnMark::Begins)).await.unwrap();
+        store.append(id, &reply, &end, Some(TurnMark::Ends)).await.unwrap();
     })
     .await;
 }

@@ -38,8 +38,8 @@ impl Default for Limits {
 /// A limit a sandbox ran into.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitHit {
-    /// `memory` (the kernel killed a process for memory) or `pids` (a fork was refused).
-    pub kind: &'static str,
+    /// `Memory` (the kernel killed a process for memory) or `Pids` (a fork was refused).
+    pub kind: ash_core::LimitKind,
     /// The limit in force: bytes or processes.
     pub limit: u64,
     /// How many times, since the last report.
@@ -282,14 +282,14 @@ impl Cgroups {
         let mut hits = Vec::new();
         if ooms > seen.0 {
             hits.push(LimitHit {
-                kind: "memory",
+                kind: ash_core::LimitKind::Memory,
                 limit: self.limits.memory_bytes,
                 count: ooms - seen.0,
             });
         }
         if forks > seen.1 {
             hits.push(LimitHit {
-                kind: "pids",
+                kind: ash_core::LimitKind::Pids,
                 limit: self.limits.max_processes,
                 count: forks - seen.1,
             });

@@ -1,6 +1,6 @@
 use std::sync::Arc;
 
-use ash_core::SessionStatus;
+use ash_core::{ResumePath, SessionStatus};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
@@ -66,8 +66,8 @@ pub(crate) async fn health(
                 running: snapshot.running,
                 max_capacity: state.config.max_sandboxes,
                 pre_warm_hits: state.metrics.prewarm_hits.get(),
-                resume_warm_hits: state.metrics.resumes.with_label_values(&["warm"]).get(),
-                resume_cold_hits: state.metrics.resumes.with_label_values(&["cold"]).get(),
+                resume_warm_hits: state.metrics.resumes.with_label_values(&[ResumePath::Warm.as_str()]).get(),
+                resume_cold_hits: state.metrics.resumes.with_label_values(&[ResumePath::Cold.as_str()]).get(),
             },
         }),
     ))

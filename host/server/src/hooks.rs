@@ -5,21 +5,21 @@
 //! the agent's tool calls (`tool-pre-invoke`, `tool-post-invoke`). Telling observers never
 //! blocks and costs nothing when none is loaded.
 
-use ash_core::{Session, SessionId};
+use ash_core::{HookPoint, Session, SessionId};
 use serde_json::Value;
 
 use crate::AppState;
 
 /// One event as plugins see it.
 pub(crate) fn event(
-    hook: &str,
+    hook: HookPoint,
     name: &str,
     session: SessionId,
     agent: &str,
     data: String,
 ) -> ash_plugin_host::Event {
     ash_plugin_host::Event {
-        hook: hook.to_owned(),
+        hook: hook.as_str().to_owned(),
         session_id: session.to_string(),
         agent: agent.to_owned(),
         name: name.to_owned(),
@@ -31,7 +31,7 @@ pub(crate) fn event(
 /// Tells the observers; `data` is only built when one is loaded.
 pub(crate) fn observe(
     state: &AppState,
-    hook: &str,
+    hook: HookPoint,
     name: &str,
     session: SessionId,
     agent: &str,
@@ -46,11 +46,16 @@ pub(crate) fn observe(
 
 /// A lifecycle hook: its data is the session as the API shows it (never its env), plus
 /// `reason` when the server, not a client, made the change.
-pub(crate) fn lifecycle(state: &AppState, hook: &str, session: &Session, reason: Option<&str>) {
+pub(crate) fn lifecycle(
+    state: &AppState,
+    hook: HookPoint,
+    session: &Session,
+    reason: Option<&str>,
+) {
     observe(
         state,
         hook,
-        hook,
+        hook.as_str(),
         session.id,
         session.agent_name.as_str(),
         || {

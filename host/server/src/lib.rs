@@ -188,7 +188,8 @@ impl Server {
         for session in state.store.unfinished_turns().await? {
             let error = "the server stopped during this turn; send the message again";
             let closing = stream::closing(session, Some(error));
-            state.store.append(session, &[], &closing).await?;
+            let ends = Some(ash_store::TurnMark::Ends);
+            state.store.append(session, &[], &closing, ends).await?;
             tracing::warn!(session = %session, "closed a turn the last run left open");
         }
         Ok(Self {

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ash_core::{Session, SessionId, SessionStatus};
+use ash_core::{HookPoint, ResumePath, Session, SessionId, SessionStatus};
 use ash_protocol::Event;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
@@ -76,12 +76,12 @@ pub(crate) async fn resume(
     if session.status == SessionStatus::Active {
         return Ok(Json(SessionReply { session }));
     }
-    let path = if state.sessions.is_warm(session.id).await {
-        "warm"
-    } else {
-        "cold"
+    let path = match state.sessions.is_warm(session.id).await {
+        true => ResumePath::Warm,
+        false => ResumePath::Cold,
     };
     state.sessions.live(&state, &session, None).await?;
+    let path = path.as_str();
     state.metrics.resumes.with_label_values(&[path]).inc();
     tracing::info!(session = %session.id, path, "session resumed");
     set_status(&state, session.id, active).await
@@ -202,7 +202,7 @@ pub(crate) async fn fork(
     state.store.insert_session(&child).await?;
     state.store.copy_messages(parent.id, child.id).await?;
     tracing::info!(parent = %parent.id, session = %child.id, "session forked");
-    crate::hooks::lifecycle(&state, "session-created", &child, None);
+    crate::hooks::lifecycle(&state, HookPoint::SessionCreated, &child, None);
     Ok((StatusCode::CREATED, Json(SessionReply { session: child })))
 }
 
@@ -217,8 +217,8 @@ async fn set_status(
         .await?
         .ok_or_else(|| ApiError::not_found("Session not found"))?;
     let hook = match status {
-        SessionStatus::Active => "session-resumed",
-        _ => "session-paused",
+        SessionStatus::Active => HookPoint::SessionResumed,
+        _ => HookPoint::SessionPaused,
     };
     crate::hooks::lifecycle(state, hook, &session, None);
     Ok(Json(SessionReply { session }))

@@ -13,14 +13,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use ash_core::{
-    Agent, AgentManifest, AgentName, LimitOverrides, Role, Session, SessionId, SessionStatus,
-    DEFAULT_TENANT,
+    Agent, AgentManifest, AgentName, HookPoint, LimitOverrides, ParkReason, Role, Session, SessionId,
+    SessionStatus, DEFAULT_TENANT,
 };
 use ash_protocol::{Backend, QueryOptions};
 use ash_sandbox::doctor::{self, Verdict};
 use ash_sandbox::{
     Api, Limits, Sandbox, SandboxError, SandboxHost, SandboxSpec, SandboxUsers, Upstream,
 };
+use ash_store::TurnMark;
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::sse::{KeepAlive, KeepAliveStream, Sse};
@@ -389,7 +390,7 @@ impl Sessions {
         let mut candidates = self.idle_sandboxes().await;
         candidates.sort_by_key(|(_, last_used)| *last_used);
         for (id, _) in candidates {
-            if self.park(state, id, "evicted").await {
+            if self.park(state, id, ParkReason::Evicted).await {
                 return true;
             }
         }
@@ -400,7 +401,7 @@ impl Sessions {
     pub(crate) async fn sweep_idle(&self, state: &AppState, timeout: std::time::Duration) {
         for (id, last_used) in self.idle_sandboxes().await {
             if last_used.elapsed() >= timeout {
-                self.park(state, id, "idle").await;
+                self.park(state, id, ParkReason::Idle).await;
             }
         }
     }
@@ -431,7 +432,7 @@ impl Sessions {
 
     /// Snapshots an idle session, stops its sandbox (freeing its capacity) and marks it paused,
     /// as a pause would; `false` when it is busy (starting, or in a turn) and was left alone.
-    async fn park(&self, state: &AppState, id: SessionId, reason: &str) -> bool {
+    async fn park(&self, state: &AppState, id: SessionId, reason: ParkReason) -> bool {
         let slot = self.slots.lock().expect("lock").get(&id).cloned();
         let Some(slot) = slot else { return false };
         let Ok(mut held) = slot.live.try_lock() else {
@@ -458,10 +459,11 @@ impl Sessions {
                     .await
                 {
                     Ok(Some(paused)) => {
-                        if reason == "evicted" {
-                            hooks::lifecycle(state, "sandbox-evicted", &paused, Some(reason));
+                        let said = Some(reason.as_str());
+                        if reason == ParkReason::Evicted {
+                            hooks::lifecycle(state, HookPoint::SandboxEvicted, &paused, said);
                         }
-                        hooks::lifecycle(state, "session-paused", &paused, Some(reason));
+                        hooks::lifecycle(state, HookPoint::SessionPaused, &paused, said);
                     }
                     Ok(None) => {}
                     Err(e) => {
@@ -471,8 +473,10 @@ impl Sessions {
             }
             _ => {}
         }
+        let reason = reason.as_str();
         let data = json!({"action": "paused", "reason": reason}).to_string();
-        let _ = publish(state, &slot.hub, id, &[], &[("lifecycle".to_owned(), data)]).await;
+        let lifecycle = [("lifecycle".to_owned(), data)];
+        let _ = publish(state, &slot.hub, id, &[], &lifecycle, None).await;
         tracing::info!(session = %id, reason, "session paused to free its sandbox");
         true
     }
@@ -738,7 +742,7 @@ pub(crate) async fn create(
         return Err(e.into());
     }
     tracing::info!(session = %id, agent = %session.agent_name, "session created");
-    hooks::lifecycle(&state, "session-created", &session, None);
+    hooks::lifecycle(&state, HookPoint::SessionCreated, &session, None);
     Ok((StatusCode::CREATED, Json(SessionReply { session })))
 }
 
@@ -815,7 +819,7 @@ pub(crate) async fn end(
         .await?
         .ok_or_else(|| ApiError::not_found("Session not found"))?;
     tracing::info!(session = %session.id, "session ended");
-    hooks::lifecycle(&state, "session-ended", &session, None);
+    hooks::lifecycle(&state, HookPoint::SessionEnded, &session, None);
     Ok(Json(SessionReply { session }))
 }
 
@@ -886,12 +890,13 @@ pub(crate) async fn send(
         session.id,
         &user,
         &[("session_start".to_owned(), start)],
+        Some(TurnMark::Begins),
     )
     .await?;
     let after = started[0].sequence - 1;
     hooks::observe(
         &state,
-        "message-in",
+        HookPoint::MessageIn,
         "message",
         session.id,
         session.agent_name.as_str(),

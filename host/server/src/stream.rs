@@ -20,9 +20,10 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ash_core::{Role, SessionEvent, SessionId};
+use ash_core::{HookPoint, LimitKind, Role, SessionEvent, SessionId, TurnOutcome};
 use ash_protocol::Event;
 use ash_sandbox::{Sandbox, Turn};
+use ash_store::TurnMark;
 use axum::http::StatusCode;
 use axum::response::sse;
 use serde_json::{json, Value};
@@ -109,16 +110,18 @@ fn refused(unclosed: &Option<(StatusCode, String)>) -> Result<(), ApiError> {
 
 pub(crate) type Frames = ReceiverStream<Result<sse::Event, Infallible>>;
 
-/// Appends to the log and publishes the stored frames; returns them.
+/// Appends to the log (beginning a turn when `mark` says so) and publishes the stored frames;
+/// returns them.
 pub(crate) async fn publish(
     state: &AppState,
     hub: &Hub,
     session: SessionId,
     messages: &[(Role, String)],
     frames: &[(String, String)],
+    mark: Option<TurnMark>,
 ) -> Result<Vec<Arc<SessionEvent>>, ApiError> {
     let order = hub.lock().await?;
-    append_and_send(state, hub, session, messages, frames, &order).await
+    append_and_send(state, hub, session, (messages, frames), mark, &order).await
 }
 
 /// Publishes a turn's last frames, releasing the turn first (under the order lock): a client
@@ -134,7 +137,8 @@ pub(crate) async fn publish_ending(
 ) {
     let order = hub.order.lock().await;
     drop(guard);
-    if let Err(e) = append_and_send(state, hub, session, messages, frames, &order).await {
+    let ends = Some(TurnMark::Ends);
+    if let Err(e) = append_and_send(state, hub, session, (messages, frames), ends, &order).await {
         broken(state, hub, &e);
         close_when_stored(state, hub, session, order).await;
     }
@@ -144,11 +148,11 @@ async fn append_and_send(
     state: &AppState,
     hub: &Hub,
     session: SessionId,
-    messages: &[(Role, String)],
-    frames: &[(String, String)],
+    (messages, frames): (&[(Role, String)], &[(String, String)]),
+    mark: Option<TurnMark>,
     _order: &tokio::sync::MutexGuard<'_, ()>,
 ) -> Result<Vec<Arc<SessionEvent>>, ApiError> {
-    let stored = state.store.append(session, messages, frames).await?;
+    let stored = state.store.append(session, messages, frames, mark).await?;
     let stored: Vec<_> = stored.into_iter().map(Arc::new).collect();
     for event in &stored {
         let _ = hub.feed.send(Published::Logged(event.clone()));
@@ -165,7 +169,7 @@ fn broken(state: &AppState, hub: &Hub, error: &ApiError) {
     state
         .metrics
         .turns
-        .with_label_values(&["storage_failed"])
+        .with_label_values(&[TurnOutcome::StorageFailed.as_str()])
         .inc();
 }
 
@@ -188,7 +192,8 @@ async fn close_when_stored(
     let mut wait = Duration::from_millis(50);
     loop {
         tokio::time::sleep(wait).await;
-        match append_and_send(state, hub, session, &[], &frames, &order).await {
+        let ends = Some(TurnMark::Ends);
+        match append_and_send(state, hub, session, (&[], &frames), ends, &order).await {
             Ok(_) => break,
             Err(e) if retryable(&e) && tokio::time::Instant::now() < give_up => {
                 hub.unclosed.send_replace(Some((e.status, e.message)));
@@ -282,11 +287,11 @@ pub(crate) async fn run_turn(
         if let (Some(at), Some(outcome)) = (batch.closing_at, batch.outcome) {
             let hits = limit_frames(&state, guard.sandbox());
             batch.frames.splice(at..at, hits);
-            state.metrics.turns.with_label_values(&[outcome]).inc();
+            state.metrics.turns.with_label_values(&[outcome.as_str()]).inc();
             return publish_ending(&state, &hub, session, &batch.messages, &batch.frames, guard)
                 .await;
         }
-        match publish(&state, &hub, session, &batch.messages, &batch.frames).await {
+        match publish(&state, &hub, session, &batch.messages, &batch.frames, None).await {
             Ok(stored) => spent.logged = stored.last().map_or(spent.logged, |e| e.sequence),
             Err(e) => {
                 broken(&state, &hub, &e);
@@ -309,7 +314,7 @@ pub(crate) async fn run_turn(
     state
         .metrics
         .turns
-        .with_label_values(&["sandbox_lost"])
+        .with_label_values(&[TurnOutcome::SandboxLost.as_str()])
         .inc();
     publish_ending(&state, &hub, session, &batch.messages, &frames, guard).await;
 }
@@ -325,28 +330,20 @@ struct Spent {
     logged_bytes: u64,
 }
 
-/// Which cap a batch would break, with its limit.
-#[derive(Clone, Copy)]
-enum Cap {
-    TurnBytes(usize),
-    TurnEvents(usize),
-    SessionEvents(i64),
-    SessionBytes(u64),
-}
-
 impl Spent {
-    /// Counts the batch in; the cap it breaks, if any (the batch is then not logged).
-    fn over(&mut self, batch: &Batch<'_>, caps: crate::EventCaps) -> Option<Cap> {
+    /// Counts the batch in; the cap it breaks, if any, with its limit (the batch is then not
+    /// logged).
+    fn over(&mut self, batch: &Batch<'_>, caps: crate::EventCaps) -> Option<(LimitKind, u64)> {
         self.bytes += batch.bytes();
         self.events += batch.frames.len();
         if self.bytes > caps.turn_bytes {
-            Some(Cap::TurnBytes(caps.turn_bytes))
+            Some((LimitKind::EventBytes, caps.turn_bytes as u64))
         } else if self.events > caps.turn_events {
-            Some(Cap::TurnEvents(caps.turn_events))
+            Some((LimitKind::Events, caps.turn_events as u64))
         } else if self.logged + batch.frames.len() as i64 > caps.session_events {
-            Some(Cap::SessionEvents(caps.session_events))
+            Some((LimitKind::SessionEvents, caps.session_events as u64))
         } else if self.logged_bytes + self.bytes as u64 > caps.session_bytes {
-            Some(Cap::SessionBytes(caps.session_bytes))
+            Some((LimitKind::SessionEventBytes, caps.session_bytes))
         } else {
             None
         }
@@ -359,16 +356,17 @@ async fn end_at_cap(
     state: &AppState,
     hub: &Hub,
     session: SessionId,
-    cap: Cap,
+    (kind, limit): (LimitKind, u64),
     turn: &Turn,
     guard: TurnGuard,
 ) {
-    let (kind, limit, message) = match cap {
-        Cap::TurnBytes(limit) => ("event_bytes", limit as i64, format!("the turn's events reached the cap of {} MiB per turn; the rest was dropped and the turn stopped", limit >> 20)),
-        Cap::TurnEvents(limit) => ("events", limit as i64, format!("the turn reached the cap of {limit} events per turn; the rest was dropped and the turn stopped")),
-        Cap::SessionEvents(limit) => ("session_events", limit, format!("the session's log reached the cap of {limit} events; start a new session or fork this one")),
-        Cap::SessionBytes(limit) => ("session_event_bytes", limit as i64, format!("the session's log reached the cap of {} MiB; start a new session", limit >> 20)),
+    let message = match kind {
+        LimitKind::EventBytes => format!("the turn's events reached the cap of {} MiB per turn; the rest was dropped and the turn stopped", limit >> 20),
+        LimitKind::Events => format!("the turn reached the cap of {limit} events per turn; the rest was dropped and the turn stopped"),
+        LimitKind::SessionEvents => format!("the session's log reached the cap of {limit} events; start a new session or fork this one"),
+        _ => format!("the session's log reached the cap of {} MiB; start a new session", limit >> 20),
     };
+    let kind = kind.as_str();
     state.metrics.limit_hits.with_label_values(&[kind]).inc();
     if let Err(why) = guard.sandbox().interrupt(turn.id()).await {
         tracing::warn!(session = %session, "a turn past its event cap did not stop: {why}");
@@ -377,7 +375,7 @@ async fn end_at_cap(
     let data = json!({"kind": kind, "limit": limit, "count": 1, "message": message});
     frames.push(("limit".to_owned(), data.to_string()));
     frames.extend(closing(session, Some(&message)));
-    state.metrics.turns.with_label_values(&["limit"]).inc();
+    state.metrics.turns.with_label_values(&[TurnOutcome::Limit.as_str()]).inc();
     publish_ending(state, hub, session, &[], &frames, guard).await;
 }
 
@@ -385,7 +383,7 @@ async fn end_at_cap(
 /// with the server.
 async fn end_at_shutdown(state: &AppState, hub: &Hub, session: SessionId, guard: TurnGuard) {
     let error = "the server shut down during this turn; send the message again";
-    state.metrics.turns.with_label_values(&["shutdown"]).inc();
+    state.metrics.turns.with_label_values(&[TurnOutcome::Shutdown.as_str()]).inc();
     publish_ending(
         state,
         hub,
@@ -403,12 +401,12 @@ fn limit_frames(state: &AppState, sandbox: &Sandbox) -> Vec<(String, String)> {
         .limit_hits()
         .into_iter()
         .map(|hit| {
-            state.metrics.limit_hits.with_label_values(&[hit.kind]).inc_by(hit.count);
+            state.metrics.limit_hits.with_label_values(&[hit.kind.as_str()]).inc_by(hit.count);
             let message = match hit.kind {
-                "memory" => format!("the sandbox reached its memory limit ({} MiB) and the kernel killed a process", hit.limit >> 20),
+                LimitKind::Memory => format!("the sandbox reached its memory limit ({} MiB) and the kernel killed a process", hit.limit >> 20),
                 _ => format!("the sandbox reached its process limit ({}) and a new process was refused", hit.limit),
             };
-            let data = json!({"kind": hit.kind, "limit": hit.limit, "count": hit.count, "message": message});
+            let data = json!({"kind": hit.kind.as_str(), "limit": hit.limit, "count": hit.count, "message": message});
             ("limit".to_owned(), data.to_string())
         })
         .collect()
@@ -421,7 +419,7 @@ struct Batch<'a> {
     state: &'a AppState,
     messages: Vec<(Role, String)>,
     frames: Vec<(String, String)>,
-    outcome: Option<&'static str>,
+    outcome: Option<TurnOutcome>,
     /// Where the turn's closing frames (`error`, `done`) start, once they are in.
     closing_at: Option<usize>,
 }
@@ -455,8 +453,8 @@ impl<'a> Batch<'a> {
                 for (name, payload) in classify(&data) {
                     let payload = payload.to_string();
                     let hook = match name.as_str() {
-                        "tool_use" => Some("tool-pre-invoke"),
-                        "tool_result" => Some("tool-post-invoke"),
+                        "tool_use" => Some(HookPoint::ToolPreInvoke),
+                        "tool_result" => Some(HookPoint::ToolPostInvoke),
                         _ => None,
                     };
                     if let Some(hook) = hook {
@@ -464,7 +462,7 @@ impl<'a> Batch<'a> {
                     }
                     self.frames.push((name, payload));
                 }
-                self.observe("message-out", "message", || text.clone());
+                self.observe(HookPoint::MessageOut, "message", || text.clone());
                 self.frames.push(("message".to_owned(), text));
             }
             // An error naming no command is a warning to the turn, not its end.
@@ -481,12 +479,12 @@ impl<'a> Batch<'a> {
                 }
                 self.closing_at = Some(self.frames.len());
                 self.frames.extend(closing_with(self.session, Some(frame)));
-                self.outcome = Some("error");
+                self.outcome = Some(TurnOutcome::Error);
             }
             Event::Done { .. } => {
                 self.closing_at = Some(self.frames.len());
                 self.frames.extend(closing(self.session, None));
-                self.outcome = Some("ok");
+                self.outcome = Some(TurnOutcome::Ok);
             }
             Event::Ready { .. } | Event::Log { .. } | Event::ExecResult { .. } => {}
         }
@@ -500,7 +498,7 @@ impl Batch<'_> {
         frames + self.messages.iter().map(|(_, m)| m.len()).sum::<usize>()
     }
 
-    fn observe(&self, hook: &str, name: &str, data: impl FnOnce() -> String) {
+    fn observe(&self, hook: HookPoint, name: &str, data: impl FnOnce() -> String) {
         hooks::observe(self.state, hook, name, self.session, self.agent, data);
     }
 
@@ -512,7 +510,7 @@ impl Batch<'_> {
             return Some(data);
         }
         let event = hooks::event(
-            "message-out",
+            HookPoint::MessageOut,
             "message",
             self.session,
             self.agent,

@@ -15,6 +15,7 @@ mod records;
 mod sql;
 
 pub use copy::{Copied, CopyError};
+pub use log::TurnMark;
 pub use records::{SealedKey, Store};
 pub use sql::{redact, Database, SqlStorage};
 

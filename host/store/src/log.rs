@@ -2,13 +2,13 @@
 //! (what was said) and `events/<id>` (every SSE frame in order; its sequence numbers are the
 //! frames' SSE ids, gap-free because the port's are).
 //!
-//! An append is one commit: the messages, the frames, and — for a batch holding
-//! `session_start` or `done` — the session's mark (a turn has begun and not ended) with its
+//! An append is one commit: the messages, the frames, and — for a batch that begins or ends a
+//! turn ([`TurnMark`], said by the caller) — the session's mark (a turn has begun and not ended) with its
 //! `lastActiveAt` and the bytes its log holds (counted in memory between marks, so a crash
 //! mid-turn forgets at most that turn's); all of it is written or none. The server appends a session's batches one at
 //! a time (its hub's order lock), so the marks of consecutive turns cannot interleave, and at
-//! the next start [`Store::unfinished_turns`] are exactly the marked sessions whose log does not
-//! end in `done`.
+//! the next start [`Store::unfinished_turns`] are exactly the marked sessions. The store never
+//! looks at what the frames are.
 
 use ash_core::{
     Entry, Message, Role, SessionEvent, SessionId, StorageError, Write, DEFAULT_TENANT, MAX_LIMIT,
@@ -80,17 +80,26 @@ fn event(session: SessionId, sequence: u64, entry: EventEntry) -> SessionEvent {
     }
 }
 
+/// What an append does to its session's turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TurnMark {
+    /// It begins a turn: the session is in one until a commit [`Ends`](Self::Ends) it.
+    Begins,
+    /// It ends the session's turn (a batch may begin and end one at once).
+    Ends,
+}
+
 impl Store {
     /// Appends messages, then log events, to a session, each with the next sequence number of
-    /// its stream (the first is 1), and returns the stored events.
+    /// its stream (the first is 1), and returns the stored events; the session's mark (when
+    /// `turn` says the batch begins or ends one) is written in the same commit.
     pub async fn append<K: AsRef<str> + Sync>(
         &self,
         session: SessionId,
         messages: &[(Role, String)],
         events: &[(K, String)],
+        turn: Option<TurnMark>,
     ) -> Result<Vec<SessionEvent>, StoreError> {
-        let has = |kind: &str| events.iter().any(|(k, _)| k.as_ref() == kind);
-        let (opens, closes) = (has("session_start"), has("done"));
         let bytes = messages.iter().map(|(_, c)| c.len()).sum::<usize>()
             + events.iter().map(|(_, d)| d.len()).sum::<usize>();
         let now = now();
@@ -134,12 +143,13 @@ impl Store {
             if attempt > 0 {
                 writes.remove(0);
             }
-            let mark = match opens || closes {
-                true => {
-                    self.turn_mark(session, !closes, &now, attempt > 0, bytes as u64)
+            let mark = match turn {
+                Some(turn) => {
+                    let open = turn == TurnMark::Begins;
+                    self.turn_mark(session, open, &now, attempt > 0, bytes as u64)
                         .await?
                 }
-                false => None,
+                None => None,
             };
             let mark = mark.map(|(write, mark)| {
                 writes.insert(0, write);
@@ -250,24 +260,11 @@ impl Store {
         }
     }
 
-    /// Sessions whose log ends in the middle of a turn (the server stopped before its `done`).
-    /// Marks left by turns that did end are cleared on the way.
+    /// Sessions in the middle of a turn (the server stopped before the turn's end was
+    /// appended).
     pub async fn unfinished_turns(&self) -> Result<Vec<SessionId>, StoreError> {
-        let mut open = Vec::new();
-        for session in self.sessions_in_a_turn().await? {
-            let id = session.id();
-            let stream = events_stream(id);
-            let ended = match self.last_entry(&stream).await? {
-                Some(last) => parse::<EventEntry>(&stream, &last)?.kind == "done",
-                None => true,
-            };
-            if ended {
-                self.clear_turn_mark(id).await?;
-            } else {
-                open.push(id);
-            }
-        }
-        Ok(open)
+        let marked = self.sessions_in_a_turn().await?;
+        Ok(marked.iter().map(|session| session.id()).collect())
     }
 
     /// The newest entry of a stream. Entries are numbered 1, 2, … without gaps, so this gallops

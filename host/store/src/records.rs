@@ -450,16 +450,6 @@ impl Store {
         Ok(changed.map(Session::from))
     }
 
-    /// Clears the mark of a turn that ended without its commit saying so (found at start);
-    /// does nothing to a session that does not exist.
-    pub(crate) async fn clear_turn_mark(&self, id: SessionId) -> Result<(), StoreError> {
-        self.change(&session_key(id), |session: Option<SessionRecord>| {
-            session.map(|session| session.marked(false, &now(), 0))
-        })
-        .await?;
-        Ok(())
-    }
-
     /// The write that marks a session's turn as begun or ended (`open`) and the session active
     /// now, for a commit, with the mark it leaves; `None` when there is no such session.
     /// `fresh` reads the session even when this store holds it from the turn's beginning.

@@ -91,6 +91,7 @@ async fn an_old_database_keeps_every_record_after_the_upgrade() {
             id,
             &[(Role::User, "{}".to_owned())],
             &[("session_start", "{}".to_owned())],
+            Some(ash_store::TurnMark::Begins),
         )
         .await
         .unwrap();

@@ -9,7 +9,7 @@ use ash_core::{
 };
 use futures_util::future::join_all;
 
-use crate::{CopyError, SealedKey, Store};
+use crate::{CopyError, SealedKey, Store, TurnMark};
 
 /// Runs every record check on `store`, then copies it into `empty` (of the same backend).
 pub async fn run_records(store: &Store, empty: &Store) {
@@ -120,7 +120,7 @@ async fn concurrent_appends_stay_gap_free(s: &Store) {
     let tasks = (0..40).map(|i| async move {
         let message = [(Role::User, format!("{i}"))];
         let event = [("text", format!("{i}"))];
-        s.append(x.id, &message, &event).await.unwrap()[0].sequence
+        s.append(x.id, &message, &event, None).await.unwrap()[0].sequence
     });
     let mut seqs = join_all(tasks).await;
     seqs.sort();
@@ -143,9 +143,9 @@ async fn events_page_filter_and_mark_turns(s: &Store) {
         ("text_delta", "{}".to_owned()),
         ("done", "{}".to_owned()),
     ];
-    s.append(x.id, &[], &turn).await.unwrap();
+    s.append(x.id, &[], &turn, Some(TurnMark::Ends)).await.unwrap();
     assert!(s.unfinished_turns().await.unwrap().is_empty(), "it ended");
-    s.append(x.id, &[], &[("session_start", "{}".to_owned())])
+    s.append(x.id, &[], &[("session_start", "{}".to_owned())], Some(TurnMark::Begins))
         .await
         .unwrap();
     assert_eq!(s.unfinished_turns().await.unwrap(), [x.id], "left open");
@@ -162,7 +162,7 @@ async fn events_page_filter_and_mark_turns(s: &Store) {
         starts.iter().map(|e| e.sequence).collect::<Vec<_>>(),
         [1, 4]
     );
-    s.append(x.id, &[], &[("done", "{}".to_owned())])
+    s.append(x.id, &[], &[("done", "{}".to_owned())], Some(TurnMark::Ends))
         .await
         .unwrap();
     assert!(s.unfinished_turns().await.unwrap().is_empty(), "closed");
@@ -171,7 +171,7 @@ async fn events_page_filter_and_mark_turns(s: &Store) {
 async fn a_turn_ending_after_a_status_change_keeps_the_status(s: &Store) {
     let x = session("a", "2026-01-04T00:00:01.000Z");
     s.insert_session(&x).await.unwrap();
-    s.append(x.id, &[], &[("session_start", "{}".to_owned())])
+    s.append(x.id, &[], &[("session_start", "{}".to_owned())], Some(TurnMark::Begins))
         .await
         .unwrap();
     s.set_session_status(x.id, SessionStatus::Paused)
@@ -181,10 +181,11 @@ async fn a_turn_ending_after_a_status_change_keeps_the_status(s: &Store) {
         x.id,
         &[(Role::Assistant, "said".to_owned())],
         &[("text_delta", "abcd".to_owned())],
+        None,
     )
     .await
     .unwrap();
-    s.append(x.id, &[], &[("done", "{}".to_owned())])
+    s.append(x.id, &[], &[("done", "{}".to_owned())], Some(TurnMark::Ends))
         .await
         .unwrap();
     let after = s.get_session(x.id).await.unwrap().unwrap();
@@ -287,7 +288,7 @@ async fn a_copy_moves_everything_and_checks_the_count(from: &Store, to: &Store) 
         .map(|i| ("text_delta".to_owned(), format!("{{\"n\":{i}}}")))
         .collect();
     for batch in frames.chunks(1000) {
-        from.append(long.id, &[], batch).await.unwrap();
+        from.append(long.id, &[], batch, None).await.unwrap();
     }
     let source = from.count().await.unwrap();
     assert_eq!(
