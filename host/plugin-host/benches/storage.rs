@@ -118,8 +118,14 @@ async fn records(store: &Store) {
         ("done", format!(r#"{{"sessionId":"{id}"}}"#)),
     ];
     measure("records: a turn's first and last batch", |_| async {
-        store.append(id, &user, &start, Some(TurnMark::Begins)).await.unwrap();
-        store.append(id, &reply, &end, Some(TurnMark::Ends)).await.unwrap();
+        store
+            .append(id, &user, &start, Some(TurnMark::Begins))
+            .await
+            .unwrap();
+        store
+            .append(id, &reply, &end, Some(TurnMark::Ends))
+            .await
+            .unwrap();
     })
     .await;
 }

@@ -66,8 +66,16 @@ pub(crate) async fn health(
                 running: snapshot.running,
                 max_capacity: state.config.max_sandboxes,
                 pre_warm_hits: state.metrics.prewarm_hits.get(),
-                resume_warm_hits: state.metrics.resumes.with_label_values(&[ResumePath::Warm.as_str()]).get(),
-                resume_cold_hits: state.metrics.resumes.with_label_values(&[ResumePath::Cold.as_str()]).get(),
+                resume_warm_hits: state
+                    .metrics
+                    .resumes
+                    .with_label_values(&[ResumePath::Warm.as_str()])
+                    .get(),
+                resume_cold_hits: state
+                    .metrics
+                    .resumes
+                    .with_label_values(&[ResumePath::Cold.as_str()])
+                    .get(),
             },
         }),
     ))

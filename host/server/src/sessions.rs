@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use ash_core::{
-    Agent, AgentManifest, AgentName, HookPoint, LimitOverrides, ParkReason, Role, Session, SessionId,
-    SessionStatus, DEFAULT_TENANT,
+    Agent, AgentManifest, AgentName, HookPoint, LimitOverrides, ParkReason, Role, Session,
+    SessionId, SessionStatus, DEFAULT_TENANT,
 };
 use ash_protocol::{Backend, QueryOptions};
 use ash_sandbox::doctor::{self, Verdict};

@@ -144,11 +144,14 @@ pub(crate) async fn publish_ending(
     }
 }
 
+/// What one append logs: messages, then frames.
+type Entries<'a> = (&'a [(Role, String)], &'a [(String, String)]);
+
 async fn append_and_send(
     state: &AppState,
     hub: &Hub,
     session: SessionId,
-    (messages, frames): (&[(Role, String)], &[(String, String)]),
+    (messages, frames): Entries<'_>,
     mark: Option<TurnMark>,
     _order: &tokio::sync::MutexGuard<'_, ()>,
 ) -> Result<Vec<Arc<SessionEvent>>, ApiError> {
@@ -287,7 +290,11 @@ pub(crate) async fn run_turn(
         if let (Some(at), Some(outcome)) = (batch.closing_at, batch.outcome) {
             let hits = limit_frames(&state, guard.sandbox());
             batch.frames.splice(at..at, hits);
-            state.metrics.turns.with_label_values(&[outcome.as_str()]).inc();
+            state
+                .metrics
+                .turns
+                .with_label_values(&[outcome.as_str()])
+                .inc();
             return publish_ending(&state, &hub, session, &batch.messages, &batch.frames, guard)
                 .await;
         }
@@ -375,7 +382,11 @@ async fn end_at_cap(
     let data = json!({"kind": kind, "limit": limit, "count": 1, "message": message});
     frames.push(("limit".to_owned(), data.to_string()));
     frames.extend(closing(session, Some(&message)));
-    state.metrics.turns.with_label_values(&[TurnOutcome::Limit.as_str()]).inc();
+    state
+        .metrics
+        .turns
+        .with_label_values(&[TurnOutcome::Limit.as_str()])
+        .inc();
     publish_ending(state, hub, session, &[], &frames, guard).await;
 }
 
@@ -383,7 +394,11 @@ async fn end_at_cap(
 /// with the server.
 async fn end_at_shutdown(state: &AppState, hub: &Hub, session: SessionId, guard: TurnGuard) {
     let error = "the server shut down during this turn; send the message again";
-    state.metrics.turns.with_label_values(&[TurnOutcome::Shutdown.as_str()]).inc();
+    state
+        .metrics
+        .turns
+        .with_label_values(&[TurnOutcome::Shutdown.as_str()])
+        .inc();
     publish_ending(
         state,
         hub,

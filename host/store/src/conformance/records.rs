@@ -143,11 +143,18 @@ async fn events_page_filter_and_mark_turns(s: &Store) {
         ("text_delta", "{}".to_owned()),
         ("done", "{}".to_owned()),
     ];
-    s.append(x.id, &[], &turn, Some(TurnMark::Ends)).await.unwrap();
-    assert!(s.unfinished_turns().await.unwrap().is_empty(), "it ended");
-    s.append(x.id, &[], &[("session_start", "{}".to_owned())], Some(TurnMark::Begins))
+    s.append(x.id, &[], &turn, Some(TurnMark::Ends))
         .await
         .unwrap();
+    assert!(s.unfinished_turns().await.unwrap().is_empty(), "it ended");
+    s.append(
+        x.id,
+        &[],
+        &[("session_start", "{}".to_owned())],
+        Some(TurnMark::Begins),
+    )
+    .await
+    .unwrap();
     assert_eq!(s.unfinished_turns().await.unwrap(), [x.id], "left open");
     let after = s.list_events(x.id, 1, 10, None).await.unwrap();
     assert_eq!(
@@ -162,18 +169,28 @@ async fn events_page_filter_and_mark_turns(s: &Store) {
         starts.iter().map(|e| e.sequence).collect::<Vec<_>>(),
         [1, 4]
     );
-    s.append(x.id, &[], &[("done", "{}".to_owned())], Some(TurnMark::Ends))
-        .await
-        .unwrap();
+    s.append(
+        x.id,
+        &[],
+        &[("done", "{}".to_owned())],
+        Some(TurnMark::Ends),
+    )
+    .await
+    .unwrap();
     assert!(s.unfinished_turns().await.unwrap().is_empty(), "closed");
 }
 
 async fn a_turn_ending_after_a_status_change_keeps_the_status(s: &Store) {
     let x = session("a", "2026-01-04T00:00:01.000Z");
     s.insert_session(&x).await.unwrap();
-    s.append(x.id, &[], &[("session_start", "{}".to_owned())], Some(TurnMark::Begins))
-        .await
-        .unwrap();
+    s.append(
+        x.id,
+        &[],
+        &[("session_start", "{}".to_owned())],
+        Some(TurnMark::Begins),
+    )
+    .await
+    .unwrap();
     s.set_session_status(x.id, SessionStatus::Paused)
         .await
         .unwrap();
@@ -185,9 +202,14 @@ async fn a_turn_ending_after_a_status_change_keeps_the_status(s: &Store) {
     )
     .await
     .unwrap();
-    s.append(x.id, &[], &[("done", "{}".to_owned())], Some(TurnMark::Ends))
-        .await
-        .unwrap();
+    s.append(
+        x.id,
+        &[],
+        &[("done", "{}".to_owned())],
+        Some(TurnMark::Ends),
+    )
+    .await
+    .unwrap();
     let after = s.get_session(x.id).await.unwrap().unwrap();
     assert_eq!(
         after.logged_bytes, 12,
@@ -219,7 +241,7 @@ async fn forks_copy_messages_with_their_numbers(s: &Store) {
     s.insert_session(&parent).await.unwrap();
     s.insert_session(&child).await.unwrap();
     let said: Vec<(Role, String)> = (0..5).map(|i| (Role::Assistant, format!("{i}"))).collect();
-    s.append::<&str>(parent.id, &said, &[]).await.unwrap();
+    s.append::<&str>(parent.id, &said, &[], None).await.unwrap();
     assert_eq!(s.copy_messages(parent.id, child.id).await.unwrap(), 5);
     let copied = s.list_messages(child.id, 0, 100).await.unwrap();
     let original = s.list_messages(parent.id, 0, 100).await.unwrap();
