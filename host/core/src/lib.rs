@@ -21,7 +21,7 @@ pub use error::CoreError;
 pub use hook::HookPoint;
 pub use session::{
     LimitKind, Message, ParkReason, ResumePath, Role, Session, SessionEvent, SessionId,
-    SessionStatus, TurnOutcome, DEFAULT_TENANT,
+    SessionStatus, Transition, TurnOutcome, DEFAULT_TENANT,
 };
 pub use storage::{
     check_append, check_commit, check_data, check_find, check_limit, check_name, check_put,

@@ -78,8 +78,19 @@ impl SessionStatus {
         }
     }
 
+    /// Where `transition` leads from this status, or why it may not happen. This is the only
+    /// way to a new status: the store writes statuses only through it.
+    pub fn apply(self, transition: Transition) -> Result<Self, CoreError> {
+        match transition {
+            Transition::Pause => self.pause(),
+            Transition::Stop => self.stop(),
+            Transition::Resume => self.resume(),
+            Transition::End => Ok(Self::Ended),
+        }
+    }
+
     /// Only an active session can be paused.
-    pub fn pause(self) -> Result<Self, CoreError> {
+    fn pause(self) -> Result<Self, CoreError> {
         match self {
             Self::Active => Ok(Self::Paused),
             other => Err(CoreError::IllegalTransition {
@@ -90,7 +101,7 @@ impl SessionStatus {
     }
 
     /// An active or starting session can be stopped; its sandbox goes away, its files stay.
-    pub fn stop(self) -> Result<Self, CoreError> {
+    fn stop(self) -> Result<Self, CoreError> {
         match self {
             Self::Active | Self::Starting => Ok(Self::Stopped),
             other => Err(CoreError::IllegalTransition {
@@ -101,12 +112,25 @@ impl SessionStatus {
     }
 
     /// Any session but an ended one can be resumed; resuming an active one changes nothing.
-    pub fn resume(self) -> Result<Self, CoreError> {
+    fn resume(self) -> Result<Self, CoreError> {
         match self {
             Self::Ended => Err(CoreError::SessionEnded),
             _ => Ok(Self::Active),
         }
     }
+}
+
+/// A change of a session's status ([`SessionStatus::apply`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// Active to paused (by a client, or by the server to free a sandbox).
+    Pause,
+    /// Active or starting to stopped.
+    Stop,
+    /// Anything but ended to active.
+    Resume,
+    /// Anything to ended.
+    End,
 }
 
 impl std::fmt::Display for SessionStatus {
@@ -206,17 +230,21 @@ mod tests {
     #[test]
     fn the_state_machine_allows_only_legal_moves() {
         use SessionStatus::*;
-        assert_eq!(Active.pause(), Ok(Paused));
+        use Transition::*;
+        assert_eq!(Active.apply(Pause), Ok(Paused));
         assert_eq!(
-            Paused.pause().unwrap_err().to_string(),
+            Paused.apply(Pause).unwrap_err().to_string(),
             "Cannot pause a session that is paused"
         );
-        assert_eq!(Active.stop(), Ok(Stopped));
-        assert!(Paused.stop().is_err());
+        assert_eq!(Active.apply(Stop), Ok(Stopped));
+        assert!(Paused.apply(Stop).is_err());
         for from in [Paused, Stopped, Error, Starting, Active] {
-            assert_eq!(from.resume(), Ok(Active), "resume from {from}");
+            assert_eq!(from.apply(Resume), Ok(Active), "resume from {from}");
         }
-        assert_eq!(Ended.resume(), Err(CoreError::SessionEnded));
+        assert_eq!(Ended.apply(Resume), Err(CoreError::SessionEnded));
+        for from in [Paused, Stopped, Error, Starting, Active, Ended] {
+            assert_eq!(from.apply(End), Ok(Ended), "end from {from}");
+        }
     }
 
     #[test]

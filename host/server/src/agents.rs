@@ -130,7 +130,7 @@ pub(crate) async fn remove(
             state.sessions.end(session.id).await;
             state
                 .store
-                .set_session_status(session.id, ash_core::SessionStatus::Ended)
+                .transition(session.id, ash_core::Transition::End)
                 .await?;
         }
     }

@@ -56,6 +56,9 @@ impl From<ash_store::StoreError> for ApiError {
     /// A store out of reach is a 503 the client may retry (the server reconnects by itself);
     /// anything else is a 500.
     fn from(e: ash_store::StoreError) -> Self {
+        if let ash_store::StoreError::Refused(e) = e {
+            return e.into();
+        }
         if e.is_full() {
             tracing::warn!("{e}");
             return Self::new(

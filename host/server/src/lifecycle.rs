@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ash_core::{HookPoint, ResumePath, Session, SessionId, SessionStatus};
+use ash_core::{HookPoint, ResumePath, Session, SessionId, SessionStatus, Transition};
 use ash_protocol::Event;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
@@ -39,10 +39,10 @@ pub(crate) async fn pause(
     UrlPath(id): UrlPath<String>,
 ) -> Result<Json<SessionReply>, ApiError> {
     let session = find(&state, &id).await?;
-    let paused = session.status.pause()?;
+    session.status.apply(Transition::Pause)?;
     let _still = state.sessions.hold(session.id)?;
     state.sessions.snapshot(session.id).await?;
-    set_status(&state, session.id, paused).await
+    set_status(&state, session.id, Transition::Pause).await
 }
 
 /// `POST /api/sessions/:id/stop`: snapshots the workspace and stops the sandbox; the files
@@ -54,12 +54,12 @@ pub(crate) async fn stop(
     UrlPath(id): UrlPath<String>,
 ) -> Result<Json<SessionReply>, ApiError> {
     let session = find(&state, &id).await?;
-    let stopped = session.status.stop()?;
+    session.status.apply(Transition::Stop)?;
     // Held to the end: a message waiting for it sees the session stopped.
     let _still = state.sessions.hold(session.id)?;
     state.sessions.snapshot(session.id).await?;
     state.sessions.discard(session.id).await;
-    set_status(&state, session.id, stopped).await
+    set_status(&state, session.id, Transition::Stop).await
 }
 
 /// `POST /api/sessions/:id/resume`: back to `active` — warm when its sandbox is still up,
@@ -72,7 +72,7 @@ pub(crate) async fn resume(
     UrlPath(id): UrlPath<String>,
 ) -> Result<Json<SessionReply>, ApiError> {
     let session = find(&state, &id).await?;
-    let active = session.status.resume()?;
+    session.status.apply(Transition::Resume)?;
     if session.status == SessionStatus::Active {
         return Ok(Json(SessionReply { session }));
     }
@@ -84,7 +84,7 @@ pub(crate) async fn resume(
     let path = path.as_str();
     state.metrics.resumes.with_label_values(&[path]).inc();
     tracing::info!(session = %session.id, path, "session resumed");
-    set_status(&state, session.id, active).await
+    set_status(&state, session.id, Transition::Resume).await
 }
 
 /// The longest command text `exec` takes.
@@ -209,15 +209,15 @@ pub(crate) async fn fork(
 async fn set_status(
     state: &AppState,
     id: SessionId,
-    status: SessionStatus,
+    transition: Transition,
 ) -> Result<Json<SessionReply>, ApiError> {
     let session = state
         .store
-        .set_session_status(id, status)
+        .transition(id, transition)
         .await?
         .ok_or_else(|| ApiError::not_found("Session not found"))?;
-    let hook = match status {
-        SessionStatus::Active => HookPoint::SessionResumed,
+    let hook = match transition {
+        Transition::Resume => HookPoint::SessionResumed,
         _ => HookPoint::SessionPaused,
     };
     crate::hooks::lifecycle(state, hook, &session, None);

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use ash_core::{
     Agent, AgentManifest, AgentName, HookPoint, LimitOverrides, ParkReason, Role, Session,
-    SessionId, SessionStatus, DEFAULT_TENANT,
+    SessionId, SessionStatus, Transition, DEFAULT_TENANT,
 };
 use ash_protocol::{Backend, QueryOptions};
 use ash_sandbox::doctor::{self, Verdict};
@@ -451,27 +451,17 @@ impl Sessions {
         live.sandbox.stop().await;
         *held = None;
         drop((held, live));
-        match state.store.get_session(id).await {
-            Ok(Some(session)) if session.status == SessionStatus::Active => {
-                match state
-                    .store
-                    .set_session_status(id, SessionStatus::Paused)
-                    .await
-                {
-                    Ok(Some(paused)) => {
-                        let said = Some(reason.as_str());
-                        if reason == ParkReason::Evicted {
-                            hooks::lifecycle(state, HookPoint::SandboxEvicted, &paused, said);
-                        }
-                        hooks::lifecycle(state, HookPoint::SessionPaused, &paused, said);
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::error!(session = %id, "cannot mark a parked session paused: {e}")
-                    }
+        // Only an active session becomes paused; one paused or stopped meanwhile stays so.
+        match state.store.transition(id, Transition::Pause).await {
+            Ok(Some(paused)) => {
+                let said = Some(reason.as_str());
+                if reason == ParkReason::Evicted {
+                    hooks::lifecycle(state, HookPoint::SandboxEvicted, &paused, said);
                 }
+                hooks::lifecycle(state, HookPoint::SessionPaused, &paused, said);
             }
-            _ => {}
+            Ok(None) | Err(ash_store::StoreError::Refused(_)) => {}
+            Err(e) => tracing::error!(session = %id, "cannot mark a parked session paused: {e}"),
         }
         let reason = reason.as_str();
         let data = json!({"action": "paused", "reason": reason}).to_string();
@@ -815,7 +805,7 @@ pub(crate) async fn end(
     state.sessions.end(session.id).await;
     let session = state
         .store
-        .set_session_status(session.id, SessionStatus::Ended)
+        .transition(session.id, Transition::End)
         .await?
         .ok_or_else(|| ApiError::not_found("Session not found"))?;
     tracing::info!(session = %session.id, "session ended");

@@ -36,6 +36,9 @@ pub enum StoreError {
     Storage(#[from] ash_core::StorageError),
     #[error("stored record is corrupt: {0}")]
     Corrupt(String),
+    /// A status transition the session's stored status does not allow.
+    #[error(transparent)]
+    Refused(#[from] ash_core::CoreError),
 }
 
 impl StoreError {

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use ash_core::{
     Agent, AgentName, Credential, CredentialType, Document, Session, SessionId, SessionStatus,
-    Storage, StorageError, Write, DEFAULT_TENANT,
+    Storage, StorageError, Transition, Write, DEFAULT_TENANT,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -432,22 +432,35 @@ impl Store {
         Ok(sessions.into_iter().map(Session::from).collect())
     }
 
-    /// Sets the status and returns the updated session.
-    pub async fn set_session_status(
+    /// Moves the session's status by `transition`, judged against the stored status in the
+    /// same write, and returns the updated session; `None` when there is no such session, and
+    /// [`StoreError::Refused`] (nothing written) when the transition may not happen from there.
+    pub async fn transition(
         &self,
         id: SessionId,
-        status: SessionStatus,
+        transition: Transition,
     ) -> Result<Option<Session>, StoreError> {
+        let mut refused = None;
         let changed = self
             .change(&session_key(id), |session: Option<SessionRecord>| {
-                session.map(|session| SessionRecord {
-                    status,
-                    last_active_at: now(),
-                    ..session
-                })
+                let session = session?;
+                match session.status.apply(transition) {
+                    Ok(status) => Some(SessionRecord {
+                        status,
+                        last_active_at: now(),
+                        ..session
+                    }),
+                    Err(e) => {
+                        refused = Some(e);
+                        None
+                    }
+                }
             })
             .await?;
-        Ok(changed.map(Session::from))
+        match refused {
+            Some(e) => Err(StoreError::Refused(e)),
+            None => Ok(changed.map(Session::from)),
+        }
     }
 
     /// The write that marks a session's turn as begun or ended (`open`) and the session active

@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 
 use ash_core::{
-    AgentName, Credential, CredentialType, Role, Session, SessionId, SessionStatus, DEFAULT_TENANT,
+    AgentName, CoreError, Credential, CredentialType, Role, Session, SessionId, SessionStatus,
+    Transition, DEFAULT_TENANT,
 };
 use futures_util::future::join_all;
 
@@ -91,7 +92,7 @@ async fn sessions_list_newest_first_and_keep_their_settings(s: &Store) {
     let of_a = s.list_sessions(Some(&name("a"))).await.unwrap();
     assert_eq!(of_a.iter().map(|x| x.id).collect::<Vec<_>>(), [old.id]);
     let ended = s
-        .set_session_status(old.id, SessionStatus::Ended)
+        .transition(old.id, Transition::End)
         .await
         .unwrap()
         .unwrap();
@@ -100,8 +101,15 @@ async fn sessions_list_newest_first_and_keep_their_settings(s: &Store) {
         s.get_session(old.id).await.unwrap().unwrap().status,
         SessionStatus::Ended
     );
+    assert!(
+        matches!(
+            s.transition(old.id, Transition::Resume).await,
+            Err(crate::StoreError::Refused(CoreError::SessionEnded))
+        ),
+        "an ended session cannot come back"
+    );
     assert_eq!(
-        s.set_session_status(SessionId::new(), SessionStatus::Ended)
+        s.transition(SessionId::new(), Transition::End)
             .await
             .unwrap(),
         None,
@@ -191,9 +199,7 @@ async fn a_turn_ending_after_a_status_change_keeps_the_status(s: &Store) {
     )
     .await
     .unwrap();
-    s.set_session_status(x.id, SessionStatus::Paused)
-        .await
-        .unwrap();
+    s.transition(x.id, Transition::Pause).await.unwrap();
     s.append(
         x.id,
         &[(Role::Assistant, "said".to_owned())],
@@ -228,9 +234,7 @@ async fn a_turn_ending_after_a_status_change_keeps_the_status(s: &Store) {
         !s.unfinished_turns().await.unwrap().contains(&x.id),
         "and ended its mark"
     );
-    s.set_session_status(x.id, SessionStatus::Ended)
-        .await
-        .unwrap();
+    s.transition(x.id, Transition::End).await.unwrap();
 }
 
 async fn forks_copy_messages_with_their_numbers(s: &Store) {
