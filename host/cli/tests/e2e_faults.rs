@@ -542,13 +542,31 @@ async fn a_message_racing_a_stop_either_runs_or_gets_a_clear_answer(backend: Bac
         if stop == 200 {
             stopped += 1;
             assert_eq!(status, "stopped");
-            let (status, body) = server
-                .post(
-                    &format!("/api/sessions/{session}/resume"),
-                    serde_json::json!({}),
-                )
-                .await;
-            assert_eq!(status, 200, "{body}");
+            // A resume racing another stop: each runs or gets a clear answer, and the session
+            // ends up as the one that ran last left it.
+            let resume_path = format!("/api/sessions/{session}/resume");
+            let ((resumed, body), (again, _)) = tokio::join!(
+                server.post(&resume_path, serde_json::json!({})),
+                server.post(&stop_path, serde_json::json!({})),
+            );
+            assert!(
+                matches!(resumed, 200 | 409),
+                "round {round}: resume got {resumed} {body}"
+            );
+            assert!(
+                matches!(again, 200 | 400 | 409),
+                "round {round}: stop got {again}"
+            );
+            let (_, now) = server.get(&format!("/api/sessions/{session}")).await;
+            if now["session"]["status"] == "stopped" {
+                let (status, body) = server.post(&resume_path, serde_json::json!({})).await;
+                assert_eq!(status, 200, "{body}");
+            }
+            let frames = server.message(&session, "still here").await;
+            assert!(
+                assistant_text(&frames).starts_with("Echo: still here"),
+                "{frames:?}"
+            );
         } else {
             assert_eq!(status, "active");
         }

@@ -76,6 +76,8 @@ pub(crate) async fn resume(
     if session.status == SessionStatus::Active {
         return Ok(Json(SessionReply { session }));
     }
+    // Held to the end, as a pause or stop holds it: one of them at a time.
+    let _still = state.sessions.hold(session.id)?;
     let path = match state.sessions.is_warm(session.id).await {
         true => ResumePath::Warm,
         false => ResumePath::Cold,
