@@ -11,10 +11,10 @@ use std::sync::Arc;
 use ash_core::{AgentManifest, AgentName, RelativePath, MANIFEST_FILE, MAX_MANIFEST_BYTES};
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::Router;
 use base64::Engine;
 use serde::Deserialize;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use crate::error::Json;
 use crate::openapi::{AgentList, AgentReply, Deleted};
@@ -24,15 +24,11 @@ use crate::{ApiError, AppState};
 const DEPLOY_BODY_LIMIT: usize = 64 * 1024 * 1024;
 const MAX_FILES: usize = 10_000;
 
-pub(crate) fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route(
-            "/api/agents",
-            post(deploy)
-                .layer(DefaultBodyLimit::max(DEPLOY_BODY_LIMIT))
-                .get(list),
-        )
-        .route("/api/agents/{name}", get(show).delete(remove))
+pub(crate) fn routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(deploy).layer(DefaultBodyLimit::max(DEPLOY_BODY_LIMIT)))
+        .routes(routes!(list))
+        .routes(routes!(show, remove))
 }
 
 /// Managed mode: `files` (and optionally `systemPrompt`); path mode: `path`, a folder on the server.

@@ -16,11 +16,11 @@ use ash_core::{Credential, CredentialType};
 use ash_store::SealedKey;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
-use axum::routing::{delete, get};
-use axum::Router;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::error::Json;
 use crate::{ApiError, AppState, StartError};
@@ -145,16 +145,16 @@ pub(crate) async fn env_for(
     Ok((credential.kind.env_var(), key))
 }
 
-pub(crate) fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/api/credentials", get(list).post(create))
-        .route("/api/credentials/{id}", delete(remove))
+pub(crate) fn routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(remove))
 }
 
 /// A key to store: `type` is `anthropic`, `openai` or `custom` (given to sessions as
 /// `ANTHROPIC_API_KEY`, `OPENAI_API_KEY`, `ASH_CUSTOM_API_KEY`).
 #[derive(Deserialize, utoipa::ToSchema)]
-pub(crate) struct CreateBody {
+pub(crate) struct CreateCredentialBody {
     #[serde(rename = "type")]
     kind: CredentialType,
     #[schema(min_length = 1, max_length = 16384)]
@@ -173,11 +173,11 @@ pub(crate) struct CredentialList {
     credentials: Vec<Credential>,
 }
 
-#[utoipa::path(post, path = "/api/credentials", tag = "credentials", request_body = CreateBody,
+#[utoipa::path(post, path = "/api/credentials", tag = "credentials", request_body = CreateCredentialBody,
     responses((status = 201, body = CredentialReply), (status = 400, body = crate::openapi::ErrorBody), (status = 503, body = crate::openapi::ErrorBody)))]
 pub(crate) async fn create(
     State(state): State<Arc<AppState>>,
-    Json(body): Json<CreateBody>,
+    Json(body): Json<CreateCredentialBody>,
 ) -> Result<(StatusCode, Json<CredentialReply>), ApiError> {
     let sealer = sealer(&state)?;
     if body.key.is_empty() || body.key.len() > MAX_KEY || body.key.contains(['\0', '\n']) {

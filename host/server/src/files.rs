@@ -15,11 +15,11 @@ use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use crate::error::{Json, Query};
 use crate::sessions::find;
@@ -40,21 +40,24 @@ const MAX_BUNDLE_CONTENT: u64 = 100 * 1024 * 1024;
 const WORKSPACE_BODY_LIMIT: usize = 134 * 1024 * 1024;
 const MAX_UNPACKED: u64 = 512 * 1024 * 1024;
 
-pub(crate) fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route(
-            "/api/sessions/{id}/files",
-            get(list)
-                .post(upload)
-                .layer(DefaultBodyLimit::max(FILES_BODY_LIMIT)),
-        )
-        .route("/api/sessions/{id}/files/{*path}", get(read).delete(remove))
-        .route(
-            "/api/sessions/{id}/workspace",
-            get(download)
-                .post(restore)
-                .layer(DefaultBodyLimit::max(WORKSPACE_BODY_LIMIT)),
-        )
+/// `/api/sessions/{id}/files/{*path}`: axum's wildcard takes the rest of the path, which
+/// OpenAPI cannot say, so the document names it `{path}` and the router `{*path}`.
+fn any_file() -> OpenApiRouter<Arc<AppState>> {
+    let (schemas, paths, _) = routes!(read, remove);
+    let method_router = axum::routing::get(read).delete(remove);
+    let mut router = OpenApiRouter::new().route("/api/sessions/{id}/files/{*path}", method_router);
+    let openapi = router.get_openapi_mut();
+    openapi.paths.paths.extend(paths.paths);
+    let components = openapi.components.get_or_insert_with(Default::default);
+    components.schemas.extend(schemas);
+    router
+}
+
+pub(crate) fn routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(list, upload).layer(DefaultBodyLimit::max(FILES_BODY_LIMIT)))
+        .merge(any_file())
+        .routes(routes!(download, restore).layer(DefaultBodyLimit::max(WORKSPACE_BODY_LIMIT)))
 }
 
 /// Where the files came from: the session's workspace, or its last snapshot when the

@@ -265,20 +265,30 @@ async fn sweep_idle(state: Arc<AppState>) {
 /// Default cap for request bodies.
 const BODY_LIMIT: usize = 1024 * 1024;
 
-fn router(state: Arc<AppState>) -> Router {
-    let api = Router::new()
+/// Every route with its OpenAPI entries, each module adding its own: those behind the API
+/// key, and the public ones.
+type Routes = utoipa_axum::router::OpenApiRouter<Arc<AppState>>;
+
+fn routes() -> (Routes, Routes) {
+    use utoipa_axum::routes;
+    let keyed = Routes::new()
         .merge(agents::routes())
         .merge(sessions::routes())
         .merge(lifecycle::routes())
         .merge(files::routes())
         .merge(credentials::routes())
-        .route("/metrics", axum::routing::get(health::metrics))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_key,
-        ));
-    Router::new()
-        .route("/health", axum::routing::get(health::health))
+        .routes(routes!(health::metrics));
+    let public = Routes::new().routes(routes!(health::health));
+    (keyed, public)
+}
+
+fn router(state: Arc<AppState>) -> Router {
+    let (keyed, public) = routes();
+    let api = Router::from(keyed).layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        auth::require_key,
+    ));
+    Router::from(public)
         .route("/docs/json", axum::routing::get(openapi::serve))
         .merge(api)
         .fallback(|| async { ApiError::not_found("Not found: no such route") })

@@ -12,22 +12,22 @@ use ash_core::{HookPoint, ResumePath, Session, SessionId, SessionStatus, Transit
 use ash_protocol::Event;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
-use axum::routing::post;
-use axum::Router;
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::error::Json;
 use crate::openapi::SessionReply;
 use crate::sessions::{find, now};
 use crate::{ApiError, AppState};
 
-pub(crate) fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/api/sessions/{id}/pause", post(pause))
-        .route("/api/sessions/{id}/stop", post(stop))
-        .route("/api/sessions/{id}/resume", post(resume))
-        .route("/api/sessions/{id}/exec", post(exec))
-        .route("/api/sessions/{id}/fork", post(fork))
+pub(crate) fn routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(pause))
+        .routes(routes!(stop))
+        .routes(routes!(resume))
+        .routes(routes!(exec))
+        .routes(routes!(fork))
 }
 
 /// `POST /api/sessions/:id/pause`: writes a durable snapshot of the workspace, then stops

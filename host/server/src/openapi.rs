@@ -6,8 +6,6 @@ use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::{agents, credentials, files, health, lifecycle, sessions};
-
 /// `{"agent": …}`
 #[derive(Serialize, ToSchema)]
 pub(crate) struct AgentReply {
@@ -67,16 +65,7 @@ pub(crate) struct ErrorBody {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Ash", description = "Deploy AI agents and run each session in a sandbox. Paths and shapes follow the reference Ash API."),
-    paths(
-        agents::deploy, agents::list, agents::show, agents::remove,
-        sessions::create, sessions::list, sessions::show, sessions::end, sessions::messages, sessions::send,
-        sessions::events, sessions::stream, sessions::interrupt, lifecycle::pause, lifecycle::stop, lifecycle::resume, lifecycle::exec, lifecycle::fork,
-        files::list, files::read, files::upload, files::remove, files::download, files::restore,
-        credentials::create, credentials::list, credentials::remove,
-        health::health, health::metrics,
-    ),
     components(schemas(Role, SessionStatus)),
-    modifiers(&BearerAuth, &StandardErrors),
     security(("bearer" = [])),
     tags((name = "agents"), (name = "sessions"), (name = "credentials"), (name = "health"))
 )]
@@ -152,11 +141,22 @@ impl Modify for StandardErrors {
     }
 }
 
-/// The document as pretty JSON, as committed in `docs/openapi.json`.
+/// The document as pretty JSON, as committed in `docs/openapi.json`: the paths each route
+/// module registers with its routes, then the security scheme and the standard errors.
 pub fn document() -> String {
-    ApiDoc::openapi()
-        .to_pretty_json()
-        .expect("the OpenAPI document serialises")
+    static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let document = DOCUMENT.get_or_init(|| {
+        let (keyed, public) = crate::routes();
+        let mut openapi = ApiDoc::openapi();
+        openapi.merge(keyed.into_openapi());
+        openapi.merge(public.into_openapi());
+        BearerAuth.modify(&mut openapi);
+        StandardErrors.modify(&mut openapi);
+        openapi
+            .to_pretty_json()
+            .expect("the OpenAPI document serialises")
+    });
+    document.clone()
 }
 
 /// `GET /docs/json`

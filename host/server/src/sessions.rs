@@ -25,11 +25,11 @@ use ash_store::TurnMark;
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
 use axum::http::StatusCode;
 use axum::response::sse::{KeepAlive, KeepAliveStream, Sse};
-use axum::routing::{get, post};
-use axum::Router;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use crate::agents::{agent_not_found, blocking, read_manifest, validate_env};
 use crate::error::{Json, Query};
@@ -657,24 +657,20 @@ fn merge_limits(defaults: Limits, agent: &LimitOverrides) -> Limits {
     }
 }
 
-pub(crate) fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/api/sessions", post(create).get(list))
-        .route("/api/sessions/{id}", get(show).delete(end))
-        .route(
-            "/api/sessions/{id}/messages",
-            post(send)
-                .layer(DefaultBodyLimit::max(MESSAGE_BODY_LIMIT))
-                .get(messages),
-        )
-        .route("/api/sessions/{id}/events", get(events))
-        .route("/api/sessions/{id}/stream", get(stream))
-        .route("/api/sessions/{id}/interrupt", post(interrupt))
+pub(crate) fn routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(show, end))
+        .routes(routes!(send).layer(DefaultBodyLimit::max(MESSAGE_BODY_LIMIT)))
+        .routes(routes!(messages))
+        .routes(routes!(events))
+        .routes(routes!(stream))
+        .routes(routes!(interrupt))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub(crate) struct CreateBody {
+pub(crate) struct CreateSessionBody {
     #[schema(pattern = r"^[A-Za-z0-9_-]{1,255}$")]
     agent: String,
     /// A stored credential whose key the session's sandboxes get (see `/api/credentials`).
@@ -685,11 +681,11 @@ pub(crate) struct CreateBody {
     system_prompt: Option<String>,
 }
 
-#[utoipa::path(post, path = "/api/sessions", tag = "sessions", request_body = CreateBody,
+#[utoipa::path(post, path = "/api/sessions", tag = "sessions", request_body = CreateSessionBody,
     responses((status = 201, body = SessionReply), (status = 400, body = crate::openapi::ErrorBody), (status = 403, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 422, body = crate::openapi::ErrorBody), (status = 503, body = crate::openapi::ErrorBody)))]
 pub(crate) async fn create(
     State(state): State<Arc<AppState>>,
-    Json(body): Json<CreateBody>,
+    Json(body): Json<CreateSessionBody>,
 ) -> Result<(StatusCode, Json<SessionReply>), ApiError> {
     let agent_name = AgentName::try_from(body.agent)?;
     validate_env(&body.extra_env)?;
