@@ -286,12 +286,13 @@ impl Sandbox {
                 .map_err(|e| SandboxError::Start(format!("cannot give the sandbox a uid: {e}")))?
         };
         let cgroups = {
-            // One folder per sandbox, not per session: a session's next sandbox never meets
-            // what its last one leaves behind (the kill of its processes, the removal of its
-            // folder).
+            // One folder per sandbox, not per session (nor reused by a later server): a
+            // session's next sandbox never meets what its last one leaves behind (the kill of
+            // its processes, the removal of its folder, its counters).
             static STARTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
             let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let (id, limits) = (format!("{}.{n}", spec.id), spec.limits);
+            let pid = std::process::id();
+            let (id, limits) = (format!("{}.{pid}.{n}", spec.id), spec.limits);
             let group = host.cgroup_group.clone();
             let budget = host.memory_budget;
             tokio::task::spawn_blocking(move || {

@@ -123,11 +123,11 @@ pub(crate) async fn remove(
         .ok_or_else(agent_not_found)?;
     for session in state.store.list_sessions(Some(&name)).await? {
         if session.status != ash_core::SessionStatus::Ended {
-            state.sessions.end(session.id).await;
             state
                 .store
                 .transition(session.id, ash_core::Transition::End)
                 .await?;
+            state.sessions.end(session.id).await;
         }
     }
     state.store.delete_agent(&name).await?;

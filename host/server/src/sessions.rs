@@ -798,12 +798,13 @@ pub(crate) async fn end(
     UrlPath(id): UrlPath<String>,
 ) -> Result<Json<SessionReply>, ApiError> {
     let session = find(&state, &id).await?;
-    state.sessions.end(session.id).await;
+    // Ended first: a message or resume that comes meanwhile reads it and stops there.
     let session = state
         .store
         .transition(session.id, Transition::End)
         .await?
         .ok_or_else(|| ApiError::not_found("Session not found"))?;
+    state.sessions.end(session.id).await;
     tracing::info!(session = %session.id, "session ended");
     hooks::lifecycle(&state, HookPoint::SessionEnded, &session, None);
     Ok(Json(SessionReply { session }))
@@ -858,6 +859,8 @@ pub(crate) async fn send(
     session.status.accept_message()?;
     let hub = state.sessions.hub(session.id);
     hub.refusal()?;
+    // Counted as a turn from here: a stop that begins meanwhile waits for it.
+    let tracked = state.drain.turns.token();
     let turn = state.sessions.hold(session.id)?;
     // Read again under the lock: a pause, stop or delete that ended just before it is seen.
     let session = find(&state, &id).await?;
@@ -870,16 +873,19 @@ pub(crate) async fn send(
         json!({"type": "user", "content": body.content}).to_string(),
     )];
     let start = json!({"sessionId": session.id, "version": env!("CARGO_PKG_VERSION")}).to_string();
+    let mut frames = hub.owed(session.id);
+    frames.push(("session_start".to_owned(), start));
     let started = publish(
         &state,
         &hub,
         session.id,
         &user,
-        &[("session_start".to_owned(), start)],
+        &frames,
         Some(TurnMark::Begins),
     )
     .await?;
-    let after = started[0].sequence - 1;
+    hub.paid();
+    let begun = started[started.len() - 1].sequence;
     hooks::observe(
         &state,
         HookPoint::MessageIn,
@@ -888,38 +894,31 @@ pub(crate) async fn send(
         session.agent_name.as_str(),
         || user[0].1.clone(),
     );
-    match live
-        .sandbox
-        .query(body.content, session.id.to_string(), body.options)
-        .await
-    {
-        Ok(turn) => {
-            *live.current.lock().expect("lock") = Some(turn.id().to_owned());
-            state.drain.turns.spawn(stream::run_turn(
-                state.clone(),
-                session.id,
-                session.agent_name.to_string(),
-                hub,
-                turn,
-                guard,
-                (started[started.len() - 1].sequence, session.logged_bytes),
-            ));
+    // From here the turn is its own task: a client that goes away cancels nothing.
+    let (runtime, agent) = (state.clone(), session.agent_name.to_string());
+    let logged = (begun, session.logged_bytes);
+    state.drain.turns.spawn(async move {
+        let id = session.id;
+        match live
+            .sandbox
+            .query(body.content, id.to_string(), body.options)
+            .await
+        {
+            Ok(turn) => {
+                *live.current.lock().expect("lock") = Some(turn.id().to_owned());
+                stream::run_turn(runtime, id, agent, hub, turn, guard, logged).await;
+            }
+            Err(e) => {
+                tracing::error!(session = %id, "cannot start a turn: {e}");
+                runtime.sessions.discard(id).await;
+                let error = "the sandbox is not available; send the message again";
+                let frames = closing(id, Some(error));
+                publish_ending(&runtime, &hub, id, &[], &frames, guard).await;
+            }
         }
-        Err(e) => {
-            tracing::error!(session = %session.id, "cannot start a turn: {e}");
-            state.sessions.discard(session.id).await;
-            let error = "the sandbox is not available; send the message again";
-            publish_ending(
-                &state,
-                &hub,
-                session.id,
-                &[],
-                &closing(session.id, Some(error)),
-                guard,
-            )
-            .await;
-        }
-    }
+    });
+    drop(tracked);
+    let after = begun - 1;
     Ok(
         Sse::new(follow(state, session.id, followers, after, true))
             .keep_alive(KeepAlive::default()),

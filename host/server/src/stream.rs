@@ -45,6 +45,8 @@ const BATCH: usize = 256;
 /// Bytes of events gathered into one transaction before it is stored: what one turn holds
 /// in memory at a time, whatever its agent sends.
 const BATCH_BYTES: usize = 4 << 20;
+/// The error that ends a turn the store failed, once the store takes it.
+const STORE_LOST: &str = "storage was unavailable during this turn (out of reach, or its disk full), so the rest of it was lost; send the message again";
 /// How long a turn the store failed keeps trying to log its closing frames.
 const OUTAGE_PATIENCE: Duration = Duration::from_secs(600);
 /// The longest wait between two of those tries.
@@ -68,6 +70,9 @@ pub(crate) struct Hub {
     /// Set while a turn the store failed waits to log its end (holding the order lock): the
     /// store's last answer, which every new append gets at once instead of waiting.
     unclosed: Arc<watch::Sender<Option<(StatusCode, String)>>>,
+    /// A turn the store failed whose end could not be logged at all: the session's next
+    /// turn logs it first.
+    owed_end: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Hub {
@@ -76,7 +81,22 @@ impl Hub {
             feed: broadcast::channel(HUB_CAPACITY).0,
             order: Arc::default(),
             unclosed: Arc::new(watch::channel(None).0),
+            owed_end: Arc::default(),
         }
+    }
+
+    /// The frames a new turn logs before its own: the end of an earlier turn the store failed,
+    /// if that is still owed. [`Self::paid`] once they are stored.
+    pub(crate) fn owed(&self, session: SessionId) -> Vec<(String, String)> {
+        match self.owed_end.load(std::sync::atomic::Ordering::Acquire) {
+            true => closing(session, Some(STORE_LOST)),
+            false => Vec::new(),
+        }
+    }
+
+    pub(crate) fn paid(&self) {
+        self.owed_end
+            .store(false, std::sync::atomic::Ordering::Release);
     }
 
     /// The store's last error while a turn it failed has no end in the log yet: the answer to
@@ -187,10 +207,7 @@ async fn close_when_stored(
     session: SessionId,
     order: tokio::sync::MutexGuard<'_, ()>,
 ) {
-    let frames = closing(
-        session,
-        Some("storage was unavailable during this turn (out of reach, or its disk full), so the rest of it was lost; send the message again"),
-    );
+    let frames = closing(session, Some(STORE_LOST));
     let give_up = tokio::time::Instant::now() + OUTAGE_PATIENCE;
     let mut wait = Duration::from_millis(50);
     loop {
@@ -203,7 +220,9 @@ async fn close_when_stored(
                 wait = (wait * 2).min(OUTAGE_RETRY);
             }
             Err(e) => {
-                tracing::error!(session = %session, "the turn could not be closed in the log: {}; the next start closes it", e.message);
+                tracing::error!(session = %session, "the turn could not be closed in the log: {}; the session's next turn (or the next start) logs its end first", e.message);
+                hub.owed_end
+                    .store(true, std::sync::atomic::Ordering::Release);
                 break;
             }
         }
@@ -613,7 +632,8 @@ impl Follower {
                     biased;
                     published = hub.recv() => published,
                     () = state.drain.closing() => {
-                        let _ = self.tx.send(Ok(self.shutdown_frame())).await;
+                        let last = self.shutdown_frame();
+                        let _ = self.tx.send_timeout(Ok(last), SLOW_CLIENT_TIMEOUT).await;
                         return Ok(());
                     }
                 };
@@ -629,7 +649,7 @@ impl Follower {
                         // saw, and reads the turn's logged end after it once the store is back.
                         let data = json!({ "error": error }).to_string();
                         let frame = sse::Event::default().event("error").data(data);
-                        let _ = self.tx.send(Ok(frame)).await;
+                        let _ = self.tx.send_timeout(Ok(frame), SLOW_CLIENT_TIMEOUT).await;
                         return Err("the turn broke");
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => break,
