@@ -342,14 +342,7 @@ async fn filling_up_mid_turn_ends_the_stream_without_a_false_id_and_closes_the_t
 async fn a_stop_with_clients_attached_is_bounded_and_ends_turns_and_followers_cleanly(
     backend: Backend,
 ) {
-    let schema = match backend {
-        Backend::Sqlite => None,
-        Backend::Postgres => Some(TestSchema::create().await),
-    };
-    let url = schema.as_ref().map(TestSchema::url);
-    let mut env = vec![("ASH_SHUTDOWN_GRACE_SECS", "2")];
-    env.extend(url.as_deref().map(|url| ("ASH_DATABASE_URL", url)));
-    let mut server = Server::start_with_env(&env).await;
+    let (mut server, schema) = server_on(backend, &[("ASH_SHUTDOWN_GRACE_SECS", "2")]).await;
     // A turn in flight, its client attached; it never ends by itself.
     let busy = server.command_session("gated", common::GATED_AGENT).await;
     let mut turn = server
@@ -426,16 +419,14 @@ async fn a_stop_with_clients_attached_is_bounded_and_ends_turns_and_followers_cl
 }
 
 /// A server on the backend's store (a fresh Postgres schema when it is Postgres).
-async fn server_on(backend: Backend) -> (Server, Option<TestSchema>) {
+async fn server_on(backend: Backend, env: &[(&str, &str)]) -> (Server, Option<TestSchema>) {
     let schema = match backend {
         Backend::Sqlite => None,
         Backend::Postgres => Some(TestSchema::create().await),
     };
     let url = schema.as_ref().map(TestSchema::url);
-    let env: Vec<(&str, &str)> = url
-        .iter()
-        .map(|url| ("ASH_DATABASE_URL", url.as_str()))
-        .collect();
+    let mut env = env.to_vec();
+    env.extend(url.as_deref().map(|url| ("ASH_DATABASE_URL", url)));
     (Server::start_with_env(&env).await, schema)
 }
 
@@ -464,7 +455,7 @@ done
 "#;
 
 async fn a_bridge_killed_after_the_last_frame_ends_the_turn_with_error_and_done(backend: Backend) {
-    let (server, schema) = server_on(backend).await;
+    let (server, schema) = server_on(backend, &[]).await;
     // The kill lands after the last frame, before `done`: the window held open by the gate.
     let session = server
         .command_session("killer", KILLS_ITS_BRIDGE_BEFORE_DONE)
@@ -507,7 +498,7 @@ async fn a_bridge_killed_after_the_last_frame_ends_the_turn_with_error_and_done(
 }
 
 async fn a_message_racing_a_stop_either_runs_or_gets_a_clear_answer(backend: Backend) {
-    let (server, schema) = server_on(backend).await;
+    let (server, schema) = server_on(backend, &[]).await;
     let session = server.session("hello-agent").await;
     let (mut ran, mut stopped) = (0, 0);
     for round in 0..30 {
@@ -595,7 +586,7 @@ for line in sys.stdin:
 "#;
 
 async fn sigkills_mid_stream_lose_no_frame_a_client_saw(backend: Backend) {
-    let (mut server, schema) = server_on(backend).await;
+    let (mut server, schema) = server_on(backend, &[]).await;
     let session = server.command_session("streamer", STREAMS_ON).await;
     let mut seen = Vec::new();
     for round in 0..5 {

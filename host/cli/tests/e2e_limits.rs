@@ -128,7 +128,8 @@ for line in sys.stdin:
 ' "$@"
 "#;
 
-async fn flood(server: &Server, count: u32, size: u32) -> (String, Vec<ash_cli::sse::Frame>) {
+/// Deploys the flood agent sending `count` messages of `size` bytes per turn; a session of it.
+async fn flood_session(server: &Server, count: u32, size: u32) -> String {
     let manifest = format!(
         "[backend]\nkind = \"command\"\nargv = [\"/bin/sh\", \"agent.sh\", \"{count}\", \"{size}\"]\n"
     );
@@ -139,7 +140,11 @@ async fn flood(server: &Server, count: u32, size: u32) -> (String, Vec<ash_cli::
         )
         .await;
     assert_eq!(status, 201, "{body}");
-    let session = server.session("flood").await;
+    server.session("flood").await
+}
+
+async fn flood(server: &Server, count: u32, size: u32) -> (String, Vec<ash_cli::sse::Frame>) {
+    let session = flood_session(server, count, size).await;
     let frames = server.message(&session, "go").await;
     (session, frames)
 }
@@ -191,16 +196,7 @@ async fn a_turn_past_its_event_count_cap_is_stopped_and_a_turn_within_it_is_not(
 async fn a_session_at_its_log_cap_ends_its_turns_with_a_limit_frame() {
     // Small turns: each fits in one batch, so the cap must count the session's whole log.
     let server = Server::start_with_env(&[("ASH_SESSION_MAX_EVENTS", "40")]).await;
-    let manifest =
-        "[backend]\nkind = \"command\"\nargv = [\"/bin/sh\", \"agent.sh\", \"10\", \"10\"]\n";
-    let (status, body) = server
-        .deploy(
-            "flood",
-            &[("ash.toml", manifest), ("agent.sh", FLOOD_AGENT)],
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    let session = server.session("flood").await;
+    let session = flood_session(&server, 10, 10).await;
     let mut kinds = Vec::new();
     for _ in 0..6 {
         let frames = server.message(&session, "go").await;
@@ -218,16 +214,7 @@ async fn a_session_at_its_log_byte_cap_ends_its_turns_with_a_limit_frame_across_
     // One ~300 kB message per turn is logged two or three times over (its frames and the
     // stored message): one turn fits under 1 MiB, two do not.
     let server = Server::start_with_env(&[("ASH_SESSION_MAX_EVENT_MB", "1")]).await;
-    let manifest =
-        "[backend]\nkind = \"command\"\nargv = [\"/bin/sh\", \"agent.sh\", \"1\", \"300000\"]\n";
-    let (status, body) = server
-        .deploy(
-            "flood",
-            &[("ash.toml", manifest), ("agent.sh", FLOOD_AGENT)],
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    let session = server.session("flood").await;
+    let session = flood_session(&server, 1, 300000).await;
     let first = server.message(&session, "go").await;
     assert!(!events(&first).contains(&"limit"), "the first turn fits");
     // The count is kept with the session: a restart does not reset it.

@@ -55,7 +55,7 @@ pub(crate) async fn stop(
 ) -> Result<Json<SessionReply>, ApiError> {
     let session = find(&state, &id).await?;
     session.status.apply(Transition::Stop)?;
-    // Held to the end: a message waiting for it sees the session stopped.
+    // Held to the end: a message meanwhile gets 409, one after it reads the session stopped.
     let _still = state.sessions.hold(session.id)?;
     state.sessions.snapshot(session.id).await?;
     state.sessions.discard(session.id).await;

@@ -34,6 +34,11 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Counts a turn by how it ended (`ash_turns_total{outcome}`).
+    pub fn turn_ended(&self, outcome: ash_core::TurnOutcome) {
+        self.turns.with_label_values(&[outcome.as_str()]).inc();
+    }
+
     pub fn new(max_sandboxes: usize) -> Self {
         let registry = Registry::new();
         let gauge = |name: &str, help: &str| {

@@ -69,8 +69,9 @@ pub struct Sessions {
 /// A session's place in the runtime: its sandbox, its hub and its turn lock.
 struct Slot {
     live: tokio::sync::Mutex<Option<Arc<Live>>>,
-    /// Held by a turn, and by a pause, stop, fork or delete while it changes the session:
-    /// one at a time, whichever comes first; the others get 409.
+    /// Held by a turn, and by a pause, stop, resume or fork while it changes the session:
+    /// one at a time, whichever comes first; the others get 409. (A delete writes `ended`
+    /// first instead, which whoever holds the lock next reads.)
     turn: Arc<tokio::sync::Mutex<()>>,
     hub: Hub,
 }

@@ -189,11 +189,7 @@ fn broken(state: &AppState, hub: &Hub, error: &ApiError) {
     hub.unclosed
         .send_replace(Some((error.status, error.message.clone())));
     let _ = hub.feed.send(Published::Broken(error.message.clone()));
-    state
-        .metrics
-        .turns
-        .with_label_values(&[TurnOutcome::StorageFailed.as_str()])
-        .inc();
+    state.metrics.turn_ended(TurnOutcome::StorageFailed);
 }
 
 /// Closes a turn the store failed in the log (`error` + `done`) as soon as the
@@ -309,11 +305,7 @@ pub(crate) async fn run_turn(
         if let (Some(at), Some(outcome)) = (batch.closing_at, batch.outcome) {
             let hits = limit_frames(&state, guard.sandbox());
             batch.frames.splice(at..at, hits);
-            state
-                .metrics
-                .turns
-                .with_label_values(&[outcome.as_str()])
-                .inc();
+            state.metrics.turn_ended(outcome);
             return publish_ending(&state, &hub, session, &batch.messages, &batch.frames, guard)
                 .await;
         }
@@ -337,11 +329,7 @@ pub(crate) async fn run_turn(
     let mut frames = limit_frames(&state, guard.sandbox());
     frames.extend(closing(session, Some(error)));
     state.sessions.discard(session).await;
-    state
-        .metrics
-        .turns
-        .with_label_values(&[TurnOutcome::SandboxLost.as_str()])
-        .inc();
+    state.metrics.turn_ended(TurnOutcome::SandboxLost);
     publish_ending(&state, &hub, session, &batch.messages, &frames, guard).await;
 }
 
@@ -401,11 +389,7 @@ async fn end_at_cap(
     let data = json!({"kind": kind, "limit": limit, "count": 1, "message": message});
     frames.push(("limit".to_owned(), data.to_string()));
     frames.extend(closing(session, Some(&message)));
-    state
-        .metrics
-        .turns
-        .with_label_values(&[TurnOutcome::Limit.as_str()])
-        .inc();
+    state.metrics.turn_ended(TurnOutcome::Limit);
     publish_ending(state, hub, session, &[], &frames, guard).await;
 }
 
@@ -413,11 +397,7 @@ async fn end_at_cap(
 /// with the server.
 async fn end_at_shutdown(state: &AppState, hub: &Hub, session: SessionId, guard: TurnGuard) {
     let error = "the server shut down during this turn; send the message again";
-    state
-        .metrics
-        .turns
-        .with_label_values(&[TurnOutcome::Shutdown.as_str()])
-        .inc();
+    state.metrics.turn_ended(TurnOutcome::Shutdown);
     publish_ending(
         state,
         hub,

@@ -457,6 +457,11 @@ impl Store {
                 }
             })
             .await?;
+        if transition == Transition::End {
+            // An ended session logs no more turns: nothing of it stays held.
+            self.marked.lock().expect("lock").remove(&id);
+            self.unmarked.lock().expect("lock").remove(&id);
+        }
         match refused {
             Some(e) => Err(StoreError::Refused(e)),
             None => Ok(changed.map(Session::from)),

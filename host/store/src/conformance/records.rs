@@ -143,6 +143,22 @@ async fn concurrent_appends_stay_gap_free(s: &Store) {
         .all(|m| m.role == Role::User && m.session_id == x.id.to_string()));
 }
 
+/// Logs a turn's `session_start`, marking the session in a turn.
+async fn begin_turn(s: &Store, id: SessionId) {
+    let start = [("session_start", "{}".to_owned())];
+    s.append(id, &[], &start, Some(TurnMark::Begins))
+        .await
+        .unwrap();
+}
+
+/// Logs a turn's `done`, ending the session's turn.
+async fn end_turn(s: &Store, id: SessionId) {
+    let done = [("done", "{}".to_owned())];
+    s.append(id, &[], &done, Some(TurnMark::Ends))
+        .await
+        .unwrap();
+}
+
 async fn events_page_filter_and_mark_turns(s: &Store) {
     let x = session("a", "2026-01-04T00:00:00.000Z");
     s.insert_session(&x).await.unwrap();
@@ -155,14 +171,7 @@ async fn events_page_filter_and_mark_turns(s: &Store) {
         .await
         .unwrap();
     assert!(s.unfinished_turns().await.unwrap().is_empty(), "it ended");
-    s.append(
-        x.id,
-        &[],
-        &[("session_start", "{}".to_owned())],
-        Some(TurnMark::Begins),
-    )
-    .await
-    .unwrap();
+    begin_turn(s, x.id).await;
     assert_eq!(s.unfinished_turns().await.unwrap(), [x.id], "left open");
     let after = s.list_events(x.id, 1, 10, None).await.unwrap();
     assert_eq!(
@@ -177,28 +186,14 @@ async fn events_page_filter_and_mark_turns(s: &Store) {
         starts.iter().map(|e| e.sequence).collect::<Vec<_>>(),
         [1, 4]
     );
-    s.append(
-        x.id,
-        &[],
-        &[("done", "{}".to_owned())],
-        Some(TurnMark::Ends),
-    )
-    .await
-    .unwrap();
+    end_turn(s, x.id).await;
     assert!(s.unfinished_turns().await.unwrap().is_empty(), "closed");
 }
 
 async fn a_turn_ending_after_a_status_change_keeps_the_status(s: &Store) {
     let x = session("a", "2026-01-04T00:00:01.000Z");
     s.insert_session(&x).await.unwrap();
-    s.append(
-        x.id,
-        &[],
-        &[("session_start", "{}".to_owned())],
-        Some(TurnMark::Begins),
-    )
-    .await
-    .unwrap();
+    begin_turn(s, x.id).await;
     s.transition(x.id, Transition::Pause).await.unwrap();
     s.append(
         x.id,
@@ -208,14 +203,7 @@ async fn a_turn_ending_after_a_status_change_keeps_the_status(s: &Store) {
     )
     .await
     .unwrap();
-    s.append(
-        x.id,
-        &[],
-        &[("done", "{}".to_owned())],
-        Some(TurnMark::Ends),
-    )
-    .await
-    .unwrap();
+    end_turn(s, x.id).await;
     let after = s.get_session(x.id).await.unwrap().unwrap();
     assert_eq!(
         after.logged_bytes, 12,
