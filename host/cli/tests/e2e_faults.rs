@@ -616,3 +616,18 @@ async fn sigkills_mid_stream_lose_no_frame_a_client_saw(backend: Backend) {
     );
     finish(server, schema).await;
 }
+
+#[tokio::test]
+async fn garbage_fault_settings_stop_the_start_naming_the_setting() {
+    for (name, value) in [
+        ("ASH_SHUTDOWN_GRACE_SECS", "soon"),
+        ("ASH_SHUTDOWN_GRACE_SECS", "-1"),
+        ("ASH_SESSION_MAX_EVENT_MB", "lots"),
+    ] {
+        let stderr = common::start_fails(&[(name, value)]).await;
+        assert!(
+            stderr.contains(&format!("{name}={value:?} is not valid")),
+            "{name}={value}: {stderr}"
+        );
+    }
+}

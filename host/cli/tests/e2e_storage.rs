@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use ash_store::conformance::{redis_address, TestRedis, TestSchema};
-use common::{assistant_text, events, open_gate, plugin, Server, ASH, BRIDGE, GATED_AGENT};
+use common::{assistant_text, events, open_gate, plugin, start_fails, Server, ASH, GATED_AGENT};
 use serde_json::{json, Value};
 
 /// Deploys an echo agent, chats twice, restarts the server and checks that the agent, the
@@ -188,20 +188,6 @@ async fn storage_copy_refuses_a_source_file_that_is_not_there() {
 }
 
 /// Runs `ash start` expecting it to fail; returns its stderr.
-async fn start_fails(env: &[(&str, &str)]) -> String {
-    let data = tempfile::tempdir().unwrap();
-    let output = tokio::process::Command::new(ASH)
-        .args(["start", "--port", "0"])
-        .env("ASH_DATA_DIR", data.path())
-        .env("ASH_BRIDGE_BIN", BRIDGE)
-        .envs(env.iter().copied())
-        .output()
-        .await
-        .unwrap();
-    assert!(!output.status.success(), "ash start succeeded");
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
 #[tokio::test]
 async fn an_unreachable_database_at_start_is_named_without_its_password_and_the_server_exits() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

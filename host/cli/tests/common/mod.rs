@@ -487,6 +487,21 @@ impl Server {
     }
 }
 
+/// Runs `ash start` with `env` added, which must fail; its stderr.
+pub async fn start_fails(env: &[(&str, &str)]) -> String {
+    let data = tempfile::tempdir().unwrap();
+    let output = tokio::process::Command::new(ASH)
+        .args(["start", "--port", "0"])
+        .env("ASH_DATA_DIR", data.path())
+        .env("ASH_BRIDGE_BIN", BRIDGE)
+        .envs(env.iter().copied())
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success(), "ash start succeeded");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 /// The text an assistant produced in a turn: concatenated `text_delta`s.
 pub fn streamed_text(frames: &[Frame]) -> String {
     frames
