@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use ash_cli::client::default_data_dir;
-use ash_server::{Limits, PluginConfig, SeedAgent, Server, ServerConfig, StorageConfig};
+use ash_server::{
+    Limits, PluginConfig, RuntimeConfig, SeedAgent, Server, ServerConfig, StorageConfig,
+};
 use ash_store::Database;
 use serde::Deserialize;
 
@@ -220,7 +222,7 @@ pub async fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
     let idle_ms: u64 = env("ASH_IDLE_TIMEOUT_MS")?
         .or(file.idle_timeout_ms)
         .unwrap_or(30 * 60 * 1000);
-    let config = ServerConfig {
+    let runtime = RuntimeConfig {
         limits,
         idle_timeout: std::time::Duration::from_millis(idle_ms.max(1)),
         shutdown_grace: std::time::Duration::from_secs(
@@ -228,13 +230,6 @@ pub async fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
                 .or(file.shutdown_grace_secs)
                 .unwrap_or(10),
         ),
-        host: args
-            .host
-            .or(env("ASH_HOST")?)
-            .or(file.host)
-            .unwrap_or_else(|| "127.0.0.1".into()),
-        port: args.port.or(env("ASH_PORT")?).or(file.port).unwrap_or(4100),
-        api_key: env("ASH_API_KEY")?,
         max_sandboxes: args
             .max_sandboxes
             .or(env("ASH_MAX_SANDBOXES")?)
@@ -243,7 +238,6 @@ pub async fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
         bwrap: find_bwrap(env("ASH_BWRAP")?.or(file.bwrap))?,
         bridge,
         sandbox_uids: sandbox_uids(file.sandbox_uids)?,
-        deploy_roots: deploy_roots(file.deploy_roots),
         memory_budget: env::<u64>("ASH_SANDBOX_MEMORY_BUDGET_MB")?
             .or(file.sandbox_memory_budget_mb)
             .map_or_else(ash_server::default_memory_budget, |mb| mb * MIB),
@@ -266,13 +260,24 @@ pub async fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
             }
         },
         sandbox_grant_syscalls: grant_syscalls(file.sandbox_grant_syscalls),
+        data_dir,
+    };
+    let config = ServerConfig {
+        host: args
+            .host
+            .or(env("ASH_HOST")?)
+            .or(file.host)
+            .unwrap_or_else(|| "127.0.0.1".into()),
+        port: args.port.or(env("ASH_PORT")?).or(file.port).unwrap_or(4100),
+        api_key: env("ASH_API_KEY")?,
+        deploy_roots: deploy_roots(file.deploy_roots),
         seed_agents: vec![hello_agent()],
         plugins: file.plugins,
         credential_key: env("ASH_CREDENTIAL_KEY")?.or(file.credential_key),
         storage,
-        data_dir,
+        runtime,
     };
-    let data_dir = config.data_dir.clone();
+    let data_dir = config.runtime.data_dir.clone();
     let server = Server::prepare(config).await?;
     // Registered before "listening" is printed: a SIGTERM from then on is a graceful stop.
     let shutdown = shutdown_signal()?;

@@ -8,13 +8,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ash_core::{AgentManifest, AgentName, RelativePath, MANIFEST_FILE, MAX_MANIFEST_BYTES};
+use ash_core::{AgentManifest, AgentName, RelativePath, MANIFEST_FILE};
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
 use axum::http::StatusCode;
 use base64::Engine;
 use serde::Deserialize;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
+
+use ash_runtime::{blocking, read_manifest, validate_env, Missing, RuntimeError};
 
 use crate::error::Json;
 use crate::openapi::{AgentList, AgentReply, Deleted};
@@ -61,7 +63,7 @@ pub(crate) async fn deploy(
     let dir = match body.path {
         Some(path) if body.files.is_none() && body.system_prompt.is_none() => {
             let (dir, manifest) = path_mode(&state.config, &path).await?;
-            check_grants(&state.config, &manifest)?;
+            state.runtime.check_grants(&manifest)?;
             dir
         }
         Some(_) => {
@@ -72,9 +74,9 @@ pub(crate) async fn deploy(
         None => {
             let (upload, manifest) =
                 decode_files(&name, body.files.unwrap_or_default(), body.system_prompt)?;
-            check_grants(&state.config, &manifest)?;
-            let root = state.config.data_dir.join("agents");
-            blocking(move || Ok(write_managed(&root, upload)?)).await?
+            state.runtime.check_grants(&manifest)?;
+            let root = state.runtime.managed_agents();
+            blocking(move || Ok::<_, ApiError>(write_managed(&root, upload)?)).await?
         }
     };
     let agent = state
@@ -82,7 +84,7 @@ pub(crate) async fn deploy(
         .upsert_agent(&name, &dir.to_string_lossy(), &body.env)
         .await?;
     tracing::info!(agent = %name, version = agent.version, path = %agent.path, "agent deployed");
-    tokio::spawn(crate::pool::fill(state.clone(), name));
+    state.runtime.agent_deployed(name);
     Ok((StatusCode::CREATED, Json(AgentReply { agent })))
 }
 
@@ -116,28 +118,7 @@ pub(crate) async fn remove(
     UrlPath(name): UrlPath<String>,
 ) -> Result<Json<Deleted>, ApiError> {
     let name = AgentName::try_from(name)?;
-    let agent = state
-        .store
-        .get_agent(&name)
-        .await?
-        .ok_or_else(agent_not_found)?;
-    for session in state.store.list_sessions(Some(&name)).await? {
-        if session.status != ash_core::SessionStatus::Ended {
-            state
-                .store
-                .transition(session.id, ash_core::Transition::End)
-                .await?;
-            state.sessions.end(session.id).await;
-        }
-    }
-    state.store.delete_agent(&name).await?;
-    for (id, live) in state.sessions.pool().drain(Some(&name)) {
-        state.sessions.retire(&id, &live).await;
-    }
-    let managed = state.config.data_dir.join("agents").join(name.as_str());
-    if Path::new(&agent.path) == managed {
-        blocking(move || Ok(std::fs::remove_dir_all(managed)?)).await?;
-    }
+    state.runtime.remove_agent(&name).await?;
     Ok(Json(Deleted { ok: true }))
 }
 
@@ -158,8 +139,8 @@ pub(crate) async fn seed(state: &AppState, seed: crate::SeedAgent) -> Result<(),
         name: name.clone(),
         files,
     };
-    let root = state.config.data_dir.join("agents");
-    let dir = blocking(move || Ok(write_managed(&root, upload)?)).await?;
+    let root = state.runtime.managed_agents();
+    let dir = blocking(move || Ok::<_, ApiError>(write_managed(&root, upload)?)).await?;
     state
         .store
         .upsert_agent(&name, &dir.to_string_lossy(), &BTreeMap::new())
@@ -167,8 +148,8 @@ pub(crate) async fn seed(state: &AppState, seed: crate::SeedAgent) -> Result<(),
     Ok(())
 }
 
-pub(crate) fn agent_not_found() -> ApiError {
-    ApiError::not_found("Agent not found")
+fn agent_not_found() -> ApiError {
+    RuntimeError::NotFound(Missing::Agent).into()
 }
 
 /// Resolves a path-mode folder (relative paths are under the data dir) and checks it.
@@ -183,7 +164,7 @@ async fn path_mode(
     if raw.is_empty() || raw.len() > 4096 {
         return Err(ApiError::bad_request("path must be 1-4096 bytes"));
     }
-    let (roots, data_dir) = (config.deploy_roots.clone(), config.data_dir.clone());
+    let (roots, data_dir) = (config.deploy_roots.clone(), config.runtime.data_dir.clone());
     let raw = PathBuf::from(raw);
     blocking(move || {
         let refused = |why: &str| {
@@ -216,42 +197,9 @@ async fn path_mode(
     .await
 }
 
-/// The agent's `ash.toml` text, if it has one.
-pub(crate) fn read_manifest(dir: &Path) -> Result<Option<String>, ApiError> {
-    let path = dir.join(MANIFEST_FILE);
-    match std::fs::metadata(&path) {
-        Err(_) => Ok(None),
-        Ok(meta) if meta.len() > MAX_MANIFEST_BYTES as u64 => Err(ApiError::bad_request(format!(
-            "invalid ash.toml: larger than {MAX_MANIFEST_BYTES} bytes"
-        ))),
-        Ok(_) => std::fs::read_to_string(&path)
-            .map(Some)
-            .map_err(|e| ApiError::bad_request(format!("cannot read ash.toml: {e}"))),
-    }
-}
-
 struct Upload {
     name: AgentName,
     files: Vec<(RelativePath, Vec<u8>)>,
-}
-
-/// Refuses a manifest asking for syscalls the operator has not granted (403).
-pub(crate) fn check_grants(
-    config: &crate::ServerConfig,
-    manifest: &AgentManifest,
-) -> Result<(), ApiError> {
-    match manifest
-        .sandbox
-        .syscalls
-        .iter()
-        .find(|asked| !config.sandbox_grant_syscalls.contains(asked))
-    {
-        None => Ok(()),
-        Some(asked) => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!("ash.toml asks for syscall {asked:?}, which this server's operator has not granted (sandbox_grant_syscalls in its settings)"),
-        )),
-    }
 }
 
 fn decode_files(
@@ -313,33 +261,4 @@ fn write_managed(root: &Path, upload: Upload) -> std::io::Result<PathBuf> {
         std::fs::remove_dir_all(&old)?;
     }
     Ok(target)
-}
-
-pub(crate) fn validate_env(env: &BTreeMap<String, String>) -> Result<(), ApiError> {
-    for (key, value) in env {
-        let valid_key = !key.is_empty()
-            && key.len() <= 256
-            && !key.starts_with(|c: char| c.is_ascii_digit())
-            && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-        if !valid_key {
-            return Err(ApiError::bad_request(format!(
-                "env name {key:?} must match [A-Za-z_][A-Za-z0-9_]* (at most 256)"
-            )));
-        }
-        if value.len() > 64 * 1024 || value.contains('\0') {
-            return Err(ApiError::bad_request(format!(
-                "env value of {key} must be at most 64 KiB, without NUL"
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Runs blocking file work off the async runtime.
-pub(crate) async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| ApiError::internal("file task failed", e))?
 }

@@ -42,7 +42,7 @@ impl Keys {
             return Ok((Self { env_key: None }, None));
         }
         let key = generate();
-        let path = config.data_dir.join(INITIAL_KEY_FILE);
+        let path = config.runtime.data_dir.join(INITIAL_KEY_FILE);
         let written = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -106,7 +106,7 @@ pub(crate) async fn require_key(
             return Ok(next.run(request).await);
         }
     }
-    if state.plugins.has_authenticators() {
+    if state.runtime.plugins.has_authenticators() {
         let shown = AuthRequest {
             method: request.method().to_string(),
             path: request.uri().path().to_owned(),
@@ -120,8 +120,9 @@ pub(crate) async fn require_key(
         };
         // Plugin calls block, bounded by each plugin's deadline.
         let started = std::time::Instant::now();
-        let decision = tokio::task::block_in_place(|| state.plugins.authenticate(&shown));
+        let decision = tokio::task::block_in_place(|| state.runtime.plugins.authenticate(&shown));
         state
+            .runtime
             .metrics
             .plugin_auth
             .observe(started.elapsed().as_secs_f64());
@@ -131,17 +132,17 @@ pub(crate) async fn require_key(
                 return Ok(next.run(request).await);
             }
             Ok(Decision::Deny(reason)) => {
-                state.metrics.auth_failures.inc();
+                state.runtime.metrics.auth_failures.inc();
                 return Err(unauthorized(&reason));
             }
             Ok(Decision::Abstain) => {}
             Err(failed) => {
-                state.metrics.auth_failures.inc();
+                state.runtime.metrics.auth_failures.inc();
                 return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, failed));
             }
         }
     }
-    state.metrics.auth_failures.inc();
+    state.runtime.metrics.auth_failures.inc();
     Err(unauthorized(bearer.err().unwrap_or("Invalid API key")))
 }
 

@@ -1,13 +1,6 @@
-//! A bounded stop. On SIGTERM the server drains instead of vanishing:
-//!
-//! 1. it takes no new work: `/health` answers 503 `draining` (so a load balancer stops sending
-//!    traffic), and every request but reads and interrupts gets 503;
-//! 2. running turns get the grace period (`shutdown_grace_secs`, 10 s) to end by themselves;
-//!    those still running then end in the log with `error` + `done`;
-//! 3. every follower gets a `shutdown` frame — not in the log, so without an `id:` — and its
-//!    stream ends, so clients reconnect (here once the server is back, or elsewhere) with
-//!    `Last-Event-ID` and lose nothing;
-//! 4. the listener closes, the sandboxes stop and the observers are flushed.
+//! The edge's part of a bounded stop (the steps are `ash_runtime`'s): while the runtime
+//! drains, requests that would start work get 503; once its followers are gone, the
+//! listener's last connections get [`LAST_WAIT`] to finish.
 
 use std::time::Duration;
 
@@ -15,77 +8,12 @@ use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::{ApiError, AppState};
 
-/// How long turns ended at the deadline may take to log their end, and open connections to
-/// finish once the followers are gone, before the server exits regardless.
+/// How long open connections may take to finish once the followers are gone, before the
+/// server exits regardless.
 const LAST_WAIT: Duration = Duration::from_secs(5);
-
-/// Where a stop stands; each step, once reached, stays.
-#[derive(Default)]
-pub struct Drain {
-    /// Every turn's task, from its first frame to its end in the log.
-    pub(crate) turns: TaskTracker,
-    /// The stop began: no new work.
-    began: CancellationToken,
-    /// The grace period is over: turns still running end now.
-    deadline: CancellationToken,
-    /// The turns have ended: followers end now, and the listener closes.
-    closing: CancellationToken,
-}
-
-impl Drain {
-    pub(crate) fn began(&self) -> bool {
-        self.began.is_cancelled()
-    }
-
-    /// Resolves when running turns must end.
-    pub(crate) async fn deadline(&self) {
-        self.deadline.cancelled().await
-    }
-
-    /// Resolves when followers must end.
-    pub(crate) async fn closing(&self) {
-        self.closing.cancelled().await
-    }
-
-    pub(crate) fn closed(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
-        self.closing.clone().cancelled_owned()
-    }
-}
-
-/// Steps 1–3: returns once the followers have been told to go.
-pub(crate) async fn drain(state: &AppState, grace: Duration) {
-    let drain = &state.drain;
-    drain.began.cancel();
-    drain.turns.close();
-    let running = drain.turns.len();
-    tracing::info!(
-        running,
-        "stopping: draining, {grace:?} for running turns to end"
-    );
-    if tokio::time::timeout(grace, drain.turns.wait())
-        .await
-        .is_err()
-    {
-        let running = drain.turns.len();
-        tracing::warn!(
-            running,
-            "stopping: the grace period is over; ending the turns still running"
-        );
-    }
-    drain.deadline.cancel();
-    if tokio::time::timeout(LAST_WAIT, drain.turns.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("stopping: some turns did not log their end; the next start closes them");
-    }
-    drain.closing.cancel();
-}
 
 /// Waits for the listener's connections to finish, for [`LAST_WAIT`] at most.
 pub(crate) async fn last_wait(serving: tokio::task::JoinHandle<std::io::Result<()>>) {
@@ -105,7 +33,7 @@ pub(crate) async fn refuse_new_work(
     next: Next,
 ) -> Response {
     let reads = matches!(*request.method(), Method::GET | Method::HEAD);
-    if state.drain.began() && !reads && !request.uri().path().ends_with("/interrupt") {
+    if state.runtime.draining() && !reads && !request.uri().path().ends_with("/interrupt") {
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "the server is shutting down and takes no new work; send this to another server, or again once it is back",

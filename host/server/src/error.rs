@@ -1,3 +1,6 @@
+use ash_runtime::{RuntimeError, StoreFault};
+use ash_sandbox::SandboxError;
+use ash_store::StoreError;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -52,29 +55,31 @@ impl From<ash_core::CoreError> for ApiError {
     }
 }
 
-impl From<ash_store::StoreError> for ApiError {
-    /// A store out of reach is a 503 the client may retry (the server reconnects by itself);
-    /// anything else is a 500.
-    fn from(e: ash_store::StoreError) -> Self {
-        if let ash_store::StoreError::Refused(e) = e {
+impl From<StoreError> for ApiError {
+    /// A store out of reach is a 503 the client may retry (the server reconnects by itself),
+    /// a full one a 507; anything else is a 500.
+    fn from(e: StoreError) -> Self {
+        if let StoreError::Refused(e) = e {
             return e.into();
         }
-        if e.is_full() {
-            tracing::warn!("{e}");
-            return Self::new(
-                StatusCode::INSUFFICIENT_STORAGE,
-                "the store's disk is full, so nothing was written; free space where the \
-                 database keeps its files (writes work again by themselves)",
-            );
+        let fault = StoreFault::of(&e);
+        match fault {
+            StoreFault::Failed => return Self::internal("storage failed", e),
+            StoreFault::Full => tracing::warn!("{e}"),
+            StoreFault::Unavailable => tracing::warn!("storage is unavailable: {e}"),
         }
-        if e.is_unavailable() {
-            tracing::warn!("storage is unavailable: {e}");
-            return Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "storage is unavailable right now; try again shortly",
-            );
-        }
-        Self::internal("storage failed", e)
+        fault.into()
+    }
+}
+
+impl From<StoreFault> for ApiError {
+    fn from(fault: StoreFault) -> Self {
+        let status = match fault {
+            StoreFault::Full => StatusCode::INSUFFICIENT_STORAGE,
+            StoreFault::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            StoreFault::Failed => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::new(status, fault.to_string())
     }
 }
 
@@ -96,13 +101,32 @@ impl ApiError {
             "the data dir's disk is full, so nothing was written; free space there and try again",
         )
     }
+}
 
-    /// A sandbox that could not be made or changed: 507 when the disk is full, else a 500.
-    pub fn sandbox(context: &str, e: ash_sandbox::SandboxError) -> Self {
-        match e {
-            ash_sandbox::SandboxError::DiskFull(_) => Self::data_dir_full(e),
-            e => Self::internal(context, e),
-        }
+/// The one place a runtime refusal or failure becomes a status code.
+impl From<RuntimeError> for ApiError {
+    fn from(e: RuntimeError) -> Self {
+        let status = match e {
+            RuntimeError::Core(e) => return e.into(),
+            RuntimeError::Store(e) => return e.into(),
+            RuntimeError::Unclosed(fault) => return fault.into(),
+            RuntimeError::Io(e) => return e.into(),
+            RuntimeError::Sandbox {
+                source: SandboxError::DiskFull(_),
+                ..
+            } => return Self::data_dir_full(e),
+            RuntimeError::Sandbox { context, source } => return Self::internal(context, source),
+            RuntimeError::Internal { context, detail } => return Self::internal(context, detail),
+            RuntimeError::Invalid(_) => StatusCode::BAD_REQUEST,
+            RuntimeError::NotFound(_) => StatusCode::NOT_FOUND,
+            RuntimeError::Forbidden(_) => StatusCode::FORBIDDEN,
+            RuntimeError::Busy => StatusCode::CONFLICT,
+            RuntimeError::Gone(_) => StatusCode::GONE,
+            RuntimeError::AgentUnusable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            RuntimeError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            RuntimeError::Unanswered(_) => StatusCode::GATEWAY_TIMEOUT,
+        };
+        Self::new(status, e.to_string())
     }
 }
 

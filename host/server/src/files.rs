@@ -9,7 +9,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use ash_core::{RelativePath, Session};
+use ash_core::RelativePath;
+use ash_runtime::{Files, Missing, RuntimeError};
 use ash_sandbox::{FileError, Workspace};
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
@@ -22,7 +23,6 @@ use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 
 use crate::error::{Json, Query};
-use crate::sessions::find;
 use crate::{ApiError, AppState};
 
 /// The most files one listing returns.
@@ -80,38 +80,16 @@ impl Source {
 
 /// The folder to read from, and which one it is.
 async fn readable(state: &AppState, raw_id: &str) -> Result<(PathBuf, Source), ApiError> {
-    let session = find(state, raw_id).await?;
-    let host = state.sessions.host();
-    let id = session.id.to_string();
-    host.ready(&id)
-        .await
-        .map_err(|e| ApiError::sandbox("Failed to mount the workspace", e))?;
-    let workspace = host.workspace(&id);
-    if workspace.is_dir() {
-        return Ok((workspace, Source::Sandbox));
-    }
-    host.latest_snapshot(&id)
-        .map(|snapshot| (snapshot, Source::Snapshot))
-        .ok_or_else(no_workspace)
-}
-
-/// The workspace to write to, brought back from the last snapshot if it was lost.
-async fn writable(state: &AppState, raw_id: &str) -> Result<(Session, PathBuf), ApiError> {
-    let session = find(state, raw_id).await?;
-    let host = state.sessions.host();
-    let id = session.id.to_string();
-    let restored = host
-        .restore_workspace(&id)
-        .await
-        .map_err(|e| ApiError::sandbox("Failed to restore the workspace", e))?;
-    if !restored {
-        return Err(no_workspace());
-    }
-    Ok((session, host.workspace(&id)))
+    let (_, dir, from) = state.runtime.files_to_read(raw_id).await?;
+    let source = match from {
+        Files::Workspace => Source::Sandbox,
+        Files::Snapshot => Source::Snapshot,
+    };
+    Ok((dir, source))
 }
 
 fn no_workspace() -> ApiError {
-    ApiError::not_found("No workspace available for this session")
+    RuntimeError::NotFound(Missing::Workspace).into()
 }
 
 /// Runs blocking file work off the async runtime, in the opened workspace.
@@ -381,7 +359,7 @@ pub(crate) async fn upload(
         )));
     }
     let target = body.target_path.unwrap_or_else(|| ".".into());
-    let (_, dir) = writable(&state, &id).await?;
+    let (_, dir) = state.runtime.files_to_write(&id).await?;
     let results = in_workspace(dir, move |w| {
         let mut batch = 0usize;
         let results = body
@@ -450,7 +428,7 @@ pub(crate) async fn remove(
     UrlPath((id, path)): UrlPath<(String, String)>,
 ) -> Result<Json<FileDeleted>, ApiError> {
     let path = relative(&path)?;
-    let (_, dir) = writable(&state, &id).await?;
+    let (_, dir) = state.runtime.files_to_write(&id).await?;
     let shown = path.as_path().display().to_string();
     in_workspace(dir, move |w| w.remove(&path)).await?;
     Ok(Json(FileDeleted {
@@ -516,13 +494,11 @@ pub(crate) async fn restore(
     let bundle = base64::engine::general_purpose::STANDARD
         .decode(body.bundle.as_bytes())
         .map_err(|e| ApiError::bad_request(format!("bundle is not valid base64: {e}")))?;
-    let (session, dir) = writable(&state, &id).await?;
+    let (session, dir) = state.runtime.files_to_write(&id).await?;
     let files = in_workspace(dir, move |w| w.unpack(&bundle, MAX_UNPACKED)).await?;
-    let message = if state.sessions.is_warm(session.id).await {
-        "Workspace restored to live sandbox"
-    } else {
-        state.sessions.snapshot(session.id).await?;
-        "Workspace saved as snapshot"
+    let message = match state.runtime.files_written(session.id).await? {
+        true => "Workspace restored to live sandbox",
+        false => "Workspace saved as snapshot",
     };
     tracing::info!(session = %session.id, files, "workspace bundle unpacked");
     Ok(Json(RestoreReply { message, files }))

@@ -19,7 +19,7 @@ pub(crate) async fn health(
     State(state): State<Arc<AppState>>,
 ) -> Result<(StatusCode, Json<Health>), ApiError> {
     let snapshot = refresh(&state).await?;
-    let (code, status) = match state.drain.began() {
+    let (code, status) = match state.runtime.draining() {
         true => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
         false => (StatusCode::OK, "ok"),
     };
@@ -32,7 +32,7 @@ pub(crate) async fn health(
             active_sessions: snapshot.active_sessions,
             active_sandboxes: snapshot.live,
             remote_runners: 0,
-            uptime: state.metrics.started.elapsed().as_secs(),
+            uptime: state.runtime.metrics.started.elapsed().as_secs(),
             storage: match &state.config.storage {
                 StorageConfig::Database(Database::Sqlite(_)) => "sqlite",
                 StorageConfig::Database(Database::Postgres(_)) => "postgres",
@@ -64,14 +64,16 @@ pub(crate) async fn health(
                 warm: snapshot.warm,
                 waiting: snapshot.waiting,
                 running: snapshot.running,
-                max_capacity: state.config.max_sandboxes,
-                pre_warm_hits: state.metrics.prewarm_hits.get(),
+                max_capacity: state.runtime.config.max_sandboxes,
+                pre_warm_hits: state.runtime.metrics.prewarm_hits.get(),
                 resume_warm_hits: state
+                    .runtime
                     .metrics
                     .resumes
                     .with_label_values(&[ResumePath::Warm.as_str()])
                     .get(),
                 resume_cold_hits: state
+                    .runtime
                     .metrics
                     .resumes
                     .with_label_values(&[ResumePath::Cold.as_str()])
@@ -161,7 +163,7 @@ pub(crate) async fn metrics(
     refresh(&state).await?;
     let mut body = Vec::new();
     prometheus::TextEncoder::new()
-        .encode(&state.metrics.registry.gather(), &mut body)
+        .encode(&state.runtime.metrics.registry.gather(), &mut body)
         .map_err(|e| ApiError::internal("metrics encoding failed", e))?;
     Ok(([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], body))
 }
@@ -181,8 +183,8 @@ struct Snapshot {
 /// The data dir's free space; a warning in the log each time it gets low.
 fn disk_space(state: &AppState) -> Option<ash_sandbox::doctor::Space> {
     use std::sync::atomic::Ordering;
-    let space = ash_sandbox::doctor::Space::of(&state.config.data_dir).ok()?;
-    state.metrics.data_dir_free.set(space.free as i64);
+    let space = ash_sandbox::doctor::Space::of(&state.runtime.config.data_dir).ok()?;
+    state.runtime.metrics.data_dir_free.set(space.free as i64);
     let was_low = state.disk_low.swap(space.low(), Ordering::Relaxed);
     if space.low() && !was_low {
         tracing::warn!(
@@ -205,10 +207,8 @@ async fn refresh(state: &AppState) -> Result<Snapshot, ApiError> {
     };
     let active_sessions = count(&|s| s == SessionStatus::Active);
     let unended = count(&|s| s != SessionStatus::Ended);
-    let (live, running) = state.sessions.counts();
-    let pool = state.sessions.pool();
-    let (warm, warming) = (pool.len() as i64, pool.warming() as i64);
-    let (live, running) = (live as i64, running as i64);
+    let (live, running, warm, warming) = state.runtime.counts();
+    let [live, running, warm, warming] = [live, running, warm, warming].map(|n| n as i64);
     let of_sessions = live - warm - warming;
     let s = Snapshot {
         active_sessions,
@@ -219,6 +219,7 @@ async fn refresh(state: &AppState) -> Result<Snapshot, ApiError> {
         waiting: (of_sessions - running).max(0),
         running,
         plugins: state
+            .runtime
             .plugins
             .status()
             .into_iter()
@@ -226,7 +227,7 @@ async fn refresh(state: &AppState) -> Result<Snapshot, ApiError> {
             .collect(),
         disk: disk_space(state),
     };
-    let m = &state.metrics;
+    let m = &state.runtime.metrics;
     m.uptime.set(m.started.elapsed().as_secs() as i64);
     for plugin in &s.plugins {
         let id = [plugin.id.as_str()];

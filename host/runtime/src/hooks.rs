@@ -8,7 +8,7 @@
 use ash_core::{HookPoint, Session, SessionId};
 use serde_json::Value;
 
-use crate::AppState;
+use crate::Runtime;
 
 /// One event as plugins see it.
 pub(crate) fn event(
@@ -30,7 +30,7 @@ pub(crate) fn event(
 
 /// Tells the observers; `data` is only built when one is loaded.
 pub(crate) fn observe(
-    state: &AppState,
+    state: &Runtime,
     hook: HookPoint,
     name: &str,
     session: SessionId,
@@ -46,12 +46,7 @@ pub(crate) fn observe(
 
 /// A lifecycle hook: its data is the session as the API shows it (never its env), plus
 /// `reason` when the server, not a client, made the change.
-pub(crate) fn lifecycle(
-    state: &AppState,
-    hook: HookPoint,
-    session: &Session,
-    reason: Option<&str>,
-) {
+pub(crate) fn lifecycle(state: &Runtime, hook: HookPoint, session: &Session, reason: Option<&str>) {
     observe(
         state,
         hook,

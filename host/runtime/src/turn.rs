@@ -1,275 +1,153 @@
-//! The event log and its streams.
-//!
-//! Every frame a client sees is first appended to the session's log (gap-free sequence
-//! numbers, kept across restarts), then published on the session's hub. A stream is a view
-//! of the log: it replays what the client missed from storage, then follows the hub, skipping
-//! what it already sent, so it never shows a gap or a duplicate; a follower that falls behind
-//! the hub goes back to reading the log. The turn never waits for a client: each follower has
-//! a bounded buffer, and a client that does not take a frame within [`SLOW_CLIENT_TIMEOUT`] is
-//! cut; it can reconnect with `Last-Event-ID` and replay. A client that goes away stops nothing.
-//!
-//! A turn is logged as `session_start`, the granular events and raw `message` of each agent
-//! message, and always ends with `done` (after an `error` when it failed). If the bridge dies
-//! mid-turn the turn ends with `error` + `done` at once; if the server dies, the next start
-//! closes the turn the same way. If the store fails a batch (it is out of reach), followers end
-//! at once with the error, the agent's turn is interrupted, and the turn's `error` + `done` are
-//! logged once the store is back (or, after [`OUTAGE_PATIENCE`], left to the next start), under
-//! the session's order lock: no later turn's frames come before them.
+//! A turn: the user's message and `session_start` logged under the session's turn lock, the
+//! query sent to the sandbox, and then — in a task of its own, so a client that goes away
+//! cancels nothing — everything the bridge sends, through the transformer plugins and the
+//! event caps, into the log in batches, until the turn's `done`.
 
-use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
-use ash_core::{HookPoint, LimitKind, Role, SessionEvent, SessionId, TurnOutcome};
-use ash_protocol::Event;
+use ash_core::{HookPoint, LimitKind, Role, SessionId, TurnOutcome};
+use ash_protocol::{Event, QueryOptions};
 use ash_sandbox::{Sandbox, Turn};
 use ash_store::TurnMark;
-use axum::http::StatusCode;
-use axum::response::sse;
 use serde_json::{json, Value};
-use tokio::sync::{broadcast, mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
 
 use crate::hooks;
 use crate::sessions::TurnGuard;
-use crate::{ApiError, AppState};
+use crate::stream::{
+    broken, close_when_stored, closing, closing_with, error_frame, follow, publish, publish_ending,
+    FrameStream, Hub,
+};
+use crate::{EventCaps, Runtime, RuntimeError};
 
-/// Frames a follower may trail the newest by before it goes back to reading the log.
-const HUB_CAPACITY: usize = 1024;
-/// Frames buffered for one client.
-const CLIENT_BUFFER: usize = 256;
-/// How long a client may leave its buffer full before it is cut.
-const SLOW_CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The reference API's caps on message content.
+pub const MAX_CONTENT_CHARS: usize = 500_000;
+pub const MAX_CONTENT_BLOCKS: usize = 20;
+
 /// Events stored in one transaction, at most.
 const BATCH: usize = 256;
 /// Bytes of events gathered into one transaction before it is stored: what one turn holds
 /// in memory at a time, whatever its agent sends.
 const BATCH_BYTES: usize = 4 << 20;
-/// The error that ends a turn the store failed, once the store takes it.
-const STORE_LOST: &str = "storage was unavailable during this turn (out of reach, or its disk full), so the rest of it was lost; send the message again";
-/// How long a turn the store failed keeps trying to log its closing frames.
-const OUTAGE_PATIENCE: Duration = Duration::from_secs(600);
-/// The longest wait between two of those tries.
-const OUTAGE_RETRY: Duration = Duration::from_secs(5);
 
-/// What a session's hub carries to its followers.
-#[derive(Clone, Debug)]
-pub(crate) enum Published {
-    /// A frame that is in the log.
-    Logged(Arc<SessionEvent>),
-    /// The turn failed in a way the log could not record (storage down): followers end.
-    Broken(String),
+impl Runtime {
+    /// Starts a turn: `content` (a string, or content blocks of type `text`, `image` or
+    /// `document`) goes to the session's agent with the backend's `options`. Returns the
+    /// session's frames from the turn's `session_start` to its `done`; the turn runs to its end
+    /// whether or not they are read.
+    pub async fn send(
+        self: &Arc<Self>,
+        raw_id: &str,
+        content: Value,
+        options: QueryOptions,
+    ) -> Result<FrameStream, RuntimeError> {
+        validate_content(&content)?;
+        let session = self.session(raw_id).await?;
+        session.status.accept_message()?;
+        let hub = self.sessions.hub(session.id);
+        hub.refusal()?;
+        // Counted as a turn from here: a stop that begins meanwhile waits for it.
+        let tracked = self.drain.turns.token();
+        let turn = self.sessions.hold(session.id)?;
+        // Read again under the lock: a pause, stop or delete that ended just before it is seen.
+        let session = self.session(raw_id).await?;
+        session.status.accept_message()?;
+        let live = self.live(&session, None).await?;
+        let guard = self.sessions.begin_turn(&live, turn);
+        let followers = hub.subscribe();
+        let user = [(
+            Role::User,
+            json!({"type": "user", "content": content}).to_string(),
+        )];
+        let start =
+            json!({"sessionId": session.id, "version": env!("CARGO_PKG_VERSION")}).to_string();
+        let mut frames = hub.owed(session.id);
+        frames.push(("session_start".to_owned(), start));
+        let started = publish(
+            self,
+            &hub,
+            session.id,
+            &user,
+            &frames,
+            Some(TurnMark::Begins),
+        )
+        .await?;
+        hub.paid();
+        let begun = started[started.len() - 1].sequence;
+        hooks::observe(
+            self,
+            HookPoint::MessageIn,
+            "message",
+            session.id,
+            session.agent_name.as_str(),
+            || user[0].1.clone(),
+        );
+        // From here the turn is its own task: a client that goes away cancels nothing.
+        let (runtime, agent) = (self.clone(), session.agent_name.to_string());
+        let logged = (begun, session.logged_bytes);
+        self.drain.turns.spawn(async move {
+            let id = session.id;
+            match live.sandbox.query(content, id.to_string(), options).await {
+                Ok(turn) => {
+                    live.running(turn.id());
+                    run_turn(runtime, id, agent, hub, turn, guard, logged).await;
+                }
+                Err(e) => {
+                    tracing::error!(session = %id, "cannot start a turn: {e}");
+                    runtime.sessions.discard(id).await;
+                    let error = "the sandbox is not available; send the message again";
+                    let frames = closing(id, Some(error));
+                    publish_ending(&runtime, &hub, id, &[], &frames, guard).await;
+                }
+            }
+        });
+        drop(tracked);
+        Ok(follow(self.clone(), session.id, followers, begun - 1, true))
+    }
+
+    /// Stops the session's running turn, which ends with `error` + `done`; `false` when none
+    /// is running.
+    pub async fn interrupt(&self, raw_id: &str) -> Result<bool, RuntimeError> {
+        let session = self.session(raw_id).await?;
+        self.sessions.interrupt(session.id).await
+    }
 }
 
-/// A session's live feed of its log, and the lock that keeps its appends in order: whatever
-/// is appended under the lock is broadcast in the same order.
-#[derive(Clone)]
-pub(crate) struct Hub {
-    feed: broadcast::Sender<Published>,
-    order: Arc<tokio::sync::Mutex<()>>,
-    /// Set while a turn the store failed waits to log its end (holding the order lock): the
-    /// store's last answer, which every new append gets at once instead of waiting.
-    unclosed: Arc<watch::Sender<Option<(StatusCode, String)>>>,
-    /// A turn the store failed whose end could not be logged at all: the session's next
-    /// turn logs it first.
-    owed_end: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Hub {
-    pub(crate) fn new() -> Self {
-        Self {
-            feed: broadcast::channel(HUB_CAPACITY).0,
-            order: Arc::default(),
-            unclosed: Arc::new(watch::channel(None).0),
-            owed_end: Arc::default(),
-        }
-    }
-
-    /// The frames a new turn logs before its own: the end of an earlier turn the store failed,
-    /// if that is still owed. [`Self::paid`] once they are stored.
-    pub(crate) fn owed(&self, session: SessionId) -> Vec<(String, String)> {
-        match self.owed_end.load(std::sync::atomic::Ordering::Acquire) {
-            true => closing(session, Some(STORE_LOST)),
-            false => Vec::new(),
-        }
-    }
-
-    pub(crate) fn paid(&self) {
-        self.owed_end
-            .store(false, std::sync::atomic::Ordering::Release);
-    }
-
-    /// The store's last error while a turn it failed has no end in the log yet: the answer to
-    /// anything that would log in this session meanwhile.
-    pub(crate) fn refusal(&self) -> Result<(), ApiError> {
-        refused(&self.unclosed.borrow())
-    }
-
-    /// The order lock, or the store's error while a failed turn's end is not logged yet.
-    async fn lock(&self) -> Result<tokio::sync::MutexGuard<'_, ()>, ApiError> {
-        let mut unclosed = self.unclosed.subscribe();
-        loop {
-            refused(&unclosed.borrow_and_update())?;
-            tokio::select! {
-                order = self.order.lock() => return Ok(order),
-                _ = unclosed.changed() => {}
+fn validate_content(content: &Value) -> Result<(), RuntimeError> {
+    match content {
+        Value::String(text) if text.chars().count() <= MAX_CONTENT_CHARS => Ok(()),
+        Value::String(_) => Err(RuntimeError::invalid(format!(
+            "content must be at most {MAX_CONTENT_CHARS} characters"
+        ))),
+        Value::Array(blocks) if blocks.is_empty() || blocks.len() > MAX_CONTENT_BLOCKS => Err(
+            RuntimeError::invalid(format!("content must have 1-{MAX_CONTENT_BLOCKS} blocks")),
+        ),
+        Value::Array(blocks) => {
+            let known = |b: &Value| {
+                matches!(
+                    b.get("type").and_then(Value::as_str),
+                    Some("text" | "image" | "document")
+                )
+            };
+            if blocks.iter().all(known) {
+                Ok(())
+            } else {
+                Err(RuntimeError::invalid(
+                    "each content block needs type text, image or document",
+                ))
             }
         }
+        _ => Err(RuntimeError::invalid(
+            "content must be a string or an array of content blocks",
+        )),
     }
-
-    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Published> {
-        self.feed.subscribe()
-    }
-}
-fn refused(unclosed: &Option<(StatusCode, String)>) -> Result<(), ApiError> {
-    match unclosed {
-        Some((status, message)) => Err(ApiError::new(*status, message.clone())),
-        None => Ok(()),
-    }
-}
-
-pub(crate) type Frames = ReceiverStream<Result<sse::Event, Infallible>>;
-
-/// Appends to the log (beginning a turn when `mark` says so) and publishes the stored frames;
-/// returns them.
-pub(crate) async fn publish(
-    state: &AppState,
-    hub: &Hub,
-    session: SessionId,
-    messages: &[(Role, String)],
-    frames: &[(String, String)],
-    mark: Option<TurnMark>,
-) -> Result<Vec<Arc<SessionEvent>>, ApiError> {
-    let order = hub.lock().await?;
-    append_and_send(state, hub, session, (messages, frames), mark, &order).await
-}
-
-/// Publishes a turn's last frames, releasing the turn first (under the order lock): a client
-/// that sees `done` — live or read back from the log — can send its next message at once, and
-/// that turn's frames still come after this one's.
-pub(crate) async fn publish_ending(
-    state: &AppState,
-    hub: &Hub,
-    session: SessionId,
-    messages: &[(Role, String)],
-    frames: &[(String, String)],
-    guard: TurnGuard,
-) {
-    let order = hub.order.lock().await;
-    drop(guard);
-    let ends = Some(TurnMark::Ends);
-    if let Err(e) = append_and_send(state, hub, session, (messages, frames), ends, &order).await {
-        broken(state, hub, &e);
-        close_when_stored(state, hub, session, order).await;
-    }
-}
-
-/// What one append logs: messages, then frames.
-type Entries<'a> = (&'a [(Role, String)], &'a [(String, String)]);
-
-async fn append_and_send(
-    state: &AppState,
-    hub: &Hub,
-    session: SessionId,
-    (messages, frames): Entries<'_>,
-    mark: Option<TurnMark>,
-    _order: &tokio::sync::MutexGuard<'_, ()>,
-) -> Result<Vec<Arc<SessionEvent>>, ApiError> {
-    let stored = state.store.append(session, messages, frames, mark).await?;
-    let stored: Vec<_> = stored.into_iter().map(Arc::new).collect();
-    for event in &stored {
-        let _ = hub.feed.send(Published::Logged(event.clone()));
-    }
-    Ok(stored)
-}
-
-/// The store failed a turn's batch: the session refuses new appends until the turn's end is
-/// logged, and its followers end now, with the error.
-fn broken(state: &AppState, hub: &Hub, error: &ApiError) {
-    hub.unclosed
-        .send_replace(Some((error.status, error.message.clone())));
-    let _ = hub.feed.send(Published::Broken(error.message.clone()));
-    state.metrics.turn_ended(TurnOutcome::StorageFailed);
-}
-
-/// Closes a turn the store failed in the log (`error` + `done`) as soon as the
-/// store takes it, trying again with a growing wait while it is unavailable or its disk full,
-/// for up to [`OUTAGE_PATIENCE`]. The session's order lock is held until then, and every new
-/// append of the session is refused at once with the store's last answer: nothing is logged
-/// before this turn's end.
-async fn close_when_stored(
-    state: &AppState,
-    hub: &Hub,
-    session: SessionId,
-    order: tokio::sync::MutexGuard<'_, ()>,
-) {
-    let frames = closing(session, Some(STORE_LOST));
-    let give_up = tokio::time::Instant::now() + OUTAGE_PATIENCE;
-    let mut wait = Duration::from_millis(50);
-    loop {
-        tokio::time::sleep(wait).await;
-        let ends = Some(TurnMark::Ends);
-        match append_and_send(state, hub, session, (&[], &frames), ends, &order).await {
-            Ok(_) => break,
-            Err(e) if retryable(&e) && tokio::time::Instant::now() < give_up => {
-                hub.unclosed.send_replace(Some((e.status, e.message)));
-                wait = (wait * 2).min(OUTAGE_RETRY);
-            }
-            Err(e) => {
-                tracing::error!(session = %session, "the turn could not be closed in the log: {}; the session's next turn (or the next start) logs its end first", e.message);
-                hub.owed_end
-                    .store(true, std::sync::atomic::Ordering::Release);
-                break;
-            }
-        }
-    }
-    hub.unclosed.send_replace(None);
-    drop(order);
-}
-
-/// A store error that may go away by itself: the store out of reach, or its disk full.
-fn retryable(e: &ApiError) -> bool {
-    [
-        StatusCode::SERVICE_UNAVAILABLE,
-        StatusCode::INSUFFICIENT_STORAGE,
-    ]
-    .contains(&e.status)
-}
-
-/// The frames that close a turn: an error (when there is one) and `done`.
-pub(crate) fn closing(session: SessionId, error: Option<&str>) -> Vec<(String, String)> {
-    closing_with(session, error.map(|error| error_frame(error, None, None)))
-}
-
-/// An `error` frame: the reference's `{error}`, with the model endpoint's HTTP `status` and
-/// a `hint` of what to check when the bridge knows them.
-fn error_frame(error: &str, status: Option<u16>, hint: Option<String>) -> (String, String) {
-    let mut data = json!({ "error": error });
-    if let Some(status) = status {
-        data["status"] = status.into();
-    }
-    if let Some(hint) = hint {
-        data["hint"] = hint.into();
-    }
-    ("error".to_owned(), data.to_string())
-}
-
-fn closing_with(session: SessionId, error: Option<(String, String)>) -> Vec<(String, String)> {
-    let mut frames = Vec::new();
-    frames.extend(error);
-    frames.push((
-        "done".to_owned(),
-        json!({ "sessionId": session }).to_string(),
-    ));
-    frames
 }
 
 /// Drives one turn to its end: logs and publishes everything the bridge sends, and a `limit`
 /// frame for each resource limit the sandbox hit, just before the turn's closing frames.
 /// `logged` is the session log's length when the turn began and `logged_bytes` its bytes
 /// before it (the session caps count from there).
-pub(crate) async fn run_turn(
-    state: Arc<AppState>,
+async fn run_turn(
+    state: Arc<Runtime>,
     session: SessionId,
     agent: String,
     hub: Hub,
@@ -347,7 +225,7 @@ struct Spent {
 impl Spent {
     /// Counts the batch in; the cap it breaks, if any, with its limit (the batch is then not
     /// logged).
-    fn over(&mut self, batch: &Batch<'_>, caps: crate::EventCaps) -> Option<(LimitKind, u64)> {
+    fn over(&mut self, batch: &Batch<'_>, caps: EventCaps) -> Option<(LimitKind, u64)> {
         self.bytes += batch.bytes();
         self.events += batch.frames.len();
         if self.bytes > caps.turn_bytes {
@@ -367,7 +245,7 @@ impl Spent {
 /// Ends a turn whose agent sent more than a cap allows: the batch that broke it is dropped,
 /// the agent's turn is interrupted, and the log gets a `limit` frame and the closing frames.
 async fn end_at_cap(
-    state: &AppState,
+    state: &Runtime,
     hub: &Hub,
     session: SessionId,
     (kind, limit): (LimitKind, u64),
@@ -395,7 +273,7 @@ async fn end_at_cap(
 
 /// Ends a turn still running when a stop's grace period is over; the sandbox is stopped
 /// with the server.
-async fn end_at_shutdown(state: &AppState, hub: &Hub, session: SessionId, guard: TurnGuard) {
+async fn end_at_shutdown(state: &Runtime, hub: &Hub, session: SessionId, guard: TurnGuard) {
     let error = "the server shut down during this turn; send the message again";
     state.metrics.turn_ended(TurnOutcome::Shutdown);
     publish_ending(
@@ -410,7 +288,7 @@ async fn end_at_shutdown(state: &AppState, hub: &Hub, session: SessionId, guard:
 }
 
 /// A `limit` frame (and a metric) for each limit the sandbox hit since the last look.
-fn limit_frames(state: &AppState, sandbox: &Sandbox) -> Vec<(String, String)> {
+fn limit_frames(state: &Runtime, sandbox: &Sandbox) -> Vec<(String, String)> {
     sandbox
         .limit_hits()
         .into_iter()
@@ -430,7 +308,7 @@ fn limit_frames(state: &AppState, sandbox: &Sandbox) -> Vec<(String, String)> {
 struct Batch<'a> {
     session: SessionId,
     agent: &'a str,
-    state: &'a AppState,
+    state: &'a Runtime,
     messages: Vec<(Role, String)>,
     frames: Vec<(String, String)>,
     outcome: Option<TurnOutcome>,
@@ -439,7 +317,7 @@ struct Batch<'a> {
 }
 
 impl<'a> Batch<'a> {
-    fn new(session: SessionId, state: &'a AppState, agent: &'a str) -> Self {
+    fn new(session: SessionId, state: &'a Runtime, agent: &'a str) -> Self {
         Self {
             session,
             agent,
@@ -548,126 +426,6 @@ impl Batch<'_> {
                 None
             }
         }
-    }
-}
-
-/// A stream of the log after `after`, then live frames; ends at `done` when `until_done`.
-pub(crate) fn follow(
-    state: Arc<AppState>,
-    session: SessionId,
-    hub: broadcast::Receiver<Published>,
-    after: i64,
-    until_done: bool,
-) -> Frames {
-    let (tx, rx) = mpsc::channel(CLIENT_BUFFER);
-    tokio::spawn(async move {
-        let mut follower = Follower {
-            tx,
-            last: after,
-            until_done,
-        };
-        if let Err(reason) = follower.run(&state, session, hub).await {
-            tracing::debug!(session = %session, "stream closed: {reason}");
-        }
-    });
-    ReceiverStream::new(rx)
-}
-
-struct Follower {
-    tx: mpsc::Sender<Result<sse::Event, Infallible>>,
-    last: i64,
-    until_done: bool,
-}
-
-/// Why a follower stopped early.
-type Stop = &'static str;
-
-impl Follower {
-    async fn run(
-        &mut self,
-        state: &AppState,
-        session: SessionId,
-        mut hub: broadcast::Receiver<Published>,
-    ) -> Result<(), Stop> {
-        loop {
-            // Catch up from the log; a follower that falls behind the hub comes back here.
-            loop {
-                let page = state
-                    .store
-                    .list_events(session, self.last, 1000, None)
-                    .await
-                    .map_err(|_| "storage failed during replay")?;
-                if page.is_empty() {
-                    break;
-                }
-                for event in page {
-                    if self.push(&event).await? {
-                        return Ok(());
-                    }
-                }
-            }
-            loop {
-                // Frames already published go out first: a turn's end comes before the shutdown.
-                let published = tokio::select! {
-                    biased;
-                    published = hub.recv() => published,
-                    () = state.drain.closing() => {
-                        let last = self.shutdown_frame();
-                        let _ = self.tx.send_timeout(Ok(last), SLOW_CLIENT_TIMEOUT).await;
-                        return Ok(());
-                    }
-                };
-                match published {
-                    Ok(Published::Logged(event)) if event.sequence > self.last => {
-                        if self.push(&event).await? {
-                            return Ok(());
-                        }
-                    }
-                    Ok(Published::Logged(_)) => {}
-                    Ok(Published::Broken(error)) => {
-                        // Not in the log, so without an `id:`: a client keeps the last id it
-                        // saw, and reads the turn's logged end after it once the store is back.
-                        let data = json!({ "error": error }).to_string();
-                        let frame = sse::Event::default().event("error").data(data);
-                        let _ = self.tx.send_timeout(Ok(frame), SLOW_CLIENT_TIMEOUT).await;
-                        return Err("the turn broke");
-                    }
-                    Err(broadcast::error::RecvError::Lagged(_)) => break,
-                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
-                }
-            }
-        }
-    }
-
-    /// The last frame of a stream the server ends as it stops: not in the log, so without an
-    /// `id:`; it names the last id sent, to reconnect with.
-    fn shutdown_frame(&self) -> sse::Event {
-        let data = json!({
-            "message": "the server is shutting down; reconnect with Last-Event-ID to go on",
-            "lastEventId": self.last,
-        });
-        sse::Event::default()
-            .event("shutdown")
-            .data(data.to_string())
-            .retry(Duration::from_secs(1))
-    }
-
-    /// Sends one frame; `true` when it was the `done` this stream waits for.
-    async fn push(&mut self, event: &SessionEvent) -> Result<bool, Stop> {
-        let data = event.data.as_deref().unwrap_or("null");
-        let frame = sse::Event::default()
-            .id(event.sequence.to_string())
-            .event(&event.kind)
-            .data(data);
-        self.tx
-            .send_timeout(Ok(frame), SLOW_CLIENT_TIMEOUT)
-            .await
-            .map_err(|e| match e {
-                mpsc::error::SendTimeoutError::Timeout(_) => "client too slow",
-                mpsc::error::SendTimeoutError::Closed(_) => "client went away",
-            })?;
-        self.last = event.sequence;
-        Ok(self.until_done && event.kind == "done")
     }
 }
 

@@ -13,8 +13,9 @@ use std::sync::{Arc, Mutex};
 
 use ash_core::{Agent, AgentName};
 
-use crate::sessions::{manifest, Live, Room};
-use crate::AppState;
+use crate::agents::manifest;
+use crate::sessions::{Live, Room};
+use crate::{Runtime, RuntimeError};
 
 /// Warm sandboxes start with this prefix; anything left with it at start is stale.
 pub(crate) const WARM_PREFIX: &str = "warm-";
@@ -78,7 +79,7 @@ impl Pool {
 
 /// Brings the agent's warm pool to its `prewarm` count, stopping sandboxes of older versions.
 /// One fill per agent at a time; failures are logged, never fatal.
-pub(crate) async fn fill(state: Arc<AppState>, name: AgentName) {
+pub(crate) async fn fill(state: Arc<Runtime>, name: AgentName) {
     if !state
         .sessions
         .pool()
@@ -90,7 +91,7 @@ pub(crate) async fn fill(state: Arc<AppState>, name: AgentName) {
         return;
     }
     if let Err(e) = top_up(&state, &name).await {
-        tracing::warn!(agent = %name, "cannot pre-warm sandboxes: {}", e.message);
+        tracing::warn!(agent = %name, "cannot pre-warm sandboxes: {e}");
     }
     state
         .sessions
@@ -101,7 +102,7 @@ pub(crate) async fn fill(state: Arc<AppState>, name: AgentName) {
         .remove(&name);
 }
 
-async fn top_up(state: &AppState, name: &AgentName) -> Result<(), crate::ApiError> {
+async fn top_up(state: &Runtime, name: &AgentName) -> Result<(), RuntimeError> {
     let pool = state.sessions.pool();
     let Some(agent) = state.store.get_agent(name).await? else {
         for (id, live) in pool.drain(Some(name)) {
@@ -138,8 +139,7 @@ async fn top_up(state: &AppState, name: &AgentName) -> Result<(), crate::ApiErro
         let id = format!("{WARM_PREFIX}{}", uuid::Uuid::new_v4());
         pool.warming.fetch_add(1, Ordering::Relaxed);
         let started = state
-            .sessions
-            .start_sandbox(state, &id, &agent, &agent.env, None, Room::OnlyIfFree)
+            .start_sandbox(&id, &agent, &agent.env, None, Room::OnlyIfFree)
             .await;
         pool.warming.fetch_sub(1, Ordering::Relaxed);
         let live = started?;

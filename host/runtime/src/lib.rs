@@ -1,0 +1,243 @@
+//! The session runtime: which sessions have a sandbox on this node, capacity and eviction,
+//! the warm pool, the turn driver, and the fan-out of each session's log to its followers.
+//!
+//! It knows nothing of HTTP. Every frontend — the REST edge today; tools, MCP and workflows
+//! next — drives sessions through [`Runtime`]'s methods and gets a [`RuntimeError`] when one
+//! refuses or fails, which says what happened in a variant, not a status code. The runtime is
+//! built once with everything it uses (the store, the plugins, the sandbox host); nothing
+//! reaches it through a request.
+//!
+//! Failure rules: a frame is in the log before any follower sees it; a turn always ends in the
+//! log (`done`, after an `error` when it failed), even when its sandbox dies, the store fails
+//! it (logged once the store is back) or the server stops (at the end of the grace period);
+//! a turn left open by a crash is closed by [`Runtime::close_open_turns`] at the next start.
+
+mod agents;
+mod credentials;
+mod drain;
+mod error;
+mod hooks;
+mod lifecycle;
+mod metrics;
+mod pool;
+mod sessions;
+mod stream;
+mod turn;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ash_plugin_host::Plugins;
+use ash_sandbox::{Limits, SandboxUsers, UidRange};
+use ash_store::Store;
+
+pub use agents::{blocking, read_manifest, validate_env};
+pub use credentials::Sealer;
+pub use error::{Missing, RuntimeError, StoreFault};
+pub use lifecycle::{now, ExecOutcome, Files, NewSession, EXEC_MAX, MAX_COMMAND_BYTES};
+pub use metrics::Metrics;
+pub use stream::{Frame, FrameStream};
+pub use turn::{MAX_CONTENT_BLOCKS, MAX_CONTENT_CHARS};
+
+/// What the runtime needs to know; the CLI fills it from flags, env and the settings file.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Sandboxes, snapshots and managed agents live under it.
+    pub data_dir: PathBuf,
+    pub max_sandboxes: usize,
+    /// Resource limits of every sandbox, unless its agent's `ash.toml` sets its own.
+    pub limits: Limits,
+    /// A session whose sandbox has had no turn for this long is paused and its sandbox freed.
+    pub idle_timeout: Duration,
+    /// How long a stop waits for running turns to end before it ends them
+    /// (`shutdown_grace_secs`).
+    pub shutdown_grace: Duration,
+    pub bwrap: PathBuf,
+    pub bridge: PathBuf,
+    /// The host uids a root server gives its sandboxes, one each (`sandbox_uids`); `None`
+    /// takes the `ash` line of `/etc/subuid`, else the built-in range. Unused when the server
+    /// is not root.
+    pub sandbox_uids: Option<UidRange>,
+    /// Syscalls of the sandbox filter's refusals an agent may ask back in its `ash.toml`
+    /// (`sandbox_grant_syscalls`); empty grants none.
+    pub sandbox_grant_syscalls: Vec<String>,
+    /// Bytes of memory all sandboxes together may use (`sandbox_memory_budget_mb`): their
+    /// parent cgroup's limit, so `max_sandboxes` × the memory limit cannot overcommit the host.
+    pub memory_budget: u64,
+    /// The size of each workspace's own filesystem (`sandbox_disk_mb`, `sandbox_disk_files`);
+    /// `None` turns workspace quotas off. Applies where the server is root with loop devices.
+    pub disk_quota: Option<ash_sandbox::disk::Quota>,
+    /// How much one turn, and one session's log, may hold.
+    pub event_caps: EventCaps,
+}
+
+/// Caps on what an agent's events may add to the log; a turn past one ends with a `limit`
+/// frame.
+#[derive(Debug, Clone, Copy)]
+pub struct EventCaps {
+    /// Bytes of events (and stored messages) one turn may log.
+    pub turn_bytes: usize,
+    /// Events one turn may log.
+    pub turn_events: usize,
+    /// Events one session's log may hold.
+    pub session_events: i64,
+    /// Bytes of events and messages one session's log may hold.
+    pub session_bytes: u64,
+}
+
+impl Default for EventCaps {
+    fn default() -> Self {
+        Self {
+            turn_bytes: 64 << 20,
+            turn_events: 20_000,
+            session_events: 1_000_000,
+            session_bytes: 1 << 30,
+        }
+    }
+}
+
+/// Why the runtime could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("invalid setting: {0}")]
+    Config(String),
+    #[error("refusing to start sandboxes: {0}")]
+    SandboxUsers(String),
+}
+
+/// The session runtime of one node. Cheap to share behind an `Arc`.
+pub struct Runtime {
+    pub config: RuntimeConfig,
+    pub store: Store,
+    pub plugins: Plugins,
+    pub metrics: Metrics,
+    sealer: Option<Sealer>,
+    sessions: sessions::Sessions,
+    drain: drain::Drain,
+}
+
+impl Runtime {
+    /// Checks the sandbox settings, claims the sandboxes' uids and prepares the workspace
+    /// filesystems; `sealer` opens credentials (none: credentials are off).
+    pub fn open(
+        config: RuntimeConfig,
+        store: Store,
+        plugins: Plugins,
+        sealer: Option<Sealer>,
+    ) -> Result<Self, OpenError> {
+        if let Some(unknown) = config.sandbox_grant_syscalls.iter().find(|name| {
+            !ash_sandbox::seccomp::BLOCKED
+                .iter()
+                .any(|b| &b.name == name)
+        }) {
+            return Err(OpenError::Config(format!(
+                "sandbox_grant_syscalls: {unknown:?} is not a syscall the sandbox filter refuses (see docs/operations.md)"
+            )));
+        }
+        let users =
+            SandboxUsers::for_this_process(config.sandbox_uids).map_err(OpenError::SandboxUsers)?;
+        let disks = match (config.disk_quota, &users) {
+            (Some(quota), SandboxUsers::PerSandbox { .. })
+                if ash_sandbox::disk::support().is_ok() =>
+            {
+                let root = config.data_dir.join("sandboxes");
+                std::fs::create_dir_all(&root).map_err(|e| {
+                    OpenError::Config(format!("cannot create {}: {e}", root.display()))
+                })?;
+                let disks = ash_sandbox::disk::Disks::prepare(&config.data_dir, &root, quota)
+                    .map_err(|e| {
+                        OpenError::SandboxUsers(format!(
+                            "cannot make the workspace filesystem template: {e}"
+                        ))
+                    })?;
+                Some(Arc::new(disks))
+            }
+            _ => None,
+        };
+        Ok(Self {
+            sessions: sessions::Sessions::new(&config, users, disks),
+            metrics: Metrics::new(config.max_sandboxes),
+            config,
+            store,
+            plugins,
+            sealer,
+            drain: Default::default(),
+        })
+    }
+
+    /// Closes in the log the turns an earlier run left open (it stopped mid-turn), and
+    /// deletes the warm sandboxes' folders it left.
+    pub async fn close_open_turns(&self) -> Result<(), ash_store::StoreError> {
+        self.sessions.clear_stale_warm().await;
+        for session in self.store.unfinished_turns().await? {
+            let error = "the server stopped during this turn; send the message again";
+            let closing = stream::closing(session, Some(error));
+            let ends = Some(ash_store::TurnMark::Ends);
+            self.store.append(session, &[], &closing, ends).await?;
+            tracing::warn!(session = %session, "closed a turn the last run left open");
+        }
+        Ok(())
+    }
+
+    /// Starts the runtime's own work: the host check (logged), the idle sweep and the warm
+    /// pools. Stops with [`Self::shutdown`].
+    pub fn start(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let runtime = self.clone();
+        tokio::spawn(async move { runtime.sessions.check_host(&runtime.config).await });
+        let runtime = self.clone();
+        tokio::spawn(async move {
+            for agent in runtime.store.list_agents().await.unwrap_or_default() {
+                tokio::spawn(pool::fill(runtime.clone(), agent.name));
+            }
+        });
+        tokio::spawn(sweep_idle(self.clone()))
+    }
+
+    /// The stop's first steps ([`drain`]): no new work, the grace period for running turns,
+    /// their end in the log, then every follower is told to go. Returns once they have been.
+    pub async fn drain(&self) {
+        drain::drain(&self.drain, self.config.shutdown_grace).await
+    }
+
+    /// A stop has begun: take no new work.
+    pub fn draining(&self) -> bool {
+        self.drain.began()
+    }
+
+    /// Resolves when the followers have been told to go (the listener may close).
+    pub fn closed(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.drain.closed()
+    }
+
+    /// Stops every sandbox (workspaces stay for the next start) and flushes the observers.
+    pub async fn shutdown(self: &Arc<Self>) {
+        self.sessions.stop_all().await;
+        // Observers get every event queued before the server stops.
+        let runtime = self.clone();
+        let _ = tokio::task::spawn_blocking(move || runtime.plugins.flush()).await;
+    }
+
+    /// (live sandboxes, sandboxes in a turn, warm sandboxes, warm sandboxes starting).
+    pub fn counts(&self) -> (usize, usize, usize, usize) {
+        let (live, running) = self.sessions.counts();
+        let pool = self.sessions.pool();
+        (live, running, pool.len(), pool.warming())
+    }
+
+    /// The agent was deployed (or redeployed): its warm pool is brought to its version.
+    pub fn agent_deployed(self: &Arc<Self>, agent: ash_core::AgentName) {
+        tokio::spawn(pool::fill(self.clone(), agent));
+    }
+}
+
+/// Parks idle sessions, checking at half the idle timeout (at most every minute).
+async fn sweep_idle(runtime: Arc<Runtime>) {
+    let timeout = runtime.config.idle_timeout;
+    let every = (timeout / 2).clamp(Duration::from_millis(50), Duration::from_secs(60));
+    let mut ticks = tokio::time::interval(every);
+    loop {
+        ticks.tick().await;
+        runtime.sweep_idle(timeout).await;
+    }
+}
