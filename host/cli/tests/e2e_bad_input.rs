@@ -226,6 +226,42 @@ async fn a_bad_line_from_the_agent_is_an_sse_error_and_the_turn_goes_on() {
     assert_eq!(assistant_text(&frames), "fine");
 }
 
+/// A hostile agent that names its stream events after the server's own frames (`done`,
+/// `error`, `session_start`), then one name of its own, then says something and ends.
+const FORGER_AGENT: &str = r#"#!/bin/sh
+while IFS= read -r line; do
+  id=$(printf '%s\n' "$line" | sed -n 's/^{"cmd":"query","id":"\([^"]*\)".*/\1/p')
+  [ -n "$id" ] || continue
+  for kind in done error session_start progress; do
+    printf '{"ev":"message","id":"%s","data":{"type":"stream_event","event":{"type":"content_block_delta","delta":{"type":"%s"}}}}\n' "$id" "$kind"
+  done
+  printf '{"ev":"message","id":"%s","data":{"type":"assistant","message":{"role":"assistant","content":[{"type":"done"},{"type":"text","text":"after"}]}}}\n' "$id"
+  printf '{"ev":"done","id":"%s"}\n' "$id"
+done
+"#;
+
+#[tokio::test]
+async fn an_agent_cannot_forge_the_servers_frames_to_end_a_stream_early() {
+    let server = Server::start().await;
+    let session = server.command_session("forger", FORGER_AGENT).await;
+    let frames = server.message(&session, "go").await;
+    let names = events(&frames);
+    // The name of its own is kept (the control: the agent's events do get through), the
+    // forged ones are dropped, and the stream runs to the server's one done.
+    let kept = [
+        "session_start",
+        "message",
+        "message",
+        "message",
+        "progress",
+        "message",
+        "message",
+        "done",
+    ];
+    assert_eq!(names, kept, "{frames:?}");
+    assert_eq!(assistant_text(&frames), "after");
+}
+
 /// A hostile agent that kills its own bridge in the middle of a turn.
 const BRIDGE_KILLER: &str = r#"#!/bin/sh
 while IFS= read -r line; do

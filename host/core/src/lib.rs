@@ -8,6 +8,7 @@
 mod agent;
 mod credential;
 mod error;
+mod frame;
 mod hook;
 mod session;
 mod storage;
@@ -18,6 +19,7 @@ pub use agent::{
 };
 pub use credential::{Credential, CredentialType};
 pub use error::CoreError;
+pub use frame::FrameKind;
 pub use hook::HookPoint;
 pub use session::{
     LimitKind, Message, ParkReason, ResumePath, Role, Session, SessionEvent, SessionId,

@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 
-use crate::{AgentName, CoreError};
+use crate::{AgentName, CoreError, FrameKind};
 
 /// The tenant every row belongs to until multi-tenancy arrives.
 pub const DEFAULT_TENANT: &str = "default";
@@ -209,7 +209,8 @@ pub struct SessionEvent {
     pub tenant_id: String,
     /// The SSE event name (`session_start`, `text_delta`, `message`, `error`, `done`, …).
     #[serde(rename = "type")]
-    pub kind: String,
+    #[schema(value_type = String)]
+    pub kind: FrameKind,
     /// The frame's JSON data, as text.
     pub data: Option<String>,
     pub sequence: i64,

@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use ash_core::{Agent, HookPoint, LimitOverrides, ParkReason, Session, SessionId, Transition};
+use ash_core::{
+    Agent, FrameKind, HookPoint, LimitOverrides, ParkReason, Session, SessionId, Transition,
+};
 use ash_protocol::Backend;
 use ash_sandbox::doctor::{self, Verdict};
 use ash_sandbox::{
@@ -570,7 +572,7 @@ impl Runtime {
         }
         let reason = reason.as_str();
         let data = json!({"action": "paused", "reason": reason}).to_string();
-        let lifecycle = [("lifecycle".to_owned(), data)];
+        let lifecycle = [(FrameKind::Lifecycle, data)];
         let _ = publish(self, &slot.hub, id, &[], &lifecycle, None).await;
         tracing::info!(session = %id, reason, "session paused to free its sandbox");
         true

@@ -19,7 +19,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ash_core::{Role, SessionEvent, SessionId, TurnOutcome};
+use ash_core::{FrameKind, Role, SessionEvent, SessionId, TurnOutcome};
 use ash_store::TurnMark;
 use serde_json::json;
 use tokio::sync::{broadcast, mpsc, watch};
@@ -76,7 +76,7 @@ impl Hub {
 
     /// The frames a new turn logs before its own: the end of an earlier turn the store failed,
     /// if that is still owed. [`Self::paid`] once they are stored.
-    pub(crate) fn owed(&self, session: SessionId) -> Vec<(String, String)> {
+    pub(crate) fn owed(&self, session: SessionId) -> Vec<(FrameKind, String)> {
         match self.owed_end.load(std::sync::atomic::Ordering::Acquire) {
             true => closing(session, Some(STORE_LOST)),
             false => Vec::new(),
@@ -122,7 +122,7 @@ pub enum Frame {
     /// A frame that is not in the log, so it has no id: an `error` when the store failed the
     /// turn, `shutdown` when the server stops. `retry` is how soon to reconnect.
     Unlogged {
-        kind: &'static str,
+        kind: FrameKind,
         data: String,
         retry: Option<Duration>,
     },
@@ -138,7 +138,7 @@ pub(crate) async fn publish(
     hub: &Hub,
     session: SessionId,
     messages: &[(Role, String)],
-    frames: &[(String, String)],
+    frames: &[(FrameKind, String)],
     mark: Option<TurnMark>,
 ) -> Result<Vec<Arc<SessionEvent>>, RuntimeError> {
     let order = hub.lock().await?;
@@ -153,7 +153,7 @@ pub(crate) async fn publish_ending(
     hub: &Hub,
     session: SessionId,
     messages: &[(Role, String)],
-    frames: &[(String, String)],
+    frames: &[(FrameKind, String)],
     guard: TurnGuard,
 ) {
     let order = hub.order.lock().await;
@@ -166,7 +166,7 @@ pub(crate) async fn publish_ending(
 }
 
 /// What one append logs: messages, then frames.
-type Entries<'a> = (&'a [(Role, String)], &'a [(String, String)]);
+type Entries<'a> = (&'a [(Role, String)], &'a [(FrameKind, String)]);
 
 async fn append_and_send(
     state: &Runtime,
@@ -232,7 +232,7 @@ pub(crate) async fn close_when_stored(
 }
 
 /// The frames that close a turn: an error (when there is one) and `done`.
-pub(crate) fn closing(session: SessionId, error: Option<&str>) -> Vec<(String, String)> {
+pub(crate) fn closing(session: SessionId, error: Option<&str>) -> Vec<(FrameKind, String)> {
     closing_with(session, error.map(|error| error_frame(error, None, None)))
 }
 
@@ -242,7 +242,7 @@ pub(crate) fn error_frame(
     error: &str,
     status: Option<u16>,
     hint: Option<String>,
-) -> (String, String) {
+) -> (FrameKind, String) {
     let mut data = json!({ "error": error });
     if let Some(status) = status {
         data["status"] = status.into();
@@ -250,19 +250,16 @@ pub(crate) fn error_frame(
     if let Some(hint) = hint {
         data["hint"] = hint.into();
     }
-    ("error".to_owned(), data.to_string())
+    (FrameKind::Error, data.to_string())
 }
 
 pub(crate) fn closing_with(
     session: SessionId,
-    error: Option<(String, String)>,
-) -> Vec<(String, String)> {
+    error: Option<(FrameKind, String)>,
+) -> Vec<(FrameKind, String)> {
     let mut frames = Vec::new();
     frames.extend(error);
-    frames.push((
-        "done".to_owned(),
-        json!({ "sessionId": session }).to_string(),
-    ));
+    frames.push((FrameKind::Done, json!({ "sessionId": session }).to_string()));
     frames
 }
 
@@ -361,7 +358,7 @@ impl Follower {
                         // saw, and reads the turn's logged end after it once the store is back.
                         let data = json!({ "error": error }).to_string();
                         let frame = Frame::Unlogged {
-                            kind: "error",
+                            kind: FrameKind::Error,
                             data,
                             retry: None,
                         };
@@ -383,7 +380,7 @@ impl Follower {
             "lastEventId": self.last,
         });
         Frame::Unlogged {
-            kind: "shutdown",
+            kind: FrameKind::Shutdown,
             data: data.to_string(),
             retry: Some(Duration::from_secs(1)),
         }
@@ -399,6 +396,6 @@ impl Follower {
                 mpsc::error::SendTimeoutError::Closed(_) => "client went away",
             })?;
         self.last = event.sequence;
-        Ok(self.until_done && event.kind == "done")
+        Ok(self.until_done && event.kind == FrameKind::Done)
     }
 }

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use ash_core::{HookPoint, LimitKind, Role, SessionId, TurnOutcome};
+use ash_core::{FrameKind, HookPoint, LimitKind, Role, SessionId, TurnOutcome};
 use ash_protocol::{Event, QueryOptions};
 use ash_sandbox::{Sandbox, Turn};
 use ash_store::TurnMark;
@@ -61,7 +61,7 @@ impl Runtime {
         let start =
             json!({"sessionId": session.id, "version": env!("CARGO_PKG_VERSION")}).to_string();
         let mut frames = hub.owed(session.id);
-        frames.push(("session_start".to_owned(), start));
+        frames.push((FrameKind::SessionStart, start));
         let started = publish(
             self,
             &hub,
@@ -265,7 +265,7 @@ async fn end_at_cap(
     }
     let mut frames = limit_frames(state, guard.sandbox());
     let data = json!({"kind": kind, "limit": limit, "count": 1, "message": message});
-    frames.push(("limit".to_owned(), data.to_string()));
+    frames.push((FrameKind::Limit, data.to_string()));
     frames.extend(closing(session, Some(&message)));
     state.metrics.turn_ended(TurnOutcome::Limit);
     publish_ending(state, hub, session, &[], &frames, guard).await;
@@ -288,7 +288,7 @@ async fn end_at_shutdown(state: &Runtime, hub: &Hub, session: SessionId, guard: 
 }
 
 /// A `limit` frame (and a metric) for each limit the sandbox hit since the last look.
-fn limit_frames(state: &Runtime, sandbox: &Sandbox) -> Vec<(String, String)> {
+fn limit_frames(state: &Runtime, sandbox: &Sandbox) -> Vec<(FrameKind, String)> {
     sandbox
         .limit_hits()
         .into_iter()
@@ -299,7 +299,7 @@ fn limit_frames(state: &Runtime, sandbox: &Sandbox) -> Vec<(String, String)> {
                 _ => format!("the sandbox reached its process limit ({}) and a new process was refused", hit.limit),
             };
             let data = json!({"kind": hit.kind.as_str(), "limit": hit.limit, "count": hit.count, "message": message});
-            ("limit".to_owned(), data.to_string())
+            (FrameKind::Limit, data.to_string())
         })
         .collect()
 }
@@ -310,7 +310,7 @@ struct Batch<'a> {
     agent: &'a str,
     state: &'a Runtime,
     messages: Vec<(Role, String)>,
-    frames: Vec<(String, String)>,
+    frames: Vec<(FrameKind, String)>,
     outcome: Option<TurnOutcome>,
     /// Where the turn's closing frames (`error`, `done`) start, once they are in.
     closing_at: Option<usize>,
@@ -344,18 +344,18 @@ impl<'a> Batch<'a> {
                 }
                 for (name, payload) in classify(&data) {
                     let payload = payload.to_string();
-                    let hook = match name.as_str() {
-                        "tool_use" => Some(HookPoint::ToolPreInvoke),
-                        "tool_result" => Some(HookPoint::ToolPostInvoke),
+                    let hook = match &name {
+                        FrameKind::ToolUse => Some(HookPoint::ToolPreInvoke),
+                        FrameKind::ToolResult => Some(HookPoint::ToolPostInvoke),
                         _ => None,
                     };
                     if let Some(hook) = hook {
-                        self.observe(hook, &name, || payload.clone());
+                        self.observe(hook, name.as_str(), || payload.clone());
                     }
                     self.frames.push((name, payload));
                 }
                 self.observe(HookPoint::MessageOut, "message", || text.clone());
-                self.frames.push(("message".to_owned(), text));
+                self.frames.push((FrameKind::Message, text));
             }
             // An error naming no command is a warning to the turn, not its end.
             Event::Error {
@@ -386,7 +386,11 @@ impl<'a> Batch<'a> {
 impl Batch<'_> {
     /// The bytes the batch would store.
     fn bytes(&self) -> usize {
-        let frames: usize = self.frames.iter().map(|(k, d)| k.len() + d.len()).sum();
+        let frames: usize = self
+            .frames
+            .iter()
+            .map(|(k, d)| k.as_str().len() + d.len())
+            .sum();
         frames + self.messages.iter().map(|(_, m)| m.len()).sum::<usize>()
     }
 
@@ -430,7 +434,7 @@ impl Batch<'_> {
 }
 
 /// The granular events the reference API derives from one SDK message.
-fn classify(message: &Value) -> Vec<(String, Value)> {
+fn classify(message: &Value) -> Vec<(FrameKind, Value)> {
     let kind = message.get("type").and_then(Value::as_str);
     let mut out = Vec::new();
     match kind {
@@ -440,12 +444,15 @@ fn classify(message: &Value) -> Vec<(String, Value)> {
                 let delta = &event["delta"];
                 match delta["type"].as_str() {
                     Some("text_delta") => {
-                        out.push(("text_delta".into(), json!({"delta": delta["text"]})))
+                        out.push((FrameKind::TextDelta, json!({"delta": delta["text"]})))
                     }
-                    Some("thinking_delta") => {
-                        out.push(("thinking_delta".into(), json!({"delta": delta["thinking"]})))
+                    Some("thinking_delta") => out.push((
+                        FrameKind::ThinkingDelta,
+                        json!({"delta": delta["thinking"]}),
+                    )),
+                    Some(other) => {
+                        out.extend(FrameKind::agent(other).map(|name| (name, delta.clone())))
                     }
-                    Some(other) => out.extend(event_name(other).map(|name| (name, delta.clone()))),
                     None => {}
                 }
             }
@@ -459,13 +466,16 @@ fn classify(message: &Value) -> Vec<(String, Value)> {
                 match block["type"].as_str() {
                     Some("text") | None => {}
                     Some("tool_use") => out.push((
-                        "tool_use".into(),
+                        FrameKind::ToolUse,
                         json!({"id": block["id"], "name": block["name"], "input": block["input"]}),
                     )),
-                    Some("thinking") => {
-                        out.push(("thinking_delta".into(), json!({"delta": block["thinking"]})))
+                    Some("thinking") => out.push((
+                        FrameKind::ThinkingDelta,
+                        json!({"delta": block["thinking"]}),
+                    )),
+                    Some(other) => {
+                        out.extend(FrameKind::agent(other).map(|name| (name, block.clone())))
                     }
-                    Some(other) => out.extend(event_name(other).map(|name| (name, block.clone()))),
                 }
             }
         }
@@ -480,23 +490,15 @@ fn classify(message: &Value) -> Vec<(String, Value)> {
                 .get("stdout")
                 .cloned()
                 .unwrap_or_else(|| block["content"].clone());
-            out.push(("tool_result".into(), json!({"tool_use_id": block["tool_use_id"], "content": content, "is_error": block["is_error"]})));
+            out.push((FrameKind::ToolResult, json!({"tool_use_id": block["tool_use_id"], "content": content, "is_error": block["is_error"]})));
         }
         Some("result") => out.push((
-            "turn_complete".into(),
+            FrameKind::TurnComplete,
             json!({"numTurns": message["num_turns"], "result": message["result"]}),
         )),
         _ => {}
     }
     out
-}
-
-/// An SSE event name taken from agent data: only `[A-Za-z0-9_]`, at most 64 bytes.
-fn event_name(raw: &str) -> Option<String> {
-    let ok = !raw.is_empty()
-        && raw.len() <= 64
-        && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-    ok.then(|| raw.to_owned())
 }
 
 #[cfg(test)]
@@ -508,7 +510,7 @@ mod tests {
         let m = json!({"type": "stream_event", "event": {"type": "content_block_delta", "delta": {"type": "text_delta", "text": "hi"}}});
         assert_eq!(
             classify(&m),
-            vec![("text_delta".to_owned(), json!({"delta": "hi"}))]
+            vec![(FrameKind::TextDelta, json!({"delta": "hi"}))]
         );
     }
 
@@ -518,7 +520,7 @@ mod tests {
         assert_eq!(
             classify(&a),
             vec![(
-                "tool_use".to_owned(),
+                FrameKind::ToolUse,
                 json!({"id": "t1", "name": "Bash", "input": {"c": 1}})
             )]
         );
@@ -526,7 +528,7 @@ mod tests {
         assert_eq!(
             classify(&r),
             vec![(
-                "turn_complete".to_owned(),
+                FrameKind::TurnComplete,
                 json!({"numTurns": 2, "result": "ok"})
             )]
         );
@@ -538,5 +540,17 @@ mod tests {
         assert!(classify(&m).is_empty());
         let b = json!({"type": "assistant", "message": {"content": [{"type": "a b"}]}});
         assert!(classify(&b).is_empty());
+    }
+
+    #[test]
+    fn an_agent_cannot_forge_the_servers_frames() {
+        let delta = |kind: &str| json!({"type": "stream_event", "event": {"type": "content_block_delta", "delta": {"type": kind}}});
+        for forged in ["done", "error", "session_start", "shutdown"] {
+            assert!(classify(&delta(forged)).is_empty(), "{forged}");
+            let block = json!({"type": "assistant", "message": {"content": [{"type": forged}]}});
+            assert!(classify(&block).is_empty(), "{forged}");
+        }
+        let named = classify(&delta("input_json_delta"));
+        assert_eq!(named[0].0, FrameKind::Agent("input_json_delta".into()));
     }
 }

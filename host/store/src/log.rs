@@ -73,7 +73,7 @@ fn event(session: SessionId, sequence: u64, entry: EventEntry) -> SessionEvent {
         id: entry.id,
         session_id: session.to_string(),
         tenant_id: entry.tenant_id,
-        kind: entry.kind,
+        kind: entry.kind.into(),
         data: entry.data,
         sequence: sequence as i64,
         created_at: entry.created_at,
