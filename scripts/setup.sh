@@ -2,7 +2,8 @@
 # Installs what building, running and testing Ash needs on Debian/Ubuntu, beyond the Rust
 # toolchain: bubblewrap (the sandbox), e2fsprogs (workspace filesystems), a C compiler (bundled
 # SQLite), Python with venv (for the API fuzzer), cargo-nextest, the rustfmt/clippy components
-# and the wasm32-wasip2 target (plugins), and the Claude Code CLI (scripts/install-claude.sh).
+# and the wasm32-wasip2 target (plugins), the Claude Code CLI (scripts/install-claude.sh) and
+# moto's S3-compatible server for the snapshot-store tests (scripts/install-moto.sh).
 # Safe to run again: it skips what is already there.
 set -euo pipefail
 
@@ -38,6 +39,8 @@ fi
 
 # The `claude_code` backend drives the Claude Code CLI; its tests run the real one.
 "$(dirname "$0")"/install-claude.sh
+# The snapshot store's tests use an S3-compatible server on loopback.
+"$(dirname "$0")"/install-moto.sh
 
 # bwrap must be able to create a user namespace; say so plainly if the host forbids it.
 if ! bwrap --unshare-all --unshare-user --ro-bind / / -- true 2>/dev/null; then

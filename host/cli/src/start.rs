@@ -66,6 +66,8 @@ pub(crate) struct FileSettings {
     idle_timeout_ms: Option<u64>,
     shutdown_grace_secs: Option<u64>,
     credential_key: Option<String>,
+    /// Where workspace snapshots go: `s3://<bucket>[/<prefix>]` or an absolute folder.
+    snapshot_store: Option<String>,
     #[serde(default)]
     plugins: Vec<PluginConfig>,
     storage: Option<StorageSettings>,
@@ -274,6 +276,7 @@ pub async fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
         seed_agents: vec![hello_agent()],
         plugins: file.plugins,
         credential_key: env("ASH_CREDENTIAL_KEY")?.or(file.credential_key),
+        snapshot_store: env("ASH_SNAPSHOT_STORE")?.or(file.snapshot_store),
         storage,
         runtime,
     };

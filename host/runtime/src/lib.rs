@@ -21,6 +21,7 @@ mod lifecycle;
 mod metrics;
 mod pool;
 mod sessions;
+mod snapshots;
 mod stream;
 mod turn;
 
@@ -30,7 +31,11 @@ use std::time::Duration;
 
 use ash_plugin_host::Plugins;
 use ash_sandbox::{Limits, SandboxUsers, UidRange};
+use ash_snapshots::SnapshotStore;
 use ash_store::Store;
+
+/// How long a stop waits for snapshot uploads in flight.
+const UPLOAD_WAIT: Duration = Duration::from_secs(10);
 
 pub use agents::{blocking, read_manifest, validate_env};
 pub use credentials::Sealer;
@@ -115,16 +120,21 @@ pub struct Runtime {
     sealer: Option<Sealer>,
     sessions: sessions::Sessions,
     drain: drain::Drain,
+    snapshots: SnapshotStore,
+    /// Snapshot uploads and deletes in flight, waited for (a while) at shutdown.
+    uploads: tokio_util::task::TaskTracker,
 }
 
 impl Runtime {
     /// Checks the sandbox settings, claims the sandboxes' uids and prepares the workspace
-    /// filesystems; `sealer` opens credentials (none: credentials are off).
+    /// filesystems; `sealer` opens credentials (none: credentials are off), and workspace
+    /// snapshots go to `snapshots`.
     pub fn open(
         config: RuntimeConfig,
         store: Store,
         plugins: Plugins,
         sealer: Option<Sealer>,
+        snapshots: SnapshotStore,
     ) -> Result<Self, OpenError> {
         if let Some(unknown) = config.sandbox_grant_syscalls.iter().find(|name| {
             !ash_sandbox::seccomp::BLOCKED
@@ -163,6 +173,8 @@ impl Runtime {
             plugins,
             sealer,
             drain: Default::default(),
+            snapshots,
+            uploads: Default::default(),
         })
     }
 
@@ -210,8 +222,16 @@ impl Runtime {
         self.drain.closed()
     }
 
-    /// Stops every sandbox (workspaces stay for the next start) and flushes the observers.
+    /// Waits a while for snapshot uploads, stops every sandbox (workspaces stay for the next
+    /// start) and flushes the observers.
     pub async fn shutdown(self: &Arc<Self>) {
+        self.uploads.close();
+        if tokio::time::timeout(UPLOAD_WAIT, self.uploads.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("stopping: snapshot uploads still running after {UPLOAD_WAIT:?}; those sessions keep their previous snapshot in the store");
+        }
         self.sessions.stop_all().await;
         // Observers get every event queued before the server stops.
         let runtime = self.clone();

@@ -18,6 +18,7 @@ use ash_core::{
 };
 use ash_protocol::Event;
 
+use crate::sessions::Origin;
 use crate::{hooks, validate_env, Missing, Runtime, RuntimeError};
 
 /// The longest system prompt a session may bring.
@@ -125,6 +126,7 @@ impl Runtime {
         // Ended first: a message or resume that comes meanwhile reads it and stops there.
         let session = self.transition(session.id, Transition::End).await?;
         self.sessions.end(session.id).await;
+        self.forget_snapshot(session.id);
         tracing::info!(session = %session.id, "session ended");
         hooks::lifecycle(self, HookPoint::SessionEnded, &session, None);
         Ok(session)
@@ -132,22 +134,24 @@ impl Runtime {
 
     /// Writes a durable snapshot of the workspace, then stops taking messages. The sandbox
     /// stays up, so resuming is instant.
-    pub async fn pause(&self, raw_id: &str) -> Result<Session, RuntimeError> {
+    pub async fn pause(self: &Arc<Self>, raw_id: &str) -> Result<Session, RuntimeError> {
         let session = self.session(raw_id).await?;
         session.status.apply(Transition::Pause)?;
         let _still = self.sessions.hold(session.id)?;
         self.sessions.snapshot(session.id).await?;
+        self.snapshot_later(session.id);
         self.announce(session.id, Transition::Pause).await
     }
 
     /// Snapshots the workspace and stops the sandbox; the files and the conversation stay for
     /// [`Self::resume`].
-    pub async fn stop(&self, raw_id: &str) -> Result<Session, RuntimeError> {
+    pub async fn stop(self: &Arc<Self>, raw_id: &str) -> Result<Session, RuntimeError> {
         let session = self.session(raw_id).await?;
         session.status.apply(Transition::Stop)?;
         // Held to the end: a message meanwhile is refused, one after it reads the session stopped.
         let _still = self.sessions.hold(session.id)?;
         self.sessions.snapshot(session.id).await?;
+        self.snapshot_later(session.id);
         self.sessions.discard(session.id).await;
         self.announce(session.id, Transition::Stop).await
     }
@@ -167,7 +171,7 @@ impl Runtime {
             true => ResumePath::Warm,
             false => ResumePath::Cold,
         };
-        self.live(&session, None).await?;
+        self.live(&session, None, Origin::Existing).await?;
         let path = path.as_str();
         self.metrics.resumes.with_label_values(&[path]).inc();
         tracing::info!(session = %session.id, path, "session resumed");
@@ -223,7 +227,7 @@ impl Runtime {
         }
         let session = self.session(raw_id).await?;
         session.status.accept_message()?;
-        let live = self.live(&session, None).await?;
+        let live = self.live(&session, None, Origin::Existing).await?;
         let answer = live.sandbox.exec(command, timeout);
         let failed = |detail: String| RuntimeError::internal("Exec failed", detail);
         match tokio::time::timeout(timeout + Duration::from_secs(5), answer).await {
@@ -260,6 +264,7 @@ impl Runtime {
             if session.status != SessionStatus::Ended {
                 self.store.transition(session.id, Transition::End).await?;
                 self.sessions.end(session.id).await;
+                self.forget_snapshot(session.id);
             }
         }
         self.store.delete_agent(name).await?;

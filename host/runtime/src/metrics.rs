@@ -20,6 +20,9 @@ pub struct Metrics {
     pub turns: IntCounterVec,
     pub resumes: IntCounterVec,
     pub limit_hits: IntCounterVec,
+    /// Workspace snapshots sent to the snapshot store, and brought back from it, by outcome.
+    pub snapshot_uploads: IntCounterVec,
+    pub snapshot_restores: IntCounterVec,
     pub prewarm_hits: IntCounter,
     pub auth_failures: IntCounter,
     pub plugin_transform: Histogram,
@@ -96,6 +99,17 @@ impl Metrics {
             &["kind"],
         )
         .expect("valid metric");
+        let by_outcome = |name: &str, help: &str| {
+            IntCounterVec::new(Opts::new(name, help), &["outcome"]).expect("valid metric")
+        };
+        let snapshot_uploads = by_outcome(
+            "ash_snapshot_uploads_total",
+            "Workspace snapshots sent to the snapshot store after a turn, pause or stop (ok, failed)",
+        );
+        let snapshot_restores = by_outcome(
+            "ash_snapshot_restores_total",
+            "Workspaces brought back from the snapshot store because this node had none (ok, failed)",
+        );
         let prewarm_hits = IntCounter::new(
             "ash_prewarm_hits_total",
             "Sessions started on a warm sandbox",
@@ -155,6 +169,8 @@ impl Metrics {
             Box::new(turns.clone()),
             Box::new(resumes.clone()),
             Box::new(limit_hits.clone()),
+            Box::new(snapshot_uploads.clone()),
+            Box::new(snapshot_restores.clone()),
             Box::new(prewarm_hits.clone()),
             Box::new(auth_failures.clone()),
         ] {
@@ -176,6 +192,8 @@ impl Metrics {
             turns,
             resumes,
             limit_hits,
+            snapshot_uploads,
+            snapshot_restores,
             prewarm_hits,
             auth_failures,
             plugin_transform,

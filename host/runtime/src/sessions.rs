@@ -37,6 +37,13 @@ pub(crate) enum Room {
     OnlyIfFree,
 }
 
+/// Whether a session is being created (it has files nowhere yet) or already exists.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    New,
+    Existing,
+}
+
 /// The live sandboxes of this node.
 pub(crate) struct Sessions {
     host: SandboxHost,
@@ -52,13 +59,15 @@ pub(crate) struct Sessions {
 }
 
 /// A session's place in the runtime: its sandbox, its hub and its turn lock.
-struct Slot {
+pub(crate) struct Slot {
     live: tokio::sync::Mutex<Option<Arc<Live>>>,
     /// Held by a turn, and by a pause, stop, resume or fork while it changes the session:
     /// one at a time, whichever comes first; the others get 409. (A delete writes `ended`
     /// first instead, which whoever holds the lock next reads.)
     turn: Arc<tokio::sync::Mutex<()>>,
     hub: Hub,
+    /// Its upload to the snapshot store.
+    pub(crate) upload: Mutex<crate::snapshots::Upload>,
 }
 
 impl Default for Slot {
@@ -67,6 +76,7 @@ impl Default for Slot {
             live: Default::default(),
             turn: Default::default(),
             hub: Hub::new(),
+            upload: Default::default(),
         }
     }
 }
@@ -207,7 +217,7 @@ impl Sessions {
         )
     }
 
-    fn slot(&self, id: SessionId) -> Arc<Slot> {
+    pub(crate) fn slot(&self, id: SessionId) -> Arc<Slot> {
         self.slots
             .lock()
             .expect("lock")
@@ -381,11 +391,14 @@ impl Sessions {
 }
 
 impl Runtime {
-    /// The session's live sandbox, starting one over its workspace if it has none.
+    /// The session's live sandbox, starting one over its workspace if it has none (an
+    /// existing session's workspace is brought back from the snapshot store when this node
+    /// has lost it).
     pub(crate) async fn live(
         &self,
         session: &Session,
         system_prompt: Option<&str>,
+        origin: Origin,
     ) -> Result<Arc<Live>, RuntimeError> {
         let slot = self.sessions.slot(session.id);
         let mut live = slot.live.lock().await;
@@ -401,6 +414,9 @@ impl Runtime {
             .get_agent(&session.agent_name)
             .await?
             .ok_or(RuntimeError::NotFound(Missing::Agent))?;
+        if origin == Origin::Existing {
+            self.restore_if_gone(session.id).await?;
+        }
         let started = self.start_for(session, &agent, system_prompt).await?;
         *live = Some(started.clone());
         Ok(started)
@@ -508,7 +524,9 @@ impl Runtime {
                 }
             }
         }
-        self.live(session, system_prompt).await.map(drop)
+        self.live(session, system_prompt, Origin::New)
+            .await
+            .map(drop)
     }
 
     /// Frees a warm sandbox, or else parks the least recently used session that has a sandbox

@@ -12,7 +12,7 @@ use ash_store::TurnMark;
 use serde_json::{json, Value};
 
 use crate::hooks;
-use crate::sessions::TurnGuard;
+use crate::sessions::{Origin, TurnGuard};
 use crate::stream::{
     broken, close_when_stored, closing, closing_with, error_frame, follow, publish, publish_ending,
     FrameStream, Hub,
@@ -51,7 +51,7 @@ impl Runtime {
         // Read again under the lock: a pause, stop or delete that ended just before it is seen.
         let session = self.session(raw_id).await?;
         session.status.accept_message()?;
-        let live = self.live(&session, None).await?;
+        let live = self.live(&session, None, Origin::Existing).await?;
         let guard = self.sessions.begin_turn(&live, turn);
         let followers = hub.subscribe();
         let user = [(
@@ -178,14 +178,15 @@ async fn run_turn(
             }
         }
         if let Some(cap) = spent.over(&batch, caps) {
-            return end_at_cap(&state, &hub, session, cap, &turn, guard).await;
+            end_at_cap(&state, &hub, session, cap, &turn, guard).await;
+            return state.snapshot_later(session);
         }
         if let (Some(at), Some(outcome)) = (batch.closing_at, batch.outcome) {
             let hits = limit_frames(&state, guard.sandbox());
             batch.frames.splice(at..at, hits);
             state.metrics.turn_ended(outcome);
-            return publish_ending(&state, &hub, session, &batch.messages, &batch.frames, guard)
-                .await;
+            publish_ending(&state, &hub, session, &batch.messages, &batch.frames, guard).await;
+            return state.snapshot_later(session);
         }
         match publish(&state, &hub, session, &batch.messages, &batch.frames, None).await {
             Ok(stored) => spent.logged = stored.last().map_or(spent.logged, |e| e.sequence),

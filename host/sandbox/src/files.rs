@@ -263,16 +263,29 @@ impl Workspace {
             .map_err(|e| FileError::at(path, e))
     }
 
-    /// The workspace as a tar.gz, dependency folders and `.env` files left out, symlinks kept
-    /// as links (never followed). Fails past `limit` bytes of file content.
+    /// The workspace as a tar.gz for a download, dependency folders and `.env` files left
+    /// out, symlinks kept as links (never followed). Fails past `limit` bytes of file content.
     pub fn pack(&self, limit: u64) -> Result<Vec<u8>, FileError> {
         let skip = |name: &str, is_dir: bool| {
             (is_dir && SKIP_DIRS.contains(&name))
                 || name == ".DS_Store"
                 || (!is_dir && SECRET_FILES.contains(&name))
         };
+        self.pack_with(&skip, limit)
+    }
+
+    /// The whole workspace as a tar.gz, for a snapshot: nothing left out.
+    pub fn pack_all(&self, limit: u64) -> Result<Vec<u8>, FileError> {
+        self.pack_with(&|_, _| false, limit)
+    }
+
+    fn pack_with(
+        &self,
+        skip: &dyn Fn(&str, bool) -> bool,
+        limit: u64,
+    ) -> Result<Vec<u8>, FileError> {
         let mut entries = Vec::new();
-        let complete = walk(&self.dir, Path::new(""), 0, &skip, &mut |path, kind| {
+        let complete = walk(&self.dir, Path::new(""), 0, skip, &mut |path, kind| {
             entries.push((path.to_path_buf(), kind));
             entries.len() < MAX_BUNDLE_ENTRIES
         })?;

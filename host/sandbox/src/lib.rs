@@ -161,6 +161,51 @@ impl SandboxHost {
         Ok(true)
     }
 
+    /// Whether the sandbox has files to start from here: its workspace, or a local snapshot.
+    pub async fn has_files(&self, id: &str) -> Result<bool, SandboxError> {
+        self.ready(id).await?;
+        Ok(self.workspace(id).is_dir() || self.latest_snapshot(id).is_some())
+    }
+
+    /// The whole workspace as a tar.gz (for the snapshot store), at most `limit` bytes of
+    /// content; links are kept as links, never followed.
+    pub async fn pack_workspace(&self, id: &str, limit: u64) -> Result<Vec<u8>, SandboxError> {
+        self.ready(id).await?;
+        let workspace = self.workspace(id);
+        tokio::task::spawn_blocking(move || {
+            let dir = files::Workspace::open(&workspace)
+                .map_err(|e| SandboxError::workspace("cannot open the workspace: ", e))?;
+            dir.pack_all(limit)
+                .map_err(|e| SandboxError::Workspace(format!("cannot pack the workspace: {e}")))
+        })
+        .await
+        .map_err(|e| SandboxError::Workspace(e.to_string()))?
+    }
+
+    /// Makes a bundle from [`Self::pack_workspace`] the workspace of a sandbox that has none
+    /// here; the bundle is checked whole before anything is written. Returns the files written.
+    pub async fn unpack_workspace(
+        &self,
+        id: &str,
+        bundle: bytes::Bytes,
+        limit: u64,
+    ) -> Result<usize, SandboxError> {
+        self.ready(id).await?;
+        let workspace = self.workspace(id);
+        tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&workspace)
+                .map_err(|e| SandboxError::workspace("cannot make the workspace: ", e))?;
+            let dir = files::Workspace::open(&workspace)
+                .map_err(|e| SandboxError::workspace("cannot open the workspace: ", e))?;
+            dir.unpack(&bundle, limit).map_err(|e| {
+                let _ = std::fs::remove_dir_all(&workspace);
+                SandboxError::Workspace(format!("cannot unpack the snapshot: {e}"))
+            })
+        })
+        .await
+        .map_err(|e| SandboxError::Workspace(e.to_string()))?
+    }
+
     /// Makes a durable snapshot of the sandbox's workspace; returns once it is on disk.
     pub async fn snapshot(&self, id: &str) -> Result<(), SandboxError> {
         self.ready(id).await?;

@@ -44,6 +44,9 @@ pub struct ServerConfig {
     pub runtime: RuntimeConfig,
     /// Where records are kept.
     pub storage: StorageConfig,
+    /// Where workspace snapshots go (`snapshot_store`): `s3://<bucket>[/<prefix>]` or an
+    /// absolute folder; `None` is `<data dir>/snapshot-store`.
+    pub snapshot_store: Option<String>,
     /// A key accepted as-is (`ASH_API_KEY`); no key is generated when it is set.
     pub api_key: Option<String>,
     /// The folders path-mode deploys may come from (`deploy_roots`); empty turns path mode
@@ -99,6 +102,8 @@ pub enum StartError {
     Plugin(#[from] ash_plugin_host::PluginError),
     #[error(transparent)]
     Runtime(#[from] ash_runtime::OpenError),
+    #[error("snapshot_store: {0}")]
+    Snapshots(#[from] ash_snapshots::SnapshotError),
 }
 
 /// A server that has opened its store and bound its port, ready to [`run`](Self::run).

@@ -31,7 +31,21 @@ impl AppState {
         let (store, storage_plugin) = open_storage(&config.storage, Some(&cache)).await?;
         let (keys, new_key) = Keys::bootstrap(&store, &config).await?;
         let plugins = load_plugins(config.plugins.clone(), cache).await?;
-        let runtime = Runtime::open(config.runtime.clone(), store.clone(), plugins, sealer)?;
+        let snapshots = ash_snapshots::SnapshotStore::open(
+            config.snapshot_store.as_deref(),
+            &config.runtime.data_dir.join("snapshot-store"),
+        )?;
+        tracing::info!(
+            store = snapshots.location(),
+            "workspace snapshots go to the snapshot store"
+        );
+        let runtime = Runtime::open(
+            config.runtime.clone(),
+            store.clone(),
+            plugins,
+            sealer,
+            snapshots,
+        )?;
         let state = Self {
             runtime: Arc::new(runtime),
             config,

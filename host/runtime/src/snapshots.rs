@@ -1,0 +1,130 @@
+//! Workspace snapshots in the snapshot store (`ash_snapshots`), so a session's files survive
+//! the loss of this node's disk and can follow the session to another node.
+//!
+//! After each turn that ends with the sandbox still there, and after a pause or stop, the whole
+//! workspace is packed and sent, off the turn's path (its `done` never waits for it): at most
+//! one upload per session runs at a time, and a request that comes meanwhile runs once more
+//! after it. An upload that fails leaves the last good snapshot in place (the store swaps in a
+//! new one only once it is there whole) and is logged; the next turn tries again. A session
+//! whose node has neither its workspace nor a local snapshot is brought back from the store
+//! before its sandbox starts; if the store cannot be reached, the start is refused rather
+//! than begun from the agent's folder without the session's files.
+
+use std::sync::Arc;
+
+use ash_core::SessionId;
+
+use crate::{Runtime, RuntimeError};
+
+/// The most file content a snapshot holds (the default workspace quota).
+const SNAPSHOT_LIMIT: u64 = 512 << 20;
+
+/// Where a session's upload stands.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Upload {
+    #[default]
+    Idle,
+    Running,
+    /// Running, and asked for again meanwhile.
+    Again,
+}
+
+impl Runtime {
+    /// Sends the session's workspace to the snapshot store soon, off the caller's path.
+    pub(crate) fn snapshot_later(self: &Arc<Self>, id: SessionId) {
+        let slot = self.sessions.slot(id);
+        {
+            let mut upload = slot.upload.lock().expect("lock");
+            if *upload != Upload::Idle {
+                *upload = Upload::Again;
+                return;
+            }
+            *upload = Upload::Running;
+        }
+        let runtime = self.clone();
+        self.uploads.spawn(async move {
+            loop {
+                runtime.upload(id).await;
+                let mut upload = slot.upload.lock().expect("lock");
+                if *upload == Upload::Again {
+                    *upload = Upload::Running;
+                } else {
+                    *upload = Upload::Idle;
+                    return;
+                }
+            }
+        });
+    }
+
+    async fn upload(&self, id: SessionId) {
+        let key = id.to_string();
+        let sent = match self
+            .sessions
+            .host()
+            .pack_workspace(&key, SNAPSHOT_LIMIT)
+            .await
+        {
+            Ok(bundle) => self
+                .snapshots
+                .put(&key, bundle.into())
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let outcome = match sent {
+            Ok(()) => "ok",
+            Err(why) => {
+                tracing::warn!(session = %id, store = self.snapshots.location(), "cannot store the session's snapshot: {why}; its last good snapshot stays, and its next turn tries again");
+                "failed"
+            }
+        };
+        self.metrics
+            .snapshot_uploads
+            .with_label_values(&[outcome])
+            .inc();
+    }
+
+    /// Brings the session's workspace back from the snapshot store when this node has none
+    /// (nor a local snapshot); nothing when the store has none either.
+    pub(crate) async fn restore_if_gone(&self, id: SessionId) -> Result<(), RuntimeError> {
+        let key = id.to_string();
+        let host = self.sessions.host();
+        if host
+            .has_files(&key)
+            .await
+            .map_err(RuntimeError::sandbox("Failed to mount the workspace"))?
+        {
+            return Ok(());
+        }
+        let fetched = self.snapshots.get(&key).await;
+        let restored = match fetched {
+            Ok(None) => return Ok(()),
+            Ok(Some(bundle)) => host
+                .unpack_workspace(&key, bundle, SNAPSHOT_LIMIT)
+                .await
+                .map_err(RuntimeError::sandbox("Failed to restore the workspace")),
+            Err(ash_snapshots::SnapshotError::Store(e)) => Err(RuntimeError::Unavailable(format!(
+                "the session's files are in the snapshot store, which cannot be reached ({e}); try again once it is back"
+            ))),
+            Err(e) => Err(RuntimeError::internal("Failed to restore the workspace", e)),
+        };
+        let outcome = if restored.is_ok() { "ok" } else { "failed" };
+        self.metrics
+            .snapshot_restores
+            .with_label_values(&[outcome])
+            .inc();
+        let files = restored?;
+        tracing::info!(session = %id, files, store = self.snapshots.location(), "workspace brought back from the snapshot store");
+        Ok(())
+    }
+
+    /// Deletes the session's snapshot from the store (its session ended), off the caller's path.
+    pub(crate) fn forget_snapshot(&self, id: SessionId) {
+        let snapshots = self.snapshots.clone();
+        self.uploads.spawn(async move {
+            if let Err(e) = snapshots.delete(&id.to_string()).await {
+                tracing::warn!(session = %id, "cannot delete the ended session's snapshot from the store: {e}");
+            }
+        });
+    }
+}
