@@ -32,7 +32,7 @@ use std::time::Duration;
 use ash_plugin_host::Plugins;
 use ash_sandbox::{Limits, SandboxUsers, UidRange};
 use ash_snapshots::SnapshotStore;
-use ash_store::Store;
+use ash_store::{Appended, Appends, Store};
 
 /// How long a stop waits for snapshot uploads in flight.
 const UPLOAD_WAIT: Duration = Duration::from_secs(10);
@@ -123,19 +123,33 @@ pub struct Runtime {
     snapshots: SnapshotStore,
     /// Snapshot uploads and deletes in flight, waited for (a while) at shutdown.
     uploads: tokio_util::task::TaskTracker,
+    /// Other servers' appends, until [`Self::start`] follows them.
+    appends: std::sync::Mutex<Option<Appends>>,
+}
+
+/// What the runtime is built from.
+pub struct Parts {
+    pub store: Store,
+    pub plugins: Plugins,
+    /// Opens stored credentials; none: credentials are off.
+    pub sealer: Option<Sealer>,
+    /// Where workspace snapshots go.
+    pub snapshots: SnapshotStore,
+    /// The appends other servers make to the shared log (Postgres), to wake followers here.
+    pub appends: Option<Appends>,
 }
 
 impl Runtime {
     /// Checks the sandbox settings, claims the sandboxes' uids and prepares the workspace
-    /// filesystems; `sealer` opens credentials (none: credentials are off), and workspace
-    /// snapshots go to `snapshots`.
-    pub fn open(
-        config: RuntimeConfig,
-        store: Store,
-        plugins: Plugins,
-        sealer: Option<Sealer>,
-        snapshots: SnapshotStore,
-    ) -> Result<Self, OpenError> {
+    /// filesystems.
+    pub fn open(config: RuntimeConfig, parts: Parts) -> Result<Self, OpenError> {
+        let Parts {
+            store,
+            plugins,
+            sealer,
+            snapshots,
+            appends,
+        } = parts;
         if let Some(unknown) = config.sandbox_grant_syscalls.iter().find(|name| {
             !ash_sandbox::seccomp::BLOCKED
                 .iter()
@@ -175,6 +189,7 @@ impl Runtime {
             drain: Default::default(),
             snapshots,
             uploads: Default::default(),
+            appends: std::sync::Mutex::new(appends),
         })
     }
 
@@ -203,6 +218,9 @@ impl Runtime {
                 tokio::spawn(pool::fill(runtime.clone(), agent.name));
             }
         });
+        if let Some(appends) = self.appends.lock().expect("lock").take() {
+            tokio::spawn(wake_followers(self.clone(), appends));
+        }
         tokio::spawn(sweep_idle(self.clone()))
     }
 
@@ -248,6 +266,33 @@ impl Runtime {
     /// The agent was deployed (or redeployed): its warm pool is brought to its version.
     pub fn agent_deployed(self: &Arc<Self>, agent: ash_core::AgentName) {
         tokio::spawn(pool::fill(self.clone(), agent));
+    }
+}
+
+/// Wakes the followers here of each session another server appends to, so a client can
+/// follow a session through any server on the database, a turn running elsewhere included.
+/// While the database is out of reach it tries again with a growing wait, then wakes every
+/// follower (announcements may have been missed meanwhile).
+async fn wake_followers(runtime: Arc<Runtime>, mut appends: Appends) {
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match appends.next().await {
+            Ok(Appended::Stream(stream)) => {
+                let session = stream
+                    .strip_prefix("events/")
+                    .map(ash_core::SessionId::parse);
+                if let Some(Ok(session)) = session {
+                    runtime.sessions.wake(session);
+                }
+                wait = Duration::from_millis(100);
+            }
+            Ok(Appended::Missed) => runtime.sessions.wake_all(),
+            Err(e) => {
+                tracing::warn!("cannot hear other servers' appends ({e}); followers of their turns wait until the database is back");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
     }
 }
 

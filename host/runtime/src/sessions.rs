@@ -285,6 +285,22 @@ impl Sessions {
         }
     }
 
+    /// Wakes the session's followers here, if it has any: another server appended to its log.
+    pub(crate) fn wake(&self, id: SessionId) {
+        let slot = self.slots.lock().expect("lock").get(&id).cloned();
+        if let Some(slot) = slot {
+            slot.hub.wake();
+        }
+    }
+
+    /// Wakes every follower here (other servers' appends may have been missed).
+    pub(crate) fn wake_all(&self) {
+        let slots: Vec<_> = self.slots.lock().expect("lock").values().cloned().collect();
+        for slot in slots {
+            slot.hub.wake();
+        }
+    }
+
     /// The session's hub, which publishes its log as it grows.
     pub(crate) fn hub(&self, id: SessionId) -> Hub {
         self.slot(id).hub.clone()

@@ -48,6 +48,8 @@ pub(crate) enum Published {
     Logged(Arc<SessionEvent>),
     /// The turn failed in a way the log could not record (storage down): followers end.
     Broken(String),
+    /// Another server appended to the session's log: followers read it.
+    Elsewhere,
 }
 
 /// A session's live feed of its log, and the lock that keeps its appends in order: whatever
@@ -103,6 +105,13 @@ impl Hub {
                 order = self.order.lock() => return Ok(order),
                 _ = unclosed.changed() => {}
             }
+        }
+    }
+
+    /// Tells the followers that another server appended to the log.
+    pub(crate) fn wake(&self) {
+        if self.feed.receiver_count() > 0 {
+            let _ = self.feed.send(Published::Elsewhere);
         }
     }
 
@@ -365,7 +374,7 @@ impl Follower {
                         let _ = self.tx.send_timeout(frame, SLOW_CLIENT_TIMEOUT).await;
                         return Err("the turn broke");
                     }
-                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Ok(Published::Elsewhere) | Err(broadcast::error::RecvError::Lagged(_)) => break,
                     Err(broadcast::error::RecvError::Closed) => return Ok(()),
                 }
             }

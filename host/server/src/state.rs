@@ -2,8 +2,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use ash_plugin_host::StoragePlugin;
-use ash_runtime::{Runtime, Sealer};
-use ash_store::Store;
+use ash_runtime::{Parts, Runtime, Sealer};
+use ash_store::{SqlStorage, Store};
 
 use crate::auth::Keys;
 use crate::{ServerConfig, StartError};
@@ -28,7 +28,11 @@ impl AppState {
     pub(crate) async fn open(config: ServerConfig) -> Result<(Self, Option<String>), StartError> {
         let sealer = Sealer::new(config.credential_key.as_deref())?;
         let cache = config.runtime.data_dir.join("plugin-cache");
-        let (store, storage_plugin) = open_storage(&config.storage, Some(&cache)).await?;
+        let (store, backing) = open_storage(&config.storage, Some(&cache)).await?;
+        let (appends, storage_plugin) = match backing {
+            Backing::Database(sql) => (sql.appends().await?, None),
+            Backing::Plugin(plugin) => (None, Some(plugin)),
+        };
         let (keys, new_key) = Keys::bootstrap(&store, &config).await?;
         let plugins = load_plugins(config.plugins.clone(), cache).await?;
         let snapshots = ash_snapshots::SnapshotStore::open(
@@ -39,13 +43,14 @@ impl AppState {
             store = snapshots.location(),
             "workspace snapshots go to the snapshot store"
         );
-        let runtime = Runtime::open(
-            config.runtime.clone(),
-            store.clone(),
+        let parts = Parts {
+            store: store.clone(),
             plugins,
             sealer,
             snapshots,
-        )?;
+            appends,
+        };
+        let runtime = Runtime::open(config.runtime.clone(), parts)?;
         let state = Self {
             runtime: Arc::new(runtime),
             config,
@@ -58,15 +63,22 @@ impl AppState {
     }
 }
 
+/// What the records are on.
+pub enum Backing {
+    Database(SqlStorage),
+    Plugin(StoragePlugin),
+}
+
 /// Opens the configured storage: connects to (and migrates) the database, or loads the storage
-/// plugin (compiled components cached in `cache`), which is returned too.
+/// plugin (compiled components cached in `cache`); returns which it is too.
 pub async fn open_storage(
     config: &crate::StorageConfig,
     cache: Option<&Path>,
-) -> Result<(Store, Option<StoragePlugin>), StartError> {
+) -> Result<(Store, Backing), StartError> {
     match config {
         crate::StorageConfig::Database(database) => {
-            Ok((Store::new(Arc::new(database.open().await?)), None))
+            let sql = database.open().await?;
+            Ok((Store::new(Arc::new(sql.clone())), Backing::Database(sql)))
         }
         crate::StorageConfig::Plugin(plugin) => {
             let (plugin, cache) = (plugin.clone(), cache.map(Path::to_owned));
@@ -84,7 +96,7 @@ pub async fn open_storage(
             let store = Store::new(Arc::new(loaded.clone()));
             // A database is reached while connecting; a plugin's store only by a first call.
             store.has_api_keys().await?;
-            Ok((store, Some(loaded)))
+            Ok((store, Backing::Plugin(loaded)))
         }
     }
 }

@@ -17,7 +17,7 @@ mod sql;
 pub use copy::{Copied, CopyError};
 pub use log::TurnMark;
 pub use records::{SealedKey, Store};
-pub use sql::{redact, Database, SqlStorage};
+pub use sql::{redact, Appended, Appends, Database, SqlStorage};
 
 /// A storage operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -16,6 +16,7 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ash_core::{
@@ -46,7 +47,13 @@ enum Pool {
 #[derive(Clone)]
 pub struct SqlStorage {
     pool: Pool,
+    /// Set on a Postgres that has LISTEN/NOTIFY: each commit that appends tells the other
+    /// processes on the database which streams grew, tagged with this process's mark.
+    notify: Option<Arc<str>>,
 }
+
+/// The channel appends are announced on; a payload is `<process mark> <stream>`.
+const APPENDS: &str = "ash_appends";
 
 /// Runs `$body` with `$pool` bound to this storage's pool, whichever database it is.
 macro_rules! with_pool {
@@ -128,6 +135,7 @@ impl SqlStorage {
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Self {
             pool: Pool::Sqlite(pool),
+            notify: None,
         })
     }
 
@@ -146,9 +154,75 @@ impl SqlStorage {
             .await
             .map_err(connect)?;
         sqlx::migrate!("./migrations-postgres").run(&pool).await?;
+        // CockroachDB speaks the protocol but has no NOTIFY: there, nothing is announced.
+        let notifies = sqlx::query("SELECT pg_notify($1, '')")
+            .bind(APPENDS)
+            .execute(&pool)
+            .await
+            .is_ok();
+        let mark = uuid::Uuid::new_v4().to_string();
         Ok(Self {
             pool: Pool::Postgres(pool),
+            notify: notifies.then(|| Arc::from(mark)),
         })
+    }
+
+    /// The appends other processes on this database commit, as they commit them (Postgres's
+    /// LISTEN/NOTIFY); `None` where there is no such thing (SQLite: one process).
+    pub async fn appends(&self) -> Result<Option<Appends>, StoreError> {
+        let (Pool::Postgres(pool), Some(mark)) = (&self.pool, &self.notify) else {
+            return Ok(None);
+        };
+        let mut listener = sqlx::postgres::PgListener::connect_with(pool)
+            .await
+            .map_err(|e| StoreError::Storage(db(e)))?;
+        listener
+            .listen(APPENDS)
+            .await
+            .map_err(|e| StoreError::Storage(db(e)))?;
+        Ok(Some(Appends {
+            listener,
+            mark: mark.clone(),
+        }))
+    }
+}
+
+/// What another process appended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Appended {
+    /// The named stream grew.
+    Stream(String),
+    /// Announcements may have been missed (the listening connection was lost and is back):
+    /// any stream may have grown.
+    Missed,
+}
+
+/// The appends of other processes on the database, as they commit.
+pub struct Appends {
+    listener: sqlx::postgres::PgListener,
+    mark: Arc<str>,
+}
+
+impl Appends {
+    /// The next append of another process. An error means the database is out of reach; the
+    /// next call connects again (and answers [`Appended::Missed`] once it has).
+    pub async fn next(&mut self) -> Result<Appended, StoreError> {
+        loop {
+            let notice = self
+                .listener
+                .try_recv()
+                .await
+                .map_err(|e| StoreError::Storage(db(e)))?;
+            let Some(notice) = notice else {
+                return Ok(Appended::Missed);
+            };
+            match notice.payload().split_once(' ') {
+                Some((mark, stream)) if mark != &*self.mark => {
+                    return Ok(Appended::Stream(stream.to_owned()))
+                }
+                _ => {}
+            }
+        }
     }
 }
 
@@ -431,6 +505,27 @@ impl Storage for SqlStorage {
                             first as u64
                         }
                     });
+                }
+                if let Some(mark) = &self.notify {
+                    // Delivered at commit, and only if it commits.
+                    let mut grew: Vec<String> = writes
+                        .iter()
+                        .filter_map(|write| match write {
+                            Write::Append { stream, .. } => Some(format!("{mark} {stream}")),
+                            _ => None,
+                        })
+                        .collect();
+                    grew.dedup();
+                    if !grew.is_empty() {
+                        // One statement whatever the count (stream names hold no newline).
+                        let announce = "SELECT pg_notify($1, payload) FROM regexp_split_to_table($2, E'\\n') AS payload";
+                        sqlx::query(announce)
+                            .bind(APPENDS)
+                            .bind(grew.join("\n"))
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(db)?;
+                    }
                 }
                 Ok(results)
                 }

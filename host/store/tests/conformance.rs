@@ -5,7 +5,8 @@
 use ash_store::conformance::{self, TestSchema};
 use std::sync::Arc;
 
-use ash_store::{SqlStorage, Store};
+use ash_core::{Storage, Write};
+use ash_store::{Appended, SqlStorage, Store};
 
 #[tokio::test]
 async fn sqlite_file_conforms() {
@@ -68,4 +69,48 @@ async fn records_on_postgres_conform() {
     conformance::run_records(&open(&one).await, &open(&two).await).await;
     one.drop().await;
     two.drop().await;
+}
+
+#[tokio::test]
+async fn appends_on_postgres_are_heard_by_the_other_processes_and_not_by_their_own() {
+    let schema = TestSchema::create().await;
+    let (one, other) = (
+        SqlStorage::connect_postgres(&schema.url()).await.unwrap(),
+        SqlStorage::connect_postgres(&schema.url()).await.unwrap(),
+    );
+    let mut heard_by_other = other.appends().await.unwrap().expect("Postgres announces");
+    let mut heard_by_one = one.appends().await.unwrap().expect("Postgres announces");
+    let append = |stream: &str| Write::Append {
+        stream: stream.into(),
+        entries: vec!["{}".into()],
+    };
+    one.commit(&[append("events/a"), append("messages/a")])
+        .await
+        .unwrap();
+    other.commit(&[append("events/b")]).await.unwrap();
+    for stream in ["events/a", "messages/a"] {
+        let heard = within(heard_by_other.next()).await.unwrap().unwrap();
+        assert_eq!(heard, Appended::Stream(stream.into()));
+    }
+    // Its own appends are not announced back to a process: the first it hears is the other's.
+    let heard = within(heard_by_one.next()).await.unwrap().unwrap();
+    assert_eq!(heard, Appended::Stream("events/b".into()));
+    // SQLite is one process's: it has nothing to announce.
+    assert!(
+        SqlStorage::open_sqlite(&tempfile::tempdir().unwrap().path().join("x.db"))
+            .await
+            .unwrap()
+            .appends()
+            .await
+            .unwrap()
+            .is_none()
+    );
+    schema.drop().await;
+}
+
+/// `heard`, if it comes within 10 s.
+async fn within<T>(
+    heard: impl std::future::Future<Output = T>,
+) -> Result<T, tokio::time::error::Elapsed> {
+    tokio::time::timeout(std::time::Duration::from_secs(10), heard).await
 }
