@@ -10,16 +10,20 @@ use ash_store::conformance::TestSchema;
 use common::{open_gate, Server, COMMAND_TOML, GATED_AGENT};
 use serde_json::json;
 
-/// Two servers of the real binary on one fresh Postgres schema, with one API key.
-async fn two_servers() -> (Server, Server, TestSchema) {
-    let schema = TestSchema::create().await;
+/// A server of the real binary on the schema's database, with the cluster's API key.
+async fn server_on(schema: &TestSchema) -> Server {
     let url = schema.url();
     let env = [
         ("ASH_DATABASE_URL", url.as_str()),
         ("ASH_API_KEY", "a-key-every-server-of-the-cluster-takes"),
     ];
-    let a = Server::start_with_env(&env).await;
-    let b = Server::start_with_env(&env).await;
+    Server::start_with_env(&env).await
+}
+
+/// Two servers on one fresh Postgres schema.
+async fn two_servers() -> (Server, Server, TestSchema) {
+    let schema = TestSchema::create().await;
+    let (a, b) = (server_on(&schema).await, server_on(&schema).await);
     (a, b, schema)
 }
 
@@ -81,5 +85,35 @@ async fn a_client_moves_to_another_server_mid_turn_and_gets_exactly_the_rest() {
     let expected: Vec<i64> = (all[0]..all[0] + all.len() as i64).collect();
     assert_eq!(all, expected, "no gap and no duplicate across the move");
     drop((a, b));
+    schema.drop().await;
+}
+
+#[tokio::test]
+async fn a_server_starting_leaves_the_turns_of_the_others_running_and_closes_only_its_own() {
+    let (a, b, schema) = two_servers().await;
+    let session = gated_session(&a).await;
+    let mut on_a = a.open_stream(&session, json!({"content": "go"})).await;
+    Server::read_until(&mut on_a, |f| says(f, "started")).await;
+    // A server that starts now finds a's turn open in the log: it is not its own to close.
+    let late = server_on(&schema).await;
+    open_gate(&a, &session).await;
+    let rest = Server::read_until(&mut on_a, |f| f.event == "done").await;
+    let events: Vec<_> = rest.iter().map(|f| f.event.as_str()).collect();
+    assert_eq!(events, ["message", "done"], "{rest:?}");
+    // The control: b's own turn, cut off by a crash, is closed by b's next start.
+    let other = gated_session(&b).await;
+    let mut on_b = b.open_stream(&other, json!({"content": "go"})).await;
+    Server::read_until(&mut on_b, |f| says(f, "started")).await;
+    let b = b.crash_and_restart().await;
+    let (_, log) = b.get(&format!("/api/sessions/{other}/events")).await;
+    let kinds: Vec<_> = log["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(kinds.last().map(String::as_str), Some("done"), "{kinds:?}");
+    assert_eq!(kinds[kinds.len() - 2], "error");
+    drop((a, b, late));
     schema.drop().await;
 }

@@ -120,6 +120,23 @@ async fn a_node_without_a_sessions_files_brings_them_back_from_the_snapshot_stor
     let frames = first.message(&session, "remember this").await;
     assert_eq!(common::events(&frames).last(), Some(&"done"));
     upload_counted(&first, "ok", before).await;
+    // A pause right after it has nothing new to send (the echo backend's memory of the
+    // conversation is a workspace file, so every turn changes something); a file changed and
+    // a turn later, the new snapshot is sent.
+    for step in ["pause", "resume"] {
+        let (status, body) = first
+            .post(
+                &format!("/api/sessions/{session}/{step}"),
+                serde_json::json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    upload_counted(&first, "unchanged", 0).await;
+    first.exec(&session, "echo kept > notes.txt").await;
+    let sent = counted(&first, "ash_snapshot_uploads_total", "ok").await;
+    first.message(&session, "remember this").await;
+    upload_counted(&first, "ok", sent).await;
     // The first node and its disk are gone.
     drop(first.stop().await);
 
@@ -148,6 +165,14 @@ async fn a_node_without_a_sessions_files_brings_them_back_from_the_snapshot_stor
     drop(cut_off.stop().await);
 
     let second = start(&env).await;
+    // The file routes find it too, before any sandbox of the session runs here.
+    let read = second
+        .raw_get(&format!(
+            "/api/sessions/{session}/files/notes.txt?format=raw"
+        ))
+        .await;
+    assert_eq!(read.status(), 200);
+    assert_eq!(read.text().await.unwrap(), "kept\n");
     let out = second.exec(&session, "cat notes.txt").await;
     assert_eq!(out["stdout"], "kept\n", "{out}");
     let restored = counted(&second, "ash_snapshot_restores_total", "ok").await;
@@ -155,9 +180,9 @@ async fn a_node_without_a_sessions_files_brings_them_back_from_the_snapshot_stor
     let (_, messages) = second
         .get(&format!("/api/sessions/{session}/messages"))
         .await;
-    // The conversation is the shared store's: the user's message, the echo and its result.
+    // The conversation is the shared store's: each user message, its echo and its result.
     let messages = messages["messages"].as_array().unwrap();
-    assert_eq!(messages.len(), 3, "{messages:?}");
+    assert_eq!(messages.len(), 6, "{messages:?}");
     assert!(messages[0]["content"]
         .as_str()
         .unwrap()

@@ -285,12 +285,13 @@ impl Runtime {
     }
 
     /// The session and the folder to read its files from: its workspace, or its last snapshot
-    /// when the workspace is gone.
+    /// when the workspace is gone (from the snapshot store when this node has neither).
     pub async fn files_to_read(
         &self,
         raw_id: &str,
     ) -> Result<(Session, PathBuf, Files), RuntimeError> {
         let session = self.session(raw_id).await?;
+        self.restore_if_gone(session.id).await?;
         let host = self.sessions.host();
         let id = session.id.to_string();
         host.ready(&id)
@@ -306,10 +307,11 @@ impl Runtime {
         Ok((session, snapshot, Files::Snapshot))
     }
 
-    /// The session and its workspace to write to, brought back from the last snapshot if it
-    /// was lost.
+    /// The session and its workspace to write to, brought back from the last snapshot (local,
+    /// else the snapshot store's) if it was lost.
     pub async fn files_to_write(&self, raw_id: &str) -> Result<(Session, PathBuf), RuntimeError> {
         let session = self.session(raw_id).await?;
+        self.restore_if_gone(session.id).await?;
         let host = self.sessions.host();
         let id = session.id.to_string();
         let restored = host

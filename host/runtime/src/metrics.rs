@@ -104,7 +104,7 @@ impl Metrics {
         };
         let snapshot_uploads = by_outcome(
             "ash_snapshot_uploads_total",
-            "Workspace snapshots sent to the snapshot store after a turn, pause or stop (ok, failed)",
+            "Workspace snapshots sent to the snapshot store after a turn, pause or stop (ok, unchanged: not sent, failed)",
         );
         let snapshot_restores = by_outcome(
             "ash_snapshot_restores_total",

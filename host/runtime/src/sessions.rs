@@ -68,6 +68,8 @@ pub(crate) struct Slot {
     hub: Hub,
     /// Its upload to the snapshot store.
     pub(crate) upload: Mutex<crate::snapshots::Upload>,
+    /// The workspace's fingerprint when its last snapshot was stored from this node.
+    pub(crate) stored: Mutex<Option<u64>>,
 }
 
 impl Default for Slot {
@@ -77,6 +79,7 @@ impl Default for Slot {
             turn: Default::default(),
             hub: Hub::new(),
             upload: Default::default(),
+            stored: Default::default(),
         }
     }
 }

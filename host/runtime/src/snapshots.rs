@@ -4,7 +4,8 @@
 //! After each turn that ends with the sandbox still there, and after a pause or stop, the whole
 //! workspace is packed and sent, off the turn's path (its `done` never waits for it): at most
 //! one upload per session runs at a time, and a request that comes meanwhile runs once more
-//! after it. An upload that fails leaves the last good snapshot in place (the store swaps in a
+//! after it. A workspace whose fingerprint (names, sizes, modification times, link targets) is
+//! the one last stored from this node is not sent again. An upload that fails leaves the last good snapshot in place (the store swaps in a
 //! new one only once it is there whole) and is logged; the next turn tries again. A session
 //! whose node has neither its workspace nor a local snapshot is brought back from the store
 //! before its sandbox starts; if the store cannot be reached, the start is refused rather
@@ -14,6 +15,7 @@ use std::sync::Arc;
 
 use ash_core::SessionId;
 
+use crate::sessions::Slot;
 use crate::{Runtime, RuntimeError};
 
 /// The most file content a snapshot holds (the default workspace quota).
@@ -44,7 +46,7 @@ impl Runtime {
         let runtime = self.clone();
         self.uploads.spawn(async move {
             loop {
-                runtime.upload(id).await;
+                runtime.upload(id, &slot).await;
                 let mut upload = slot.upload.lock().expect("lock");
                 if *upload == Upload::Again {
                     *upload = Upload::Running;
@@ -56,23 +58,29 @@ impl Runtime {
         });
     }
 
-    async fn upload(&self, id: SessionId) {
+    /// Stores the workspace's snapshot unless it is unchanged since the last one stored.
+    async fn upload(&self, id: SessionId, slot: &Slot) {
         let key = id.to_string();
-        let sent = match self
-            .sessions
-            .host()
-            .pack_workspace(&key, SNAPSHOT_LIMIT)
-            .await
-        {
-            Ok(bundle) => self
-                .snapshots
-                .put(&key, bundle.into())
-                .await
-                .map_err(|e| e.to_string()),
+        let host = self.sessions.host();
+        let sent = match host.fingerprint_workspace(&key).await {
+            Ok(now) if *slot.stored.lock().expect("lock") == Some(now) => Ok(None),
+            Ok(now) => match host.pack_workspace(&key, SNAPSHOT_LIMIT).await {
+                Ok(bundle) => self
+                    .snapshots
+                    .put(&key, bundle.into())
+                    .await
+                    .map(|()| Some(now))
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            },
             Err(e) => Err(e.to_string()),
         };
         let outcome = match sent {
-            Ok(()) => "ok",
+            Ok(None) => "unchanged",
+            Ok(Some(now)) => {
+                *slot.stored.lock().expect("lock") = Some(now);
+                "ok"
+            }
             Err(why) => {
                 tracing::warn!(session = %id, store = self.snapshots.location(), "cannot store the session's snapshot: {why}; its last good snapshot stays, and its next turn tries again");
                 "failed"

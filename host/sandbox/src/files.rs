@@ -274,6 +274,30 @@ impl Workspace {
         self.pack_with(&skip, limit)
     }
 
+    /// A digest of every name, size, modification time and link target in the workspace: an
+    /// equal digest means nothing a snapshot holds has changed, short of a file rewritten to
+    /// the same size with its modification time set back.
+    pub fn fingerprint(&self) -> io::Result<u64> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::hash::DefaultHasher::new();
+        walk(
+            &self.dir,
+            Path::new(""),
+            0,
+            &|_, _| false,
+            &mut |path, kind| {
+                path.hash(&mut hasher);
+                match kind {
+                    Kind::Dir => 0u8.hash(&mut hasher),
+                    Kind::File(size, modified) => (1u8, size, modified).hash(&mut hasher),
+                    Kind::Link(target) => (2u8, target).hash(&mut hasher),
+                }
+                true
+            },
+        )?;
+        Ok(hasher.finish())
+    }
+
     /// The whole workspace as a tar.gz, for a snapshot: nothing left out.
     pub fn pack_all(&self, limit: u64) -> Result<Vec<u8>, FileError> {
         self.pack_with(&|_, _| false, limit)

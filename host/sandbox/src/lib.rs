@@ -182,6 +182,19 @@ impl SandboxHost {
         .map_err(|e| SandboxError::Workspace(e.to_string()))?
     }
 
+    /// The workspace's [`files::Workspace::fingerprint`]: whether it changed since a snapshot.
+    pub async fn fingerprint_workspace(&self, id: &str) -> Result<u64, SandboxError> {
+        self.ready(id).await?;
+        let workspace = self.workspace(id);
+        tokio::task::spawn_blocking(move || {
+            files::Workspace::open(&workspace)
+                .and_then(|dir| dir.fingerprint())
+                .map_err(|e| SandboxError::workspace("cannot read the workspace: ", e))
+        })
+        .await
+        .map_err(|e| SandboxError::Workspace(e.to_string()))?
+    }
+
     /// Makes a bundle from [`Self::pack_workspace`] the workspace of a sandbox that has none
     /// here; the bundle is checked whole before anything is written. Returns the files written.
     pub async fn unpack_workspace(

@@ -27,8 +27,14 @@ impl AppState {
     /// generated key, if any.
     pub(crate) async fn open(config: ServerConfig) -> Result<(Self, Option<String>), StartError> {
         let sealer = Sealer::new(config.credential_key.as_deref())?;
-        let cache = config.runtime.data_dir.join("plugin-cache");
+        let data_dir = &config.runtime.data_dir;
+        let cache = data_dir.join("plugin-cache");
+        let node = node_id(data_dir).map_err(|source| StartError::DataDir {
+            path: data_dir.join(NODE_FILE).display().to_string(),
+            source,
+        })?;
         let (store, backing) = open_storage(&config.storage, Some(&cache)).await?;
+        let store = store.on_node(&node);
         let (appends, storage_plugin) = match backing {
             Backing::Database(sql) => (sql.appends().await?, None),
             Backing::Plugin(plugin) => (None, Some(plugin)),
@@ -60,6 +66,24 @@ impl AppState {
             disk_low: Default::default(),
         };
         Ok((state, new_key))
+    }
+}
+
+/// Where a server keeps its id: the same across restarts on one data dir, distinct between
+/// servers, so each closes only the turns it left open.
+const NODE_FILE: &str = "node-id";
+
+/// This server's id, made on its first start.
+fn node_id(data_dir: &Path) -> std::io::Result<String> {
+    let path = data_dir.join(NODE_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => {
+            let id = uuid::Uuid::new_v4().to_string();
+            std::fs::write(&path, &id)?;
+            Ok(id)
+        }
     }
 }
 

@@ -7,7 +7,9 @@
 //! `lastActiveAt` and the bytes its log holds (counted in memory between marks, so a crash
 //! mid-turn forgets at most that turn's); all of it is written or none. The server appends a session's batches one at
 //! a time (its hub's order lock), so the marks of consecutive turns cannot interleave, and at
-//! the next start [`Store::unfinished_turns`] are exactly the marked sessions. The store never
+//! the next start [`Store::unfinished_turns`] are exactly the sessions this server marked (each
+//! mark names the server that began the turn, [`Store::on_node`], so a server never closes a
+//! turn another server on the same database is running). The store never
 //! looks at what the frames are.
 
 use ash_core::{
@@ -260,8 +262,8 @@ impl Store {
         }
     }
 
-    /// Sessions in the middle of a turn (the server stopped before the turn's end was
-    /// appended).
+    /// Sessions in the middle of a turn this server began (it stopped before the turn's end
+    /// was appended).
     pub async fn unfinished_turns(&self) -> Result<Vec<SessionId>, StoreError> {
         let marked = self.sessions_in_a_turn().await?;
         Ok(marked.iter().map(|session| session.id()).collect())

@@ -3,7 +3,7 @@
 //! | collection | key | index entries |
 //! |---|---|---|
 //! | `agents` | `<tenant>/<name>` | — |
-//! | `sessions` | `<tenant>/<id>` | `agent` = `<tenant>/<agent>`, `status` = `<tenant>/<status>`, `turn` = `open` while a turn is in flight |
+//! | `sessions` | `<tenant>/<id>` | `agent` = `<tenant>/<agent>`, `status` = `<tenant>/<status>`, `turn` = the node that began it (`open` for a store that names none) while a turn is in flight |
 //! | `api-keys` | the key's SHA-256 (hex) | — |
 //! | `credentials` | `<tenant>/<id>` | — |
 //!
@@ -41,7 +41,13 @@ pub struct Store {
     /// Bytes a session's log has taken since its last mark wrote its `loggedBytes`: the next
     /// mark adds them.
     unmarked: Arc<Mutex<HashMap<SessionId, u64>>>,
+    /// The server whose turns this store marks ([`Self::on_node`]): only its own are left open
+    /// for it to close after a crash.
+    node: Arc<str>,
 }
+
+/// The node of a store that names none, and of turns marked before nodes were named.
+const ONE_NODE: &str = "open";
 
 /// A kind of record: the collection it lives in and the index entries it is found by.
 pub(crate) trait Record: Serialize + DeserializeOwned {
@@ -72,6 +78,17 @@ impl Store {
             storage,
             marked: Arc::default(),
             unmarked: Arc::default(),
+            node: Arc::from(ONE_NODE),
+        }
+    }
+
+    /// The same records, with the turns it begins marked as `node`'s: a server's id, the same
+    /// across its restarts, so that with several servers on one database each closes only the
+    /// turns it left open.
+    pub fn on_node(self, node: &str) -> Self {
+        Self {
+            node: Arc::from(node),
+            ..self
         }
     }
 
@@ -312,6 +329,9 @@ pub(crate) struct SessionRecord {
     /// A turn has begun and its `done` is not in the log yet.
     #[serde(default)]
     turn_open: bool,
+    /// The server that began it (none: marked before servers were named).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    turn_node: Option<String>,
     /// Bytes of messages and events the session's log holds, as of its last turn mark.
     #[serde(default)]
     logged_bytes: u64,
@@ -332,7 +352,8 @@ impl Record for SessionRecord {
             ),
         ];
         if self.turn_open {
-            index.push(("turn".to_owned(), "open".to_owned()));
+            let node = self.turn_node.as_deref().unwrap_or(ONE_NODE);
+            index.push(("turn".to_owned(), node.to_owned()));
         }
         index
     }
@@ -343,11 +364,12 @@ impl SessionRecord {
         self.id
     }
 
-    /// The session with its turn begun or ended (`open`), active at `now`, its log grown by
-    /// `bytes`.
-    fn marked(self, open: bool, now: &str, bytes: u64) -> Self {
+    /// The session with its turn begun by `node` (or ended: `None`), active at `now`, its log
+    /// grown by `bytes`.
+    fn marked(self, node: Option<&str>, now: &str, bytes: u64) -> Self {
         Self {
-            turn_open: open,
+            turn_open: node.is_some(),
+            turn_node: node.map(str::to_owned),
             last_active_at: now.to_owned(),
             logged_bytes: self.logged_bytes + bytes,
             ..self
@@ -399,6 +421,7 @@ impl Store {
             created_at: session.created_at.clone(),
             last_active_at: session.last_active_at.clone(),
             turn_open: false,
+            turn_node: None,
             logged_bytes: 0,
         };
         self.create(&session_key(session.id), &record).await
@@ -491,7 +514,8 @@ impl Store {
         };
         let (session, revision) = current;
         let unmarked = self.unmarked.lock().expect("lock").get(&id).copied();
-        let marked = session.marked(open, now, unmarked.unwrap_or(0) + bytes);
+        let node = open.then_some(&*self.node);
+        let marked = session.marked(node, now, unmarked.unwrap_or(0) + bytes);
         let write = Write::Put {
             collection: SessionRecord::COLLECTION.to_owned(),
             key,
@@ -521,9 +545,14 @@ impl Store {
         *self.unmarked.lock().expect("lock").entry(id).or_default() += bytes;
     }
 
-    /// Sessions marked as in a turn.
+    /// Sessions marked as in a turn this store's node began (or one marked before nodes were
+    /// named).
     pub(crate) async fn sessions_in_a_turn(&self) -> Result<Vec<SessionRecord>, StoreError> {
-        self.find_all("turn", "open").await
+        let mut sessions = self.find_all("turn", &self.node).await?;
+        if &*self.node != ONE_NODE {
+            sessions.extend(self.find_all("turn", ONE_NODE).await?);
+        }
+        Ok(sessions)
     }
 
     /// How many sessions there are in each status but `ended` (statuses without any are left
