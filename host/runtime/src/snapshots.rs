@@ -2,9 +2,10 @@
 //! the loss of this node's disk and can follow the session to another node.
 //!
 //! After each turn that ends with the sandbox still there, and after a pause or stop, the whole
-//! workspace is packed and sent, off the turn's path (its `done` never waits for it): at most
-//! one upload per session runs at a time, and a request that comes meanwhile runs once more
-//! after it. A workspace whose fingerprint (names, sizes, modification times, link targets) is
+//! workspace is packed and sent, off the turn's path (its `done` never waits for it), 250 ms
+//! later: at most one upload per session runs at a time, and the requests that come meanwhile
+//! make one more after it, so a session taking turns back to back sends about four snapshots
+//! a second, each of its newest state. A workspace whose fingerprint (names, sizes, modification times, link targets) is
 //! the one last stored from this node is not sent again. An upload that fails leaves the last good snapshot in place (the store swaps in a
 //! new one only once it is there whole) and is logged; the next turn tries again. A session
 //! whose node has neither its workspace nor a local snapshot is brought back from the store
@@ -21,13 +22,18 @@ use crate::{Runtime, RuntimeError};
 /// The most file content a snapshot holds (the default workspace quota).
 const SNAPSHOT_LIMIT: u64 = 512 << 20;
 
+/// How long an upload waits after it is asked for: a session taking turns back to back sends
+/// one snapshot for all of them, not one beside each next turn.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Where a session's upload stands.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Upload {
     #[default]
     Idle,
+    /// Settling before it runs, or running.
     Running,
-    /// Running, and asked for again meanwhile.
+    /// Running (or settling before it runs), and asked for again meanwhile.
     Again,
 }
 
@@ -46,6 +52,9 @@ impl Runtime {
         let runtime = self.clone();
         self.uploads.spawn(async move {
             loop {
+                // Turns that end meanwhile are in this one upload (their requests are absorbed).
+                tokio::time::sleep(SETTLE).await;
+                *slot.upload.lock().expect("lock") = Upload::Running;
                 runtime.upload(id, &slot).await;
                 let mut upload = slot.upload.lock().expect("lock");
                 if *upload == Upload::Again {
