@@ -5,7 +5,7 @@
 
 mod common;
 
-use ash_cli::sse::Frame;
+use ash_cli::sse::{Frame, Reader};
 use ash_store::conformance::TestSchema;
 use common::{open_gate, Server, COMMAND_TOML, GATED_AGENT};
 use serde_json::json;
@@ -35,6 +35,20 @@ async fn gated_session(server: &Server) -> String {
     server.session("gated").await
 }
 
+/// Sends a message to a gated session on `server`: its stream, and its frames up to the
+/// agent's first message (the turn then waits at the gate).
+async fn begin_turn(
+    server: &Server,
+    session: &str,
+) -> (
+    Reader<impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin>,
+    Vec<Frame>,
+) {
+    let mut stream = server.open_stream(session, json!({"content": "go"})).await;
+    let started = Server::read_until(&mut stream, |f| says(f, "started")).await;
+    (stream, started)
+}
+
 fn ids(frames: &[Frame]) -> Vec<i64> {
     frames
         .iter()
@@ -51,8 +65,7 @@ async fn a_turn_running_on_one_server_streams_live_through_another() {
     let (a, b, schema) = two_servers().await;
     let session = gated_session(&a).await;
     let mut through_b = b.open_log_stream(&session, None).await;
-    let mut on_a = a.open_stream(&session, json!({"content": "go"})).await;
-    let started = Server::read_until(&mut on_a, |f| says(f, "started")).await;
+    let (mut on_a, started) = begin_turn(&a, &session).await;
     // The gate is still shut, so this frame can only have come live, woken by a's commit.
     let seen_on_b = Server::read_until(&mut through_b, |f| says(f, "started")).await;
     assert_eq!(ids(&seen_on_b), ids(&started));
@@ -72,8 +85,7 @@ async fn a_turn_running_on_one_server_streams_live_through_another() {
 async fn a_client_moves_to_another_server_mid_turn_and_gets_exactly_the_rest() {
     let (a, b, schema) = two_servers().await;
     let session = gated_session(&a).await;
-    let mut on_a = a.open_stream(&session, json!({"content": "go"})).await;
-    let first = Server::read_until(&mut on_a, |f| says(f, "started")).await;
+    let (on_a, first) = begin_turn(&a, &session).await;
     drop(on_a); // the connection to a is gone; the turn goes on there
     let last_seen = *ids(&first).last().unwrap();
     let mut on_b = b.open_log_stream(&session, Some(last_seen)).await;
@@ -92,8 +104,7 @@ async fn a_client_moves_to_another_server_mid_turn_and_gets_exactly_the_rest() {
 async fn a_server_starting_leaves_the_turns_of_the_others_running_and_closes_only_its_own() {
     let (a, b, schema) = two_servers().await;
     let session = gated_session(&a).await;
-    let mut on_a = a.open_stream(&session, json!({"content": "go"})).await;
-    Server::read_until(&mut on_a, |f| says(f, "started")).await;
+    let (mut on_a, _) = begin_turn(&a, &session).await;
     // A server that starts now finds a's turn open in the log: it is not its own to close.
     let late = server_on(&schema).await;
     open_gate(&a, &session).await;
@@ -102,8 +113,7 @@ async fn a_server_starting_leaves_the_turns_of_the_others_running_and_closes_onl
     assert_eq!(events, ["message", "done"], "{rest:?}");
     // The control: b's own turn, cut off by a crash, is closed by b's next start.
     let other = gated_session(&b).await;
-    let mut on_b = b.open_stream(&other, json!({"content": "go"})).await;
-    Server::read_until(&mut on_b, |f| says(f, "started")).await;
+    let _on_b = begin_turn(&b, &other).await;
     let b = b.crash_and_restart().await;
     let (_, log) = b.get(&format!("/api/sessions/{other}/events")).await;
     let kinds: Vec<_> = log["events"]

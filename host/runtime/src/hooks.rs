@@ -30,15 +30,15 @@ pub(crate) fn event(
 
 /// Tells the observers; `data` is only built when one is loaded.
 pub(crate) fn observe(
-    state: &Runtime,
+    runtime: &Runtime,
     hook: HookPoint,
     name: &str,
     session: SessionId,
     agent: &str,
     data: impl FnOnce() -> String,
 ) {
-    if state.plugins.has_observers() {
-        state
+    if runtime.plugins.has_observers() {
+        runtime
             .plugins
             .observe(&event(hook, name, session, agent, data()));
     }
@@ -46,9 +46,14 @@ pub(crate) fn observe(
 
 /// A lifecycle hook: its data is the session as the API shows it (never its env), plus
 /// `reason` when the server, not a client, made the change.
-pub(crate) fn lifecycle(state: &Runtime, hook: HookPoint, session: &Session, reason: Option<&str>) {
+pub(crate) fn lifecycle(
+    runtime: &Runtime,
+    hook: HookPoint,
+    session: &Session,
+    reason: Option<&str>,
+) {
     observe(
-        state,
+        runtime,
         hook,
         hook.as_str(),
         session.id,

@@ -125,8 +125,7 @@ impl Runtime {
         let session = self.session(raw_id).await?;
         // Ended first: a message or resume that comes meanwhile reads it and stops there.
         let session = self.transition(session.id, Transition::End).await?;
-        self.sessions.end(session.id).await;
-        self.forget_snapshot(session.id);
+        self.forget(session.id).await;
         tracing::info!(session = %session.id, "session ended");
         hooks::lifecycle(self, HookPoint::SessionEnded, &session, None);
         Ok(session)
@@ -135,25 +134,31 @@ impl Runtime {
     /// Writes a durable snapshot of the workspace, then stops taking messages. The sandbox
     /// stays up, so resuming is instant.
     pub async fn pause(self: &Arc<Self>, raw_id: &str) -> Result<Session, RuntimeError> {
-        let session = self.session(raw_id).await?;
-        session.status.apply(Transition::Pause)?;
-        let _still = self.sessions.hold(session.id)?;
-        self.sessions.snapshot(session.id).await?;
-        self.snapshot_later(session.id);
-        self.announce(session.id, Transition::Pause).await
+        self.set_aside(raw_id, Transition::Pause).await
     }
 
     /// Snapshots the workspace and stops the sandbox; the files and the conversation stay for
     /// [`Self::resume`].
     pub async fn stop(self: &Arc<Self>, raw_id: &str) -> Result<Session, RuntimeError> {
+        self.set_aside(raw_id, Transition::Stop).await
+    }
+
+    /// A pause or a stop: the snapshot, and for a stop the sandbox's end, under the turn lock,
+    /// held to the end (a message meanwhile is refused, one after it reads the new status).
+    async fn set_aside(
+        self: &Arc<Self>,
+        raw_id: &str,
+        transition: Transition,
+    ) -> Result<Session, RuntimeError> {
         let session = self.session(raw_id).await?;
-        session.status.apply(Transition::Stop)?;
-        // Held to the end: a message meanwhile is refused, one after it reads the session stopped.
+        session.status.apply(transition)?;
         let _still = self.sessions.hold(session.id)?;
         self.sessions.snapshot(session.id).await?;
         self.snapshot_later(session.id);
-        self.sessions.discard(session.id).await;
-        self.announce(session.id, Transition::Stop).await
+        if transition == Transition::Stop {
+            self.sessions.discard(session.id).await;
+        }
+        self.announce(session.id, transition).await
     }
 
     /// Back to `active` — warm when its sandbox is still up, cold otherwise (a new sandbox over
@@ -263,8 +268,7 @@ impl Runtime {
         for session in self.store.list_sessions(Some(name)).await? {
             if session.status != SessionStatus::Ended {
                 self.store.transition(session.id, Transition::End).await?;
-                self.sessions.end(session.id).await;
-                self.forget_snapshot(session.id);
+                self.forget(session.id).await;
             }
         }
         self.store.delete_agent(name).await?;
@@ -291,12 +295,10 @@ impl Runtime {
         raw_id: &str,
     ) -> Result<(Session, PathBuf, Files), RuntimeError> {
         let session = self.session(raw_id).await?;
+        // Mounts the workspace's filesystem too, where it has one.
         self.restore_if_gone(session.id).await?;
         let host = self.sessions.host();
         let id = session.id.to_string();
-        host.ready(&id)
-            .await
-            .map_err(RuntimeError::sandbox("Failed to mount the workspace"))?;
         let workspace = host.workspace(&id);
         if workspace.is_dir() {
             return Ok((session, workspace, Files::Workspace));

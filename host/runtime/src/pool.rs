@@ -79,8 +79,8 @@ impl Pool {
 
 /// Brings the agent's warm pool to its `prewarm` count, stopping sandboxes of older versions.
 /// One fill per agent at a time; failures are logged, never fatal.
-pub(crate) async fn fill(state: Arc<Runtime>, name: AgentName) {
-    if !state
+pub(crate) async fn fill(runtime: Arc<Runtime>, name: AgentName) {
+    if !runtime
         .sessions
         .pool()
         .filling
@@ -90,10 +90,10 @@ pub(crate) async fn fill(state: Arc<Runtime>, name: AgentName) {
     {
         return;
     }
-    if let Err(e) = top_up(&state, &name).await {
+    if let Err(e) = top_up(&runtime, &name).await {
         tracing::warn!(agent = %name, "cannot pre-warm sandboxes: {e}");
     }
-    state
+    runtime
         .sessions
         .pool()
         .filling
@@ -102,11 +102,11 @@ pub(crate) async fn fill(state: Arc<Runtime>, name: AgentName) {
         .remove(&name);
 }
 
-async fn top_up(state: &Runtime, name: &AgentName) -> Result<(), RuntimeError> {
-    let pool = state.sessions.pool();
-    let Some(agent) = state.store.get_agent(name).await? else {
+async fn top_up(runtime: &Runtime, name: &AgentName) -> Result<(), RuntimeError> {
+    let pool = runtime.sessions.pool();
+    let Some(agent) = runtime.store.get_agent(name).await? else {
         for (id, live) in pool.drain(Some(name)) {
-            state.sessions.retire(&id, &live).await;
+            runtime.sessions.retire(&id, &live).await;
         }
         return Ok(());
     };
@@ -124,7 +124,7 @@ async fn top_up(state: &Runtime, name: &AgentName) -> Result<(), RuntimeError> {
         stale
     };
     for w in stale {
-        state.sessions.retire(&w.id, &w.live).await;
+        runtime.sessions.retire(&w.id, &w.live).await;
     }
     loop {
         let have = pool
@@ -138,7 +138,7 @@ async fn top_up(state: &Runtime, name: &AgentName) -> Result<(), RuntimeError> {
         }
         let id = format!("{WARM_PREFIX}{}", uuid::Uuid::new_v4());
         pool.warming.fetch_add(1, Ordering::Relaxed);
-        let started = state
+        let started = runtime
             .start_sandbox(&id, &agent, &agent.env, None, Room::OnlyIfFree)
             .await;
         pool.warming.fetch_sub(1, Ordering::Relaxed);

@@ -135,8 +135,10 @@ impl Runtime {
         Ok(())
     }
 
-    /// Deletes the session's snapshot from the store (its session ended), off the caller's path.
-    pub(crate) fn forget_snapshot(&self, id: SessionId) {
+    /// Forgets an ended session here: stops its sandbox, deletes its workspace and local
+    /// snapshots, and (off the caller's path) its snapshot in the store.
+    pub(crate) async fn forget(&self, id: SessionId) {
+        self.sessions.end(id).await;
         let snapshots = self.snapshots.clone();
         self.uploads.spawn(async move {
             if let Err(e) = snapshots.delete(&id.to_string()).await {

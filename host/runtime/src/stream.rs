@@ -143,7 +143,7 @@ pub type FrameStream = ReceiverStream<Frame>;
 /// Appends to the log (beginning a turn when `mark` says so) and publishes the stored frames;
 /// returns them.
 pub(crate) async fn publish(
-    state: &Runtime,
+    runtime: &Runtime,
     hub: &Hub,
     session: SessionId,
     messages: &[(Role, String)],
@@ -151,14 +151,14 @@ pub(crate) async fn publish(
     mark: Option<TurnMark>,
 ) -> Result<Vec<Arc<SessionEvent>>, RuntimeError> {
     let order = hub.lock().await?;
-    append_and_send(state, hub, session, (messages, frames), mark, &order).await
+    append_and_send(runtime, hub, session, (messages, frames), mark, &order).await
 }
 
 /// Publishes a turn's last frames, releasing the turn first (under the order lock): a client
 /// that sees `done` — live or read back from the log — can send its next message at once, and
 /// that turn's frames still come after this one's.
 pub(crate) async fn publish_ending(
-    state: &Runtime,
+    runtime: &Runtime,
     hub: &Hub,
     session: SessionId,
     messages: &[(Role, String)],
@@ -168,9 +168,9 @@ pub(crate) async fn publish_ending(
     let order = hub.order.lock().await;
     drop(guard);
     let ends = Some(TurnMark::Ends);
-    if let Err(e) = append_and_send(state, hub, session, (messages, frames), ends, &order).await {
-        broken(state, hub, &e);
-        close_when_stored(state, hub, session, order).await;
+    if let Err(e) = append_and_send(runtime, hub, session, (messages, frames), ends, &order).await {
+        broken(runtime, hub, &e);
+        close_when_stored(runtime, hub, session, order).await;
     }
 }
 
@@ -178,14 +178,17 @@ pub(crate) async fn publish_ending(
 type Entries<'a> = (&'a [(Role, String)], &'a [(FrameKind, String)]);
 
 async fn append_and_send(
-    state: &Runtime,
+    runtime: &Runtime,
     hub: &Hub,
     session: SessionId,
     (messages, frames): Entries<'_>,
     mark: Option<TurnMark>,
     _order: &tokio::sync::MutexGuard<'_, ()>,
 ) -> Result<Vec<Arc<SessionEvent>>, RuntimeError> {
-    let stored = state.store.append(session, messages, frames, mark).await?;
+    let stored = runtime
+        .store
+        .append(session, messages, frames, mark)
+        .await?;
     let stored: Vec<_> = stored.into_iter().map(Arc::new).collect();
     for event in &stored {
         let _ = hub.feed.send(Published::Logged(event.clone()));
@@ -195,12 +198,12 @@ async fn append_and_send(
 
 /// The store failed a turn's batch: the session refuses new appends until the turn's end is
 /// logged, and its followers end now, with the error.
-pub(crate) fn broken(state: &Runtime, hub: &Hub, error: &RuntimeError) {
+pub(crate) fn broken(runtime: &Runtime, hub: &Hub, error: &RuntimeError) {
     tracing::warn!("a turn's frames could not be logged: {error}");
     let fault = error.store_fault().unwrap_or(StoreFault::Failed);
     hub.unclosed.send_replace(Some(fault));
     let _ = hub.feed.send(Published::Broken(fault.to_string()));
-    state.metrics.turn_ended(TurnOutcome::StorageFailed);
+    runtime.metrics.turn_ended(TurnOutcome::StorageFailed);
 }
 
 /// Closes a turn the store failed in the log (`error` + `done`) as soon as the
@@ -209,7 +212,7 @@ pub(crate) fn broken(state: &Runtime, hub: &Hub, error: &RuntimeError) {
 /// append of the session is refused at once with the store's last answer: nothing is logged
 /// before this turn's end.
 pub(crate) async fn close_when_stored(
-    state: &Runtime,
+    runtime: &Runtime,
     hub: &Hub,
     session: SessionId,
     order: tokio::sync::MutexGuard<'_, ()>,
@@ -220,7 +223,7 @@ pub(crate) async fn close_when_stored(
     loop {
         tokio::time::sleep(wait).await;
         let ends = Some(TurnMark::Ends);
-        match append_and_send(state, hub, session, (&[], &frames), ends, &order).await {
+        match append_and_send(runtime, hub, session, (&[], &frames), ends, &order).await {
             Ok(_) => break,
             Err(e) => match e.store_fault().filter(|f| f.passes()) {
                 Some(fault) if tokio::time::Instant::now() < give_up => {
@@ -291,7 +294,7 @@ impl Runtime {
 
 /// A stream of the log after `after`, then live frames; ends at `done` when `until_done`.
 pub(crate) fn follow(
-    state: Arc<Runtime>,
+    runtime: Arc<Runtime>,
     session: SessionId,
     hub: broadcast::Receiver<Published>,
     after: i64,
@@ -304,7 +307,7 @@ pub(crate) fn follow(
             last: after,
             until_done,
         };
-        if let Err(reason) = follower.run(&state, session, hub).await {
+        if let Err(reason) = follower.run(&runtime, session, hub).await {
             tracing::debug!(session = %session, "stream closed: {reason}");
         }
     });
@@ -323,14 +326,14 @@ type Stop = &'static str;
 impl Follower {
     async fn run(
         &mut self,
-        state: &Runtime,
+        runtime: &Runtime,
         session: SessionId,
         mut hub: broadcast::Receiver<Published>,
     ) -> Result<(), Stop> {
         loop {
             // Catch up from the log; a follower that falls behind the hub comes back here.
             loop {
-                let page = state
+                let page = runtime
                     .store
                     .list_events(session, self.last, 1000, None)
                     .await
@@ -349,7 +352,7 @@ impl Follower {
                 let published = tokio::select! {
                     biased;
                     published = hub.recv() => published,
-                    () = state.drain.closing() => {
+                    () = runtime.drain.closing() => {
                         let last = self.shutdown_frame();
                         let _ = self.tx.send_timeout(last, SLOW_CLIENT_TIMEOUT).await;
                         return Ok(());

@@ -147,7 +147,7 @@ fn validate_content(content: &Value) -> Result<(), RuntimeError> {
 /// `logged` is the session log's length when the turn began and `logged_bytes` its bytes
 /// before it (the session caps count from there).
 async fn run_turn(
-    state: Arc<Runtime>,
+    runtime: Arc<Runtime>,
     session: SessionId,
     agent: String,
     hub: Hub,
@@ -155,17 +155,17 @@ async fn run_turn(
     guard: TurnGuard,
     (logged, logged_bytes): (i64, u64),
 ) {
-    let caps = state.config.event_caps;
+    let caps = runtime.config.event_caps;
     let mut spent = Spent {
         logged,
         logged_bytes,
         ..Spent::default()
     };
-    let mut batch = Batch::new(session, &state, &agent);
+    let mut batch = Batch::new(session, &runtime, &agent);
     loop {
         let next = tokio::select! {
             next = turn.next() => next,
-            () = state.drain.deadline() => return end_at_shutdown(&state, &hub, session, guard).await,
+            () = runtime.drain.deadline() => return end_at_shutdown(&runtime, &hub, session, guard).await,
         };
         let Some(first) = next else {
             break;
@@ -178,38 +178,55 @@ async fn run_turn(
             }
         }
         if let Some(cap) = spent.over(&batch, caps) {
-            end_at_cap(&state, &hub, session, cap, &turn, guard).await;
-            return state.snapshot_later(session);
+            end_at_cap(&runtime, &hub, session, cap, &turn, guard).await;
+            return runtime.snapshot_later(session);
         }
         if let (Some(at), Some(outcome)) = (batch.closing_at, batch.outcome) {
-            let hits = limit_frames(&state, guard.sandbox());
+            let hits = limit_frames(&runtime, guard.sandbox());
             batch.frames.splice(at..at, hits);
-            state.metrics.turn_ended(outcome);
-            publish_ending(&state, &hub, session, &batch.messages, &batch.frames, guard).await;
-            return state.snapshot_later(session);
+            runtime.metrics.turn_ended(outcome);
+            publish_ending(
+                &runtime,
+                &hub,
+                session,
+                &batch.messages,
+                &batch.frames,
+                guard,
+            )
+            .await;
+            return runtime.snapshot_later(session);
         }
-        match publish(&state, &hub, session, &batch.messages, &batch.frames, None).await {
+        match publish(
+            &runtime,
+            &hub,
+            session,
+            &batch.messages,
+            &batch.frames,
+            None,
+        )
+        .await
+        {
             Ok(stored) => spent.logged = stored.last().map_or(spent.logged, |e| e.sequence),
             Err(e) => {
-                broken(&state, &hub, &e);
+                broken(&runtime, &hub, &e);
                 if let Err(why) = guard.sandbox().interrupt(turn.id()).await {
                     tracing::warn!(session = %session, "cannot interrupt a turn the store failed: {why}");
                 }
                 let order = hub.order.lock().await;
                 drop(guard);
-                return close_when_stored(&state, &hub, session, order).await;
+                return close_when_stored(&runtime, &hub, session, order).await;
             }
         }
-        batch = Batch::new(session, &state, &agent);
+        batch = Batch::new(session, &runtime, &agent);
     }
     tracing::warn!(session = %session, "bridge went away mid-turn");
     let error =
         "the sandbox stopped during this turn; send the message again to continue in a new sandbox";
-    let mut frames = limit_frames(&state, guard.sandbox());
+    let mut frames = limit_frames(&runtime, guard.sandbox());
     frames.extend(closing(session, Some(error)));
-    state.sessions.discard(session).await;
-    state.metrics.turn_ended(TurnOutcome::SandboxLost);
-    publish_ending(&state, &hub, session, &batch.messages, &frames, guard).await;
+    runtime.sessions.discard(session).await;
+    runtime.metrics.turn_ended(TurnOutcome::SandboxLost);
+    publish_ending(&runtime, &hub, session, &batch.messages, &frames, guard).await;
 }
 
 /// What a turn has logged so far, against the event caps.
@@ -246,7 +263,7 @@ impl Spent {
 /// Ends a turn whose agent sent more than a cap allows: the batch that broke it is dropped,
 /// the agent's turn is interrupted, and the log gets a `limit` frame and the closing frames.
 async fn end_at_cap(
-    state: &Runtime,
+    runtime: &Runtime,
     hub: &Hub,
     session: SessionId,
     (kind, limit): (LimitKind, u64),
@@ -260,25 +277,25 @@ async fn end_at_cap(
         _ => format!("the session's log reached the cap of {} MiB; start a new session", limit >> 20),
     };
     let kind = kind.as_str();
-    state.metrics.limit_hits.with_label_values(&[kind]).inc();
+    runtime.metrics.limit_hits.with_label_values(&[kind]).inc();
     if let Err(why) = guard.sandbox().interrupt(turn.id()).await {
         tracing::warn!(session = %session, "a turn past its event cap did not stop: {why}");
     }
-    let mut frames = limit_frames(state, guard.sandbox());
+    let mut frames = limit_frames(runtime, guard.sandbox());
     let data = json!({"kind": kind, "limit": limit, "count": 1, "message": message});
     frames.push((FrameKind::Limit, data.to_string()));
     frames.extend(closing(session, Some(&message)));
-    state.metrics.turn_ended(TurnOutcome::Limit);
-    publish_ending(state, hub, session, &[], &frames, guard).await;
+    runtime.metrics.turn_ended(TurnOutcome::Limit);
+    publish_ending(runtime, hub, session, &[], &frames, guard).await;
 }
 
 /// Ends a turn still running when a stop's grace period is over; the sandbox is stopped
 /// with the server.
-async fn end_at_shutdown(state: &Runtime, hub: &Hub, session: SessionId, guard: TurnGuard) {
+async fn end_at_shutdown(runtime: &Runtime, hub: &Hub, session: SessionId, guard: TurnGuard) {
     let error = "the server shut down during this turn; send the message again";
-    state.metrics.turn_ended(TurnOutcome::Shutdown);
+    runtime.metrics.turn_ended(TurnOutcome::Shutdown);
     publish_ending(
-        state,
+        runtime,
         hub,
         session,
         &[],
@@ -289,12 +306,12 @@ async fn end_at_shutdown(state: &Runtime, hub: &Hub, session: SessionId, guard: 
 }
 
 /// A `limit` frame (and a metric) for each limit the sandbox hit since the last look.
-fn limit_frames(state: &Runtime, sandbox: &Sandbox) -> Vec<(FrameKind, String)> {
+fn limit_frames(runtime: &Runtime, sandbox: &Sandbox) -> Vec<(FrameKind, String)> {
     sandbox
         .limit_hits()
         .into_iter()
         .map(|hit| {
-            state.metrics.limit_hits.with_label_values(&[hit.kind.as_str()]).inc_by(hit.count);
+            runtime.metrics.limit_hits.with_label_values(&[hit.kind.as_str()]).inc_by(hit.count);
             let message = match hit.kind {
                 LimitKind::Memory => format!("the sandbox reached its memory limit ({} MiB) and the kernel killed a process", hit.limit >> 20),
                 _ => format!("the sandbox reached its process limit ({}) and a new process was refused", hit.limit),
@@ -309,7 +326,7 @@ fn limit_frames(state: &Runtime, sandbox: &Sandbox) -> Vec<(FrameKind, String)> 
 struct Batch<'a> {
     session: SessionId,
     agent: &'a str,
-    state: &'a Runtime,
+    runtime: &'a Runtime,
     messages: Vec<(Role, String)>,
     frames: Vec<(FrameKind, String)>,
     outcome: Option<TurnOutcome>,
@@ -318,11 +335,11 @@ struct Batch<'a> {
 }
 
 impl<'a> Batch<'a> {
-    fn new(session: SessionId, state: &'a Runtime, agent: &'a str) -> Self {
+    fn new(session: SessionId, runtime: &'a Runtime, agent: &'a str) -> Self {
         Self {
             session,
             agent,
-            state,
+            runtime,
             messages: Vec::new(),
             frames: Vec::new(),
             outcome: None,
@@ -396,13 +413,13 @@ impl Batch<'_> {
     }
 
     fn observe(&self, hook: HookPoint, name: &str, data: impl FnOnce() -> String) {
-        hooks::observe(self.state, hook, name, self.session, self.agent, data);
+        hooks::observe(self.runtime, hook, name, self.session, self.agent, data);
     }
 
     /// The agent's message after the transformer plugins (`message-out`); `None` when one
     /// failed and its policy withholds the event.
     fn transformed(&self, data: Value) -> Option<Value> {
-        let plugins = &self.state.plugins;
+        let plugins = &self.runtime.plugins;
         if !plugins.has_transformers() {
             return Some(data);
         }
@@ -417,7 +434,7 @@ impl Batch<'_> {
         // Plugin calls block (bounded by each plugin's deadline), and WASI calls inside them
         // re-enter the runtime: both need a thread that may block.
         let outcome = tokio::task::block_in_place(|| plugins.transform(event));
-        self.state
+        self.runtime
             .metrics
             .plugin_transform
             .observe(started.elapsed().as_secs_f64());
@@ -426,7 +443,7 @@ impl Batch<'_> {
             ash_plugin_host::Transformed::Replace(data) => Some(data),
             ash_plugin_host::Transformed::Drop => {
                 // The plugin host logs each failure and the quarantine; count, don't repeat.
-                self.state.metrics.plugin_withheld.inc();
+                self.runtime.metrics.plugin_withheld.inc();
                 tracing::debug!(session = %self.session, "an agent message was withheld");
                 None
             }
