@@ -206,10 +206,39 @@ fn parse_env(raw: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{raw:?} is not KEY=VALUE"))
 }
 
+/// `ash runner list`: one line per runner.
+pub async fn runner_list(server: Option<String>) -> anyhow::Result<ExitCode> {
+    let client = Client::discover(server)?;
+    let reply = client.call(Method::GET, "/api/runners", None).await?;
+    let runners = reply["runners"].as_array().cloned().unwrap_or_default();
+    if runners.is_empty() {
+        println!("no runners (this server is not a coordinator, or none has joined)");
+    } else {
+        println!(
+            "{:<38} {:<9} {:>9} {:>8} {:>13}  ADDRESS",
+            "ID", "STATE", "SANDBOXES", "RUNNING", "HEARTBEAT AGE"
+        );
+    }
+    for r in runners {
+        println!(
+            "{:<38} {:<9} {:>4}/{:<4} {:>8} {:>10} ms  {}",
+            r["id"].as_str().unwrap_or_default(),
+            r["state"].as_str().unwrap_or_default(),
+            r["sandboxes"],
+            r["capacity"],
+            r["running"],
+            r["heartbeatAgeMs"],
+            r["address"].as_str().unwrap_or_default(),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn run(server: Option<String>, command: Command) -> anyhow::Result<ExitCode> {
     let client = Client::discover(server)?;
     let printed = match command {
         Command::Start(_)
+        | Command::Runner(_)
         | Command::Openapi
         | Command::Bench(_)
         | Command::Doctor(_)

@@ -24,8 +24,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the server in the foreground.
+    /// Run the server in the foreground (a coordinator when ASH_CLUSTER_TOKEN is set).
     Start(start::StartArgs),
+    /// Run a runner of a cluster (holds sandboxes, serves coordinators only), or list runners.
+    Runner(RunnerCli),
     /// Deploy (or redeploy) an agent folder; it must contain CLAUDE.md.
     Deploy(commands::DeployArgs),
     /// List, show or delete agents.
@@ -52,13 +54,32 @@ enum Command {
     Storage(storage::StorageCommand),
 }
 
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct RunnerCli {
+    #[command(subcommand)]
+    command: Option<RunnerCommand>,
+    #[command(flatten)]
+    run: start::RunnerArgs,
+}
+
+#[derive(Subcommand)]
+enum RunnerCommand {
+    /// List the cluster's runners: state, load, heartbeat age (asks a coordinator).
+    List,
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     raise_open_files_limit();
     // A root server keeps its mounts (the workspaces' filesystems) in a mount namespace of its
     // own, before the runtime starts threads: they end with it, however it ends.
     // SAFETY: geteuid has no preconditions.
-    if matches!(cli.command, Command::Start(_)) && unsafe { libc::geteuid() } == 0 {
+    let serves = matches!(
+        cli.command,
+        Command::Start(_) | Command::Runner(RunnerCli { command: None, .. })
+    );
+    if serves && unsafe { libc::geteuid() } == 0 {
         if let Err(e) = ash_server::disk::private_mounts() {
             eprintln!("ash: cannot make a mount namespace of its own: {e} (a root server needs CAP_SYS_ADMIN)");
             return std::process::ExitCode::FAILURE;
@@ -68,6 +89,11 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Start(args) => start::run(args).await,
+            Command::Runner(RunnerCli {
+                command: Some(RunnerCommand::List),
+                ..
+            }) => commands::runner_list(cli.server).await,
+            Command::Runner(RunnerCli { run, .. }) => start::run_runner(run).await,
             Command::Doctor(args) => start::doctor(args),
             Command::Storage(command) => storage::run(command).await,
             Command::Bench(args) => bench::run(cli.server, args)

@@ -68,6 +68,14 @@ pub(crate) struct FileSettings {
     credential_key: Option<String>,
     /// Where workspace snapshots go: `s3://<bucket>[/<prefix>]` or an absolute folder.
     snapshot_store: Option<String>,
+    /// The secret of a cluster's coordinators and runners; set on `ash start`, the server is a
+    /// coordinator.
+    cluster_token: Option<String>,
+    /// A runner not heard from for this long is declared dead.
+    runner_ttl_ms: Option<u64>,
+    /// `ash runner`: the coordinators to join through, and the URL they reach it at.
+    coordinators: Option<Vec<String>>,
+    runner_address: Option<String>,
     #[serde(default)]
     plugins: Vec<PluginConfig>,
     storage: Option<StorageSettings>,
@@ -187,7 +195,62 @@ fn hello_agent() -> SeedAgent {
     }
 }
 
+/// `ash runner`: a node of a cluster that holds sandboxes and serves coordinators only.
+#[derive(clap::Args)]
+pub struct RunnerArgs {
+    #[command(flatten)]
+    start: StartArgs,
+    /// Coordinator URLs to join through, tried in order (comma-separated) [env: ASH_COORDINATORS]
+    #[arg(long, value_delimiter = ',')]
+    coordinator: Vec<String>,
+    /// The URL coordinators reach this runner at [env: ASH_RUNNER_ADDRESS] [default: http://<host>:<port> as bound]
+    #[arg(long)]
+    advertise: Option<String>,
+}
+
 pub async fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
+    init_log();
+    let (config, _) = config(args)?;
+    serve(config).await
+}
+
+pub async fn run_runner(args: RunnerArgs) -> anyhow::Result<ExitCode> {
+    init_log();
+    let (mut config, file) = config(args.start)?;
+    let Some(cluster) = config.cluster.as_mut() else {
+        bail!("a runner needs the cluster's token: set ASH_CLUSTER_TOKEN (or cluster_token in the settings file) to the coordinators' token");
+    };
+    let mut coordinators = args.coordinator;
+    if coordinators.is_empty() {
+        coordinators = match env::<String>("ASH_COORDINATORS")? {
+            Some(list) => list
+                .split(',')
+                .map(|c| c.trim().to_owned())
+                .filter(|c| !c.is_empty())
+                .collect(),
+            None => file.coordinators.unwrap_or_default(),
+        };
+    }
+    if coordinators.is_empty() {
+        bail!("a runner joins through a coordinator: give --coordinator http://<coordinator>:<port> (or ASH_COORDINATORS)");
+    }
+    let coordinators = coordinators
+        .into_iter()
+        .map(|c| c.trim_end_matches('/').to_owned())
+        .collect();
+    let address = args
+        .advertise
+        .or(env("ASH_RUNNER_ADDRESS")?)
+        .or(file.runner_address)
+        .unwrap_or_default();
+    cluster.role = ash_server::ClusterRole::Runner {
+        coordinators,
+        address: address.trim_end_matches('/').to_owned(),
+    };
+    serve(config).await
+}
+
+fn init_log() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ASH_LOG")
@@ -195,13 +258,18 @@ pub async fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
         )
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// The server's settings from flags, env and the settings file (returned for what only a
+/// runner reads); with a cluster token, a coordinator's.
+fn config(args: StartArgs) -> anyhow::Result<(ServerConfig, FileSettings)> {
     let file = read_settings(args.config)?;
     let data_dir = match args.data_dir {
         Some(dir) => dir,
         None => file.data_dir()?,
     };
     let storage = file.storage(args.database_url.or(env("ASH_DATABASE_URL")?), &data_dir)?;
-    let bridge = bridge_path(file.bridge_bin)?;
+    let bridge = bridge_path(file.bridge_bin.clone())?;
     let defaults = Limits::default();
     const MIB: u64 = 1024 * 1024;
     let limits = Limits {
@@ -237,9 +305,9 @@ pub async fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
             .or(env("ASH_MAX_SANDBOXES")?)
             .or(file.max_sandboxes)
             .unwrap_or(1000),
-        bwrap: find_bwrap(env("ASH_BWRAP")?.or(file.bwrap))?,
+        bwrap: find_bwrap(env("ASH_BWRAP")?.or(file.bwrap.clone()))?,
         bridge,
-        sandbox_uids: sandbox_uids(file.sandbox_uids)?,
+        sandbox_uids: sandbox_uids(file.sandbox_uids.clone())?,
         memory_budget: env::<u64>("ASH_SANDBOX_MEMORY_BUDGET_MB")?
             .or(file.sandbox_memory_budget_mb)
             .map_or_else(ash_server::default_memory_budget, |mb| mb * MIB),
@@ -261,25 +329,44 @@ pub async fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
                     .map_or(defaults.session_bytes, |mb| mb * MIB),
             }
         },
-        sandbox_grant_syscalls: grant_syscalls(file.sandbox_grant_syscalls),
+        sandbox_grant_syscalls: grant_syscalls(file.sandbox_grant_syscalls.clone()),
         data_dir,
+        runner: None,
     };
     let config = ServerConfig {
         host: args
             .host
             .or(env("ASH_HOST")?)
-            .or(file.host)
+            .or(file.host.clone())
             .unwrap_or_else(|| "127.0.0.1".into()),
         port: args.port.or(env("ASH_PORT")?).or(file.port).unwrap_or(4100),
         api_key: env("ASH_API_KEY")?,
-        deploy_roots: deploy_roots(file.deploy_roots),
+        deploy_roots: deploy_roots(file.deploy_roots.clone()),
         seed_agents: vec![hello_agent()],
-        plugins: file.plugins,
-        credential_key: env("ASH_CREDENTIAL_KEY")?.or(file.credential_key),
-        snapshot_store: env("ASH_SNAPSHOT_STORE")?.or(file.snapshot_store),
+        plugins: file.plugins.clone(),
+        credential_key: env("ASH_CREDENTIAL_KEY")?.or(file.credential_key.clone()),
+        snapshot_store: env("ASH_SNAPSHOT_STORE")?.or(file.snapshot_store.clone()),
+        cluster: match env::<String>("ASH_CLUSTER_TOKEN")?.or(file.cluster_token.clone()) {
+            Some(token) => Some(ash_server::ClusterConfig {
+                token,
+                role: ash_server::ClusterRole::Coordinator {
+                    ttl: std::time::Duration::from_millis(
+                        env("ASH_RUNNER_TTL_MS")?
+                            .or(file.runner_ttl_ms)
+                            .unwrap_or(10_000)
+                            .max(100),
+                    ),
+                },
+            }),
+            None => None,
+        },
         storage,
         runtime,
     };
+    Ok((config, file))
+}
+
+async fn serve(config: ServerConfig) -> anyhow::Result<ExitCode> {
     let data_dir = config.runtime.data_dir.clone();
     let server = Server::prepare(config).await?;
     // Registered before "listening" is printed: a SIGTERM from then on is a graceful stop.

@@ -13,6 +13,7 @@
 //! a turn left open by a crash is closed by [`Runtime::close_open_turns`] at the next start.
 
 mod agents;
+mod cluster;
 mod credentials;
 mod drain;
 mod error;
@@ -38,6 +39,7 @@ use ash_store::{Appended, Appends, Store};
 const UPLOAD_WAIT: Duration = Duration::from_secs(10);
 
 pub use agents::{blocking, read_manifest, validate_env};
+pub use cluster::{Cluster, Placement};
 pub use credentials::Sealer;
 pub use error::{Missing, RuntimeError, StoreFault};
 pub use lifecycle::{now, ExecOutcome, Files, NewSession, EXEC_MAX, MAX_COMMAND_BYTES};
@@ -75,6 +77,9 @@ pub struct RuntimeConfig {
     pub disk_quota: Option<ash_sandbox::disk::Quota>,
     /// How much one turn, and one session's log, may hold.
     pub event_caps: EventCaps,
+    /// The runner id this node holds sandboxes as in a cluster (its sessions' `runnerId`);
+    /// `None` for the single process.
+    pub runner: Option<String>,
 }
 
 /// Caps on what an agent's events may add to the log; a turn past one ends with a `limit`
@@ -197,12 +202,22 @@ impl Runtime {
     /// deletes the warm sandboxes' folders it left.
     pub async fn close_open_turns(&self) -> Result<(), ash_store::StoreError> {
         self.sessions.clear_stale_warm().await;
-        for session in self.store.unfinished_turns().await? {
-            let error = "the server stopped during this turn; send the message again";
-            let closing = stream::closing(session, Some(error));
-            let ends = Some(ash_store::TurnMark::Ends);
-            self.store.append(session, &[], &closing, ends).await?;
+        let error = "the server stopped during this turn; send the message again";
+        for session in close_turns(&self.store, error).await? {
             tracing::warn!(session = %session, "closed a turn the last run left open");
+        }
+        Ok(())
+    }
+
+    /// Closes in the log the turns runner `node` left open: it was declared dead, so they
+    /// will never end there. Their followers here are woken (followers elsewhere hear of it
+    /// from the database).
+    pub async fn close_turns_of(&self, node: &str) -> Result<(), ash_store::StoreError> {
+        let store = self.store.clone().on_node(node);
+        let error = "the runner running this turn stopped answering and was declared dead; send the message again (the session starts on another runner)";
+        for session in close_turns(&store, error).await? {
+            self.sessions.wake(session);
+            tracing::warn!(session = %session, runner = node, "closed a turn of a dead runner");
         }
         Ok(())
     }
@@ -256,6 +271,31 @@ impl Runtime {
         let _ = tokio::task::spawn_blocking(move || runtime.plugins.flush()).await;
     }
 
+    /// A session was placed on this runner by a coordinator: whatever this node kept of it
+    /// from an earlier stay (a sandbox, a workspace) is older than the snapshot store's, so it
+    /// goes, and the session's next start brings the workspace back from the store.
+    pub async fn adopt(&self, raw_id: &str) -> Result<(), RuntimeError> {
+        let id = ash_core::SessionId::parse(raw_id)?;
+        let _still = self.sessions.hold(id)?;
+        self.sessions.end(id).await;
+        Ok(())
+    }
+
+    /// This runner lost its place in the cluster (its heartbeats went unanswered, or it was
+    /// declared dead): its sessions are being started elsewhere, so every sandbox of a session
+    /// stops now. Workspaces stay until the session is placed here again ([`Self::adopt`]).
+    pub async fn fence(&self) {
+        self.sessions.stop_sessions().await;
+    }
+
+    /// Sends every session's workspace with a sandbox here to the snapshot store (a runner
+    /// handing its sessions back); [`Self::shutdown`] waits for the uploads.
+    pub async fn snapshot_all(self: &Arc<Self>) {
+        for id in self.sessions.held().await {
+            self.snapshot_later(id);
+        }
+    }
+
     /// (live sandboxes, sandboxes in a turn, warm sandboxes, warm sandboxes starting).
     pub fn counts(&self) -> (usize, usize, usize, usize) {
         let (live, running) = self.sessions.counts();
@@ -267,6 +307,25 @@ impl Runtime {
     pub fn agent_deployed(self: &Arc<Self>, agent: ash_core::AgentName) {
         tokio::spawn(pool::fill(self.clone(), agent));
     }
+}
+
+/// Ends every turn `store`'s node began and did not end, with `error` + `done`; returns
+/// their sessions. A turn whose end came meanwhile is left as it is.
+async fn close_turns(
+    store: &Store,
+    error: &str,
+) -> Result<Vec<ash_core::SessionId>, ash_store::StoreError> {
+    let mut closed = Vec::new();
+    for session in store.unfinished_turns().await? {
+        let closing = stream::closing(session, Some(error));
+        let ends = Some(ash_store::TurnMark::Ends);
+        match store.append(session, &[], &closing, ends).await {
+            Ok(_) => closed.push(session),
+            Err(ash_store::StoreError::TurnClosed(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(closed)
 }
 
 /// Wakes the followers here of each session another server appends to, so a client can

@@ -101,7 +101,7 @@ impl Runtime {
             agent_name,
             sandbox_id: id.to_string(),
             status: SessionStatus::Active,
-            runner_id: None,
+            runner_id: self.config.runner.clone(),
             parent_session_id: None,
             env: new.extra_env,
             credential_id: new.credential_id,

@@ -34,6 +34,11 @@ pub struct Metrics {
     pub plugin_failures: IntGaugeVec,
     pub plugin_quarantined: IntGaugeVec,
     pub plugin_dropped: IntGaugeVec,
+    /// Per runner of a cluster (set on a coordinator when scraped): its capacity, its
+    /// sandboxes, and milliseconds since its last heartbeat by the database's clock.
+    pub runner_capacity: IntGaugeVec,
+    pub runner_sandboxes: IntGaugeVec,
+    pub runner_heartbeat_age: IntGaugeVec,
 }
 
 impl Metrics {
@@ -156,8 +161,23 @@ impl Metrics {
             "ash_plugin_dropped",
             "Events an observer plugin never saw (queue full, failure, quarantine) since start",
         );
+        let per_runner = |name: &str, help: &str| {
+            IntGaugeVec::new(Opts::new(name, help), &["runner", "state"]).expect("valid metric")
+        };
+        let runner_capacity = per_runner("ash_runner_capacity", "Sandboxes each runner may hold");
+        let runner_sandboxes = per_runner(
+            "ash_runner_sandboxes",
+            "Session sandboxes on each runner, as of its last heartbeat",
+        );
+        let runner_heartbeat_age = per_runner(
+            "ash_runner_heartbeat_age_ms",
+            "Milliseconds since each runner's last heartbeat, by the database's clock",
+        );
         for m in [
             Box::new(pool.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(runner_capacity.clone()),
+            Box::new(runner_sandboxes.clone()),
+            Box::new(runner_heartbeat_age.clone()),
             Box::new(plugin_transform.clone()),
             Box::new(plugin_auth.clone()),
             Box::new(plugin_dropped.clone()),
@@ -203,6 +223,9 @@ impl Metrics {
             plugin_failures,
             plugin_quarantined,
             plugin_dropped,
+            runner_capacity,
+            runner_sandboxes,
+            runner_heartbeat_age,
         }
     }
 }

@@ -80,6 +80,10 @@ impl Pool {
 /// Brings the agent's warm pool to its `prewarm` count, stopping sandboxes of older versions.
 /// One fill per agent at a time; failures are logged, never fatal.
 pub(crate) async fn fill(runtime: Arc<Runtime>, name: AgentName) {
+    // A node that holds no sandboxes (a coordinator) keeps no pool.
+    if runtime.config.max_sandboxes == 0 {
+        return;
+    }
     if !runtime
         .sessions
         .pool()

@@ -390,6 +390,32 @@ impl Sessions {
         for (id, live) in self.pool.drain(None) {
             self.retire(&id, &live).await;
         }
+        self.stop_sessions().await;
+        if self.host.bridge != self.host_bridge_as_configured {
+            let _ = tokio::fs::remove_file(&self.host.bridge).await;
+        }
+    }
+
+    /// The sessions with a sandbox here.
+    pub(crate) async fn held(&self) -> Vec<SessionId> {
+        let slots: Vec<_> = self
+            .slots
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(id, slot)| (*id, slot.clone()))
+            .collect();
+        let mut held = Vec::new();
+        for (id, slot) in slots {
+            if slot.live.lock().await.is_some() {
+                held.push(id);
+            }
+        }
+        held
+    }
+
+    /// Stops every session's sandbox, keeping workspaces.
+    pub(crate) async fn stop_sessions(&self) {
         let slots: Vec<_> = self
             .slots
             .lock()
@@ -402,9 +428,6 @@ impl Sessions {
             if let Some(live) = live {
                 live.sandbox.stop().await;
             }
-        }
-        if self.host.bridge != self.host_bridge_as_configured {
-            let _ = tokio::fs::remove_file(&self.host.bridge).await;
         }
     }
 }

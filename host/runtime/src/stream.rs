@@ -168,9 +168,18 @@ pub(crate) async fn publish_ending(
     let order = hub.order.lock().await;
     drop(guard);
     let ends = Some(TurnMark::Ends);
-    if let Err(e) = append_and_send(runtime, hub, session, (messages, frames), ends, &order).await {
-        broken(runtime, hub, &e);
-        close_when_stored(runtime, hub, session, order).await;
+    match append_and_send(runtime, hub, session, (messages, frames), ends, &order).await {
+        Ok(_) => {}
+        Err(RuntimeError::Store(ash_store::StoreError::TurnClosed(_))) => {
+            // A coordinator ended this turn in the log (this runner was declared dead): its
+            // followers read that end.
+            tracing::warn!(session = %session, "this turn was already ended by a coordinator (this runner was declared dead meanwhile); its last frames are dropped");
+            hub.wake();
+        }
+        Err(e) => {
+            broken(runtime, hub, &e);
+            close_when_stored(runtime, hub, session, order).await;
+        }
     }
 }
 

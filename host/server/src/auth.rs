@@ -61,6 +61,13 @@ impl Keys {
     }
 }
 
+impl Keys {
+    /// No key is accepted (a runner's routes are behind the cluster token instead).
+    pub(crate) fn none() -> Self {
+        Self { env_key: None }
+    }
+}
+
 fn generate() -> String {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).expect("the OS random source works");
@@ -144,6 +151,15 @@ pub(crate) async fn require_key(
     }
     state.runtime.metrics.auth_failures.inc();
     Err(unauthorized(bearer.err().unwrap_or("Invalid API key")))
+}
+
+/// The request carries `Authorization: Bearer <token>` (compared in constant time).
+pub(crate) fn bearer_is(headers: &axum::http::HeaderMap, token: &str) -> bool {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "));
+    given.is_some_and(|given| bool::from(digest(given).ct_eq(&digest(token))))
 }
 
 #[cfg(test)]

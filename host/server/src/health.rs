@@ -31,7 +31,11 @@ pub(crate) async fn health(
             coordinator_id: coordinator_id(),
             active_sessions: snapshot.active_sessions,
             active_sandboxes: snapshot.live,
-            remote_runners: 0,
+            remote_runners: snapshot
+                .runners
+                .iter()
+                .filter(|r| r.taking_sessions())
+                .count() as i64,
             uptime: state.runtime.metrics.started.elapsed().as_secs(),
             storage: match &state.config.storage {
                 StorageConfig::Database(Database::Sqlite(_)) => "sqlite",
@@ -43,6 +47,7 @@ pub(crate) async fn health(
                 total_bytes: space.total,
                 low: space.low(),
             }),
+            runners: snapshot.runners,
             plugins: snapshot
                 .plugins
                 .into_iter()
@@ -109,6 +114,9 @@ pub(crate) struct Health {
     disk: Option<DiskHealth>,
     /// The loaded plugins (an addition to the reference shape).
     plugins: Vec<PluginHealth>,
+    /// On a coordinator, the cluster's runners (an addition to the reference shape; as
+    /// `GET /api/runners`); empty elsewhere.
+    runners: Vec<crate::coordinator::RunnerReply>,
 }
 
 /// Room left on the data dir's filesystem. `low`: less than a tenth is free; once it is full,
@@ -178,6 +186,7 @@ struct Snapshot {
     running: i64,
     plugins: Vec<ash_plugin_host::PluginStatus>,
     disk: Option<ash_sandbox::doctor::Space>,
+    runners: Vec<crate::coordinator::RunnerReply>,
 }
 
 /// The data dir's free space; a warning in the log each time it gets low.
@@ -226,8 +235,28 @@ async fn refresh(state: &AppState) -> Result<Snapshot, ApiError> {
             .chain(state.storage_plugin.as_ref().map(|p| p.status()))
             .collect(),
         disk: disk_space(state),
+        runners: crate::coordinator::runner_list(state).await?,
     };
     let m = &state.runtime.metrics;
+    for gauge in [
+        &m.runner_capacity,
+        &m.runner_sandboxes,
+        &m.runner_heartbeat_age,
+    ] {
+        gauge.reset();
+    }
+    for runner in &s.runners {
+        let labels = [runner.id.as_str(), runner.state];
+        m.runner_capacity
+            .with_label_values(&labels)
+            .set(runner.capacity as i64);
+        m.runner_sandboxes
+            .with_label_values(&labels)
+            .set(runner.sandboxes as i64);
+        m.runner_heartbeat_age
+            .with_label_values(&labels)
+            .set(runner.heartbeat_age_ms as i64);
+    }
     m.uptime.set(m.started.elapsed().as_secs() as i64);
     for plugin in &s.plugins {
         let id = [plugin.id.as_str()];

@@ -8,6 +8,7 @@
 
 mod agents;
 mod auth;
+mod coordinator;
 mod credentials;
 mod drain;
 mod error;
@@ -15,6 +16,7 @@ mod files;
 mod health;
 mod lifecycle;
 mod openapi;
+mod runner;
 mod sessions;
 mod state;
 
@@ -59,6 +61,30 @@ pub struct ServerConfig {
     /// The master key credentials are encrypted under (`ASH_CREDENTIAL_KEY`); credentials
     /// are off without it.
     pub credential_key: Option<String>,
+    /// This server's part in a cluster; `None`: the single process (sessions run here).
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// A server's part in a cluster of coordinators and runners on one Postgres.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// The secret coordinators and runners prove themselves to each other with
+    /// (`ASH_CLUSTER_TOKEN`), at least 32 bytes.
+    pub token: String,
+    pub role: ClusterRole,
+}
+
+#[derive(Debug, Clone)]
+pub enum ClusterRole {
+    /// Serves the API, holds no sandbox, places sessions on runners. A runner not heard from
+    /// for `ttl` is declared dead.
+    Coordinator { ttl: std::time::Duration },
+    /// Holds sandboxes and serves coordinators only; joins through `coordinators` (URLs, tried
+    /// in order), reached at `address`.
+    Runner {
+        coordinators: Vec<String>,
+        address: String,
+    },
 }
 
 /// Where the server keeps its records.
@@ -104,6 +130,8 @@ pub enum StartError {
     Runtime(#[from] ash_runtime::OpenError),
     #[error("snapshot_store: {0}")]
     Snapshots(#[from] ash_snapshots::SnapshotError),
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 /// A server that has opened its store and bound its port, ready to [`run`](Self::run).
@@ -130,7 +158,34 @@ impl Server {
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
             .map_err(|source| StartError::Bind { addr, source })?;
-        let seeds = config.seed_agents.clone();
+        let mut config = config;
+        if let Some(ClusterConfig {
+            role: ClusterRole::Runner { address, .. },
+            ..
+        }) = &mut config.cluster
+        {
+            let bound = listener.local_addr().map_err(|source| StartError::Bind {
+                addr: config.host.clone(),
+                source,
+            })?;
+            if address.is_empty() {
+                if bound.ip().is_unspecified() {
+                    return Err(StartError::Cluster(format!(
+                        "this runner listens on {bound}: give --advertise http://<address coordinators reach it at>:{}",
+                        bound.port()
+                    )));
+                }
+                *address = format!("http://{bound}");
+            }
+        }
+        let seeds = match config.cluster {
+            // Agents are the coordinators' to deploy.
+            Some(ClusterConfig {
+                role: ClusterRole::Runner { .. },
+                ..
+            }) => Vec::new(),
+            _ => config.seed_agents.clone(),
+        };
         let (state, new_api_key) = AppState::open(config).await?;
         for seed in seeds {
             agents::seed(&state, seed)
@@ -157,9 +212,25 @@ impl Server {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let runtime = self.state.runtime.clone();
+        let state = self.state.clone();
+        let runtime = state.runtime.clone();
         let sweeper = runtime.start();
-        let app = router(self.state.clone());
+        let cluster = match (&state.coordinator, &state.membership) {
+            (Some(c), _) => Some(c.cluster.clone().start(runtime.clone())),
+            (_, Some(m)) => Some(tokio::spawn(runner::keep_place(state.clone(), m.clone()))),
+            _ => None,
+        };
+        let replaced = state.membership.as_ref().map(|m| m.replaced.clone());
+        let shutdown = async move {
+            match replaced {
+                Some(replaced) => tokio::select! {
+                    _ = shutdown => {}
+                    _ = replaced.cancelled() => {}
+                },
+                None => shutdown.await,
+            }
+        };
+        let app = router(state.clone());
         // Frames are small and written one by one: without TCP_NODELAY, Nagle's algorithm
         // and the client's delayed ACK hold each one back for ~40 ms.
         let listener = axum::serve::ListenerExt::tap_io(self.listener, |tcp| {
@@ -177,16 +248,29 @@ impl Server {
             _ = shutdown => {}
             ended = &mut serving => return ended.unwrap_or_else(|e| Err(std::io::Error::other(e))),
         }
+        if let Some(m) = &state.membership {
+            m.drain(&state).await;
+        }
         runtime.drain().await;
         drain::last_wait(serving).await;
         sweeper.abort();
+        if let Some(cluster) = cluster {
+            cluster.abort();
+        }
+        if state.membership.is_some() {
+            // Handed back with the files as they are now.
+            runtime.snapshot_all().await;
+        }
         runtime.shutdown().await;
+        if let Some(m) = &state.membership {
+            m.leave().await;
+        }
         Ok(())
     }
 }
 
 /// Default cap for request bodies.
-const BODY_LIMIT: usize = 1024 * 1024;
+pub(crate) const BODY_LIMIT: usize = 1024 * 1024;
 
 /// Every route with its OpenAPI entries, each module adding its own: those behind the API
 /// key, and the public ones.
@@ -200,21 +284,36 @@ fn routes() -> (Routes, Routes) {
         .merge(lifecycle::routes())
         .merge(files::routes())
         .merge(credentials::routes())
+        .routes(routes!(coordinator::runners))
         .routes(routes!(health::metrics));
     let public = Routes::new().routes(routes!(health::health));
     (keyed, public)
 }
 
 fn router(state: Arc<AppState>) -> Router {
+    use axum::middleware::from_fn_with_state;
     let (keyed, public) = routes();
-    let api = Router::from(keyed).layer(axum::middleware::from_fn_with_state(
-        state.clone(),
-        auth::require_key,
-    ));
-    Router::from(public)
-        .route("/docs/json", axum::routing::get(openapi::serve))
-        .merge(api)
-        .fallback(|| async { ApiError::not_found("Not found: no such route") })
+    let api = Router::from(keyed);
+    let app = Router::from(public).route("/docs/json", axum::routing::get(openapi::serve));
+    let app = if state.membership.is_some() {
+        // A runner: coordinators only, every route behind the cluster token.
+        app.merge(api)
+            .merge(runner::internal_routes())
+            .layer(from_fn_with_state(
+                state.clone(),
+                runner::require_coordinator,
+            ))
+    } else if state.coordinator.is_some() {
+        // A coordinator: what needs a sandbox goes on to a runner once the key is checked.
+        let api = api
+            .layer(from_fn_with_state(state.clone(), coordinator::route))
+            .layer(from_fn_with_state(state.clone(), auth::require_key));
+        app.merge(api)
+            .merge(coordinator::internal_routes(state.clone()))
+    } else {
+        app.merge(api.layer(from_fn_with_state(state.clone(), auth::require_key)))
+    };
+    app.fallback(|| async { ApiError::not_found("Not found: no such route") })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             drain::refuse_new_work,

@@ -6,7 +6,9 @@ use ash_runtime::{Parts, Runtime, Sealer};
 use ash_store::{SqlStorage, Store};
 
 use crate::auth::Keys;
-use crate::{ServerConfig, StartError};
+use crate::coordinator::Coordinator;
+use crate::runner::Membership;
+use crate::{ClusterConfig, ClusterRole, ServerConfig, StartError};
 
 /// Shared by every request.
 pub struct AppState {
@@ -20,12 +22,18 @@ pub struct AppState {
     pub keys: Keys,
     /// The data dir's disk had less than a tenth free when last looked at (`/health`).
     pub disk_low: std::sync::atomic::AtomicBool,
+    /// Set on a coordinator: the runner registry it places sessions with.
+    pub(crate) coordinator: Option<Coordinator>,
+    /// Set on a runner: its place in the cluster.
+    pub(crate) membership: Option<Arc<Membership>>,
 }
 
 impl AppState {
     /// Opens the store, bootstraps the API key and builds the runtime; returns a newly
     /// generated key, if any.
-    pub(crate) async fn open(config: ServerConfig) -> Result<(Self, Option<String>), StartError> {
+    pub(crate) async fn open(
+        mut config: ServerConfig,
+    ) -> Result<(Self, Option<String>), StartError> {
         let sealer = Sealer::new(config.credential_key.as_deref())?;
         let data_dir = &config.runtime.data_dir;
         let cache = data_dir.join("plugin-cache");
@@ -35,11 +43,55 @@ impl AppState {
         })?;
         let (store, backing) = open_storage(&config.storage, Some(&cache)).await?;
         let store = store.on_node(&node);
+        let runners = match &backing {
+            Backing::Database(sql) => sql.runners(),
+            Backing::Plugin(_) => None,
+        };
         let (appends, storage_plugin) = match backing {
             Backing::Database(sql) => (sql.appends().await?, None),
             Backing::Plugin(plugin) => (None, Some(plugin)),
         };
-        let (keys, new_key) = Keys::bootstrap(&store, &config).await?;
+        let (mut coordinator, mut membership) = (None, None);
+        match config.cluster.clone() {
+            None => {}
+            Some(ClusterConfig { token, .. }) if token.len() < 32 => {
+                return Err(StartError::Cluster(
+                    "ASH_CLUSTER_TOKEN must be at least 32 bytes (e.g. openssl rand -hex 32)".into(),
+                ))
+            }
+            Some(_) if runners.is_none() => {
+                return Err(StartError::Cluster(
+                    "a cluster's coordinators and runners share one Postgres: set ASH_DATABASE_URL to it".into(),
+                ))
+            }
+            Some(ClusterConfig {
+                token,
+                role: ClusterRole::Coordinator { ttl },
+            }) => {
+                // Sessions run on the runners, never here.
+                config.runtime.max_sandboxes = 0;
+                let runners = runners.expect("checked above");
+                let cluster = ash_runtime::Cluster { runners, ttl };
+                coordinator = Some(Coordinator::new(cluster, token));
+            }
+            Some(ClusterConfig {
+                token,
+                role: ClusterRole::Runner {
+                    coordinators,
+                    address,
+                },
+            }) => {
+                config.runtime.runner = Some(node.clone());
+                let capacity = config.runtime.max_sandboxes as u64;
+                let m = Membership::new(node.clone(), coordinators, address, token, capacity);
+                membership = Some(Arc::new(m));
+            }
+        }
+        let (keys, new_key) = match membership {
+            // A runner takes no API key: coordinators prove themselves with the cluster token.
+            Some(_) => (Keys::none(), None),
+            None => Keys::bootstrap(&store, &config).await?,
+        };
         let plugins = load_plugins(config.plugins.clone(), cache).await?;
         let snapshots = ash_snapshots::SnapshotStore::open(
             config.snapshot_store.as_deref(),
@@ -64,6 +116,8 @@ impl AppState {
             storage_plugin,
             keys,
             disk_low: Default::default(),
+            coordinator,
+            membership,
         };
         Ok((state, new_key))
     }

@@ -12,11 +12,13 @@ pub mod conformance;
 mod copy;
 mod log;
 mod records;
+mod runners;
 mod sql;
 
 pub use copy::{Copied, CopyError};
 pub use log::TurnMark;
 pub use records::{SealedKey, Store};
+pub use runners::{Beat, Load, Runner, RunnerState, Runners};
 pub use sql::{redact, Appended, Appends, Database, SqlStorage};
 
 /// A storage operation failed.
@@ -36,6 +38,10 @@ pub enum StoreError {
     Storage(#[from] ash_core::StorageError),
     #[error("stored record is corrupt: {0}")]
     Corrupt(String),
+    /// A turn's end came after another server had closed that turn (its node was declared
+    /// dead): nothing was written.
+    #[error("the turn of session {0} was closed by another server")]
+    TurnClosed(ash_core::SessionId),
     /// A status transition the session's stored status does not allow.
     #[error(transparent)]
     Refused(#[from] ash_core::CoreError),

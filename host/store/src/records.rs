@@ -455,6 +455,26 @@ impl Store {
         Ok(sessions.into_iter().map(Session::from).collect())
     }
 
+    /// Places the session on runner `to` if it is still on `from` (checked in the same
+    /// write); `false` when it moved meanwhile (another coordinator placed it) or is gone.
+    pub async fn move_session(
+        &self,
+        id: SessionId,
+        from: Option<&str>,
+        to: &str,
+    ) -> Result<bool, StoreError> {
+        let moved = self
+            .change(&session_key(id), |session: Option<SessionRecord>| {
+                let session = session.filter(|s| s.runner_id.as_deref() == from)?;
+                Some(SessionRecord {
+                    runner_id: Some(to.to_owned()),
+                    ..session
+                })
+            })
+            .await?;
+        Ok(moved.is_some())
+    }
+
     /// Moves the session's status by `transition`, judged against the stored status in the
     /// same write, and returns the updated session; `None` when there is no such session, and
     /// [`StoreError::Refused`] (nothing written) when the transition may not happen from there.
@@ -505,14 +525,20 @@ impl Store {
     ) -> Result<Option<(Write, Mark)>, StoreError> {
         let key = session_key(id);
         let held = self.marked.lock().expect("lock").remove(&id);
-        let current = match held.filter(|_| !fresh) {
-            Some(held) => held,
+        let (current, read) = match held.filter(|_| !fresh) {
+            Some(held) => (held, false),
             None => match self.read::<SessionRecord>(&key).await? {
-                Some(read) => read,
+                Some(read) => (read, true),
                 None => return Ok(None),
             },
         };
         let (session, revision) = current;
+        let ours = session.turn_node.as_deref().unwrap_or(ONE_NODE) == &*self.node;
+        if !open && read && !(session.turn_open && ours) {
+            // An end, read from the store, of a turn that is not this node's open turn any
+            // more: another server closed it (this node was declared dead meanwhile).
+            return Err(StoreError::TurnClosed(id));
+        }
         let unmarked = self.unmarked.lock().expect("lock").get(&id).copied();
         let node = open.then_some(&*self.node);
         let marked = session.marked(node, now, unmarked.unwrap_or(0) + bytes);

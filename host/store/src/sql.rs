@@ -167,6 +167,15 @@ impl SqlStorage {
         })
     }
 
+    /// The runner registry of a cluster on this database; `None` on SQLite (one process
+    /// needs none).
+    pub fn runners(&self) -> Option<crate::Runners> {
+        match &self.pool {
+            Pool::Postgres(pool) => Some(crate::Runners { pool: pool.clone() }),
+            Pool::Sqlite(_) => None,
+        }
+    }
+
     /// The appends other processes on this database commit, as they commit them (Postgres's
     /// LISTEN/NOTIFY); `None` where there is no such thing (SQLite: one process).
     pub async fn appends(&self) -> Result<Option<Appends>, StoreError> {
@@ -243,7 +252,7 @@ pub fn redact(url: &str) -> String {
 }
 
 /// What a database error means to the port.
-fn db(e: sqlx::Error) -> StorageError {
+pub(crate) fn db(e: sqlx::Error) -> StorageError {
     match &e {
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
@@ -265,7 +274,7 @@ fn db(e: sqlx::Error) -> StorageError {
 }
 
 /// Runs `op` again while it fails with a Postgres "retry" conflict, a few times.
-async fn retrying<T, F, Fut>(mut op: F) -> Result<T, StorageError>
+pub(crate) async fn retrying<T, F, Fut>(mut op: F) -> Result<T, StorageError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, StorageError>>,
