@@ -7,69 +7,8 @@
 
 mod common;
 
-use std::process::Stdio;
-
 use ash_store::conformance::TestSchema;
-use common::Server;
-use tokio::io::{AsyncBufReadExt, BufReader};
-
-/// moto's S3 server on a free loopback port; it runs until stdin closes (the test drops it).
-const MOTO: &str = r#"
-import sys
-from moto.server import ThreadedMotoServer
-server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-server.start()
-print(server.get_host_and_port()[1], flush=True)
-sys.stdin.read()
-server.stop()
-"#;
-
-const BUCKET: &str = "ash-test-snapshots";
-
-/// A stand-in S3 (moto's server), with one empty bucket.
-struct FakeS3 {
-    _child: tokio::process::Child,
-    endpoint: String,
-}
-
-impl FakeS3 {
-    async fn start() -> Self {
-        let python = concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/moto/bin/python");
-        let mut child = tokio::process::Command::new(python)
-            .args(["-c", MOTO])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("moto is installed by scripts/install-moto.sh (scripts/setup.sh runs it)");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let port = lines.next_line().await.unwrap().expect("moto's port");
-        let endpoint = format!("http://127.0.0.1:{}", port.trim());
-        // CreateBucket: moto takes requests unsigned.
-        let made = reqwest::Client::new()
-            .put(format!("{endpoint}/{BUCKET}"))
-            .send()
-            .await
-            .unwrap();
-        assert!(made.status().is_success(), "{}", made.status());
-        Self {
-            _child: child,
-            endpoint,
-        }
-    }
-}
-
-/// The server settings that put snapshots in the bucket at `endpoint`.
-fn s3_env(endpoint: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("ASH_SNAPSHOT_STORE", format!("s3://{BUCKET}/snapshots")),
-        ("AWS_ENDPOINT_URL", endpoint.to_owned()),
-        ("AWS_ALLOW_HTTP", "true".into()),
-        ("AWS_ACCESS_KEY_ID", "test".into()),
-        ("AWS_SECRET_ACCESS_KEY", "test".into()),
-        ("AWS_REGION", "us-east-1".into()),
-    ]
-}
+use common::{s3_env, FakeS3, Server};
 
 async fn start(env: &[(&'static str, String)]) -> Server {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();

@@ -121,6 +121,11 @@ impl Membership {
     }
 
     async fn beat(&self, state: &AppState) -> Result<Answer, String> {
+        // A runner that cannot reach the database can log no frame: it is no runner, so it
+        // says nothing, and coordinators move its sessions once its time to live passes.
+        if let Err(e) = state.store.has_api_keys().await {
+            return Err(format!("this runner cannot reach the database: {e}"));
+        }
         let (live, running, warm, warming) = state.runtime.counts();
         let body = serde_json::to_value(Heartbeat {
             generation: self.generation.load(Ordering::Acquire),

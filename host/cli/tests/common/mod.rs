@@ -249,15 +249,13 @@ impl Server {
     /// The session's workspace as the server sees it: with workspace quotas, a filesystem
     /// mounted in the server's own mount namespace, reached through `/proc/<pid>/root`.
     pub fn workspace(&self, session: &str) -> PathBuf {
-        let sandbox = self.data.path().join("sandboxes").join(session);
-        if sandbox.join("disk.img").exists() {
-            let inside = sandbox.strip_prefix("/").unwrap_or(&sandbox);
-            Path::new(&format!("/proc/{}/root", self.pid()))
-                .join(inside)
-                .join("disk/workspace")
-        } else {
-            sandbox.join("workspace")
-        }
+        workspace_of(self.data.path(), self.pid(), session)
+    }
+
+    /// Kills the server (SIGKILL) and waits for it to be gone.
+    pub async fn kill(&mut self) {
+        self.child.start_kill().unwrap();
+        self.child.wait().await.unwrap();
     }
 
     pub async fn call(
@@ -488,6 +486,21 @@ impl Server {
 }
 
 /// Runs `ash start` with `env` added, which must fail; its stderr.
+/// A session's workspace on the node with data dir `data` and process `pid`: with workspace
+/// quotas, a filesystem mounted in the node's own mount namespace, reached through
+/// `/proc/<pid>/root`.
+pub fn workspace_of(data: &Path, pid: u32, session: &str) -> PathBuf {
+    let sandbox = data.join("sandboxes").join(session);
+    if sandbox.join("disk.img").exists() {
+        let inside = sandbox.strip_prefix("/").unwrap_or(&sandbox);
+        Path::new(&format!("/proc/{pid}/root"))
+            .join(inside)
+            .join("disk/workspace")
+    } else {
+        sandbox.join("workspace")
+    }
+}
+
 pub async fn start_fails(env: &[(&str, &str)]) -> String {
     let data = tempfile::tempdir().unwrap();
     let output = tokio::process::Command::new(ASH)
@@ -628,9 +641,72 @@ done
 
 /// Lets a `GATED_AGENT` turn finish.
 pub async fn open_gate(server: &Server, session: &str) {
-    let gate = server.workspace(session).join("gate");
+    open_gate_at(&server.workspace(session)).await
+}
+
+/// Lets a `GATED_AGENT` turn in the workspace at `workspace` finish.
+pub async fn open_gate_at(workspace: &Path) {
+    let gate = workspace.join("gate");
     tokio::task::spawn_blocking(move || std::fs::write(gate, "go\n"))
         .await
         .unwrap()
         .unwrap();
+}
+
+/// moto's S3 server on a free loopback port; it runs until stdin closes (the test drops it).
+const MOTO: &str = r#"
+import sys
+from moto.server import ThreadedMotoServer
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+server.start()
+print(server.get_host_and_port()[1], flush=True)
+sys.stdin.read()
+server.stop()
+"#;
+
+pub const BUCKET: &str = "ash-test-snapshots";
+
+/// A stand-in S3 (moto's server), with one empty bucket.
+pub struct FakeS3 {
+    _child: tokio::process::Child,
+    pub endpoint: String,
+}
+
+impl FakeS3 {
+    pub async fn start() -> Self {
+        let python = concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/moto/bin/python");
+        let mut child = tokio::process::Command::new(python)
+            .args(["-c", MOTO])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("moto is installed by scripts/install-moto.sh (scripts/setup.sh runs it)");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let port = lines.next_line().await.unwrap().expect("moto's port");
+        let endpoint = format!("http://127.0.0.1:{}", port.trim());
+        // CreateBucket: moto takes requests unsigned.
+        let made = reqwest::Client::new()
+            .put(format!("{endpoint}/{BUCKET}"))
+            .send()
+            .await
+            .unwrap();
+        assert!(made.status().is_success(), "{}", made.status());
+        Self {
+            _child: child,
+            endpoint,
+        }
+    }
+}
+
+/// The server settings that put snapshots in the bucket at `endpoint`.
+pub fn s3_env(endpoint: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("ASH_SNAPSHOT_STORE", format!("s3://{BUCKET}/snapshots")),
+        ("AWS_ENDPOINT_URL", endpoint.to_owned()),
+        ("AWS_ALLOW_HTTP", "true".into()),
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ("AWS_REGION", "us-east-1".into()),
+    ]
 }
