@@ -534,9 +534,10 @@ impl Store {
         };
         let (session, revision) = current;
         let ours = session.turn_node.as_deref().unwrap_or(ONE_NODE) == &*self.node;
-        if !open && read && !(session.turn_open && ours) {
-            // An end, read from the store, of a turn that is not this node's open turn any
-            // more: another server closed it (this node was declared dead meanwhile).
+        let elsewhere = read && session.turn_open && !ours;
+        if !open && (elsewhere || (fresh && !session.turn_open)) {
+            // An end of a turn that is another node's, or that was closed while this commit
+            // waited: another server closed it (this node was declared dead meanwhile).
             return Err(StoreError::TurnClosed(id));
         }
         let unmarked = self.unmarked.lock().expect("lock").get(&id).copied();
