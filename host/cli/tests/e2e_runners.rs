@@ -14,7 +14,6 @@ use std::time::Duration;
 use ash_store::conformance::TestSchema;
 use common::{open_gate_at, s3_env, FakeS3, Server, ASH, BRIDGE, COMMAND_TOML, GATED_AGENT};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 const TOKEN: &str = "the-test-cluster-token-of-at-least-32-bytes";
 const KEY: &str = "the-api-key-of-the-test-cluster";
@@ -267,22 +266,7 @@ impl Cluster {
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
         let mut child = command.spawn().unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let url = tokio::time::timeout(Duration::from_secs(30), async {
-            loop {
-                let line = lines
-                    .next_line()
-                    .await
-                    .unwrap()
-                    .expect("the runner exited before listening");
-                if let Some(addr) = line.strip_prefix("ash: listening on ") {
-                    return addr.to_owned();
-                }
-            }
-        })
-        .await
-        .expect("the runner did not start listening");
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let (url, _) = common::listening(&mut child).await;
         let id = std::fs::read_to_string(data.path().join("node-id"))
             .unwrap()
             .trim()

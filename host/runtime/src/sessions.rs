@@ -255,15 +255,8 @@ impl Sessions {
 
     /// Sessions with a sandbox and no running turn, with when they were last used.
     async fn idle_sandboxes(&self) -> Vec<(SessionId, Instant)> {
-        let slots: Vec<_> = self
-            .slots
-            .lock()
-            .expect("lock")
-            .iter()
-            .map(|(id, slot)| (*id, slot.clone()))
-            .collect();
         let mut idle = Vec::new();
-        for (id, slot) in slots {
+        for (id, slot) in self.all_slots() {
             let Ok(live) = slot.live.try_lock() else {
                 continue;
             };
@@ -396,17 +389,20 @@ impl Sessions {
         }
     }
 
-    /// The sessions with a sandbox here.
-    pub(crate) async fn held(&self) -> Vec<SessionId> {
-        let slots: Vec<_> = self
-            .slots
+    /// Every session's slot, taken out of the registry's lock.
+    fn all_slots(&self) -> Vec<(SessionId, Arc<Slot>)> {
+        self.slots
             .lock()
             .expect("lock")
             .iter()
             .map(|(id, slot)| (*id, slot.clone()))
-            .collect();
+            .collect()
+    }
+
+    /// The sessions with a sandbox here.
+    pub(crate) async fn held(&self) -> Vec<SessionId> {
         let mut held = Vec::new();
-        for (id, slot) in slots {
+        for (id, slot) in self.all_slots() {
             if slot.live.lock().await.is_some() {
                 held.push(id);
             }

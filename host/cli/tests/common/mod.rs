@@ -132,24 +132,7 @@ impl Server {
             }
         }
         let mut child = command.spawn().unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut stdout = Vec::new();
-        let url = tokio::time::timeout(Duration::from_secs(30), async {
-            loop {
-                let line = lines
-                    .next_line()
-                    .await
-                    .unwrap()
-                    .expect("ash exited before listening");
-                stdout.push(line.clone());
-                if let Some(addr) = line.strip_prefix("ash: listening on ") {
-                    return addr.to_owned();
-                }
-            }
-        })
-        .await
-        .expect("ash did not start listening");
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let (url, stdout) = listening(&mut child).await;
         let key = env
             .iter()
             .find(|(k, _)| *k == "ASH_API_KEY")
@@ -486,6 +469,30 @@ impl Server {
 }
 
 /// Runs `ash start` with `env` added, which must fail; its stderr.
+/// Reads an `ash` process's stdout until it says where it listens; returns that URL and the
+/// lines so far, and drains the rest.
+pub async fn listening(child: &mut tokio::process::Child) -> (String, Vec<String>) {
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut stdout = Vec::new();
+    let url = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let line = lines
+                .next_line()
+                .await
+                .unwrap()
+                .expect("ash exited before listening");
+            stdout.push(line.clone());
+            if let Some(addr) = line.strip_prefix("ash: listening on ") {
+                return addr.to_owned();
+            }
+        }
+    })
+    .await
+    .expect("ash did not start listening");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (url, stdout)
+}
+
 /// A session's workspace on the node with data dir `data` and process `pid`: with workspace
 /// quotas, a filesystem mounted in the node's own mount namespace, reached through
 /// `/proc/<pid>/root`.
