@@ -10,6 +10,9 @@ CREATE TABLE runners (
     sandboxes     BIGINT NOT NULL,
     running       BIGINT NOT NULL,
     state         TEXT NOT NULL,
+    -- The last placement on it: for a second after, a heartbeat may raise sandboxes but not
+    -- lower it (the runner may have counted before that session's sandbox was there).
+    claimed_at    TIMESTAMPTZ NOT NULL,
     registered_at TIMESTAMPTZ NOT NULL,
     heartbeat_at  TIMESTAMPTZ NOT NULL
 );

@@ -55,7 +55,9 @@ pub struct Runner {
     pub generation: u64,
     /// The sandboxes it may hold.
     pub capacity: u64,
-    /// Its sandboxes as of its last heartbeat, plus those placed on it since.
+    /// Its sandboxes as of its last heartbeat, plus those placed on it since (a heartbeat
+    /// within a second of a placement does not lower the count: the runner may have counted
+    /// before that session's sandbox was there).
     pub sandboxes: u64,
     /// Its sandboxes in a turn, as of its last heartbeat.
     pub running: u64,
@@ -133,8 +135,8 @@ impl Runners {
         let before = self.get(id).await?;
         let generation: i64 = retrying(|| async {
             sqlx::query_scalar(
-                "INSERT INTO runners (id, address, generation, capacity, sandboxes, running, state, registered_at, heartbeat_at)
-                 VALUES ($1, $2, 1, $3, 0, 0, 'live', now(), now())
+                "INSERT INTO runners (id, address, generation, capacity, sandboxes, running, state, claimed_at, registered_at, heartbeat_at)
+                 VALUES ($1, $2, 1, $3, 0, 0, 'live', now(), now(), now())
                  ON CONFLICT (id) DO UPDATE SET address = excluded.address,
                      generation = runners.generation + 1, capacity = excluded.capacity,
                      sandboxes = 0, running = 0, state = 'live',
@@ -161,7 +163,9 @@ impl Runners {
     ) -> Result<Beat, StoreError> {
         let taken = retrying(|| async {
             sqlx::query(
-                "UPDATE runners SET heartbeat_at = now(), sandboxes = $3, running = $4,
+                "UPDATE runners SET heartbeat_at = now(), running = $4,
+                     sandboxes = CASE WHEN claimed_at > now() - INTERVAL '1 second'
+                                      THEN GREATEST(sandboxes, $3) ELSE $3 END,
                      state = CASE WHEN $5 THEN 'draining' ELSE state END
                  WHERE id = $1 AND generation = $2 AND state <> 'dead'",
             )
@@ -226,7 +230,7 @@ impl Runners {
         for _ in 0..crate::records::ATTEMPTS {
             let claimed: Option<Row> = retrying(|| async {
                 sqlx::query_as(&format!(
-                    "UPDATE runners SET sandboxes = sandboxes + 1
+                    "UPDATE runners SET sandboxes = sandboxes + 1, claimed_at = now()
                      WHERE id = (SELECT id FROM runners
                                  WHERE state = 'live' AND sandboxes < capacity
                                    AND heartbeat_at > now() - $1 * INTERVAL '1 millisecond'
