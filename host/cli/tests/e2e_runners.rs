@@ -628,6 +628,57 @@ async fn runners_and_coordinators_refuse_each_other_without_the_cluster_token() 
     cluster.drop_all().await;
 }
 
+#[tokio::test]
+async fn a_bad_registration_or_heartbeat_gets_a_clear_error_and_the_registry_keeps_serving() {
+    let cluster = Cluster::start(1, 1, 2).await;
+    let url = format!("{}/internal/v1/runners", cluster.api().url);
+    let client = reqwest::Client::new();
+    let bodies = [
+        json!({"id": "", "address": "http://10.0.0.1:1", "capacity": 1}),
+        json!({"id": "a/b", "address": "http://10.0.0.1:1", "capacity": 1}),
+        json!({"id": "r", "address": "ftp://10.0.0.1:1", "capacity": 1}),
+        json!({"id": "r", "address": "http://10.0.0.1:1", "capacity": 0}),
+        json!({"id": "r", "address": "x".repeat(600), "capacity": 1}),
+    ];
+    for body in bodies {
+        let reply = client
+            .post(&url)
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), 400, "{body}");
+        let error: Value = reply.json().await.unwrap();
+        assert!(
+            error["error"].as_str().unwrap().contains("a runner needs"),
+            "{error}"
+        );
+    }
+    let garbage = client
+        .post(&url)
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(garbage.status(), 400);
+    let beat = client
+        .post(format!("{url}/no-such-runner/heartbeat"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"generation": 1, "sandboxes": 0, "running": 0, "draining": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(beat.status(), 404, "an unknown runner is told to register");
+    // The control: the registered runner is untouched and live.
+    let listed = cluster.listed().await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    cluster.wait_live(&cluster.runners[0].id).await;
+    cluster.drop_all().await;
+}
+
 async fn auth_failures(server: &Server) -> u64 {
     let metrics = server.metrics().await;
     metrics

@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 
 use ash_store::Database;
 
+use crate::coordinator::RunnerReply;
 use crate::error::Json;
 use crate::{ApiError, AppState, StorageConfig};
 
@@ -116,7 +117,7 @@ pub(crate) struct Health {
     plugins: Vec<PluginHealth>,
     /// On a coordinator, the cluster's runners (an addition to the reference shape; as
     /// `GET /api/runners`); empty elsewhere.
-    runners: Vec<crate::coordinator::RunnerReply>,
+    runners: Vec<RunnerReply>,
 }
 
 /// Room left on the data dir's filesystem. `low`: less than a tenth is free; once it is full,
@@ -186,7 +187,7 @@ struct Snapshot {
     running: i64,
     plugins: Vec<ash_plugin_host::PluginStatus>,
     disk: Option<ash_sandbox::doctor::Space>,
-    runners: Vec<crate::coordinator::RunnerReply>,
+    runners: Vec<RunnerReply>,
 }
 
 /// The data dir's free space; a warning in the log each time it gets low.
