@@ -21,10 +21,14 @@ const KEY: &str = "the-api-key-of-the-test-cluster";
 const TTL_MS: &str = "1500";
 
 /// A TCP forwarder that can be cut: its connections dropped and new ones refused, as when
-/// one machine loses its way to the database while the others keep it.
+/// one machine loses its way to the database while the others keep it. It can also stall a
+/// connection half-way: past a number of bytes sent on it, nothing more goes through.
 struct Forward {
     addr: SocketAddr,
     open: Arc<tokio::sync::watch::Sender<bool>>,
+    stall: Arc<tokio::sync::watch::Sender<Option<u64>>>,
+    /// Told when a connection stalls.
+    stalled: Arc<tokio::sync::Notify>,
 }
 
 impl Forward {
@@ -32,25 +36,62 @@ impl Forward {
         let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let open = Arc::new(tokio::sync::watch::channel(true).0);
-        let gate = open.clone();
+        let stall = Arc::new(tokio::sync::watch::channel(None).0);
+        let stalled = Arc::new(tokio::sync::Notify::new());
+        let (gate, limit, told) = (open.clone(), stall.clone(), stalled.clone());
         tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
                 let mut shut = gate.subscribe();
                 if !*shut.borrow() {
                     continue;
                 }
+                let (limit, told) = (limit.clone(), told.clone());
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(target).await else {
                         return;
                     };
+                    let (mut from_client, mut to_client) = inbound.into_split();
+                    let (mut from_target, mut to_target) = outbound.into_split();
+                    let up = async {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let (mut sent, mut buf) = (0u64, vec![0u8; 16 * 1024]);
+                        loop {
+                            let n = from_client.read(&mut buf).await?;
+                            if n == 0 {
+                                return to_target.shutdown().await;
+                            }
+                            let stall_at = *limit.borrow();
+                            if let Some(limit) = stall_at {
+                                if sent + n as u64 > limit {
+                                    let part = (limit - sent.min(limit)) as usize;
+                                    to_target.write_all(&buf[..part]).await?;
+                                    told.notify_one();
+                                    std::future::pending::<()>().await;
+                                }
+                            }
+                            to_target.write_all(&buf[..n]).await?;
+                            sent += n as u64;
+                        }
+                    };
+                    let down = tokio::io::copy(&mut from_target, &mut to_client);
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = async { tokio::join!(up, down) } => {}
                         _ = shut.wait_for(|open| !open) => {}
                     }
                 });
             }
         });
-        Self { addr, open }
+        Self {
+            addr,
+            open,
+            stall,
+            stalled,
+        }
+    }
+
+    /// From now on, each connection stalls once `bytes` have gone through it to the target.
+    fn stall_after(&self, bytes: u64) {
+        self.stall.send_replace(Some(bytes));
     }
 
     fn cut(&self) {
@@ -135,7 +176,7 @@ struct Runner {
     url: String,
     database: Forward,
     data: tempfile::TempDir,
-    _s3: Forward,
+    s3: Forward,
     _link: Link,
 }
 
@@ -277,7 +318,7 @@ impl Cluster {
             url,
             database,
             data,
-            _s3: s3,
+            s3,
             _link: link,
         }
     }
@@ -339,6 +380,11 @@ impl Cluster {
 
     /// The count of an outcome of a counter on a runner (its metrics are behind the token).
     async fn runner_counted(runner: &Runner, name: &str, outcome: &str) -> u64 {
+        Self::runner_metric(runner, &format!("{name}{{outcome=\"{outcome}\"}}")).await
+    }
+
+    /// The value of a series (`name{labels}`) on a runner.
+    async fn runner_metric(runner: &Runner, series: &str) -> u64 {
         let text = reqwest::Client::new()
             .get(format!("{}/metrics", runner.url))
             .bearer_auth(TOKEN)
@@ -348,7 +394,7 @@ impl Cluster {
             .text()
             .await
             .unwrap();
-        let wanted = format!("{name}{{outcome=\"{outcome}\"}} ");
+        let wanted = format!("{series} ");
         text.lines()
             .find_map(|l| l.strip_prefix(&wanted)?.parse().ok())
             .unwrap_or(0)
@@ -767,5 +813,132 @@ async fn a_runner_that_loses_the_database_is_declared_dead_while_the_others_keep
     // With the database back, it joins again.
     holder.database.restore();
     cluster.wait_live(&first).await;
+    cluster.drop_all().await;
+}
+
+/// Waits until a runner's series has the value `want`.
+async fn runner_shows(runner: &Runner, series: &str, want: u64) {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while Cluster::runner_metric(runner, series).await != want {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("runner {} never showed {series} {want}", runner.id));
+}
+
+#[tokio::test]
+async fn a_runner_on_another_machine_gets_agents_from_the_snapshot_store_and_hears_of_each_deploy_and_delete(
+) {
+    let cluster = Cluster::start(1, 1, 4).await;
+    let (api, runner) = (cluster.api(), &cluster.runners[0]);
+    let folder = &api.data.path().join("agents/carried");
+    let deploy = |file: &'static str| async move {
+        let files = [("ash.toml", "[pool]\nprewarm = 1\n"), (file, "x")];
+        let (status, body) = api.deploy("carried", &files).await;
+        assert_eq!(status, 201, "{body}");
+        // The deploy wrote the folder on the coordinator's machine; the runner's is another.
+        assert!(folder.is_dir());
+        std::fs::remove_dir_all(folder).unwrap();
+    };
+    deploy("v1.txt").await;
+    // The runner heard of the deploy: it warms a sandbox of it.
+    runner_shows(runner, "ash_pool_sandboxes{state=\"warm\"}", 1).await;
+    let first = api.session("carried").await;
+    let listed = api.exec(&first, "ls").await["stdout"].to_string();
+    assert!(listed.contains("v1.txt"), "{listed}");
+    // A new version reaches it too, and its warm sandbox is of that version.
+    deploy("v2.txt").await;
+    let second = api.session("carried").await;
+    let listed = api.exec(&second, "ls").await["stdout"].to_string();
+    assert!(
+        listed.contains("v2.txt") && !listed.contains("v1.txt"),
+        "{listed}"
+    );
+    runner_shows(runner, "ash_pool_sandboxes{state=\"warm\"}", 1).await;
+    assert_eq!(
+        Cluster::runner_metric(runner, "ash_active_sandboxes").await,
+        3
+    );
+
+    // Control: with its way to the snapshot store cut, the runner cannot start an agent it
+    // has not fetched, and says why; once the way is back, it can.
+    runner.s3.cut();
+    let (status, body) = api.deploy("unfetched", &[("a.txt", "a")]).await;
+    assert_eq!(status, 201, "{body}");
+    std::fs::remove_dir_all(api.data.path().join("agents/unfetched")).unwrap();
+    let (status, body) = api
+        .post("/api/sessions", json!({"agent": "unfetched"}))
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("snapshot store"),
+        "{body}"
+    );
+    runner.s3.restore();
+    let (status, body) = api
+        .post("/api/sessions", json!({"agent": "unfetched"}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+
+    // Deleting the agent stops its sessions' sandboxes and its warm one on the runner.
+    let before = Cluster::runner_metric(runner, "ash_active_sandboxes").await;
+    let (status, body) = api.delete("/api/agents/carried").await;
+    assert_eq!(status, 200, "{body}");
+    runner_shows(runner, "ash_active_sandboxes", before - 3).await;
+    assert!(!runner.workspace(&first).exists() && !runner.workspace(&second).exists());
+    assert!(!runner.data.path().join("fetched-agents/carried").exists());
+    cluster.drop_all().await;
+}
+
+#[tokio::test]
+async fn a_snapshot_upload_cut_off_half_way_leaves_the_last_good_snapshot_for_the_next_runner() {
+    let mut cluster = Cluster::start(1, 2, 4).await;
+    let api = cluster.api();
+    let session = api.session("hello-agent").await;
+    api.exec(&session, "echo good > notes.txt").await;
+    api.message(&session, "first").await;
+    let first = cluster.holder(&session).await;
+    let holder = cluster.runner_of(&first);
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while Cluster::runner_counted(holder, "ash_snapshot_uploads_total", "ok").await == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the first turn's snapshot is stored");
+    // The next snapshot is 2 MB that does not compress; its upload stops at 64 KiB.
+    holder.s3.stall_after(64 * 1024);
+    api.exec(
+        &session,
+        "echo newer > notes.txt && head -c 2000000 /dev/urandom > big.bin",
+    )
+    .await;
+    let frames = api.message(&session, "second").await;
+    assert_eq!(
+        common::events(&frames).last(),
+        Some(&"done"),
+        "a stalled upload held up the turn: {frames:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(30), holder.s3.stalled.notified())
+        .await
+        .expect("the upload reached the store in part");
+    let index = cluster.runners.iter().position(|r| r.id == first).unwrap();
+    cluster.runners[index].child.start_kill().unwrap();
+    cluster.runners[index].child.wait().await.unwrap();
+    cluster.wait_state(&first, "dead").await;
+    // The other runner starts the session from the last snapshot stored whole.
+    let frames = cluster.api().message(&session, "third").await;
+    assert_eq!(common::events(&frames).last(), Some(&"done"), "{frames:?}");
+    assert_ne!(cluster.holder(&session).await, first);
+    let out = cluster
+        .api()
+        .exec(&session, "cat notes.txt; ls big.bin 2>&1 || true")
+        .await;
+    let out = out["stdout"].as_str().unwrap();
+    assert!(
+        out.starts_with("good\n") && out.contains("No such file"),
+        "{out}"
+    );
     cluster.drop_all().await;
 }

@@ -259,7 +259,7 @@ impl Runtime {
 
     /// Ends the agent's sessions (their sandboxes stop), forgets the agent and stops its warm
     /// sandboxes; deletes its folder when the server wrote it (`managed`).
-    pub async fn remove_agent(&self, name: &AgentName) -> Result<(), RuntimeError> {
+    pub async fn remove_agent(&self, name: &AgentName) -> Result<ash_core::Agent, RuntimeError> {
         let agent = self
             .store
             .get_agent(name)
@@ -277,10 +277,9 @@ impl Runtime {
         }
         let managed = self.managed_agents().join(name.as_str());
         if Path::new(&agent.path) == managed {
-            crate::blocking(move || Ok::<_, RuntimeError>(std::fs::remove_dir_all(managed)?))
-                .await?;
+            crate::agents::remove_folder(managed).await?;
         }
-        Ok(())
+        Ok(agent)
     }
 
     /// Where the server writes the agents deployed with their files.

@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 
 use ash_core::{Agent, AgentName};
 
-use crate::agents::manifest;
 use crate::sessions::{Live, Room};
 use crate::{Runtime, RuntimeError};
 
@@ -114,7 +113,7 @@ async fn top_up(runtime: &Runtime, name: &AgentName) -> Result<(), RuntimeError>
         }
         return Ok(());
     };
-    let want = manifest(&agent).await?.pool.prewarm as usize;
+    let want = runtime.agent_files(&agent).await?.1.pool.prewarm as usize;
     let stale: Vec<Warm> = {
         let mut warm = pool.warm.lock().expect("lock");
         let list = warm.entry(name.clone()).or_default();

@@ -24,7 +24,6 @@ use ash_sandbox::{
 use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::agents::manifest;
 use crate::hooks;
 use crate::pool::{self, Pool, WARM_PREFIX};
 use crate::stream::{publish, Hub};
@@ -501,9 +500,8 @@ impl Runtime {
         let permit = permit.ok_or_else(|| {
             RuntimeError::Unavailable(format!("Sandbox capacity reached ({} live, all busy); end a session or raise ASH_MAX_SANDBOXES", self.sessions.max_sandboxes))
         })?;
-        let manifest = manifest(agent).await?;
+        let (agent_dir, manifest) = self.agent_files(agent).await?;
         self.check_grants(&manifest)?;
-        let agent_dir = Path::new(&agent.path).to_owned();
         let limits = merge_limits(self.config.limits, &manifest.limits);
         let (env, upstream) = model_upstream(&manifest.backend, env)?;
         let spec = SandboxSpec {

@@ -84,6 +84,7 @@ pub(crate) async fn deploy(
         .upsert_agent(&name, &dir.to_string_lossy(), &body.env)
         .await?;
     tracing::info!(agent = %name, version = agent.version, path = %agent.path, "agent deployed");
+    changed(&state, &agent, false).await?;
     state.runtime.agent_deployed(name);
     Ok((StatusCode::CREATED, Json(AgentReply { agent })))
 }
@@ -118,8 +119,25 @@ pub(crate) async fn remove(
     UrlPath(name): UrlPath<String>,
 ) -> Result<Json<Deleted>, ApiError> {
     let name = AgentName::try_from(name)?;
-    state.runtime.remove_agent(&name).await?;
+    let agent = state.runtime.remove_agent(&name).await?;
+    changed(&state, &agent, true).await?;
     Ok(Json(Deleted { ok: true }))
+}
+
+/// On a coordinator, a deployed agent's folder goes to the snapshot store (a deleted one's
+/// leaves it), and the runners hear of it: they fill or empty its warm pool, and stop the
+/// sandboxes of a deleted agent's sessions.
+async fn changed(state: &AppState, agent: &ash_core::Agent, deleted: bool) -> Result<(), ApiError> {
+    let Some(c) = &state.coordinator else {
+        return Ok(());
+    };
+    if deleted {
+        state.runtime.unpublish(&agent.name, agent.version).await;
+    } else {
+        state.runtime.publish_agent(agent).await?;
+    }
+    c.announce_agent(&agent.name).await;
+    Ok(())
 }
 
 /// Deploys a bundled agent unless an agent of that name exists already with its folder (a
@@ -128,7 +146,7 @@ pub(crate) async fn seed(state: &AppState, seed: crate::SeedAgent) -> Result<(),
     let name = AgentName::try_from(seed.name)?;
     if let Some(agent) = state.store.get_agent(&name).await? {
         if Path::new(&agent.path).is_dir() {
-            return Ok(());
+            return changed(state, &agent, false).await;
         }
     }
     let mut files = Vec::with_capacity(seed.files.len());
@@ -141,11 +159,11 @@ pub(crate) async fn seed(state: &AppState, seed: crate::SeedAgent) -> Result<(),
     };
     let root = state.runtime.managed_agents();
     let dir = blocking(move || Ok::<_, ApiError>(write_managed(&root, upload)?)).await?;
-    state
+    let agent = state
         .store
         .upsert_agent(&name, &dir.to_string_lossy(), &BTreeMap::new())
         .await?;
-    Ok(())
+    changed(state, &agent, false).await
 }
 
 fn agent_not_found() -> ApiError {

@@ -47,6 +47,33 @@ impl Coordinator {
     }
 }
 
+impl Coordinator {
+    /// Tells every live runner that an agent was deployed or deleted; a runner that cannot be
+    /// reached hears of it when it next starts (it fills the pools of the agents there are).
+    pub(crate) async fn announce_agent(&self, name: &ash_core::AgentName) {
+        let runners = match self.cluster.runners.list().await {
+            Ok(runners) => runners,
+            Err(e) => {
+                tracing::warn!(agent = %name, "cannot tell the runners of the agent's change: {e}");
+                return;
+            }
+        };
+        let calls = runners
+            .into_iter()
+            .filter(|r| r.state != RunnerState::Dead && r.holds_sessions(self.cluster.ttl))
+            .map(|runner| async move {
+                let url = format!("{}/internal/v1/agents/{name}/changed", runner.address);
+                let sent = self.client.post(url).bearer_auth(&self.token).send().await;
+                match sent.map(|reply| reply.status()) {
+                    Ok(status) if status.is_success() => {}
+                    Ok(status) => tracing::warn!(runner = %runner.id, agent = %name, "the runner refused the agent's change ({status})"),
+                    Err(e) => tracing::warn!(runner = %runner.id, agent = %name, "cannot tell the runner of the agent's change: {e}"),
+                }
+            });
+        futures_util::future::join_all(calls).await;
+    }
+}
+
 /// A runner asks to join.
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -325,8 +352,19 @@ async fn create(c: &Coordinator, request: Request) -> Result<Response, ApiError>
         )
     })?;
     let mut skip = Vec::new();
+    // What the last runner to refuse said, told when none is left.
+    let mut refusal: Option<String> = None;
     loop {
-        let runner = c.cluster.place_new(&skip).await?;
+        let runner = match (c.cluster.place_new(&skip).await, &refusal) {
+            (Ok(runner), _) => runner,
+            (Err(ash_runtime::RuntimeError::Unavailable(why)), Some(said)) => {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("{why}; the last to refuse said: {said}"),
+                ))
+            }
+            (Err(e), _) => return Err(e.into()),
+        };
         let sent = send(
             c,
             &runner,
@@ -340,8 +378,14 @@ async fn create(c: &Coordinator, request: Request) -> Result<Response, ApiError>
             Ok(reply) if reply.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE => {
                 return Ok(relay(reply));
             }
-            Ok(_) => {
-                tracing::info!(runner = %runner.id, "runner refused a new session (full or stopping); trying the next")
+            Ok(reply) => {
+                let said = reply.json::<serde_json::Value>().await.ok();
+                let said = said
+                    .as_ref()
+                    .and_then(|v| v["error"].as_str())
+                    .unwrap_or("503");
+                tracing::info!(runner = %runner.id, "runner refused a new session ({said}); trying the next");
+                refusal = Some(format!("runner {}: {said}", runner.id));
             }
             Err(e) if e.is_connect() => {
                 tracing::warn!(runner = %runner.id, "cannot reach runner at {}: {e}; trying the next", runner.address)

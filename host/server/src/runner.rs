@@ -216,10 +216,25 @@ pub(crate) async fn keep_place(state: Arc<AppState>, m: Arc<Membership>) {
 
 /// The routes only a runner serves, behind the cluster token with the rest.
 pub(crate) fn internal_routes() -> Router<Arc<AppState>> {
-    Router::new().route(
-        "/internal/v1/sessions/{id}/adopt",
-        axum::routing::post(adopt),
-    )
+    Router::new()
+        .route(
+            "/internal/v1/sessions/{id}/adopt",
+            axum::routing::post(adopt),
+        )
+        .route(
+            "/internal/v1/agents/{name}/changed",
+            axum::routing::post(agent_changed),
+        )
+}
+
+/// A coordinator deployed or deleted an agent.
+async fn agent_changed(
+    State(state): State<Arc<AppState>>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<StatusCode, ApiError> {
+    let name = ash_core::AgentName::try_from(name)?;
+    state.runtime.agent_changed(name).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// A coordinator moved a session onto this runner.
