@@ -181,6 +181,9 @@ async fn drive(turn: &Turn, events: &Events) -> Result<(), Failure> {
     if std::env::var_os("CLAUDE_CODE_MAX_RETRIES").is_none() {
         command.env("CLAUDE_CODE_MAX_RETRIES", DEFAULT_RETRIES);
     }
+    if let Some(traceparent) = &turn.options.traceparent {
+        command.env("TRACEPARENT", traceparent);
+    }
     if let Some(budget) = turn.options.extra.get("thinking").map(thinking_budget) {
         command.env("MAX_THINKING_TOKENS", budget?);
     }

@@ -5,6 +5,7 @@ mod commands;
 mod scaffold;
 mod start;
 mod storage;
+mod telemetry;
 
 use clap::{Parser, Subcommand};
 

@@ -209,13 +209,23 @@ pub struct RunnerArgs {
 }
 
 pub async fn run(args: StartArgs) -> anyhow::Result<ExitCode> {
-    init_log();
-    let (config, _) = config(args)?;
-    serve(config).await
+    let telemetry = crate::telemetry::init("server")?;
+    let served = match config(args) {
+        Ok((config, _)) => serve(config).await,
+        Err(e) => Err(e),
+    };
+    telemetry.shutdown().await;
+    served
 }
 
 pub async fn run_runner(args: RunnerArgs) -> anyhow::Result<ExitCode> {
-    init_log();
+    let telemetry = crate::telemetry::init("runner")?;
+    let served = runner(args).await;
+    telemetry.shutdown().await;
+    served
+}
+
+async fn runner(args: RunnerArgs) -> anyhow::Result<ExitCode> {
     let (mut config, file) = config(args.start)?;
     let Some(cluster) = config.cluster.as_mut() else {
         bail!("a runner needs the cluster's token: set ASH_CLUSTER_TOKEN (or cluster_token in the settings file) to the coordinators' token");
@@ -248,16 +258,6 @@ pub async fn run_runner(args: RunnerArgs) -> anyhow::Result<ExitCode> {
         address: address.trim_end_matches('/').to_owned(),
     };
     serve(config).await
-}
-
-fn init_log() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ASH_LOG")
-                .unwrap_or_else(|_| "info,tower_http=warn,sqlx=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 /// The server's settings from flags, env and the settings file (returned for what only a

@@ -201,10 +201,22 @@ struct Cluster {
     schema: TestSchema,
     s3: FakeS3,
     made: usize,
+    /// More settings for every process; a runner reaches `127.0.0.1` in them at its link's
+    /// host address.
+    env: Vec<(&'static str, String)>,
 }
 
 impl Cluster {
     async fn start(coordinators: usize, runners: usize, capacity: usize) -> Self {
+        Self::start_with(coordinators, runners, capacity, Vec::new()).await
+    }
+
+    async fn start_with(
+        coordinators: usize,
+        runners: usize,
+        capacity: usize,
+        env: Vec<(&'static str, String)>,
+    ) -> Self {
         let (s3, schema) = (FakeS3::start().await, TestSchema::create().await);
         let mut cluster = Self {
             coordinators: Vec::new(),
@@ -212,6 +224,7 @@ impl Cluster {
             schema,
             s3,
             made: 0,
+            env,
         };
         for _ in 0..coordinators {
             let coordinator = cluster.coordinator().await;
@@ -234,6 +247,7 @@ impl Cluster {
             ("ASH_RUNNER_TTL_MS", TTL_MS.into()),
             ("ASH_HOST", "0.0.0.0".into()),
         ]);
+        env.extend(self.env.iter().cloned());
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         Server::start_with_env(&env).await
     }
@@ -279,6 +293,11 @@ impl Cluster {
             ("ASH_DATA_DIR", data.path().display().to_string()),
             ("ASH_BRIDGE_BIN", BRIDGE.into()),
         ]);
+        env.extend(
+            self.env
+                .iter()
+                .map(|(k, v)| (*k, v.replace("127.0.0.1", &link.host_ip))),
+        );
         let capacity = capacity.to_string();
         let args = [
             "runner",
@@ -940,5 +959,140 @@ async fn a_snapshot_upload_cut_off_half_way_leaves_the_last_good_snapshot_for_th
         out.starts_with("good\n") && out.contains("No such file"),
         "{out}"
     );
+    cluster.drop_all().await;
+}
+
+/// One span as an OTLP receiver got it.
+#[derive(Debug, Clone)]
+struct Received {
+    role: String,
+    name: String,
+    trace: String,
+    id: String,
+    parent: String,
+}
+
+/// An OTLP/HTTP receiver (protobuf, `POST /v1/traces`) on a free port of every address.
+async fn otlp_receiver() -> (u16, Arc<std::sync::Mutex<Vec<Received>>>) {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+    use prost::Message;
+    let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = got.clone();
+    let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| async move {
+            let request = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
+            for batch in request.resource_spans {
+                let role = batch
+                    .resource
+                    .iter()
+                    .flat_map(|r| &r.attributes)
+                    .find(|a| a.key == "ash.role")
+                    .and_then(|a| match a.value.as_ref()?.value.as_ref()? {
+                        Any::StringValue(role) => Some(role.clone()),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                for span in batch.scope_spans.into_iter().flat_map(|s| s.spans) {
+                    sink.lock().unwrap().push(Received {
+                        role: role.clone(),
+                        name: span.name,
+                        trace: hex(&span.trace_id),
+                        id: hex(&span.span_id),
+                        parent: hex(&span.parent_span_id),
+                    });
+                }
+            }
+            (
+                [("content-type", "application/x-protobuf")],
+                Vec::<u8>::new(),
+            )
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (port, got)
+}
+
+/// An agent whose answer is the trace context its query came with.
+const TRACE_AGENT: &str = r#"#!/bin/sh
+while IFS= read -r line; do
+  id=$(printf '%s\n' "$line" | sed -n 's/^{"cmd":"query","id":"\([^"]*\)".*/\1/p')
+  [ -n "$id" ] || continue
+  tp=$(printf '%s\n' "$line" | sed -n 's/.*"traceparent":"\([^"]*\)".*/\1/p')
+  printf '{"ev":"message","id":"%s","data":{"type":"assistant","message":{"role":"assistant","content":[{"type":"text","text":"trace %s"}]}}}\n' "$id" "$tp"
+  printf '{"ev":"done","id":"%s"}\n' "$id"
+done
+"#;
+
+#[tokio::test]
+async fn one_trace_goes_from_the_coordinator_through_the_runner_to_the_bridge() {
+    let (port, got) = otlp_receiver().await;
+    let env = vec![
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{port}"),
+        ),
+        ("OTEL_BSP_SCHEDULE_DELAY", "50".to_owned()),
+    ];
+    let cluster = Cluster::start_with(1, 1, 4, env).await;
+    let api = cluster.api();
+    let files = [("agent.sh", TRACE_AGENT), ("ash.toml", COMMAND_TOML)];
+    assert_eq!(api.deploy("traced", &files).await.0, 201);
+    let session = api.session("traced").await;
+    let said = common::assistant_text(&api.message(&session, "which trace?").await);
+    // The bridge handed the agent the turn's context: 00-<trace>-<span>-<flags>.
+    let parts: Vec<&str> = said.trim_start_matches("trace ").split('-').collect();
+    assert_eq!(parts.len(), 4, "the agent got no trace context: {said:?}");
+    let (trace, turn_id) = (parts[1].to_owned(), parts[2].to_owned());
+    let find = |want: &dyn Fn(&Received) -> bool| -> Received {
+        got.lock()
+            .unwrap()
+            .iter()
+            .find(|s| want(s))
+            .cloned()
+            .unwrap()
+    };
+    let is_send =
+        |s: &Received| s.name.starts_with("POST /api/sessions/") && s.name.ends_with("/messages");
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let spans = got.lock().unwrap().clone();
+            let has = |role: &str, name: &dyn Fn(&Received) -> bool| {
+                spans
+                    .iter()
+                    .any(|s| s.role == role && s.trace == trace && name(s))
+            };
+            if has("server", &is_send)
+                && has("runner", &is_send)
+                && has("runner", &|s| s.name == "turn")
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "spans of trace {trace} never arrived: {:?}",
+            got.lock().unwrap()
+        )
+    });
+    let coordinator = find(&|s| s.role == "server" && s.trace == trace && is_send(s));
+    let runner = find(&|s| s.role == "runner" && s.trace == trace && is_send(s));
+    let turn = find(&|s| s.role == "runner" && s.trace == trace && s.name == "turn");
+    assert_eq!(
+        runner.parent, coordinator.id,
+        "the runner's span continues the coordinator's"
+    );
+    assert_eq!(turn.parent, runner.id);
+    assert_eq!(turn.id, turn_id, "the bridge got the turn's own span");
+    // Control: another request is another trace.
+    let create = find(&|s| s.role == "server" && s.name == "POST /api/sessions");
+    assert_ne!(create.trace, trace);
     cluster.drop_all().await;
 }

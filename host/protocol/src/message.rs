@@ -55,6 +55,10 @@ pub struct QueryOptions {
         skip_serializing_if = "std::ops::Not::not"
     )]
     pub include_partial_messages: bool,
+    /// The turn's W3C trace context, when the host exports traces: the bridge hands it to the
+    /// Claude CLI as `TRACEPARENT`; a command agent reads it in its query.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }

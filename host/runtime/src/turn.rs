@@ -10,6 +10,7 @@ use ash_protocol::{Event, QueryOptions};
 use ash_sandbox::{Sandbox, Turn};
 use ash_store::TurnMark;
 use serde_json::{json, Value};
+use tracing::Instrument;
 
 use crate::hooks;
 use crate::sessions::{Origin, TurnGuard};
@@ -84,22 +85,28 @@ impl Runtime {
         // From here the turn is its own task: a client that goes away cancels nothing.
         let (runtime, agent) = (self.clone(), session.agent_name.to_string());
         let logged = (begun, session.logged_bytes);
-        self.drain.turns.spawn(async move {
-            let id = session.id;
-            match live.sandbox.query(content, id.to_string(), options).await {
-                Ok(turn) => {
-                    live.running(turn.id());
-                    run_turn(runtime, id, agent, hub, turn, guard, logged).await;
-                }
-                Err(e) => {
-                    tracing::error!(session = %id, "cannot start a turn: {e}");
-                    runtime.sessions.discard(id).await;
-                    let error = "the sandbox is not available; send the message again";
-                    let frames = closing(id, Some(error));
-                    publish_ending(&runtime, &hub, id, &[], &frames, guard).await;
+        let span = tracing::info_span!("turn", session = %session.id, agent = %agent);
+        let mut options = options;
+        self.drain.turns.spawn(
+            async move {
+                let id = session.id;
+                options.traceparent = traceparent();
+                match live.sandbox.query(content, id.to_string(), options).await {
+                    Ok(turn) => {
+                        live.running(turn.id());
+                        run_turn(runtime, id, agent, hub, turn, guard, logged).await;
+                    }
+                    Err(e) => {
+                        tracing::error!(session = %id, "cannot start a turn: {e}");
+                        runtime.sessions.discard(id).await;
+                        let error = "the sandbox is not available; send the message again";
+                        let frames = closing(id, Some(error));
+                        publish_ending(&runtime, &hub, id, &[], &frames, guard).await;
+                    }
                 }
             }
-        });
+            .instrument(span),
+        );
         drop(tracked);
         Ok(follow(self.clone(), session.id, followers, begun - 1, true))
     }
@@ -110,6 +117,15 @@ impl Runtime {
         let session = self.session(raw_id).await?;
         self.sessions.interrupt(session.id).await
     }
+}
+
+/// The current span's W3C `traceparent`, when traces are exported.
+fn traceparent() -> Option<String> {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let context = tracing::Span::current().context();
+    let mut carrier = std::collections::HashMap::new();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&context, &mut carrier));
+    carrier.remove("traceparent")
 }
 
 fn validate_content(content: &Value) -> Result<(), RuntimeError> {

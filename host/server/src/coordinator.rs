@@ -454,17 +454,18 @@ async fn send(
     body: reqwest::Body,
 ) -> Result<reqwest::Response, reqwest::Error> {
     let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
-    let mut request = c
+    let request = c
         .client
         .request(method.clone(), format!("{}{path}", runner.address))
         .bearer_auth(&c.token)
         .body(body);
-    for (name, value) in headers {
-        if !hop_by_hop(name) {
-            request = request.header(name, value);
-        }
-    }
-    request.send().await
+    let mut headers: HeaderMap = headers
+        .iter()
+        .filter(|(name, _)| !hop_by_hop(name))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
+    crate::trace::inject(&mut headers);
+    request.headers(headers).send().await
 }
 
 /// The runner's reply, streamed to the client as it comes.

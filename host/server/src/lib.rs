@@ -19,6 +19,7 @@ mod openapi;
 mod runner;
 mod sessions;
 mod state;
+mod trace;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -319,6 +320,6 @@ fn router(state: Arc<AppState>) -> Router {
             drain::refuse_new_work,
         ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(trace::request_span))
         .with_state(state)
 }
