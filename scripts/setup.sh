@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building, running and testing Ash needs on Debian/Ubuntu, beyond the Rust
 # toolchain: bubblewrap (the sandbox), e2fsprogs (workspace filesystems), a C compiler (bundled
-# SQLite), Python with venv (for the API fuzzer), cargo-nextest, the rustfmt/clippy components
+# SQLite), Python with venv (for the API fuzzer), kubectl (to render deploy/), cargo-nextest, the rustfmt/clippy components
 # and the wasm32-wasip2 target (plugins), the Claude Code CLI (scripts/install-claude.sh) and
 # moto's S3-compatible server for the snapshot-store tests (scripts/install-moto.sh).
 # Safe to run again: it skips what is already there.
@@ -20,6 +20,10 @@ command -v curl >/dev/null || missing+=(curl ca-certificates)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3 python3-venv)
 # The escape and load tests run Python inside sandboxes, which see only the host's /usr.
 [ -x /usr/bin/python3 ] || missing+=(python3)
+# deploy/ is rendered with `kubectl kustomize` (scripts/check-deploy.sh), where Debian has it.
+if ! command -v kubectl >/dev/null && apt-cache show kubernetes-client >/dev/null 2>&1; then
+  missing+=(kubernetes-client)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   as_root apt-get update -qq

@@ -25,6 +25,10 @@ pub struct BenchArgs {
     /// Messages to send in one session (each measured to its `done` frame).
     #[arg(long, default_value_t = 200)]
     messages: usize,
+    /// Sessions taking turns at once, each sending its next message as soon as its last turn
+    /// is done (closed loop), for `--messages` turns in all (0 skips this).
+    #[arg(long, default_value_t = 0)]
+    concurrency: usize,
     /// Live streams to hold open on one session while one more turn runs (0 skips this).
     #[arg(long, default_value_t = 0)]
     streams: usize,
@@ -35,7 +39,7 @@ pub struct BenchArgs {
 
 /// One line of the report.
 struct Row {
-    what: &'static str,
+    what: String,
     n: usize,
     p50: String,
     p95: String,
@@ -43,7 +47,7 @@ struct Row {
 }
 
 impl Row {
-    fn timed(what: &'static str, samples: &mut [Duration], budget: &'static str) -> Self {
+    fn timed(what: impl Into<String>, samples: &mut [Duration], budget: &'static str) -> Self {
         samples.sort();
         let at = |q: f64| {
             format!(
@@ -52,7 +56,7 @@ impl Row {
             )
         };
         Self {
-            what,
+            what: what.into(),
             n: samples.len(),
             p50: at(0.5),
             p95: at(0.95),
@@ -60,9 +64,9 @@ impl Row {
         }
     }
 
-    fn single(what: &'static str, value: String, budget: &'static str) -> Self {
+    fn single(what: impl Into<String>, value: String, budget: &'static str) -> Self {
         Self {
-            what,
+            what: what.into(),
             n: 1,
             p50: value,
             p95: "—".into(),
@@ -124,24 +128,37 @@ pub async fn run(server: Option<String>, args: BenchArgs) -> anyhow::Result<()> 
         .context("--sessions must be at least 1")?
         .clone();
 
-    let mut turns = Vec::with_capacity(args.messages);
-    for i in 0..args.messages {
-        let clock = Instant::now();
-        let mut frames = client
-            .send_message(&session, &json!({"content": format!("bench {i}")}))
-            .await?;
-        let mut done = false;
-        while let Some(frame) = frames.next().await {
-            done |= frame.map_err(anyhow::Error::msg)?.event == "done";
-        }
-        anyhow::ensure!(done, "turn {i} ended without done");
-        turns.push(clock.elapsed());
-    }
+    let mut turns = closed_loop(&client, &session, args.messages).await?;
     rows.push(Row::timed(
         "message turn, client-seen (echo)",
         &mut turns,
         "≤ 1 ms p50",
     ));
+    if args.concurrency > 0 {
+        let k = args.concurrency;
+        anyhow::ensure!(k <= ids.len(), "--concurrency must be at most --sessions");
+        let clock = Instant::now();
+        let loops = ids[..k].iter().enumerate().map(|(n, id)| {
+            let count = args.messages / k + usize::from(n < args.messages % k);
+            closed_loop(&client, id, count)
+        });
+        let mut all: Vec<Duration> = futures_util::future::try_join_all(loops)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
+        let rate = all.len() as f64 / clock.elapsed().as_secs_f64();
+        rows.push(Row::timed(
+            format!("message turn with {k} in flight, client-seen"),
+            &mut all,
+            "—",
+        ));
+        rows.push(Row::single(
+            format!("turns per second with {k} in flight"),
+            format!("{rate:.0}"),
+            "≥ 2,000",
+        ));
+    }
     // A coordinator's pool is its runners'; they fill it for the agents that exist when they
     // start, so the agent this deploys gets none there.
     let health = client.call(Method::GET, "/health", None).await?;
@@ -178,7 +195,7 @@ pub async fn run(server: Option<String>, args: BenchArgs) -> anyhow::Result<()> 
         let bridges = bridge_rss_kib();
         if let Some(median) = median(bridges.clone()) {
             rows.push(Row {
-                what: "live idle sandbox (bridge RSS)",
+                what: "live idle sandbox (bridge RSS)".into(),
                 n: bridges.len(),
                 p50: mib(median),
                 p95: "—".into(),
@@ -228,6 +245,34 @@ pub async fn run(server: Option<String>, args: BenchArgs) -> anyhow::Result<()> 
         eprintln!("ash: report written to {}", path.display());
     }
     Ok(())
+}
+
+/// Sends `count` messages to the session one after another, each as soon as the last is
+/// done; returns each turn's time to its `done`.
+async fn closed_loop(
+    client: &Client,
+    session: &str,
+    count: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut turns = Vec::with_capacity(count);
+    for i in 0..count {
+        turns.push(turn(client, session, i).await?);
+    }
+    Ok(turns)
+}
+
+/// Sends one message and waits for its turn's `done`.
+async fn turn(client: &Client, session: &str, i: usize) -> anyhow::Result<Duration> {
+    let clock = Instant::now();
+    let mut frames = client
+        .send_message(session, &json!({"content": format!("bench {i}")}))
+        .await?;
+    let mut done = false;
+    while let Some(frame) = frames.next().await {
+        done |= frame.map_err(anyhow::Error::msg)?.event == "done";
+    }
+    anyhow::ensure!(done, "turn {i} ended without done");
+    Ok(clock.elapsed())
 }
 
 /// Deploys an echo agent with a warm pool of one and times `n` creates, each once the pool

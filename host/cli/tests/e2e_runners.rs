@@ -419,6 +419,33 @@ impl Cluster {
             .unwrap_or(0)
     }
 
+    /// A `hello-agent` session whose workspace got `command`'s files and whose turn after it
+    /// is in the snapshot store; returns it and its runner's id.
+    async fn session_with_snapshot(&self, command: &str) -> (String, String) {
+        let api = self.api();
+        let session = api.session("hello-agent").await;
+        api.exec(&session, command).await;
+        let frames = api.message(&session, "before").await;
+        assert_eq!(common::events(&frames).last(), Some(&"done"));
+        let first = self.holder(&session).await;
+        let holder = self.runner_of(&first);
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while Self::runner_counted(holder, "ash_snapshot_uploads_total", "ok").await == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the turn's snapshot is stored");
+        (session, first)
+    }
+
+    /// SIGKILLs runner `id` and waits for it to be gone.
+    async fn kill_runner(&mut self, id: &str) {
+        let index = self.runners.iter().position(|r| r.id == id).unwrap();
+        self.runners[index].child.start_kill().unwrap();
+        self.runners[index].child.wait().await.unwrap();
+    }
+
     async fn drop_all(self) {
         let Cluster {
             coordinators,
@@ -581,9 +608,7 @@ async fn a_runner_killed_mid_turn_ends_the_turn_and_its_session_goes_on_elsewher
         .open_stream(&session, json!({"content": "and then"}))
         .await;
     let begun = Server::read_until(&mut stream, |f| says(f, "started")).await;
-    let index = cluster.runners.iter().position(|r| r.id == first).unwrap();
-    cluster.runners[index].child.start_kill().unwrap();
-    cluster.runners[index].child.wait().await.unwrap();
+    cluster.kill_runner(&first).await;
     // The client reconnects after what it saw and gets the turn's end, once the runner is
     // declared dead.
     let last = *ids(&begun).last().unwrap();
@@ -799,19 +824,8 @@ async fn a_runner_declared_dead_is_refused_its_heartbeat_fences_and_joins_again(
 async fn a_runner_that_loses_the_database_is_declared_dead_while_the_others_keep_serving() {
     let cluster = Cluster::start(1, 2, 4).await;
     let api = cluster.api();
-    let session = api.session("hello-agent").await;
-    api.exec(&session, "echo kept > notes.txt").await;
-    let frames = api.message(&session, "before").await;
-    assert_eq!(common::events(&frames).last(), Some(&"done"));
-    let first = cluster.holder(&session).await;
+    let (session, first) = cluster.session_with_snapshot("echo kept > notes.txt").await;
     let holder = cluster.runner_of(&first);
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while Cluster::runner_counted(holder, "ash_snapshot_uploads_total", "ok").await == 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("the turn's snapshot is stored");
     holder.database.cut();
     cluster.wait_state(&first, "dead").await;
     let other = cluster.runners.iter().find(|r| r.id != first).unwrap();
@@ -914,18 +928,8 @@ async fn a_runner_on_another_machine_gets_agents_from_the_snapshot_store_and_hea
 async fn a_snapshot_upload_cut_off_half_way_leaves_the_last_good_snapshot_for_the_next_runner() {
     let mut cluster = Cluster::start(1, 2, 4).await;
     let api = cluster.api();
-    let session = api.session("hello-agent").await;
-    api.exec(&session, "echo good > notes.txt").await;
-    api.message(&session, "first").await;
-    let first = cluster.holder(&session).await;
+    let (session, first) = cluster.session_with_snapshot("echo good > notes.txt").await;
     let holder = cluster.runner_of(&first);
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while Cluster::runner_counted(holder, "ash_snapshot_uploads_total", "ok").await == 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("the first turn's snapshot is stored");
     // The next snapshot is 2 MB that does not compress; its upload stops at 64 KiB.
     holder.s3.stall_after(64 * 1024);
     api.exec(
@@ -942,9 +946,7 @@ async fn a_snapshot_upload_cut_off_half_way_leaves_the_last_good_snapshot_for_th
     tokio::time::timeout(Duration::from_secs(30), holder.s3.stalled.notified())
         .await
         .expect("the upload reached the store in part");
-    let index = cluster.runners.iter().position(|r| r.id == first).unwrap();
-    cluster.runners[index].child.start_kill().unwrap();
-    cluster.runners[index].child.wait().await.unwrap();
+    cluster.kill_runner(&first).await;
     cluster.wait_state(&first, "dead").await;
     // The other runner starts the session from the last snapshot stored whole.
     let frames = cluster.api().message(&session, "third").await;
@@ -1094,5 +1096,46 @@ async fn one_trace_goes_from_the_coordinator_through_the_runner_to_the_bridge() 
     // Control: another request is another trace.
     let create = find(&|s| s.role == "server" && s.name == "POST /api/sessions");
     assert_ne!(create.trace, trace);
+    cluster.drop_all().await;
+}
+
+#[tokio::test]
+async fn with_the_snapshot_store_out_of_reach_a_moved_session_waits_with_503_and_then_goes_on_with_its_files(
+) {
+    let mut cluster = Cluster::start(1, 2, 4).await;
+    let (session, first) = cluster.session_with_snapshot("echo kept > notes.txt").await;
+    cluster.kill_runner(&first).await;
+    cluster.wait_state(&first, "dead").await;
+    // The other runner cannot reach the store that holds the session's files.
+    let other = cluster.runners.iter().find(|r| r.id != first).unwrap();
+    other.s3.cut();
+    let (status, body) = cluster
+        .api()
+        .post(
+            &format!("/api/sessions/{session}/messages"),
+            json!({"content": "now?"}),
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("snapshot store, which cannot be reached"),
+        "{body}"
+    );
+    // Nothing was lost meanwhile: once the store is back, the session goes on with its files
+    // and its whole conversation.
+    other.s3.restore();
+    let frames = cluster.api().message(&session, "now").await;
+    assert_eq!(common::events(&frames).last(), Some(&"done"), "{frames:?}");
+    let out = cluster.api().exec(&session, "cat notes.txt").await;
+    assert_eq!(out["stdout"], "kept\n", "{out}");
+    let (_, messages) = cluster
+        .api()
+        .get(&format!("/api/sessions/{session}/messages"))
+        .await;
+    let said = messages.to_string();
+    assert!(said.contains("before") && said.contains("now"), "{said}");
     cluster.drop_all().await;
 }

@@ -226,10 +226,7 @@ async fn leave(
 pub(crate) struct RunnerReply {
     pub id: String,
     address: String,
-    /// `live`, `draining` or `dead`; `silent` for a runner not dead yet whose last heartbeat
-    /// is older than the time to live.
-    #[schema(value_type = String, example = "live")]
-    pub state: &'static str,
+    pub state: RunnerStatus,
     pub capacity: u64,
     pub sandboxes: u64,
     running: u64,
@@ -237,10 +234,32 @@ pub(crate) struct RunnerReply {
     pub heartbeat_age_ms: u64,
 }
 
+/// A runner's state as shown: its registry state, or `silent` for a runner not dead yet whose
+/// last heartbeat is older than the time to live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RunnerStatus {
+    Live,
+    Draining,
+    Dead,
+    Silent,
+}
+
+impl RunnerStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Live => "live",
+            Self::Draining => "draining",
+            Self::Dead => "dead",
+            Self::Silent => "silent",
+        }
+    }
+}
+
 impl RunnerReply {
     /// It takes new sessions.
     pub fn taking_sessions(&self) -> bool {
-        self.state == "live"
+        self.state == RunnerStatus::Live
     }
 }
 
@@ -262,9 +281,10 @@ pub(crate) async fn runner_list(state: &AppState) -> Result<Vec<RunnerReply>, Ap
         .into_iter()
         .map(|r| RunnerReply {
             state: match r.state {
-                RunnerState::Dead => "dead",
-                _ if r.heartbeat_age >= ttl => "silent",
-                state => state.as_str(),
+                RunnerState::Dead => RunnerStatus::Dead,
+                _ if r.heartbeat_age >= ttl => RunnerStatus::Silent,
+                RunnerState::Live => RunnerStatus::Live,
+                RunnerState::Draining => RunnerStatus::Draining,
             },
             heartbeat_age_ms: r.heartbeat_age.as_millis() as u64,
             id: r.id,

@@ -247,7 +247,7 @@ async fn refresh(state: &AppState) -> Result<Snapshot, ApiError> {
         gauge.reset();
     }
     for runner in &s.runners {
-        let labels = [runner.id.as_str(), runner.state];
+        let labels = [runner.id.as_str(), runner.state.as_str()];
         m.runner_capacity
             .with_label_values(&labels)
             .set(runner.capacity as i64);
