@@ -20,6 +20,8 @@ run() {
   local db="$PG?options=-c%20search_path%3D$schema"
   local coordinator runner
   coordinator=$(mktemp -d) runner=$(mktemp -d)
+  # One machine: the nodes share a folder as their snapshot store.
+  export ASH_SNAPSHOT_STORE=$runner/snapshot-store
   if [ "$1" = single ]; then
     ASH_DATA_DIR=$coordinator ASH_DATABASE_URL=$db "$ASH" start --port 4301 >"$coordinator/out" 2>"$coordinator/err" &
     pids+=($!)

@@ -1139,3 +1139,60 @@ async fn with_the_snapshot_store_out_of_reach_a_moved_session_waits_with_503_and
     assert!(said.contains("before") && said.contains("now"), "{said}");
     cluster.drop_all().await;
 }
+
+/// Runs `ash <args>` with `env` and returns its exit status and stderr.
+async fn refused(args: &[&str], env: &[(&str, String)]) -> (bool, String) {
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(ASH)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env_remove("ASH_API_KEY")
+            .env("ASH_BRIDGE_BIN", BRIDGE)
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("a node with a bad setting stops at once")
+    .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_node_without_a_shared_snapshot_store_or_with_a_short_token_refuses_to_start() {
+    let schema = TestSchema::create().await;
+    let data = tempfile::tempdir().unwrap();
+    let base = [
+        ("ASH_DATABASE_URL", schema.url()),
+        ("ASH_DATA_DIR", data.path().display().to_string()),
+        ("ASH_CLUSTER_TOKEN", TOKEN.to_owned()),
+    ];
+    for args in [
+        &["start", "--port", "0"][..],
+        &[
+            "runner",
+            "--port",
+            "0",
+            "--coordinator",
+            "http://127.0.0.1:9",
+        ],
+    ] {
+        let (ok, said) = refused(args, &base).await;
+        assert!(
+            !ok && said.contains("one snapshot store"),
+            "{args:?}: {said}"
+        );
+    }
+    let mut short = base.to_vec();
+    short[2].1 = "too-short".into();
+    short.push((
+        "ASH_SNAPSHOT_STORE",
+        data.path().join("store").display().to_string(),
+    ));
+    let (ok, said) = refused(&["start", "--port", "0"], &short).await;
+    assert!(!ok && said.contains("32"), "{said}");
+    schema.drop().await;
+}

@@ -159,6 +159,11 @@ impl Server {
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
             .map_err(|source| StartError::Bind { addr, source })?;
+        if config.cluster.is_some() && config.snapshot_store.is_none() {
+            return Err(StartError::Cluster(
+                "a cluster's nodes share agents and workspaces through one snapshot store: set ASH_SNAPSHOT_STORE (snapshot_store) to s3://<bucket>[/<prefix>], or to a folder every node mounts, on every node".into(),
+            ));
+        }
         let mut config = config;
         if let Some(ClusterConfig {
             role: ClusterRole::Runner { address, .. },
