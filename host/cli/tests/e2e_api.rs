@@ -331,3 +331,87 @@ async fn metrics_count_turns_and_sandbox_starts() {
     assert!(text.contains("ash_sandbox_start_seconds_count 1"), "{text}");
     assert!(text.contains("ash_active_sandboxes 1"), "{text}");
 }
+
+/// The status of `GET /api/agents` with `key`.
+async fn with_key(server: &Server, key: &str) -> u16 {
+    reqwest::Client::new()
+        .get(format!("{}/api/agents", server.url))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn api_keys_are_listed_by_prefix_shown_once_when_made_and_refused_once_deleted() {
+    let server = Server::start().await;
+    let (status, listed) = server.get("/api/api-keys").await;
+    assert_eq!(status, 200, "{listed}");
+    let first = &listed["keys"][0];
+    assert_eq!(first["label"], "auto-generated");
+    assert_eq!(first["keyPrefix"], format!("{}••••", &server.key[..8]));
+    assert!(!listed.to_string().contains(&server.key[..12]), "{listed}");
+
+    let (status, made) = server.post("/api/api-keys", json!({"label": "ci"})).await;
+    assert_eq!(status, 201, "{made}");
+    let (id, key) = (made["id"].as_str().unwrap(), made["key"].as_str().unwrap());
+    assert!(key.starts_with("ash_") && key.len() == 47, "{made}");
+    // Control: the new key works, so its refusal below is the delete's doing.
+    assert_eq!(with_key(&server, key).await, 200);
+    let (_, listed) = server.get("/api/api-keys").await;
+    let labels: Vec<&str> = listed["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels, ["auto-generated", "ci"]);
+    assert!(!listed.to_string().contains(key), "a listing showed a key");
+
+    assert_eq!(server.delete(&format!("/api/api-keys/{id}")).await.0, 204);
+    assert_eq!(
+        with_key(&server, key).await,
+        401,
+        "a deleted key still works"
+    );
+    assert_eq!(with_key(&server, &server.key).await, 200);
+    let (status, body) = server.delete(&format!("/api/api-keys/{id}")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (404, Some("API key not found"))
+    );
+
+    // Bad labels get a clear 4xx and make no key.
+    for (label, want) in [
+        (json!(""), 400),
+        (json!("x".repeat(256)), 400),
+        (json!("a\nb"), 400),
+        (json!(7), 422),
+    ] {
+        let (status, body) = server
+            .post("/api/api-keys", json!({ "label": label }))
+            .await;
+        assert_eq!(status, want, "{label}: {body}");
+    }
+    assert_eq!(
+        server.get("/api/api-keys").await.1["keys"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn the_key_in_ash_api_key_is_listed_but_not_deleted_through_the_api() {
+    let server =
+        Server::start_with_env(&[("ASH_API_KEY", "the-operators-own-key-0123456789")]).await;
+    let (_, listed) = server.get("/api/api-keys").await;
+    assert_eq!(listed["keys"][0]["id"], "env");
+    assert_eq!(listed["keys"][0]["keyPrefix"], "the-oper••••");
+    let (status, body) = server.delete("/api/api-keys/env").await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(with_key(&server, &server.key).await, 200);
+}

@@ -68,3 +68,17 @@ mod tests {
         assert_eq!(CredentialType::Openai.env_var(), "OPENAI_API_KEY");
     }
 }
+
+/// An API key as the API lists it: its id, label and first characters, never the key or its
+/// hash.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKey {
+    pub id: String,
+    pub label: String,
+    /// The key's first characters, then `••••`.
+    #[schema(example = "ash_Xk3q••••")]
+    pub key_prefix: String,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+}

@@ -17,7 +17,7 @@ pub use agent::{
     Agent, AgentManifest, AgentName, LimitOverrides, PoolSettings, RelativePath, MANIFEST_FILE,
     MAX_MANIFEST_BYTES,
 };
-pub use credential::{Credential, CredentialType};
+pub use credential::{ApiKey, Credential, CredentialType};
 pub use error::CoreError;
 pub use frame::FrameKind;
 pub use hook::HookPoint;

@@ -18,11 +18,16 @@ use subtle::ConstantTimeEq;
 
 use crate::{ApiError, AppState, ServerConfig, StartError};
 
+/// The id the key in `ASH_API_KEY` is listed under.
+pub(crate) const ENV_KEY_ID: &str = "env";
+
 /// File the first generated key is written to, inside the data dir.
 pub const INITIAL_KEY_FILE: &str = "initial-api-key";
 
 pub struct Keys {
     env_key: Option<[u8; 32]>,
+    /// The key in `ASH_API_KEY` as key lists show it (since this server started with it).
+    pub(crate) env_listed: Option<ash_core::ApiKey>,
 }
 
 impl Keys {
@@ -34,14 +39,20 @@ impl Keys {
             return Ok((
                 Self {
                     env_key: Some(digest(key)),
+                    env_listed: Some(ash_core::ApiKey {
+                        id: ENV_KEY_ID.into(),
+                        label: "ASH_API_KEY (environment variable)".into(),
+                        key_prefix: format!("{}••••", prefix(key)),
+                        created_at: ash_runtime::now(),
+                    }),
                 },
                 None,
             ));
         }
         if store.has_api_keys().await? {
-            return Ok((Self { env_key: None }, None));
+            return Ok((Self::none(), None));
         }
-        let key = generate();
+        let (key, hash) = mint();
         let path = config.runtime.data_dir.join(INITIAL_KEY_FILE);
         let written = std::fs::OpenOptions::new()
             .write(true)
@@ -55,26 +66,39 @@ impl Keys {
             source,
         })?;
         store
-            .insert_api_key(&hex(&digest(&key)), "auto-generated")
+            .insert_api_key(&hash, "auto-generated", &prefix(&key))
             .await?;
-        Ok((Self { env_key: None }, Some(key)))
+        Ok((Self::none(), Some(key)))
     }
 }
 
 impl Keys {
     /// No key is accepted (a runner's routes are behind the cluster token instead).
     pub(crate) fn none() -> Self {
-        Self { env_key: None }
+        Self {
+            env_key: None,
+            env_listed: None,
+        }
     }
 }
 
-fn generate() -> String {
+/// A new key and the hash it is stored under.
+pub(crate) fn mint() -> (String, String) {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).expect("the OS random source works");
-    format!(
+    let key = format!(
         "ash_{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    )
+    );
+    let hash = hex(&digest(&key));
+    (key, hash)
+}
+
+/// What a key list shows of a key: its first 8 characters, fewer for a short key (at most a
+/// quarter of it), so a listing never gives a key away.
+pub(crate) fn prefix(key: &str) -> String {
+    let shown = (key.chars().count() / 4).min(8);
+    key.chars().take(shown).collect()
 }
 
 fn digest(key: &str) -> [u8; 32] {
@@ -168,9 +192,19 @@ mod tests {
 
     #[test]
     fn generated_keys_are_long_random_and_prefixed() {
-        let (a, b) = (generate(), generate());
+        let ((a, _), (b, _)) = (mint(), mint());
         assert!(a.starts_with("ash_") && a.len() == 4 + 43, "{a}");
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn a_listing_shows_at_most_a_quarter_of_a_key() {
+        assert_eq!(
+            prefix("ash_abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"),
+            "ash_abcd"
+        );
+        assert_eq!(prefix("0123456789ab"), "012");
+        assert_eq!(prefix("abc"), "");
     }
 
     #[test]

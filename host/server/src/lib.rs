@@ -14,6 +14,7 @@ mod drain;
 mod error;
 mod files;
 mod health;
+mod keys;
 mod lifecycle;
 mod openapi;
 mod runner;
@@ -290,6 +291,7 @@ fn routes() -> (Routes, Routes) {
         .merge(lifecycle::routes())
         .merge(files::routes())
         .merge(credentials::routes())
+        .merge(keys::routes())
         .routes(routes!(coordinator::runners))
         .routes(routes!(health::metrics));
     let public = Routes::new().routes(routes!(health::health));

@@ -17,8 +17,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use ash_core::{
-    Agent, AgentName, Credential, CredentialType, Document, Session, SessionId, SessionStatus,
-    Storage, StorageError, Transition, Write, DEFAULT_TENANT,
+    Agent, AgentName, ApiKey, Credential, CredentialType, Document, Session, SessionId,
+    SessionStatus, Storage, StorageError, Transition, Write, DEFAULT_TENANT,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -607,6 +607,9 @@ pub(crate) struct ApiKeyRecord {
     id: String,
     tenant_id: String,
     label: String,
+    /// The key's first characters (none in keys stored before it was kept).
+    #[serde(default)]
+    prefix: String,
     created_at: String,
 }
 
@@ -614,15 +617,72 @@ impl Record for ApiKeyRecord {
     const COLLECTION: &'static str = "api-keys";
 }
 
+impl ApiKeyRecord {
+    fn listed(&self) -> ApiKey {
+        let shown = if self.prefix.is_empty() {
+            "••••"
+        } else {
+            &self.prefix
+        };
+        ApiKey {
+            id: self.id.clone(),
+            label: self.label.clone(),
+            key_prefix: format!("{shown}••••"),
+            created_at: self.created_at.clone(),
+        }
+    }
+}
+
 impl Store {
-    pub async fn insert_api_key(&self, key_hash: &str, label: &str) -> Result<(), StoreError> {
+    /// Stores a key by its hash, with its label and first characters; returns it as listed.
+    pub async fn insert_api_key(
+        &self,
+        key_hash: &str,
+        label: &str,
+        prefix: &str,
+    ) -> Result<ApiKey, StoreError> {
         let record = ApiKeyRecord {
             id: uuid::Uuid::new_v4().to_string(),
             tenant_id: DEFAULT_TENANT.to_owned(),
             label: label.to_owned(),
+            prefix: prefix.to_owned(),
             created_at: now(),
         };
-        self.create(key_hash, &record).await
+        self.create(key_hash, &record).await?;
+        Ok(record.listed())
+    }
+
+    /// The stored keys, oldest first, each with the hash it is stored under.
+    async fn api_keys(&self) -> Result<Vec<(String, ApiKeyRecord)>, StoreError> {
+        let mut keys = Vec::new();
+        let mut pages = self.pages(ApiKeyRecord::COLLECTION, None, "");
+        while let Some(page) = pages.next().await? {
+            for doc in &page {
+                keys.push((doc.key.clone(), parse::<ApiKeyRecord>(doc)?));
+            }
+        }
+        keys.sort_by(|a, b| a.1.created_at.cmp(&b.1.created_at));
+        Ok(keys)
+    }
+
+    /// The stored keys as listed, oldest first.
+    pub async fn list_api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
+        Ok(self
+            .api_keys()
+            .await?
+            .iter()
+            .map(|(_, record)| record.listed())
+            .collect())
+    }
+
+    /// Deletes the key with this id; `false` when there is none. The next request with it is
+    /// refused: keys are looked up at every request.
+    pub async fn delete_api_key(&self, id: &str) -> Result<bool, StoreError> {
+        let found = self.api_keys().await?.into_iter().find(|(_, r)| r.id == id);
+        match found {
+            Some((hash, _)) => self.remove::<ApiKeyRecord>(&hash).await,
+            None => Ok(false),
+        }
     }
 
     /// The tenant owning the key with this hash, if any.

@@ -252,13 +252,28 @@ async fn forks_copy_messages_with_their_numbers(s: &Store) {
 
 async fn keys_and_credentials(s: &Store) {
     assert!(!s.has_api_keys().await.unwrap());
-    s.insert_api_key("h1", "auto-generated").await.unwrap();
+    let first = s
+        .insert_api_key("h1", "auto-generated", "ash_AbCd")
+        .await
+        .unwrap();
     assert!(s.has_api_keys().await.unwrap());
     assert_eq!(
         s.api_key_tenant("h1").await.unwrap().as_deref(),
         Some(DEFAULT_TENANT)
     );
     assert_eq!(s.api_key_tenant("h2").await.unwrap(), None);
+    let second = s.insert_api_key("h2", "ci", "ash_EfGh").await.unwrap();
+    let listed = s.list_api_keys().await.unwrap();
+    assert_eq!(listed, [first.clone(), second.clone()]);
+    assert_eq!(listed[0].key_prefix, "ash_AbCd••••");
+    assert!(!s.delete_api_key("no-such-id").await.unwrap());
+    assert!(s.delete_api_key(&second.id).await.unwrap());
+    assert_eq!(
+        s.api_key_tenant("h2").await.unwrap(),
+        None,
+        "a deleted key is refused"
+    );
+    assert_eq!(s.list_api_keys().await.unwrap(), [first]);
 
     let credential = Credential {
         id: "c1".into(),
