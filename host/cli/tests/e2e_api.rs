@@ -415,3 +415,126 @@ async fn the_key_in_ash_api_key_is_listed_but_not_deleted_through_the_api() {
     assert_eq!(status, 409, "{body}");
     assert_eq!(with_key(&server, &server.key).await, 200);
 }
+
+/// An agent that keeps the last query it got in `last-query.json` and ends its turn.
+const QUERY_KEEPER: &str = r#"#!/bin/sh
+while IFS= read -r line; do
+  id=$(printf '%s\n' "$line" | sed -n 's/^{"cmd":"query","id":"\([^"]*\)".*/\1/p')
+  [ -n "$id" ] || continue
+  printf '%s\n' "$line" > last-query.json
+  printf '{"ev":"done","id":"%s"}\n' "$id"
+done
+"#;
+
+/// Sends `body` as a message and returns the query the agent got for it.
+async fn query_for(server: &Server, session: &str, body: Value) -> Value {
+    let mut stream = server.open_stream(session, body).await;
+    let frames = Server::read_until(&mut stream, |f| f.event == "done").await;
+    assert!(frames.iter().all(|f| f.event != "error"), "{frames:?}");
+    let out = server.exec(session, "cat last-query.json").await;
+    serde_json::from_str(out["stdout"].as_str().unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn a_sessions_config_reaches_every_turn_under_the_messages_own_options() {
+    let server = Server::start().await;
+    let files = [
+        ("agent.sh", QUERY_KEEPER),
+        ("ash.toml", common::COMMAND_TOML),
+    ];
+    assert_eq!(server.deploy("keeper", &files).await.0, 201);
+    let (status, created) = server
+        .post(
+            "/api/sessions",
+            json!({"agent": "keeper", "model": "m-create", "allowedTools": ["Read"], "permissionMode": "default"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["session"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        created["session"]["config"],
+        json!({"model": "m-create", "allowedTools": ["Read"]})
+    );
+    let query = query_for(&server, &id, json!({"content": "one"})).await;
+    assert_eq!(
+        (&query["model"], &query["allowedTools"]),
+        (&json!("m-create"), &json!(["Read"]))
+    );
+
+    let (status, patched) = server
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/api/sessions/{id}/config"),
+            Some(json!({"model": "m-patched", "betas": ["b-1"], "unknownOption": 1})),
+        )
+        .await;
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(
+        patched["session"]["config"],
+        json!({"model": "m-patched", "allowedTools": ["Read"], "betas": ["b-1"]})
+    );
+    // A message's own option wins for its turn only.
+    let query = query_for(
+        &server,
+        &id,
+        json!({"content": "two", "model": "m-message"}),
+    )
+    .await;
+    assert_eq!(
+        (&query["model"], &query["betas"]),
+        (&json!("m-message"), &json!(["b-1"]))
+    );
+    let query = query_for(&server, &id, json!({"content": "three"})).await;
+    assert_eq!(query["model"], "m-patched");
+
+    // Bad values get a clear 4xx and change nothing.
+    let patch = |body: Value| {
+        let server = &server;
+        let id = id.clone();
+        async move {
+            server
+                .call(
+                    reqwest::Method::PATCH,
+                    &format!("/api/sessions/{id}/config"),
+                    Some(body),
+                )
+                .await
+        }
+    };
+    for (body, want) in [
+        (json!({"model": "m".repeat(101)}), 400),
+        (json!({"allowedTools": []}), 400),
+        (
+            json!({"allowedTools": ["--dangerously-skip-permissions"]}),
+            400,
+        ),
+        (json!({"initialAgent": "a\nb"}), 400),
+        (json!({"subagents": {"x": "y".repeat(70_000)}}), 400),
+        (json!({"model": 5}), 422),
+        (json!({"betas": "b-2"}), 422),
+    ] {
+        let (status, reply) = patch(body.clone()).await;
+        assert_eq!(status, want, "{body}: {reply}");
+    }
+    let (_, shown) = server.get(&format!("/api/sessions/{id}")).await;
+    assert_eq!(shown["session"]["config"], patched["session"]["config"]);
+    let (status, _) = server
+        .call(
+            reqwest::Method::PATCH,
+            "/api/sessions/00000000-0000-4000-8000-000000000000/config",
+            Some(json!({"model": "m"})),
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, body) = server
+        .post("/api/sessions", json!({"agent": "keeper", "betas": []}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+
+    // A fork keeps it.
+    let (status, fork) = server
+        .post(&format!("/api/sessions/{id}/fork"), json!({}))
+        .await;
+    assert_eq!(status, 201, "{fork}");
+    assert_eq!(fork["session"]["config"], patched["session"]["config"]);
+}

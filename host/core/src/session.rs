@@ -139,6 +139,106 @@ impl std::fmt::Display for SessionStatus {
     }
 }
 
+/// Backend options a session keeps for all its turns, given at create or with
+/// `PATCH /api/sessions/:id/config`; a message's own options win over them. Fields it does not
+/// know are ignored, as the reference server does.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 100)]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_tools: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disallowed_tools: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub betas: Option<Vec<String>>,
+    /// Subagent definitions by name, as the Claude agent SDK takes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub subagents: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 255)]
+    pub initial_agent: Option<String>,
+}
+
+/// The most a config's `subagents` may hold, as JSON.
+const MAX_SUBAGENTS_BYTES: usize = 64 * 1024;
+/// The most entries of a tool or beta list, and characters of each.
+const MAX_LIST: usize = 100;
+const MAX_ITEM: usize = 256;
+
+impl SessionConfig {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Checks every value given.
+    pub fn check(&self) -> Result<(), CoreError> {
+        let bad = |why: String| Err(CoreError::InvalidConfig(why));
+        let text = |name: &str, value: &Option<String>, max: usize| match value {
+            Some(v) if v.is_empty() || v.chars().count() > max || v.contains(char::is_control) => {
+                bad(format!("{name} must be 1-{max} characters on one line"))
+            }
+            _ => Ok(()),
+        };
+        text("model", &self.model, 100)?;
+        text("initialAgent", &self.initial_agent, 255)?;
+        let lists = [
+            ("allowedTools", &self.allowed_tools),
+            ("disallowedTools", &self.disallowed_tools),
+            ("betas", &self.betas),
+        ];
+        for (name, list) in lists {
+            let Some(list) = list else { continue };
+            let fine = |item: &String| {
+                !item.is_empty()
+                    && item.chars().count() <= MAX_ITEM
+                    && !item.starts_with('-')
+                    && !item.contains(char::is_control)
+            };
+            if list.is_empty() || list.len() > MAX_LIST || !list.iter().all(fine) {
+                return bad(format!(
+                    "{name} must be 1-{MAX_LIST} names of 1-{MAX_ITEM} characters, none starting with '-'"
+                ));
+            }
+        }
+        if let Some(agents) = &self.subagents {
+            if serde_json::to_string(agents).map_or(0, |s| s.len()) > MAX_SUBAGENTS_BYTES {
+                return bad(format!(
+                    "subagents must be at most {MAX_SUBAGENTS_BYTES} bytes of JSON"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// This config with each value `patch` gives replacing its own.
+    pub fn patched(self, patch: SessionConfig) -> Self {
+        Self {
+            model: patch.model.or(self.model),
+            allowed_tools: patch.allowed_tools.or(self.allowed_tools),
+            disallowed_tools: patch.disallowed_tools.or(self.disallowed_tools),
+            betas: patch.betas.or(self.betas),
+            subagents: patch.subagents.or(self.subagents),
+            initial_agent: patch.initial_agent.or(self.initial_agent),
+        }
+    }
+
+    /// Adds these values to a turn's backend options where the message gave none of its own.
+    pub fn apply(&self, options: &mut serde_json::Map<String, serde_json::Value>) {
+        let serde_json::Value::Object(mine) =
+            serde_json::to_value(self).expect("a config serialises")
+        else {
+            return;
+        };
+        for (name, value) in mine {
+            options.entry(name).or_insert(value);
+        }
+    }
+}
+
 /// A session as the REST API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -159,6 +259,9 @@ pub struct Session {
     /// every new sandbox of the session gets it again; never shown.
     #[serde(skip)]
     pub credential_id: Option<String>,
+    /// The backend options of all its turns.
+    #[serde(default, skip_serializing_if = "SessionConfig::is_empty")]
+    pub config: SessionConfig,
     #[schema(format = DateTime)]
     pub created_at: String,
     #[schema(format = DateTime)]

@@ -100,6 +100,7 @@ async fn records(store: &Store) {
         parent_session_id: None,
         env: Default::default(),
         credential_id: None,
+        config: Default::default(),
         created_at: now.clone(),
         last_active_at: now,
         logged_bytes: 0,

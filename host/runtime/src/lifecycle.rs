@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ash_core::{
-    AgentName, HookPoint, ResumePath, Session, SessionId, SessionStatus, Transition, DEFAULT_TENANT,
+    AgentName, HookPoint, ResumePath, Session, SessionConfig, SessionId, SessionStatus, Transition,
+    DEFAULT_TENANT,
 };
 use ash_protocol::Event;
 
@@ -36,6 +37,8 @@ pub struct NewSession {
     pub credential_id: Option<String>,
     pub extra_env: BTreeMap<String, String>,
     pub system_prompt: Option<String>,
+    /// The backend options of all its turns.
+    pub config: SessionConfig,
 }
 
 /// How an `exec` ended. Each output keeps its first MiB; `truncated` says whether more was
@@ -79,6 +82,7 @@ impl Runtime {
     pub async fn create(self: &Arc<Self>, new: NewSession) -> Result<Session, RuntimeError> {
         let agent_name = AgentName::try_from(new.agent)?;
         validate_env(&new.extra_env)?;
+        new.config.check()?;
         if new
             .system_prompt
             .as_ref()
@@ -105,6 +109,7 @@ impl Runtime {
             parent_session_id: None,
             env: new.extra_env,
             credential_id: new.credential_id,
+            config: new.config,
             created_at: now.clone(),
             last_active_at: now,
             logged_bytes: 0,
@@ -185,6 +190,20 @@ impl Runtime {
 
     /// A new session (`paused`, `parentSessionId` set) with a copy of the workspace and of the
     /// conversation; resume it to use it.
+    /// Patches the session's backend options for its next turns, whatever its status.
+    pub async fn configure(
+        &self,
+        raw_id: &str,
+        patch: SessionConfig,
+    ) -> Result<Session, RuntimeError> {
+        patch.check()?;
+        let id = self.session(raw_id).await?.id;
+        self.store
+            .configure_session(id, patch)
+            .await?
+            .ok_or(RuntimeError::NotFound(Missing::Session))
+    }
+
     pub async fn fork(&self, raw_id: &str) -> Result<Session, RuntimeError> {
         let parent = self.session(raw_id).await?;
         if parent.status == SessionStatus::Ended {

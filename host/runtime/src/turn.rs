@@ -87,6 +87,7 @@ impl Runtime {
         let logged = (begun, session.logged_bytes);
         let span = tracing::info_span!("turn", session = %session.id, agent = %agent);
         let mut options = options;
+        session.config.apply(&mut options.extra);
         self.drain.turns.spawn(
             async move {
                 let id = session.id;

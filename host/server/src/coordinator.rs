@@ -317,7 +317,7 @@ enum Need {
 }
 
 /// Requests that need a sandbox: creating a session, sending to it, its lifecycle, exec and
-/// its files. Everything else (reads of records, logs, streams) is answered here.
+/// its files. Everything else (reads of records, logs, streams, its config) is answered here.
 fn need(method: &Method, path: &str) -> Option<Need> {
     let rest = path.strip_prefix("/api/sessions")?;
     if rest.is_empty() || rest == "/" {
@@ -329,7 +329,7 @@ fn need(method: &Method, path: &str) -> Option<Need> {
     let forwarded = match sub {
         None => method == Method::DELETE,
         Some("messages") => method == Method::POST,
-        Some("events" | "stream") => false,
+        Some("events" | "stream" | "config") => false,
         Some(_) => true,
     };
     forwarded.then_some(Need::Holder(id))
@@ -534,6 +534,7 @@ mod tests {
             (Method::GET, format!("/api/sessions/{id}/messages"), None),
             (Method::GET, format!("/api/sessions/{id}/stream"), None),
             (Method::GET, format!("/api/sessions/{id}/events"), None),
+            (Method::PATCH, format!("/api/sessions/{id}/config"), None),
             (
                 Method::GET,
                 format!("/api/sessions/{id}/files/a/b.txt"),

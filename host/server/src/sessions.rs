@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use ash_core::AgentName;
+use ash_core::{AgentName, SessionConfig};
 use ash_protocol::QueryOptions;
 use ash_runtime::{Frame, FrameStream, NewSession, MAX_CONTENT_BLOCKS, MAX_CONTENT_CHARS};
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
@@ -30,6 +30,7 @@ pub(crate) fn routes() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
         .routes(routes!(create, list))
         .routes(routes!(show, end))
+        .routes(routes!(configure))
         .routes(routes!(send).layer(DefaultBodyLimit::max(MESSAGE_BODY_LIMIT)))
         .routes(routes!(messages))
         .routes(routes!(events))
@@ -48,6 +49,9 @@ pub(crate) struct CreateSessionBody {
     #[serde(default)]
     extra_env: BTreeMap<String, String>,
     system_prompt: Option<String>,
+    /// The backend options of all its turns (`model`, `allowedTools`, …).
+    #[serde(flatten)]
+    config: SessionConfig,
 }
 
 #[utoipa::path(post, path = "/api/sessions", tag = "sessions", request_body = CreateSessionBody,
@@ -61,6 +65,7 @@ pub(crate) async fn create(
         credential_id: body.credential_id,
         extra_env: body.extra_env,
         system_prompt: body.system_prompt,
+        config: body.config,
     };
     let session = state.runtime.create(new).await?;
     Ok((StatusCode::CREATED, Json(SessionReply { session })))
@@ -108,6 +113,20 @@ pub(crate) async fn show(
 ) -> Result<Json<SessionReply>, ApiError> {
     Ok(Json(SessionReply {
         session: state.runtime.session(&id).await?,
+    }))
+}
+
+/// Patches the backend options of the session's next turns; each value given replaces its
+/// own, the rest stay. Any status.
+#[utoipa::path(patch, path = "/api/sessions/{id}/config", tag = "sessions", params(("id" = String, Path, format = Uuid)), request_body = SessionConfig,
+    responses((status = 200, body = SessionReply), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 422, body = crate::openapi::ErrorBody)))]
+pub(crate) async fn configure(
+    State(state): State<Arc<AppState>>,
+    UrlPath(id): UrlPath<String>,
+    Json(patch): Json<SessionConfig>,
+) -> Result<Json<SessionReply>, ApiError> {
+    Ok(Json(SessionReply {
+        session: state.runtime.configure(&id, patch).await?,
     }))
 }
 

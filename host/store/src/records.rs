@@ -17,8 +17,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use ash_core::{
-    Agent, AgentName, ApiKey, Credential, CredentialType, Document, Session, SessionId,
-    SessionStatus, Storage, StorageError, Transition, Write, DEFAULT_TENANT,
+    Agent, AgentName, ApiKey, Credential, CredentialType, Document, Session, SessionConfig,
+    SessionId, SessionStatus, Storage, StorageError, Transition, Write, DEFAULT_TENANT,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -324,6 +324,8 @@ pub(crate) struct SessionRecord {
     parent_session_id: Option<String>,
     env: BTreeMap<String, String>,
     credential_id: Option<String>,
+    #[serde(default, skip_serializing_if = "SessionConfig::is_empty")]
+    config: SessionConfig,
     created_at: String,
     last_active_at: String,
     /// A turn has begun and its `done` is not in the log yet.
@@ -395,6 +397,7 @@ impl From<SessionRecord> for Session {
             parent_session_id: r.parent_session_id,
             env: r.env,
             credential_id: r.credential_id,
+            config: r.config,
             created_at: r.created_at,
             last_active_at: r.last_active_at,
             logged_bytes: r.logged_bytes,
@@ -418,6 +421,7 @@ impl Store {
             parent_session_id: session.parent_session_id.clone(),
             env: session.env.clone(),
             credential_id: session.credential_id.clone(),
+            config: session.config.clone(),
             created_at: session.created_at.clone(),
             last_active_at: session.last_active_at.clone(),
             turn_open: false,
@@ -453,6 +457,25 @@ impl Store {
                 .then_with(|| a.id.to_string().cmp(&b.id.to_string()))
         });
         Ok(sessions.into_iter().map(Session::from).collect())
+    }
+
+    /// Patches the session's config (each value given replaces its own) and returns the
+    /// session; `None` when there is no such session.
+    pub async fn configure_session(
+        &self,
+        id: SessionId,
+        patch: SessionConfig,
+    ) -> Result<Option<Session>, StoreError> {
+        let changed = self
+            .change(&session_key(id), |session: Option<SessionRecord>| {
+                let session = session?;
+                Some(SessionRecord {
+                    config: session.config.patched(patch.clone()),
+                    ..session
+                })
+            })
+            .await?;
+        Ok(changed.map(Session::from))
     }
 
     /// Places the session on runner `to` if it is still on `from` (checked in the same

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use ash_core::{
-    AgentName, CoreError, Credential, CredentialType, Role, Session, SessionId, SessionStatus,
-    Transition, DEFAULT_TENANT,
+    AgentName, CoreError, Credential, CredentialType, Role, Session, SessionConfig, SessionId,
+    SessionStatus, Transition, DEFAULT_TENANT,
 };
 use futures_util::future::join_all;
 
@@ -40,6 +40,10 @@ fn session(agent: &str, created_at: &str) -> Session {
         parent_session_id: None,
         env: BTreeMap::from([("K".to_owned(), "v".to_owned())]),
         credential_id: Some("c1".into()),
+        config: SessionConfig {
+            model: Some("m".into()),
+            ..SessionConfig::default()
+        },
         created_at: created_at.into(),
         last_active_at: created_at.into(),
         logged_bytes: 0,
@@ -86,9 +90,25 @@ async fn sessions_list_newest_first_and_keep_their_settings(s: &Store) {
     let ids: Vec<_> = listed.iter().map(|x| x.id).collect();
     assert_eq!(ids, [new.id, old.id], "newest first");
     assert_eq!(
-        (&listed[1].env, &listed[1].credential_id),
-        (&old.env, &old.credential_id)
+        (&listed[1].env, &listed[1].credential_id, &listed[1].config),
+        (&old.env, &old.credential_id, &old.config)
     );
+    let patch = SessionConfig {
+        betas: Some(vec!["b".into()]),
+        ..SessionConfig::default()
+    };
+    let configured = s.configure_session(old.id, patch).await.unwrap().unwrap();
+    assert_eq!(
+        s.get_session(old.id).await.unwrap().unwrap().config,
+        SessionConfig {
+            model: Some("m".into()),
+            betas: Some(vec!["b".into()]),
+            ..SessionConfig::default()
+        }
+    );
+    assert_eq!(configured.config.betas, Some(vec!["b".into()]));
+    let nobody = s.configure_session(SessionId::new(), SessionConfig::default());
+    assert_eq!(nobody.await.unwrap(), None, "no such session");
     let of_a = s.list_sessions(Some(&name("a"))).await.unwrap();
     assert_eq!(of_a.iter().map(|x| x.id).collect::<Vec<_>>(), [old.id]);
     let ended = s
