@@ -188,3 +188,75 @@ async fn a_warm_sandbox_serves_a_plain_session_but_never_one_with_its_own_settin
         "a stale warm sandbox was handed out: {out}"
     );
 }
+
+#[tokio::test]
+async fn an_agents_config_is_merged_sizes_its_warm_pool_and_a_new_env_is_a_new_version() {
+    let server = Server::start().await;
+    let (status, body) = server.deploy("tuned", &[("v1.txt", "1")]).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, config) = server.get("/api/agents/tuned/config").await;
+    assert_eq!((status, &config), (200, &json!({"config": {}})));
+    let patch = |path: &'static str, body: Value| {
+        let server = &server;
+        async move { server.call(reqwest::Method::PATCH, path, Some(body)).await }
+    };
+    let (status, config) = patch(
+        "/api/agents/tuned/config",
+        json!({"team": "a", "preWarmCount": 1}),
+    )
+    .await;
+    assert_eq!(status, 200, "{config}");
+    assert_eq!(config["config"], json!({"team": "a", "preWarmCount": 1}));
+    // The pool follows its config (the agent's ash.toml asks for none).
+    warm_pool_holds(&server, 1).await;
+    let (_, config) = patch("/api/agents/tuned/config", json!({"team": null, "tier": 2})).await;
+    assert_eq!(config["config"], json!({"preWarmCount": 1, "tier": 2}));
+    assert_eq!(patch("/api/agents/tuned/config", json!({})).await.1, config);
+
+    // A new env is a new version: new sandboxes start with it, and a warm one of the version
+    // before is never handed out.
+    let (status, body) = patch("/api/agents/tuned", json!({"env": {"GREETING": "v2"}})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (&body["agent"]["version"], &body["agent"]["env"]),
+        (&json!(2), &json!({"GREETING": "***"}))
+    );
+    assert!(body["agent"].get("config").is_none(), "{body}");
+    let session = server.session("tuned").await;
+    assert_eq!(
+        server.exec(&session, "echo $GREETING").await["stdout"],
+        "v2\n"
+    );
+
+    // Bad input gets a clear 4xx and changes nothing.
+    for (path, body, want) in [
+        ("/api/agents/tuned/config", json!({"preWarmCount": 65}), 400),
+        (
+            "/api/agents/tuned/config",
+            json!({"preWarmCount": "1"}),
+            400,
+        ),
+        (
+            "/api/agents/tuned/config",
+            json!({"blob": "x".repeat(70_000)}),
+            400,
+        ),
+        (
+            "/api/agents/tuned/config",
+            json!(["not", "an", "object"]),
+            422,
+        ),
+        ("/api/agents/tuned", json!({"env": {"1BAD": "x"}}), 400),
+        ("/api/agents/tuned", json!({"config": "x"}), 422),
+        ("/api/agents/nobody/config", json!({"a": 1}), 404),
+        ("/api/agents/nobody", json!({"env": {}}), 404),
+    ] {
+        let (status, reply) = patch(path, body.clone()).await;
+        assert_eq!(status, want, "{path} {body}: {reply}");
+    }
+    assert_eq!(server.get("/api/agents/tuned/config").await.1, config);
+    assert_eq!(
+        server.get("/api/agents/tuned").await.1["agent"]["version"],
+        2
+    );
+}

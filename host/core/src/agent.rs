@@ -26,6 +26,10 @@ pub struct Agent {
     /// Shown with every value replaced by `***`.
     #[serde(serialize_with = "redacted", skip_deserializing)]
     pub env: BTreeMap<String, String>,
+    /// Free-form settings of the agent's clients (`GET /api/agents/:name/config`); Ash reads
+    /// `preWarmCount` of it. Not shown with the agent, as in the reference API.
+    #[serde(skip)]
+    pub config: serde_json::Map<String, serde_json::Value>,
     #[schema(format = DateTime)]
     pub created_at: String,
     #[schema(format = DateTime)]
@@ -34,6 +38,51 @@ pub struct Agent {
 
 fn redacted<S: serde::Serializer>(env: &BTreeMap<String, String>, s: S) -> Result<S::Ok, S::Error> {
     s.collect_map(env.keys().map(|k| (k, "***")))
+}
+
+/// The most an agent's config may hold, as JSON.
+pub const MAX_AGENT_CONFIG_BYTES: usize = 64 * 1024;
+/// The most warm sandboxes an agent may ask for (`pool.prewarm`, `preWarmCount`).
+pub const MAX_PREWARM: u32 = 64;
+
+impl Agent {
+    /// The warm sandboxes its config asks for (`preWarmCount`), over its `ash.toml`'s.
+    pub fn prewarm_override(&self) -> Option<u32> {
+        let count = self.config.get("preWarmCount")?.as_u64()?;
+        u32::try_from(count).ok().filter(|n| *n <= MAX_PREWARM)
+    }
+}
+
+/// Checks an agent config as it would be stored: an object of at most
+/// [`MAX_AGENT_CONFIG_BYTES`], whose `preWarmCount`, if any, is 0-[`MAX_PREWARM`].
+pub fn check_agent_config(
+    config: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(), CoreError> {
+    let bad = |why: String| Err(CoreError::InvalidConfig(why));
+    if serde_json::to_string(config).map_or(0, |s| s.len()) > MAX_AGENT_CONFIG_BYTES {
+        return bad(format!(
+            "an agent's config must be at most {MAX_AGENT_CONFIG_BYTES} bytes of JSON"
+        ));
+    }
+    match config.get("preWarmCount") {
+        Some(n) if n.as_u64().is_none_or(|n| n > u64::from(MAX_PREWARM)) => bad(format!(
+            "preWarmCount must be a whole number 0-{MAX_PREWARM}"
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Merges `patch` into an agent's config, key by key; a `null` removes the key.
+pub fn merge_agent_config(
+    config: &mut serde_json::Map<String, serde_json::Value>,
+    patch: &serde_json::Map<String, serde_json::Value>,
+) {
+    for (key, value) in patch {
+        match value {
+            serde_json::Value::Null => config.remove(key),
+            value => config.insert(key.clone(), value.clone()),
+        };
+    }
 }
 
 /// An agent name: 1–255 characters of `[A-Za-z0-9_-]`, the reference API's pattern.
@@ -198,7 +247,7 @@ impl AgentManifest {
                     .into(),
             ));
         }
-        if manifest.pool.prewarm > 64 {
+        if manifest.pool.prewarm > MAX_PREWARM {
             return Err(CoreError::InvalidManifest(
                 "pool.prewarm must be 0-64".into(),
             ));

@@ -20,6 +20,6 @@ pub enum CoreError {
     },
     #[error("Session has ended and cannot be resumed; create a new session")]
     SessionEnded,
-    #[error("invalid session config: {0}")]
+    #[error("invalid config: {0}")]
     InvalidConfig(String),
 }

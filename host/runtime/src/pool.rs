@@ -113,7 +113,10 @@ async fn top_up(runtime: &Runtime, name: &AgentName) -> Result<(), RuntimeError>
         }
         return Ok(());
     };
-    let want = runtime.agent_files(&agent).await?.1.pool.prewarm as usize;
+    let want = match agent.prewarm_override() {
+        Some(count) => count,
+        None => runtime.agent_files(&agent).await?.1.pool.prewarm,
+    } as usize;
     let stale: Vec<Warm> = {
         let mut warm = pool.warm.lock().expect("lock");
         let list = warm.entry(name.clone()).or_default();

@@ -30,7 +30,94 @@ pub(crate) fn routes() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
         .routes(routes!(deploy).layer(DefaultBodyLimit::max(DEPLOY_BODY_LIMIT)))
         .routes(routes!(list))
-        .routes(routes!(show, remove))
+        .routes(routes!(show, remove, patch))
+        .routes(routes!(config, patch_config))
+}
+
+/// What `PATCH /api/agents/:name` changes: `env` replaces the agent's (a new version), `config`
+/// is merged into its own.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct PatchAgentBody {
+    env: Option<BTreeMap<String, String>>,
+    #[schema(value_type = Option<Object>)]
+    config: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// An agent's config.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct ConfigReply {
+    #[schema(value_type = Object)]
+    config: serde_json::Map<String, serde_json::Value>,
+}
+
+#[utoipa::path(patch, path = "/api/agents/{name}", tag = "agents", request_body = PatchAgentBody, params(("name" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,255}$")),
+    responses((status = 200, body = AgentReply), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 422, body = crate::openapi::ErrorBody)))]
+pub(crate) async fn patch(
+    State(state): State<Arc<AppState>>,
+    UrlPath(name): UrlPath<String>,
+    Json(body): Json<PatchAgentBody>,
+) -> Result<Json<AgentReply>, ApiError> {
+    let name = AgentName::try_from(name)?;
+    if let Some(env) = &body.env {
+        validate_env(env)?;
+    }
+    let agent = patched(&state, &name, body.env.as_ref(), body.config.as_ref()).await?;
+    Ok(Json(AgentReply { agent }))
+}
+
+#[utoipa::path(get, path = "/api/agents/{name}/config", tag = "agents", params(("name" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,255}$")),
+    responses((status = 200, body = ConfigReply), (status = 404, body = crate::openapi::ErrorBody)))]
+pub(crate) async fn config(
+    State(state): State<Arc<AppState>>,
+    UrlPath(name): UrlPath<String>,
+) -> Result<Json<ConfigReply>, ApiError> {
+    let agent = stored(&state, &AgentName::try_from(name)?).await?;
+    Ok(Json(ConfigReply {
+        config: agent.config,
+    }))
+}
+
+/// Merges the body into the agent's config, key by key (`null` removes a key); `{}` changes
+/// nothing. Its `preWarmCount` sizes the agent's warm pool.
+#[utoipa::path(patch, path = "/api/agents/{name}/config", tag = "agents", request_body(content = Object), params(("name" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,255}$")),
+    responses((status = 200, body = ConfigReply), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody), (status = 422, body = crate::openapi::ErrorBody)))]
+pub(crate) async fn patch_config(
+    State(state): State<Arc<AppState>>,
+    UrlPath(name): UrlPath<String>,
+    Json(patch): Json<serde_json::Map<String, serde_json::Value>>,
+) -> Result<Json<ConfigReply>, ApiError> {
+    let name = AgentName::try_from(name)?;
+    let agent = patched(&state, &name, None, Some(&patch)).await?;
+    Ok(Json(ConfigReply {
+        config: agent.config,
+    }))
+}
+
+/// Changes the agent, checking the config it would have; its warm pool follows (a new env is
+/// a new version, which a coordinator sends to the runners).
+async fn patched(
+    state: &AppState,
+    name: &AgentName,
+    env: Option<&BTreeMap<String, String>>,
+    config: Option<&serde_json::Map<String, serde_json::Value>>,
+) -> Result<ash_core::Agent, ApiError> {
+    let current = stored(state, name).await?;
+    let version = current.version;
+    if let Some(patch) = config {
+        let mut merged = current.config;
+        ash_core::merge_agent_config(&mut merged, patch);
+        ash_core::check_agent_config(&merged)?;
+    }
+    let agent = state
+        .store
+        .patch_agent(name, env, config)
+        .await?
+        .ok_or_else(agent_not_found)?;
+    // The runners hear of it too: a new version's folder, or a new warm pool size.
+    changed(state, &agent, false).await?;
+    tracing::info!(agent = %name, version = agent.version, before = version, "agent changed");
+    state.runtime.agent_deployed(name.clone());
+    Ok(agent)
 }
 
 /// Managed mode: `files` (and optionally `systemPrompt`); path mode: `path`, a folder on the server.
@@ -102,12 +189,7 @@ pub(crate) async fn show(
     State(state): State<Arc<AppState>>,
     UrlPath(name): UrlPath<String>,
 ) -> Result<Json<AgentReply>, ApiError> {
-    let name = AgentName::try_from(name)?;
-    let agent = state
-        .store
-        .get_agent(&name)
-        .await?
-        .ok_or_else(agent_not_found)?;
+    let agent = stored(&state, &AgentName::try_from(name)?).await?;
     Ok(Json(AgentReply { agent }))
 }
 
@@ -164,6 +246,15 @@ pub(crate) async fn seed(state: &AppState, seed: crate::SeedAgent) -> Result<(),
         .upsert_agent(&name, &dir.to_string_lossy(), &BTreeMap::new())
         .await?;
     changed(state, &agent, false).await
+}
+
+/// The agent of this name, or 404.
+async fn stored(state: &AppState, name: &AgentName) -> Result<ash_core::Agent, ApiError> {
+    state
+        .store
+        .get_agent(name)
+        .await?
+        .ok_or_else(agent_not_found)
 }
 
 fn agent_not_found() -> ApiError {

@@ -231,6 +231,8 @@ pub(crate) struct AgentRecord {
     version: i64,
     path: String,
     env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    config: serde_json::Map<String, serde_json::Value>,
     created_at: String,
     updated_at: String,
 }
@@ -248,6 +250,7 @@ impl From<AgentRecord> for Agent {
             version: r.version,
             path: r.path,
             env: r.env,
+            config: r.config,
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -284,6 +287,7 @@ impl Store {
                         version: 1,
                         path: path.to_owned(),
                         env: env.clone(),
+                        config: serde_json::Map::new(),
                         created_at: now.clone(),
                         updated_at: now,
                     },
@@ -291,6 +295,32 @@ impl Store {
             })
             .await?;
         Ok(written.expect("an upsert always writes").into())
+    }
+
+    /// Changes an agent in place: a new `env` replaces its own and bumps its version (its
+    /// sandboxes start differently from now on); `config` is merged into its own, key by key,
+    /// a `null` removing the key. `None` when there is no such agent.
+    pub async fn patch_agent(
+        &self,
+        name: &AgentName,
+        env: Option<&BTreeMap<String, String>>,
+        config: Option<&serde_json::Map<String, serde_json::Value>>,
+    ) -> Result<Option<Agent>, StoreError> {
+        let changed = self
+            .change(&agent_key(name), |current: Option<AgentRecord>| {
+                let mut agent = current?;
+                if let Some(env) = env {
+                    agent.env = env.clone();
+                    agent.version += 1;
+                }
+                if let Some(patch) = config {
+                    ash_core::merge_agent_config(&mut agent.config, patch);
+                }
+                agent.updated_at = now();
+                Some(agent)
+            })
+            .await?;
+        Ok(changed.map(Agent::from))
     }
 
     pub async fn get_agent(&self, name: &AgentName) -> Result<Option<Agent>, StoreError> {
