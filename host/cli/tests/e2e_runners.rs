@@ -1196,3 +1196,36 @@ async fn a_node_without_a_shared_snapshot_store_or_with_a_short_token_refuses_to
     assert!(!ok && said.contains("32"), "{said}");
     schema.drop().await;
 }
+
+#[tokio::test]
+async fn an_agent_deployed_through_one_coordinator_is_changed_through_the_other() {
+    let cluster = Cluster::start(2, 1, 4).await;
+    let (a, b, runner) = (
+        &cluster.coordinators[0],
+        &cluster.coordinators[1],
+        &cluster.runners[0],
+    );
+    let (status, body) = a.deploy("shared", &[("v1.txt", "1")]).await;
+    assert_eq!(status, 201, "{body}");
+    // The other coordinator has no folder of it: what it changes comes from the store.
+    assert!(!b.data.path().join("agents/shared").exists());
+    let (status, body) = b
+        .call(
+            reqwest::Method::PATCH,
+            "/api/agents/shared",
+            Some(json!({"env": {"GREETING": "from-b"}, "config": {"preWarmCount": 1}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["agent"]["version"], 2);
+    // The runner heard of it from that coordinator: its pool holds the new version.
+    runner_shows(runner, "ash_pool_sandboxes{state=\"warm\"}", 1).await;
+    let session = b.session("shared").await;
+    let out = b.exec(&session, "echo $GREETING; ls").await;
+    let out = out["stdout"].as_str().unwrap();
+    assert!(
+        out.starts_with("from-b\n") && out.contains("v1.txt"),
+        "{out}"
+    );
+    cluster.drop_all().await;
+}

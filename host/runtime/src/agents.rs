@@ -146,19 +146,36 @@ impl Runtime {
                 })
         })
         .await?;
-        let unsent = |e: ash_snapshots::SnapshotError| {
-            RuntimeError::Unavailable(format!(
-                "the agent was deployed, but its files could not be sent to the snapshot store {}, where runners fetch them ({e}); deploy it again once the store is back",
-                self.snapshots.location()
-            ))
-        };
         let key = bundle_key(&agent.name, agent.version);
-        self.snapshots
-            .put(&key, bundle.into())
-            .await
-            .map_err(unsent)?;
+        let sent = self.snapshots.put(&key, bundle.into()).await;
+        sent.map_err(|e| self.unsent(e))?;
         self.unpublish(&agent.name, agent.version - 1).await;
         Ok(())
+    }
+
+    /// Makes version `from`'s folder in the snapshot store the agent's current version's (it
+    /// was changed in place), and deletes `from` there.
+    pub async fn republish_agent(&self, agent: &Agent, from: i64) -> Result<(), RuntimeError> {
+        let fetched = self.snapshots.get(&bundle_key(&agent.name, from)).await;
+        let bundle = fetched.map_err(|e| self.unsent(e))?.ok_or_else(|| {
+            RuntimeError::AgentUnusable(format!(
+                "version {from} of agent {} is not in the snapshot store {}; deploy the agent again",
+                agent.name,
+                self.snapshots.location()
+            ))
+        })?;
+        let key = bundle_key(&agent.name, agent.version);
+        let sent = self.snapshots.put(&key, bundle).await;
+        sent.map_err(|e| self.unsent(e))?;
+        self.unpublish(&agent.name, from).await;
+        Ok(())
+    }
+
+    fn unsent(&self, e: ash_snapshots::SnapshotError) -> RuntimeError {
+        RuntimeError::Unavailable(format!(
+            "the agent was changed, but its files could not be sent to the snapshot store {}, where runners fetch them ({e}); do it again once the store is back",
+            self.snapshots.location()
+        ))
     }
 
     /// Deletes an agent version's folder from the snapshot store, where it can.

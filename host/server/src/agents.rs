@@ -114,8 +114,8 @@ async fn patched(
         .await?
         .ok_or_else(agent_not_found)?;
     // The runners hear of it too: a new version's folder, or a new warm pool size.
-    changed(state, &agent, false).await?;
-    tracing::info!(agent = %name, version = agent.version, before = version, "agent changed");
+    changed(state, &agent, Change::Patched { from: version }).await?;
+    tracing::info!(agent = %name, version = agent.version, "agent changed");
     state.runtime.agent_deployed(name.clone());
     Ok(agent)
 }
@@ -171,7 +171,7 @@ pub(crate) async fn deploy(
         .upsert_agent(&name, &dir.to_string_lossy(), &body.env)
         .await?;
     tracing::info!(agent = %name, version = agent.version, path = %agent.path, "agent deployed");
-    changed(&state, &agent, false).await?;
+    changed(&state, &agent, Change::Deployed).await?;
     state.runtime.agent_deployed(name);
     Ok((StatusCode::CREATED, Json(AgentReply { agent })))
 }
@@ -202,21 +202,40 @@ pub(crate) async fn remove(
 ) -> Result<Json<Deleted>, ApiError> {
     let name = AgentName::try_from(name)?;
     let agent = state.runtime.remove_agent(&name).await?;
-    changed(&state, &agent, true).await?;
+    changed(&state, &agent, Change::Deleted).await?;
     Ok(Json(Deleted { ok: true }))
 }
 
-/// On a coordinator, a deployed agent's folder goes to the snapshot store (a deleted one's
-/// leaves it), and the runners hear of it: they fill or empty its warm pool, and stop the
-/// sandboxes of a deleted agent's sessions.
-async fn changed(state: &AppState, agent: &ash_core::Agent, deleted: bool) -> Result<(), ApiError> {
+/// What happened to an agent, for [`changed`].
+enum Change {
+    /// Its folder here is the new version.
+    Deployed,
+    /// Changed in place from version `from` (the same folder).
+    Patched {
+        from: i64,
+    },
+    Deleted,
+}
+
+/// On a coordinator, the snapshot store gets the agent's new version (a deleted one's leaves
+/// it), and the runners hear of it: they fill or empty its warm pool, and stop the sandboxes
+/// of a deleted agent's sessions.
+async fn changed(
+    state: &AppState,
+    agent: &ash_core::Agent,
+    change: Change,
+) -> Result<(), ApiError> {
     let Some(c) = &state.coordinator else {
         return Ok(());
     };
-    if deleted {
-        state.runtime.unpublish(&agent.name, agent.version).await;
-    } else {
-        state.runtime.publish_agent(agent).await?;
+    match change {
+        Change::Deployed => state.runtime.publish_agent(agent).await?,
+        // Any coordinator may take it, so the folder comes from the store, not from here.
+        Change::Patched { from } if from != agent.version => {
+            state.runtime.republish_agent(agent, from).await?
+        }
+        Change::Patched { .. } => {}
+        Change::Deleted => state.runtime.unpublish(&agent.name, agent.version).await,
     }
     c.announce_agent(&agent.name).await;
     Ok(())
@@ -227,8 +246,9 @@ async fn changed(state: &AppState, agent: &ash_core::Agent, deleted: bool) -> Re
 pub(crate) async fn seed(state: &AppState, seed: crate::SeedAgent) -> Result<(), ApiError> {
     let name = AgentName::try_from(seed.name)?;
     if let Some(agent) = state.store.get_agent(&name).await? {
-        if Path::new(&agent.path).is_dir() {
-            return changed(state, &agent, false).await;
+        // A cluster's agents are in its snapshot store, whichever coordinator deployed them.
+        if state.coordinator.is_some() || Path::new(&agent.path).is_dir() {
+            return Ok(());
         }
     }
     let mut files = Vec::with_capacity(seed.files.len());
@@ -245,7 +265,7 @@ pub(crate) async fn seed(state: &AppState, seed: crate::SeedAgent) -> Result<(),
         .store
         .upsert_agent(&name, &dir.to_string_lossy(), &BTreeMap::new())
         .await?;
-    changed(state, &agent, false).await
+    changed(state, &agent, Change::Deployed).await
 }
 
 /// The agent of this name, or 404.
