@@ -538,3 +538,99 @@ async fn a_sessions_config_reaches_every_turn_under_the_messages_own_options() {
     assert_eq!(status, 201, "{fork}");
     assert_eq!(fork["session"]["config"], patched["session"]["config"]);
 }
+
+/// An agent that says on stderr what it got, 3,000 lines of it for `flood`.
+const CHATTY_AGENT: &str = r#"#!/bin/sh
+while IFS= read -r line; do
+  id=$(printf '%s\n' "$line" | sed -n 's/^{"cmd":"query","id":"\([^"]*\)".*/\1/p')
+  [ -n "$id" ] || continue
+  case "$line" in
+    *'"prompt":"flood"'*) i=0; while [ $i -lt 3000 ]; do echo "flood $i" >&2; i=$((i+1)); done ;;
+    *) echo "working on turn $id" >&2 ;;
+  esac
+  printf '{"ev":"done","id":"%s"}\n' "$id"
+done
+"#;
+
+/// Polls the session's log until a line says `text`; returns the whole log.
+async fn logged(server: &Server, session: &str, text: &str) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (status, body) = server.get(&format!("/api/sessions/{session}/logs")).await;
+        assert_eq!(
+            (status, &body["source"]),
+            (200, &json!("sandbox")),
+            "{body}"
+        );
+        let lines = body["logs"].as_array().unwrap().clone();
+        if lines
+            .iter()
+            .any(|l| l["text"].as_str().unwrap().contains(text))
+        {
+            return lines;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no log line says {text:?}: {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_sessions_log_holds_what_its_sandbox_printed_in_a_bounded_ring() {
+    let server = Server::start().await;
+    let files = [
+        ("agent.sh", CHATTY_AGENT),
+        ("ash.toml", common::COMMAND_TOML),
+    ];
+    assert_eq!(server.deploy("chatty", &files).await.0, 201);
+    let session = server.session("chatty").await;
+    server.message(&session, "hello").await;
+    let lines = logged(&server, &session, "working on turn").await;
+    assert_eq!(lines[0]["level"], "system", "{lines:?}");
+    let said = lines
+        .iter()
+        .find(|l| l["text"].as_str().unwrap().contains("working on"))
+        .unwrap();
+    assert_eq!(said["level"], "stderr");
+    // `after` gives only what came later.
+    let last = lines.last().unwrap()["index"].as_i64().unwrap();
+    let (_, later) = server
+        .get(&format!("/api/sessions/{session}/logs?after={last}"))
+        .await;
+    assert_eq!(later["logs"], json!([]));
+    server.message(&session, "again").await;
+    let lines = logged(&server, &session, "working on turn").await;
+    let (_, later) = server
+        .get(&format!("/api/sessions/{session}/logs?after={last}"))
+        .await;
+    assert!(!later["logs"].as_array().unwrap().is_empty(), "{later}");
+    assert!(lines.len() > 2);
+
+    // A flood keeps only the newest lines, and the server keeps serving.
+    server.message(&session, "flood").await;
+    let lines = logged(&server, &session, "flood 2999").await;
+    assert!(lines.len() <= 1000, "{} lines kept", lines.len());
+    assert!(!lines.iter().any(|l| l["text"] == "flood 0"));
+    assert_eq!(server.get("/health").await.0, 200);
+
+    // Bad input gets a clear 4xx; a session without a sandbox has an empty log.
+    let (status, _) = server
+        .get(&format!("/api/sessions/{session}/logs?after=-2"))
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = server
+        .get("/api/sessions/00000000-0000-4000-8000-000000000000/logs")
+        .await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        server
+            .post(&format!("/api/sessions/{session}/stop"), json!({}))
+            .await
+            .0,
+        200
+    );
+    let (_, stopped) = server.get(&format!("/api/sessions/{session}/logs")).await;
+    assert_eq!(stopped["logs"], json!([]));
+}

@@ -23,8 +23,8 @@ pub use error::CoreError;
 pub use frame::FrameKind;
 pub use hook::HookPoint;
 pub use session::{
-    LimitKind, Message, ParkReason, ResumePath, Role, Session, SessionConfig, SessionEvent,
-    SessionId, SessionStatus, Transition, TurnOutcome, DEFAULT_TENANT,
+    LimitKind, LogLevel, LogLine, Message, ParkReason, ResumePath, Role, Session, SessionConfig,
+    SessionEvent, SessionId, SessionStatus, Transition, TurnOutcome, DEFAULT_TENANT,
 };
 pub use storage::{
     check_append, check_commit, check_data, check_find, check_limit, check_name, check_put,

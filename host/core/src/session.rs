@@ -462,3 +462,34 @@ impl ResumePath {
         }
     }
 }
+
+/// Where a line of a sandbox's log came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Stdout,
+    Stderr,
+    /// What the host says of the sandbox.
+    System,
+}
+
+impl LogLevel {
+    /// The level a bridge's `log` event names (`stderr` for anything else).
+    pub fn parse(raw: &str) -> Self {
+        match raw {
+            "stdout" => Self::Stdout,
+            "system" => Self::System,
+            _ => Self::Stderr,
+        }
+    }
+}
+
+/// One line of a sandbox's log (`GET /api/sessions/:id/logs`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LogLine {
+    pub index: u64,
+    pub level: LogLevel,
+    pub text: String,
+    #[schema(format = DateTime)]
+    pub ts: String,
+}

@@ -190,6 +190,20 @@ impl Runtime {
 
     /// A new session (`paused`, `parentSessionId` set) with a copy of the workspace and of the
     /// conversation; resume it to use it.
+    /// The lines its sandbox printed after index `after` (-1: all kept); none when it has no
+    /// sandbox here now.
+    pub async fn logs(
+        &self,
+        raw_id: &str,
+        after: i64,
+    ) -> Result<Vec<ash_core::LogLine>, RuntimeError> {
+        let session = self.session(raw_id).await?;
+        Ok(match self.sessions.sandbox_of(session.id).await {
+            Some(live) => live.sandbox.logs(after),
+            None => Vec::new(),
+        })
+    }
+
     /// Patches the session's backend options for its next turns, whatever its status.
     pub async fn configure(
         &self,

@@ -228,6 +228,13 @@ impl Sessions {
             .clone()
     }
 
+    /// The session's sandbox here, if it has one (asking makes no slot for it).
+    pub(crate) async fn sandbox_of(&self, id: SessionId) -> Option<Arc<Live>> {
+        let slot = self.slots.lock().expect("lock").get(&id).cloned()?;
+        let live = slot.live.lock().await.clone();
+        live
+    }
+
     /// The warm pool.
     pub(crate) fn pool(&self) -> &Pool {
         &self.pool

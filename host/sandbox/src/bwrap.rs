@@ -374,16 +374,22 @@ pub(crate) async fn failure(child: &mut tokio::process::Child) -> String {
     )
 }
 
-/// Relays the sandbox's stderr to the server log, one capped line at a time.
-pub(crate) fn log_stderr(child: &mut tokio::process::Child, sandbox_id: String) {
+/// Relays the sandbox's stderr to the server log and the sandbox's own, one capped line at
+/// a time.
+pub(crate) fn log_stderr(
+    child: &mut tokio::process::Child,
+    sandbox_id: String,
+    logs: std::sync::Arc<crate::logs::Logs>,
+) {
     let Some(pipe) = child.stderr.take() else {
         return;
     };
     tokio::spawn(async move {
         let mut lines = BufReader::new(pipe.take(64 * 1024 * 1024)).lines();
         while let Ok(Some(mut line)) = lines.next_line().await {
-            line.truncate(line.floor_char_boundary(4096));
+            line.truncate(line.floor_char_boundary(crate::logs::MAX_LINE));
             tracing::debug!(sandbox = %sandbox_id, "{line}");
+            logs.push(ash_core::LogLevel::Stderr, &line);
         }
     });
 }

@@ -53,7 +53,11 @@ pub(crate) struct BridgeClient {
 
 impl BridgeClient {
     /// Waits for the bridge's `ready` and starts routing its events.
-    pub(crate) async fn connect(socket: tokio::net::UnixStream) -> Result<Self, SandboxError> {
+    /// Connects to the bridge; its `log` events go to `logs`.
+    pub(crate) async fn connect(
+        socket: tokio::net::UnixStream,
+        logs: std::sync::Arc<crate::logs::Logs>,
+    ) -> Result<Self, SandboxError> {
         let (read, writer) = socket.into_split();
         let mut lines = LineReader::new(BufReader::new(read), MAX_LINE_BYTES);
         match lines.next::<Event>().await {
@@ -68,7 +72,7 @@ impl BridgeClient {
             _ => return Err(SandboxError::Gone),
         }
         let pending = Pending::default();
-        tokio::spawn(route(lines, pending.clone()));
+        tokio::spawn(route(lines, pending.clone(), logs));
         Ok(Self {
             writer: tokio::sync::Mutex::new(writer),
             pending,
@@ -99,6 +103,7 @@ impl BridgeClient {
 async fn route(
     mut lines: LineReader<BufReader<tokio::net::unix::OwnedReadHalf>>,
     pending: Pending,
+    logs: std::sync::Arc<crate::logs::Logs>,
 ) {
     while let Some(line) = lines.next::<Event>().await {
         let event = match line {
@@ -107,7 +112,10 @@ async fn route(
             Err(e) => Event::error("", format!("the sandbox sent a bad line: {e}")),
         };
         match &event {
-            Event::Log { level, text } => tracing::debug!(level = %level, "bridge: {text}"),
+            Event::Log { level, text } => {
+                tracing::debug!(level = %level, "bridge: {text}");
+                logs.push(ash_core::LogLevel::parse(level), text);
+            }
             Event::Ready { .. } => tracing::warn!("bridge said ready twice"),
             // An error that names no command is a notice to every command in flight.
             Event::Error { id, .. } if id.is_empty() => {

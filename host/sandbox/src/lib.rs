@@ -20,6 +20,7 @@ pub mod disk;
 pub mod doctor;
 mod files;
 mod limits;
+pub mod logs;
 mod proxy;
 pub mod seccomp;
 mod tree;
@@ -28,6 +29,7 @@ mod workspace;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ash_protocol::{Backend, Command, Event};
@@ -300,6 +302,8 @@ pub struct SandboxSpec<'a> {
 pub struct Sandbox {
     child: tokio::sync::Mutex<tokio::process::Child>,
     bridge: client::BridgeClient,
+    /// What it printed lately.
+    logs: Arc<logs::Logs>,
     /// `None` where the host offers no usable cgroups (rlimits still apply).
     cgroups: Option<limits::Cgroups>,
     /// Stops with the sandbox.
@@ -378,9 +382,10 @@ impl Sandbox {
             &spec,
             cgroups.as_ref(),
         )?;
+        let logs = Arc::new(logs::Logs::default());
         let bridge = match tokio::time::timeout(
             START_TIMEOUT,
-            client::BridgeClient::connect(socket),
+            client::BridgeClient::connect(socket, logs.clone()),
         )
         .await
         {
@@ -389,10 +394,15 @@ impl Sandbox {
                 return Err(SandboxError::Start(bwrap::failure(&mut child).await))
             }
         };
-        bwrap::log_stderr(&mut child, spec.id.to_owned());
+        bwrap::log_stderr(&mut child, spec.id.to_owned(), logs.clone());
+        logs.push(
+            ash_core::LogLevel::System,
+            "sandbox started; its bridge is up",
+        );
         let sandbox = Self {
             child: tokio::sync::Mutex::new(child),
             bridge,
+            logs,
             cgroups,
             _proxy: proxy,
             _uid: uid,
@@ -426,6 +436,11 @@ impl Sandbox {
                 options,
             })
             .await
+    }
+
+    /// The lines of its log after index `after` (-1: all it keeps).
+    pub fn logs(&self, after: i64) -> Vec<ash_core::LogLine> {
+        self.logs.after(after)
     }
 
     /// Runs a shell command in the workspace; the bridge kills it at `timeout`.

@@ -31,6 +31,7 @@ pub(crate) fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(create, list))
         .routes(routes!(show, end))
         .routes(routes!(configure))
+        .routes(routes!(logs))
         .routes(routes!(send).layer(DefaultBodyLimit::max(MESSAGE_BODY_LIMIT)))
         .routes(routes!(messages))
         .routes(routes!(events))
@@ -113,6 +114,41 @@ pub(crate) async fn show(
 ) -> Result<Json<SessionReply>, ApiError> {
     Ok(Json(SessionReply {
         session: state.runtime.session(&id).await?,
+    }))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub(crate) struct LogsQuery {
+    /// Lines after this index [default: -1, all kept].
+    #[param(minimum = -1)]
+    after: Option<i64>,
+}
+
+/// The sandbox's log.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct LogsReply {
+    logs: Vec<ash_core::LogLine>,
+    /// Always `sandbox`.
+    source: &'static str,
+}
+
+/// The last lines the session's sandbox printed (its bridge's and its agent program's stderr,
+/// and the host's `system` lines), at most 1,000 lines or 256 KiB; empty while it has no
+/// sandbox.
+#[utoipa::path(get, path = "/api/sessions/{id}/logs", tag = "sessions", params(("id" = String, Path, format = Uuid), LogsQuery),
+    responses((status = 200, body = LogsReply), (status = 400, body = crate::openapi::ErrorBody), (status = 404, body = crate::openapi::ErrorBody)))]
+pub(crate) async fn logs(
+    State(state): State<Arc<AppState>>,
+    UrlPath(id): UrlPath<String>,
+    Query(query): Query<LogsQuery>,
+) -> Result<Json<LogsReply>, ApiError> {
+    let after = query.after.unwrap_or(-1);
+    if after < -1 {
+        return Err(ApiError::bad_request("after must be -1 or more"));
+    }
+    Ok(Json(LogsReply {
+        logs: state.runtime.logs(&id, after).await?,
+        source: "sandbox",
     }))
 }
 
