@@ -32,6 +32,10 @@ pub struct StartArgs {
     /// Settings file (TOML; keys as the flags, with underscores) [env: ASH_CONFIG]
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Do not deploy the bundled `hello-agent` on a store without it [env:
+    /// ASH_EXAMPLE_AGENT=false] [settings: example_agent = false]
+    #[arg(long)]
+    no_example_agent: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -60,6 +64,8 @@ pub(crate) struct FileSettings {
     turn_max_events: Option<usize>,
     session_max_events: Option<i64>,
     session_max_event_mb: Option<u64>,
+    /// Deploy the bundled `hello-agent` on a store without it (true).
+    example_agent: Option<bool>,
     /// Syscalls agents may ask back from the sandbox filter.
     #[serde(default)]
     sandbox_grant_syscalls: Vec<String>,
@@ -342,7 +348,13 @@ fn config(args: StartArgs) -> anyhow::Result<(ServerConfig, FileSettings)> {
         port: args.port.or(env("ASH_PORT")?).or(file.port).unwrap_or(4100),
         api_key: env("ASH_API_KEY")?,
         deploy_roots: deploy_roots(file.deploy_roots.clone()),
-        seed_agents: vec![hello_agent()],
+        seed_agents: if args.no_example_agent
+            || env::<bool>("ASH_EXAMPLE_AGENT")?.or(file.example_agent) == Some(false)
+        {
+            Vec::new()
+        } else {
+            vec![hello_agent()]
+        },
         plugins: file.plugins.clone(),
         credential_key: env("ASH_CREDENTIAL_KEY")?.or(file.credential_key.clone()),
         snapshot_store: env("ASH_SNAPSHOT_STORE")?.or(file.snapshot_store.clone()),

@@ -634,3 +634,59 @@ async fn a_sessions_log_holds_what_its_sandbox_printed_in_a_bounded_ring() {
     let (_, stopped) = server.get(&format!("/api/sessions/{session}/logs")).await;
     assert_eq!(stopped["logs"], json!([]));
 }
+
+#[tokio::test]
+async fn the_example_agent_can_be_turned_off_and_a_deleted_agents_session_is_ended_not_gone() {
+    // Its control is the_example_agent_is_deployed_on_first_start.
+    let by_env = Server::start_with_env(&[("ASH_EXAMPLE_AGENT", "false")]).await;
+    assert_eq!(by_env.get("/api/agents").await.1["agents"], json!([]));
+    let by_file = common::start_with("example_agent = false\n").await;
+    assert_eq!(by_file.get("/api/agents").await.1["agents"], json!([]));
+    drop(by_file);
+    let data = tempfile::tempdir().unwrap();
+    let refused = tokio::process::Command::new(common::ASH)
+        .args(["start", "--port", "0"])
+        .env("ASH_DATA_DIR", data.path())
+        .env("ASH_EXAMPLE_AGENT", "maybe")
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && said.contains("ASH_EXAMPLE_AGENT"),
+        "{said}"
+    );
+
+    // A session of a deleted agent stays readable, ended.
+    let server = by_env;
+    let files = [("CLAUDE.md", "# gone\n")];
+    assert_eq!(server.deploy("short-lived", &files).await.0, 201);
+    let session = server.session("short-lived").await;
+    assert_eq!(server.delete("/api/agents/short-lived").await.0, 200);
+    let (status, shown) = server.get(&format!("/api/sessions/{session}")).await;
+    assert_eq!(
+        (status, &shown["session"]["status"]),
+        (200, &json!("ended"))
+    );
+    assert_eq!(
+        server
+            .get(&format!("/api/sessions/{session}/messages"))
+            .await
+            .0,
+        200
+    );
+    let (status, body) = server
+        .post(&format!("/api/sessions/{session}/resume"), json!({}))
+        .await;
+    assert_eq!(status, 410, "{body}");
+    let (status, body) = server
+        .post(
+            &format!("/api/sessions/{session}/messages"),
+            json!({"content": "hi"}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("Session is ended"))
+    );
+}
