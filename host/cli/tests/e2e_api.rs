@@ -690,3 +690,54 @@ async fn the_example_agent_can_be_turned_off_and_a_deleted_agents_session_is_end
         (400, Some("Session is ended"))
     );
 }
+
+#[tokio::test]
+async fn the_api_explorer_is_served_from_the_binary_and_calls_nothing_but_this_server() {
+    let server = Server::start().await;
+    let http = reqwest::Client::new();
+    let get = |path: &str| http.get(format!("{}{path}", server.url)).send();
+    // Public, like the document it shows.
+    let page = get("/docs").await.unwrap();
+    assert_eq!(page.status(), 200);
+    let policy = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        policy.contains("default-src 'none'") && policy.contains("connect-src 'self'"),
+        "{policy}"
+    );
+    let html = page.text().await.unwrap();
+    // Every asset the page loads is this server's, and is there.
+    let mut assets = Vec::new();
+    for attribute in ["src=\"", "href=\""] {
+        for part in html.split(attribute).skip(1) {
+            assets.push(part.split('"').next().unwrap().to_owned());
+        }
+    }
+    assert_eq!(assets.len(), 3, "{html}");
+    for asset in &assets {
+        assert!(asset.starts_with("/docs/"), "{asset} is not this server's");
+        let got = get(asset).await.unwrap();
+        assert_eq!(got.status(), 200, "{asset}");
+        let kind = got.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(
+            kind.starts_with("text/javascript") || kind.starts_with("text/css"),
+            "{asset}: {kind}"
+        );
+    }
+    let start = get("/docs/explorer.js").await.unwrap();
+    let start = start.text().await.unwrap();
+    assert!(
+        start.contains("url: \"/docs/json\"") && start.contains("validatorUrl: null"),
+        "{start}"
+    );
+    assert!(
+        !html.contains("://") && !start.contains("://"),
+        "a remote address in the page"
+    );
+    // What it shows is this server's document, with its key scheme for "Authorize".
+    let document: Value = get("/docs/json").await.unwrap().json().await.unwrap();
+    assert!(document["components"]["securitySchemes"]["bearer"].is_object());
+    assert!(document["paths"]["/api/api-keys"].is_object());
+}

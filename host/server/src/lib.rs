@@ -12,6 +12,7 @@ mod coordinator;
 mod credentials;
 mod drain;
 mod error;
+mod explorer;
 mod files;
 mod health;
 mod keys;
@@ -302,7 +303,9 @@ fn router(state: Arc<AppState>) -> Router {
     use axum::middleware::from_fn_with_state;
     let (keyed, public) = routes();
     let api = Router::from(keyed);
-    let app = Router::from(public).route("/docs/json", axum::routing::get(openapi::serve));
+    let app = Router::from(public)
+        .route("/docs/json", axum::routing::get(openapi::serve))
+        .merge(explorer::routes());
     let app = if state.membership.is_some() {
         // A runner: coordinators only, every route behind the cluster token.
         app.merge(api)
