@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs what building, running and testing Ash needs on Debian/Ubuntu, beyond the Rust
 # toolchain: bubblewrap (the sandbox), e2fsprogs (workspace filesystems), a C compiler (bundled
-# SQLite), Python with venv (for the API fuzzer), kubectl (to render deploy/), cargo-nextest, the rustfmt/clippy components
-# and the wasm32-wasip2 target (plugins), the Claude Code CLI (scripts/install-claude.sh) and
-# moto's S3-compatible server for the snapshot-store tests (scripts/install-moto.sh).
+# SQLite), Python with venv (for the API fuzzer), kubectl (to render deploy/), cargo-nextest,
+# the rustfmt/clippy components and the wasm32-wasip2 target (plugins), the Claude Code CLI
+# (scripts/install-claude.sh), moto's S3-compatible server for the snapshot-store tests
+# (scripts/install-moto.sh), and Chromium with playwright-core for the browser tests
+# (scripts/install-browser.sh).
 # Safe to run again: it skips what is already there.
 set -euo pipefail
 
@@ -45,6 +47,8 @@ fi
 "$(dirname "$0")"/install-claude.sh
 # The snapshot store's tests use an S3-compatible server on loopback.
 "$(dirname "$0")"/install-moto.sh
+# The browser tests drive Debian's Chromium with playwright-core.
+"$(dirname "$0")"/install-browser.sh
 
 # bwrap must be able to create a user namespace; say so plainly if the host forbids it.
 if ! bwrap --unshare-all --unshare-user --ro-bind / / -- true 2>/dev/null; then
