@@ -1229,3 +1229,41 @@ async fn an_agent_deployed_through_one_coordinator_is_changed_through_the_other(
     );
     cluster.drop_all().await;
 }
+
+#[tokio::test]
+async fn files_written_through_the_api_reach_the_snapshot_store_and_outlive_their_runner() {
+    use base64::Engine;
+    let mut cluster = Cluster::start(1, 2, 4).await;
+    let (session, first) = cluster.session_with_snapshot("true").await;
+    let holder = cluster.runner_of(&first);
+    let stored = Cluster::runner_counted(holder, "ash_snapshot_uploads_total", "ok").await;
+    let content = base64::engine::general_purpose::STANDARD.encode("from the api\n");
+    let (status, body) = cluster
+        .api()
+        .post(
+            &format!("/api/sessions/{session}/files"),
+            json!({"files": [{"path": "uploaded.txt", "content": content}]}),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["files"][0]["written"]),
+        (200, &json!(true)),
+        "{body}"
+    );
+    // No turn follows, yet the write goes to the store.
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while Cluster::runner_counted(holder, "ash_snapshot_uploads_total", "ok").await <= stored {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the written file's snapshot is stored");
+    cluster.kill_runner(&first).await;
+    cluster.wait_state(&first, "dead").await;
+    let frames = cluster.api().message(&session, "still there?").await;
+    assert_eq!(common::events(&frames).last(), Some(&"done"), "{frames:?}");
+    assert_ne!(cluster.holder(&session).await, first);
+    let out = cluster.api().exec(&session, "cat uploaded.txt").await;
+    assert_eq!(out["stdout"], "from the api\n", "{out}");
+    cluster.drop_all().await;
+}

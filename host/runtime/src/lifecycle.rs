@@ -358,9 +358,11 @@ impl Runtime {
         Ok((session, host.workspace(&id)))
     }
 
-    /// After files were written without a running sandbox, saves them as the session's
-    /// snapshot; `true` when a live sandbox has them already.
-    pub async fn files_written(&self, session: SessionId) -> Result<bool, RuntimeError> {
+    /// After files were written or deleted from outside the sandbox: saves them as the
+    /// session's snapshot when no sandbox runs it (`true` when a live sandbox has them
+    /// already), and soon to the snapshot store either way, so they outlive this node.
+    pub async fn files_written(self: &Arc<Self>, session: SessionId) -> Result<bool, RuntimeError> {
+        self.snapshot_later(session);
         if self.sessions.is_warm(session).await {
             return Ok(true);
         }

@@ -1,7 +1,8 @@
 //! Workspace snapshots in the snapshot store (`ash_snapshots`), so a session's files survive
 //! the loss of this node's disk and can follow the session to another node.
 //!
-//! After each turn that ends with the sandbox still there, and after a pause or stop, the whole
+//! After each turn that ends with the sandbox still there, after a pause or stop, and after
+//! files are written or deleted from outside the sandbox, the whole
 //! workspace is packed and sent, off the turn's path (its `done` never waits for it), 250 ms
 //! later: at most one upload per session runs at a time, and the requests that come meanwhile
 //! make one more after it, so a session taking turns back to back sends about four snapshots

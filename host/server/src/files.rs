@@ -359,10 +359,10 @@ pub(crate) async fn upload(
         )));
     }
     let target = body.target_path.unwrap_or_else(|| ".".into());
-    let (_, dir) = state.runtime.files_to_write(&id).await?;
+    let (session, dir) = state.runtime.files_to_write(&id).await?;
     let results = in_workspace(dir, move |w| {
         let mut batch = 0usize;
-        let results = body
+        let results: Vec<UploadResult> = body
             .files
             .into_iter()
             .map(|file| {
@@ -382,6 +382,9 @@ pub(crate) async fn upload(
         Ok(results)
     })
     .await?;
+    if results.iter().any(|r| r.written) {
+        state.runtime.files_written(session.id).await?;
+    }
     Ok(Json(UploadReply { files: results }))
 }
 
@@ -428,9 +431,10 @@ pub(crate) async fn remove(
     UrlPath((id, path)): UrlPath<(String, String)>,
 ) -> Result<Json<FileDeleted>, ApiError> {
     let path = relative(&path)?;
-    let (_, dir) = state.runtime.files_to_write(&id).await?;
+    let (session, dir) = state.runtime.files_to_write(&id).await?;
     let shown = path.as_path().display().to_string();
     in_workspace(dir, move |w| w.remove(&path)).await?;
+    state.runtime.files_written(session.id).await?;
     Ok(Json(FileDeleted {
         path: shown,
         deleted: true,
