@@ -479,3 +479,115 @@ async fn the_cli_moves_files_and_workspaces() {
         "# notes\n"
     );
 }
+
+#[tokio::test]
+async fn an_attachment_is_kept_placed_in_the_workspace_and_served_back_and_bad_ones_are_refused() {
+    use base64::Engine;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let server = Server::start().await;
+    let session = server.session("hello-agent").await;
+    let (status, made) = server
+        .post(
+            &format!("/api/sessions/{session}/attachments"),
+            json!({"filename": "résumé.txt", "content": b64(b"hello attachment\n"), "mimeType": "text/plain"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{made}");
+    let attachment = &made["attachment"];
+    assert_eq!(
+        (&attachment["size"], &attachment["messageId"]),
+        (&json!(17), &json!("unlinked"))
+    );
+    let id = attachment["id"].as_str().unwrap();
+    // In the workspace, for the agent.
+    let out = server.exec(&session, "cat 'attachments/résumé.txt'").await;
+    assert_eq!(out["stdout"], "hello attachment\n");
+    let (_, listed) = server
+        .get(&format!("/api/sessions/{session}/attachments"))
+        .await;
+    assert_eq!(listed["attachments"].as_array().unwrap().len(), 1);
+    let got = reqwest::Client::new()
+        .get(format!("{}/api/attachments/{id}", server.url))
+        .bearer_auth(&server.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), 200);
+    assert_eq!(got.headers()["content-type"], "text/plain");
+    assert_eq!(got.headers()["x-content-type-options"], "nosniff");
+    let disposition = got.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        disposition.contains("filename*=UTF-8''r%C3%A9sum%C3%A9.txt"),
+        "{disposition}"
+    );
+    assert_eq!(got.bytes().await.unwrap().as_ref(), b"hello attachment\n");
+
+    // Hostile names, empty or oversized content, bad ids: a clear 4xx, nothing kept or placed.
+    let send = |body: Value| {
+        let server = &server;
+        let session = session.clone();
+        async move {
+            server
+                .post(&format!("/api/sessions/{session}/attachments"), body)
+                .await
+        }
+    };
+    for (name, content, want) in [
+        ("../escape.txt", b64(b"x"), 400),
+        ("a/b.txt", b64(b"x"), 400),
+        ("..", b64(b"x"), 400),
+        ("", b64(b"x"), 400),
+        ("new\nline", b64(b"x"), 400),
+        ("empty.txt", String::new(), 400),
+        ("not-base64.txt", "%%%".to_owned(), 400),
+        ("big.bin", b64(&vec![7u8; 10 * 1024 * 1024 + 1]), 413),
+    ] {
+        let (status, body) = send(json!({"filename": name, "content": content})).await;
+        assert_eq!(status, want, "{name:?}: {body}");
+    }
+    let (status, _) =
+        send(json!({"filename": "m.txt", "content": b64(b"x"), "messageId": "nope"})).await;
+    assert_eq!(status, 400);
+    let (status, _) =
+        send(json!({"filename": "m.txt", "content": b64(b"x"), "mimeType": "no slash"})).await;
+    assert_eq!(status, 400);
+    let out = server
+        .exec(
+            &session,
+            "ls attachments; ls escape.txt ../escape.txt 2>/dev/null; true",
+        )
+        .await;
+    assert_eq!(out["stdout"], "résumé.txt\n", "{out}");
+    assert_eq!(
+        server
+            .get(&format!("/api/sessions/{session}/attachments"))
+            .await
+            .1["attachments"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(server.get("/health").await.0, 200);
+
+    // Deleted, it is gone from the API; the workspace copy is the agent's and stays.
+    assert_eq!(
+        server.delete(&format!("/api/attachments/{id}")).await.0,
+        204
+    );
+    assert_eq!(
+        server.delete(&format!("/api/attachments/{id}")).await.0,
+        404
+    );
+    assert_eq!(server.get(&format!("/api/attachments/{id}")).await.0, 404);
+    let (status, _) = server
+        .post(
+            "/api/sessions/00000000-0000-4000-8000-000000000000/attachments",
+            json!({"filename": "a.txt", "content": b64(b"x")}),
+        )
+        .await;
+    assert_eq!(status, 404);
+}

@@ -23,8 +23,9 @@ pub use error::CoreError;
 pub use frame::FrameKind;
 pub use hook::HookPoint;
 pub use session::{
-    LimitKind, LogLevel, LogLine, Message, ParkReason, ResumePath, Role, Session, SessionConfig,
-    SessionEvent, SessionId, SessionStatus, Transition, TurnOutcome, DEFAULT_TENANT,
+    check_attachment_name, Attachment, LimitKind, LogLevel, LogLine, Message, ParkReason,
+    ResumePath, Role, Session, SessionConfig, SessionEvent, SessionId, SessionStatus, Transition,
+    TurnOutcome, DEFAULT_TENANT, MAX_ATTACHMENT_BYTES,
 };
 pub use storage::{
     check_append, check_commit, check_data, check_find, check_limit, check_name, check_put,

@@ -493,3 +493,41 @@ pub struct LogLine {
     #[schema(format = DateTime)]
     pub ts: String,
 }
+
+/// A file sent with a session (`POST /api/sessions/:id/attachments`): kept in the snapshot
+/// store and placed in the session's workspace under `attachments/`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Attachment {
+    #[schema(format = Uuid)]
+    pub id: String,
+    pub tenant_id: String,
+    /// The message it belongs to, or `unlinked`.
+    pub message_id: String,
+    #[schema(value_type = String, format = Uuid)]
+    pub session_id: SessionId,
+    pub filename: String,
+    pub mime_type: String,
+    pub size: u64,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+}
+
+/// The most bytes one attachment holds.
+pub const MAX_ATTACHMENT_BYTES: usize = 10 * 1024 * 1024;
+
+/// Checks an attachment's file name: one path segment of 1-255 bytes, without control
+/// characters, and not `.` or `..`, so it can only name a file in `attachments/`.
+pub fn check_attachment_name(name: &str) -> Result<(), CoreError> {
+    let fine = !name.is_empty()
+        && name.len() <= 255
+        && name != "."
+        && name != ".."
+        && !name.contains(['/', '\\'])
+        && !name.contains(char::is_control);
+    if fine {
+        Ok(())
+    } else {
+        Err(CoreError::InvalidPath(name.to_owned()))
+    }
+}

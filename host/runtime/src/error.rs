@@ -8,6 +8,9 @@ pub enum RuntimeError {
     /// The input breaks a rule; the message says which.
     #[error("{0}")]
     Invalid(String),
+    /// The input is larger than its cap; the message says which.
+    #[error("{0}")]
+    TooLarge(String),
     /// A domain rule refused it (a malformed id or name, a status that forbids the change).
     #[error(transparent)]
     Core(#[from] ash_core::CoreError),
@@ -85,6 +88,7 @@ pub enum Missing {
     Agent,
     /// The session has neither a workspace nor a snapshot.
     Workspace,
+    Attachment,
 }
 
 impl std::fmt::Display for Missing {
@@ -93,6 +97,7 @@ impl std::fmt::Display for Missing {
             Self::Session => "Session not found",
             Self::Agent => "Agent not found",
             Self::Workspace => "No workspace available for this session",
+            Self::Attachment => "Attachment not found",
         })
     }
 }

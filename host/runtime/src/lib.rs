@@ -13,6 +13,7 @@
 //! a turn left open by a crash is closed by [`Runtime::close_open_turns`] at the next start.
 
 mod agents;
+mod attachments;
 mod cluster;
 mod credentials;
 mod drain;
@@ -39,6 +40,7 @@ use ash_store::{Appended, Appends, Store};
 const UPLOAD_WAIT: Duration = Duration::from_secs(10);
 
 pub use agents::{blocking, read_manifest, validate_env};
+pub use attachments::NewAttachment;
 pub use cluster::{Cluster, Placement};
 pub use credentials::Sealer;
 pub use error::{Missing, RuntimeError, StoreFault};

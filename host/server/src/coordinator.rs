@@ -330,6 +330,8 @@ fn need(method: &Method, path: &str) -> Option<Need> {
         None => method == Method::DELETE,
         Some("messages") => method == Method::POST,
         Some("events" | "stream" | "config") => false,
+        // Placing one needs the workspace; listing them does not.
+        Some("attachments") => method == Method::POST,
         Some(_) => true,
     };
     forwarded.then_some(Need::Holder(id))
@@ -535,6 +537,13 @@ mod tests {
             (Method::GET, format!("/api/sessions/{id}/stream"), None),
             (Method::GET, format!("/api/sessions/{id}/events"), None),
             (Method::PATCH, format!("/api/sessions/{id}/config"), None),
+            (Method::GET, format!("/api/sessions/{id}/attachments"), None),
+            (
+                Method::POST,
+                format!("/api/sessions/{id}/attachments"),
+                holder(),
+            ),
+            (Method::GET, "/api/attachments/x".to_owned(), None),
             (
                 Method::GET,
                 format!("/api/sessions/{id}/files/a/b.txt"),

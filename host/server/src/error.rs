@@ -118,6 +118,7 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::Sandbox { context, source } => return Self::internal(context, source),
             RuntimeError::Internal { context, detail } => return Self::internal(context, detail),
             RuntimeError::Invalid(_) => StatusCode::BAD_REQUEST,
+            RuntimeError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             RuntimeError::NotFound(_) => StatusCode::NOT_FOUND,
             RuntimeError::Forbidden(_) => StatusCode::FORBIDDEN,
             RuntimeError::Busy => StatusCode::CONFLICT,

@@ -7,6 +7,7 @@
 //! request body has a size cap.
 
 mod agents;
+mod attachments;
 mod auth;
 mod coordinator;
 mod credentials;
@@ -293,6 +294,7 @@ fn routes() -> (Routes, Routes) {
         .merge(files::routes())
         .merge(credentials::routes())
         .merge(keys::routes())
+        .merge(attachments::routes())
         .routes(routes!(coordinator::runners))
         .routes(routes!(health::metrics));
     let public = Routes::new().routes(routes!(health::health));

@@ -67,7 +67,7 @@ pub(crate) struct ErrorBody {
     info(title = "Ash", description = "Deploy AI agents and run each session in a sandbox. Paths and shapes follow the reference Ash API."),
     components(schemas(Role, SessionStatus)),
     security(("bearer" = [])),
-    tags((name = "agents"), (name = "sessions"), (name = "credentials"), (name = "api-keys"), (name = "health"))
+    tags((name = "agents"), (name = "sessions"), (name = "credentials"), (name = "api-keys"), (name = "attachments"), (name = "health"))
 )]
 pub(crate) struct ApiDoc;
 

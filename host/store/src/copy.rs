@@ -5,7 +5,7 @@
 //! source held. The source is only read: a failed copy loses nothing, and an empty destination
 //! can be dropped and the copy run again.
 
-use ash_core::Storage;
+use ash_core::{Attachment, Storage};
 
 use crate::log::{events_stream, messages_stream, STREAM_PAGE};
 use crate::records::{parse, AgentRecord, ApiKeyRecord, CredentialRecord, Record, SessionRecord};
@@ -18,6 +18,7 @@ pub struct Copied {
     pub sessions: u64,
     pub api_keys: u64,
     pub credentials: u64,
+    pub attachments: u64,
     pub messages: u64,
     pub events: u64,
 }
@@ -25,15 +26,22 @@ pub struct Copied {
 impl Copied {
     /// Documents and stream entries together.
     pub fn total(&self) -> u64 {
-        self.agents + self.sessions + self.api_keys + self.credentials + self.messages + self.events
+        self.agents
+            + self.sessions
+            + self.api_keys
+            + self.credentials
+            + self.attachments
+            + self.messages
+            + self.events
     }
 
-    fn rows(&self) -> [(&'static str, u64); 6] {
+    fn rows(&self) -> [(&'static str, u64); 7] {
         [
             ("agents", self.agents),
             ("sessions", self.sessions),
             ("API keys", self.api_keys),
             ("credentials", self.credentials),
+            ("attachments", self.attachments),
             ("messages", self.messages),
             ("events", self.events),
         ]
@@ -90,6 +98,7 @@ impl Store {
             agents: self.count_documents(AgentRecord::COLLECTION).await?,
             api_keys: self.count_documents(ApiKeyRecord::COLLECTION).await?,
             credentials: self.count_documents(CredentialRecord::COLLECTION).await?,
+            attachments: self.count_documents(Attachment::COLLECTION).await?,
             ..Copied::default()
         };
         for session in self.scan::<SessionRecord>("").await? {
@@ -133,6 +142,7 @@ impl Store {
         copy_documents::<AgentRecord>(self, to, &mut progress).await?;
         copy_documents::<ApiKeyRecord>(self, to, &mut progress).await?;
         copy_documents::<CredentialRecord>(self, to, &mut progress).await?;
+        copy_documents::<Attachment>(self, to, &mut progress).await?;
         for session in copy_documents::<SessionRecord>(self, to, &mut progress).await? {
             for stream in [messages_stream(session.id()), events_stream(session.id())] {
                 copy_stream(&*self.storage, &*to.storage, &stream, &mut progress).await?;

@@ -17,8 +17,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use ash_core::{
-    Agent, AgentName, ApiKey, Credential, CredentialType, Document, Session, SessionConfig,
-    SessionId, SessionStatus, Storage, StorageError, Transition, Write, DEFAULT_TENANT,
+    Agent, AgentName, ApiKey, Attachment, Credential, CredentialType, Document, Session,
+    SessionConfig, SessionId, SessionStatus, Storage, StorageError, Transition, Write,
+    DEFAULT_TENANT,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -748,6 +749,48 @@ impl Store {
     pub async fn has_api_keys(&self) -> Result<bool, StoreError> {
         let first = self.storage.list(ApiKeyRecord::COLLECTION, "", 1).await?;
         Ok(!first.is_empty())
+    }
+}
+
+impl Record for Attachment {
+    const COLLECTION: &'static str = "attachments";
+
+    fn index(&self) -> Vec<(String, String)> {
+        vec![("session".to_owned(), self.session_id.to_string())]
+    }
+}
+
+fn attachment_key(id: &str) -> String {
+    format!("{DEFAULT_TENANT}/{id}")
+}
+
+impl Store {
+    pub async fn insert_attachment(&self, attachment: &Attachment) -> Result<(), StoreError> {
+        self.create(&attachment_key(&attachment.id), attachment)
+            .await
+    }
+
+    pub async fn get_attachment(&self, id: &str) -> Result<Option<Attachment>, StoreError> {
+        Ok(self
+            .read::<Attachment>(&attachment_key(id))
+            .await?
+            .map(|(a, _)| a))
+    }
+
+    /// A session's attachments, oldest first.
+    pub async fn list_attachments(
+        &self,
+        session: SessionId,
+    ) -> Result<Vec<Attachment>, StoreError> {
+        let mut found = self
+            .find_all::<Attachment>("session", &session.to_string())
+            .await?;
+        found.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        Ok(found)
+    }
+
+    pub async fn delete_attachment(&self, id: &str) -> Result<bool, StoreError> {
+        self.remove::<Attachment>(&attachment_key(id)).await
     }
 }
 

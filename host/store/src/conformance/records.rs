@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use ash_core::{
-    AgentName, CoreError, Credential, CredentialType, Role, Session, SessionConfig, SessionId,
-    SessionStatus, Transition, DEFAULT_TENANT,
+    AgentName, Attachment, CoreError, Credential, CredentialType, Role, Session, SessionConfig,
+    SessionId, SessionStatus, Transition, DEFAULT_TENANT,
 };
 use futures_util::future::join_all;
 
@@ -21,6 +21,7 @@ pub async fn run_records(store: &Store, empty: &Store) {
     a_turn_ending_after_a_status_change_keeps_the_status(store).await;
     forks_copy_messages_with_their_numbers(store).await;
     keys_and_credentials(store).await;
+    attachments_by_session(store).await;
     a_copy_moves_everything_and_checks_the_count(store, empty).await;
 }
 
@@ -391,4 +392,34 @@ async fn a_copy_moves_everything_and_checks_the_count(from: &Store, to: &Store) 
         copied,
         "a refused copy writes nothing"
     );
+}
+
+async fn attachments_by_session(s: &Store) {
+    let session = SessionId::new();
+    let attachment = |id: &str, created_at: &str| Attachment {
+        id: id.into(),
+        tenant_id: DEFAULT_TENANT.into(),
+        message_id: "unlinked".into(),
+        session_id: session,
+        filename: format!("{id}.txt"),
+        mime_type: "text/plain".into(),
+        size: 3,
+        created_at: created_at.into(),
+    };
+    let (old, new) = (
+        attachment("a1", "2026-01-01T00:00:00.000Z"),
+        attachment("a2", "2026-01-02T00:00:00.000Z"),
+    );
+    s.insert_attachment(&new).await.unwrap();
+    s.insert_attachment(&old).await.unwrap();
+    assert_eq!(
+        s.list_attachments(session).await.unwrap(),
+        [old.clone(), new.clone()]
+    );
+    assert_eq!(s.list_attachments(SessionId::new()).await.unwrap(), []);
+    assert_eq!(s.get_attachment("a2").await.unwrap(), Some(new));
+    assert!(s.delete_attachment("a2").await.unwrap());
+    assert!(!s.delete_attachment("a2").await.unwrap());
+    assert_eq!(s.get_attachment("a2").await.unwrap(), None);
+    assert_eq!(s.list_attachments(session).await.unwrap(), [old]);
 }
