@@ -46,6 +46,19 @@ pub enum AgentCommand {
 }
 
 #[derive(clap::Subcommand)]
+pub enum KeyCommand {
+    /// List the API keys (their first characters only).
+    List,
+    /// Make an API key; it is shown this once.
+    Create {
+        #[arg(long, default_value = "cli-key")]
+        label: String,
+    },
+    /// Delete an API key: it is refused from the next request on.
+    Delete { id: String },
+}
+
+#[derive(clap::Subcommand)]
 pub enum SessionCommand {
     /// Start a session with an agent; prints the session.
     Create {
@@ -91,6 +104,12 @@ pub enum SessionCommand {
     Interrupt { id: String },
     /// Copy a session (workspace and conversation) into a new, paused one.
     Fork { id: String },
+    /// Show the last lines its sandbox printed (after index --after).
+    Logs {
+        id: String,
+        #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+        after: i64,
+    },
     /// Read and write the session's workspace files.
     #[command(subcommand)]
     Files(FilesCommand),
@@ -275,6 +294,22 @@ pub async fn run(server: Option<String>, command: Command) -> anyhow::Result<Exi
         Command::Session(SessionCommand::Info { id }) => {
             client
                 .call(Method::GET, &format!("/api/sessions/{id}"), None)
+                .await?
+        }
+        Command::Session(SessionCommand::Logs { id, after }) => {
+            let path = format!("/api/sessions/{id}/logs?after={after}");
+            client.call(Method::GET, &path, None).await?
+        }
+        Command::Key(KeyCommand::List) => client.call(Method::GET, "/api/api-keys", None).await?,
+        Command::Key(KeyCommand::Create { label }) => {
+            let body = json!({ "label": label });
+            client
+                .call(Method::POST, "/api/api-keys", Some(&body))
+                .await?
+        }
+        Command::Key(KeyCommand::Delete { id }) => {
+            client
+                .call(Method::DELETE, &format!("/api/api-keys/{id}"), None)
                 .await?
         }
         Command::Session(SessionCommand::Messages { id }) => {

@@ -37,6 +37,9 @@ enum Command {
     /// Create, message, list and end sessions.
     #[command(subcommand)]
     Session(commands::SessionCommand),
+    /// List, make or delete API keys.
+    #[command(subcommand)]
+    Key(commands::KeyCommand),
     /// Chat with an agent: interactive without MESSAGE, one reply with it.
     Chat(commands::ChatArgs),
     /// Show the server's health.

@@ -303,3 +303,36 @@ async fn the_python_agent_example_calls_a_tool_answers_and_remembers_across_a_co
     let frames = server.message(&session, "again").await;
     assert!(common::assistant_text(&frames).starts_with("Turn 2: you said 'again'"));
 }
+
+#[tokio::test]
+async fn keys_are_made_listed_and_deleted_and_a_sessions_log_is_shown_from_the_cli() {
+    let server = Server::start().await;
+    let made = json_out(&server.cli(&["key", "create", "--label", "ci"], None).await);
+    let (id, key) = (made["id"].as_str().unwrap(), made["key"].as_str().unwrap());
+    let listed = json_out(&server.cli(&["key", "list"], None).await);
+    assert_eq!(listed["keys"].as_array().unwrap().len(), 2, "{listed}");
+    assert!(!listed.to_string().contains(key));
+    let deleted = server.cli(&["key", "delete", id], None).await;
+    assert!(
+        deleted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&deleted.stderr)
+    );
+    let again = server.cli(&["key", "delete", id], None).await;
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("API key not found"));
+
+    let session = server.session("hello-agent").await;
+    let logs = json_out(&server.cli(&["session", "logs", &session], None).await);
+    assert_eq!(logs["logs"][0]["level"], "system", "{logs}");
+    let after = json_out(
+        &server
+            .cli(&["session", "logs", &session, "--after", "0"], None)
+            .await,
+    );
+    assert!(after["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|l| l["index"].as_u64() > Some(0)));
+}
