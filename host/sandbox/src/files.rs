@@ -88,7 +88,9 @@ pub struct Workspace {
 
 enum Kind {
     Dir,
-    File(u64, SystemTime),
+    /// Size, modification time, and inode change time (which nothing in the sandbox can set
+    /// back) as seconds and nanoseconds.
+    File(u64, SystemTime, (i64, i64)),
     Link(PathBuf),
 }
 
@@ -148,7 +150,7 @@ impl Workspace {
         };
         let mut found = Vec::new();
         let complete = walk(&self.dir, Path::new(""), 0, &skip, &mut |path, kind| {
-            if let Kind::File(size, modified) = kind {
+            if let Kind::File(size, modified, _) = kind {
                 if found.len() == max {
                     return false;
                 }
@@ -274,9 +276,9 @@ impl Workspace {
         self.pack_with(&skip, limit)
     }
 
-    /// A digest of every name, size, modification time and link target in the workspace: an
-    /// equal digest means nothing a snapshot holds has changed, short of a file rewritten to
-    /// the same size with its modification time set back.
+    /// A digest of every name, size, modification and change time and link target in the
+    /// workspace: an equal digest means nothing a snapshot holds has changed (a file rewritten
+    /// to the same size with its modification time set back still has a new change time).
     pub fn fingerprint(&self) -> io::Result<u64> {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::hash::DefaultHasher::new();
@@ -289,7 +291,9 @@ impl Workspace {
                 path.hash(&mut hasher);
                 match kind {
                     Kind::Dir => 0u8.hash(&mut hasher),
-                    Kind::File(size, modified) => (1u8, size, modified).hash(&mut hasher),
+                    Kind::File(size, modified, changed) => {
+                        (1u8, size, modified, changed).hash(&mut hasher)
+                    }
                     Kind::Link(target) => (2u8, target).hash(&mut hasher),
                 }
                 true
@@ -674,7 +678,10 @@ fn walk(
             let modified = meta
                 .modified()
                 .map_or(SystemTime::UNIX_EPOCH, |t| t.into_std());
-            visit(&path, Kind::File(meta.len(), modified))
+            visit(
+                &path,
+                Kind::File(meta.len(), modified, (meta.ctime(), meta.ctime_nsec())),
+            )
         } else if kind.is_symlink() {
             visit(&path, Kind::Link(dir.read_link_contents(&name)?))
         } else {
@@ -694,6 +701,35 @@ mod tests {
 
     fn rel(p: &str) -> RelativePath {
         RelativePath::parse(p).unwrap()
+    }
+
+    #[test]
+    fn a_same_size_rewrite_with_its_modification_time_set_back_changes_the_fingerprint() {
+        use std::os::unix::fs::MetadataExt as _;
+        let ws = tempfile::tempdir().unwrap();
+        let file = ws.path().join("f");
+        std::fs::write(&file, "aaaa").unwrap();
+        let before = std::fs::metadata(&file).unwrap();
+        let w = Workspace::open(ws.path()).unwrap();
+        let first = w.fingerprint().unwrap();
+        // Control: nothing changed, the same fingerprint.
+        assert_eq!(w.fingerprint().unwrap(), first);
+        // Rewritten until the kernel's clock has moved on (its change time is coarse).
+        for _ in 0..1_000_000 {
+            std::fs::write(&file, "bbbb").unwrap();
+            let handle = std::fs::File::options().write(true).open(&file).unwrap();
+            handle.set_modified(before.modified().unwrap()).unwrap();
+            let now = std::fs::metadata(&file).unwrap();
+            if (now.ctime(), now.ctime_nsec()) != (before.ctime(), before.ctime_nsec()) {
+                break;
+            }
+        }
+        let after = std::fs::metadata(&file).unwrap();
+        assert_eq!(
+            (after.len(), after.modified().unwrap()),
+            (4, before.modified().unwrap())
+        );
+        assert_ne!(w.fingerprint().unwrap(), first);
     }
 
     #[test]
