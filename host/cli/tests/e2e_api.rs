@@ -644,18 +644,12 @@ async fn the_example_agent_can_be_turned_off_and_a_deleted_agents_session_is_end
     assert_eq!(by_file.get("/api/agents").await.1["agents"], json!([]));
     drop(by_file);
     let data = tempfile::tempdir().unwrap();
-    let refused = tokio::process::Command::new(common::ASH)
-        .args(["start", "--port", "0"])
-        .env("ASH_DATA_DIR", data.path())
-        .env("ASH_EXAMPLE_AGENT", "maybe")
-        .output()
-        .await
-        .unwrap();
-    let said = String::from_utf8_lossy(&refused.stderr);
-    assert!(
-        !refused.status.success() && said.contains("ASH_EXAMPLE_AGENT"),
-        "{said}"
-    );
+    let env = [
+        ("ASH_DATA_DIR", data.path().display().to_string()),
+        ("ASH_EXAMPLE_AGENT", "maybe".to_owned()),
+    ];
+    let (ok, said) = common::refused(&["start", "--port", "0"], &env).await;
+    assert!(!ok && said.contains("ASH_EXAMPLE_AGENT"), "{said}");
 
     // A session of a deleted agent stays readable, ended.
     let server = by_env;

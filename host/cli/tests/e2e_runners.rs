@@ -439,11 +439,12 @@ impl Cluster {
         (session, first)
     }
 
-    /// SIGKILLs runner `id` and waits for it to be gone.
+    /// SIGKILLs runner `id` and waits until a coordinator has declared it dead.
     async fn kill_runner(&mut self, id: &str) {
         let index = self.runners.iter().position(|r| r.id == id).unwrap();
         self.runners[index].child.start_kill().unwrap();
         self.runners[index].child.wait().await.unwrap();
+        self.wait_state(id, "dead").await;
     }
 
     async fn drop_all(self) {
@@ -609,8 +610,8 @@ async fn a_runner_killed_mid_turn_ends_the_turn_and_its_session_goes_on_elsewher
         .await;
     let begun = Server::read_until(&mut stream, |f| says(f, "started")).await;
     cluster.kill_runner(&first).await;
-    // The client reconnects after what it saw and gets the turn's end, once the runner is
-    // declared dead.
+    // Declared dead, it has left the turn ended: the client reconnects after what it saw and
+    // gets the turn's end.
     let last = *ids(&begun).last().unwrap();
     let mut again = cluster.coordinators[1]
         .open_log_stream(&session, Some(last))
@@ -619,7 +620,6 @@ async fn a_runner_killed_mid_turn_ends_the_turn_and_its_session_goes_on_elsewher
     let kinds: Vec<_> = end.iter().map(|f| f.event.as_str()).collect();
     assert_eq!(kinds, ["error", "done"], "{end:?}");
     assert!(end[0].data.contains("declared dead"), "{end:?}");
-    cluster.wait_state(&first, "dead").await;
     // Its next message starts it on the other runner, with its files and its conversation.
     let mut stream = cluster
         .api()
@@ -947,7 +947,6 @@ async fn a_snapshot_upload_cut_off_half_way_leaves_the_last_good_snapshot_for_th
         .await
         .expect("the upload reached the store in part");
     cluster.kill_runner(&first).await;
-    cluster.wait_state(&first, "dead").await;
     // The other runner starts the session from the last snapshot stored whole.
     let frames = cluster.api().message(&session, "third").await;
     assert_eq!(common::events(&frames).last(), Some(&"done"), "{frames:?}");
@@ -1105,7 +1104,6 @@ async fn with_the_snapshot_store_out_of_reach_a_moved_session_waits_with_503_and
     let mut cluster = Cluster::start(1, 2, 4).await;
     let (session, first) = cluster.session_with_snapshot("echo kept > notes.txt").await;
     cluster.kill_runner(&first).await;
-    cluster.wait_state(&first, "dead").await;
     // The other runner cannot reach the store that holds the session's files.
     let other = cluster.runners.iter().find(|r| r.id != first).unwrap();
     other.s3.cut();
@@ -1140,27 +1138,6 @@ async fn with_the_snapshot_store_out_of_reach_a_moved_session_waits_with_503_and
     cluster.drop_all().await;
 }
 
-/// Runs `ash <args>` with `env` and returns its exit status and stderr.
-async fn refused(args: &[&str], env: &[(&str, String)]) -> (bool, String) {
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new(ASH)
-            .args(args)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .env_remove("ASH_API_KEY")
-            .env("ASH_BRIDGE_BIN", BRIDGE)
-            .stdin(Stdio::null())
-            .output(),
-    )
-    .await
-    .expect("a node with a bad setting stops at once")
-    .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[tokio::test]
 async fn a_node_without_a_shared_snapshot_store_or_with_a_short_token_refuses_to_start() {
     let schema = TestSchema::create().await;
@@ -1180,7 +1157,7 @@ async fn a_node_without_a_shared_snapshot_store_or_with_a_short_token_refuses_to
             "http://127.0.0.1:9",
         ],
     ] {
-        let (ok, said) = refused(args, &base).await;
+        let (ok, said) = common::refused(args, &base).await;
         assert!(
             !ok && said.contains("one snapshot store"),
             "{args:?}: {said}"
@@ -1192,7 +1169,7 @@ async fn a_node_without_a_shared_snapshot_store_or_with_a_short_token_refuses_to
         "ASH_SNAPSHOT_STORE",
         data.path().join("store").display().to_string(),
     ));
-    let (ok, said) = refused(&["start", "--port", "0"], &short).await;
+    let (ok, said) = common::refused(&["start", "--port", "0"], &short).await;
     assert!(!ok && said.contains("32"), "{said}");
     schema.drop().await;
 }
@@ -1259,7 +1236,6 @@ async fn files_written_through_the_api_reach_the_snapshot_store_and_outlive_thei
     .await
     .expect("the written file's snapshot is stored");
     cluster.kill_runner(&first).await;
-    cluster.wait_state(&first, "dead").await;
     let frames = cluster.api().message(&session, "still there?").await;
     assert_eq!(common::events(&frames).last(), Some(&"done"), "{frames:?}");
     assert_ne!(cluster.holder(&session).await, first);

@@ -468,7 +468,28 @@ impl Server {
     }
 }
 
-/// Runs `ash start` with `env` added, which must fail; its stderr.
+/// Runs `ash <args>` with `env` (and no API key) on a fresh process; its exit status and
+/// stderr.
+pub async fn refused(args: &[&str], env: &[(&str, String)]) -> (bool, String) {
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(ASH)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env_remove("ASH_API_KEY")
+            .env("ASH_BRIDGE_BIN", BRIDGE)
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("a node with a bad setting stops at once")
+    .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Reads an `ash` process's stdout until it says where it listens; returns that URL and the
 /// lines so far, and drains the rest.
 pub async fn listening(child: &mut tokio::process::Child) -> (String, Vec<String>) {
