@@ -17,8 +17,11 @@ fi
 cargo build -q -p ash-cli --locked
 data=$(mktemp -d)
 out="$data/stdout"
-# With a credential key, so the credential routes are fuzzed past their "credentials are off".
-ASH_CREDENTIAL_KEY=$(head -c 32 /dev/urandom | base64) \
+# With a credential key, so the credential routes are fuzzed past their "credentials are off";
+# and the key in ASH_API_KEY, which the API cannot delete: the fuzzer learns the ids listed by
+# GET /api/api-keys and deletes them, and a deleted key would leave it fuzzing only the 401.
+key="ash_fuzz_$(head -c 24 /dev/urandom | base64 | tr -d '/+=')"
+ASH_API_KEY=$key ASH_CREDENTIAL_KEY=$(head -c 32 /dev/urandom | base64) \
 ASH_DATA_DIR="$data/ash" ASH_PORT=0 ASH_LOG=warn ./target/debug/ash start >"$out" 2>"$data/stderr" &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$data"' EXIT
@@ -33,7 +36,7 @@ url=$(grep -o 'http://[0-9.:]*' "$out")
 # is left out because some schema-valid inputs are refused by rules the schema cannot state
 # (an agent must exist, env names must be valid identifiers).
 "$venv/bin/schemathesis" run docs/openapi.json \
-  --url "$url" -H "Authorization: Bearer $(cat "$data/ash/initial-api-key")" \
+  --url "$url" -H "Authorization: Bearer $key" \
   --checks all --exclude-checks positive_data_acceptance \
   --exclude-path-regex '/stream$' \
   --phases examples,coverage,fuzzing --max-examples 30 \

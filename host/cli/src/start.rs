@@ -338,6 +338,7 @@ fn config(args: StartArgs) -> anyhow::Result<(ServerConfig, FileSettings)> {
         sandbox_grant_syscalls: grant_syscalls(file.sandbox_grant_syscalls.clone()),
         data_dir,
         runner: None,
+        cluster: false,
     };
     let config = ServerConfig {
         host: args

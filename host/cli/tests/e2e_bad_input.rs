@@ -29,6 +29,28 @@ async fn malformed_json_gets_400_saying_what_is_wrong() {
     let (status, body) = server.raw_post("/api/sessions", "{\"agent\": 7}").await;
     assert_eq!(status, 422);
     assert!(body["error"].as_str().unwrap().contains("agent"), "{body}");
+    // serde would read a struct from an array: `[null, null]` must not pass as `{}`.
+    for body in ["[null, null]", "[\"hello-agent\"]", " 7", "\"x\"", "null"] {
+        let (status, reply) = server.raw_post("/api/sessions", body).await;
+        assert_eq!(status, 422, "{body}: {reply}");
+        assert!(
+            reply["error"].as_str().unwrap().contains("JSON object"),
+            "{reply}"
+        );
+    }
+    let (status, _) = server
+        .call(
+            reqwest::Method::PATCH,
+            "/api/agents/hello-agent",
+            Some(json!([{"A": "b"}, null])),
+        )
+        .await;
+    assert_eq!(status, 422);
+    assert_eq!(
+        server.get("/api/agents/hello-agent").await.1["agent"]["version"],
+        1,
+        "the refused patch changed nothing"
+    );
     still_serves(&server).await;
 }
 

@@ -260,3 +260,51 @@ async fn an_agents_config_is_merged_sizes_its_warm_pool_and_a_new_env_is_a_new_v
         2
     );
 }
+
+#[tokio::test]
+async fn warm_sandboxes_start_with_the_active_versions_prompt_and_follow_its_changes() {
+    let server = Server::start().await;
+    let (status, body) = server
+        .deploy(
+            "prompted",
+            &[
+                ("ash.toml", "[pool]\nprewarm = 1\n"),
+                ("CLAUDE.md", "folder"),
+            ],
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    warm_pool_holds(&server, 1).await;
+    server
+        .post(
+            "/api/agents/prompted/versions",
+            json!({"systemPrompt": "from the version"}),
+        )
+        .await;
+    server
+        .post("/api/agents/prompted/versions/1/activate", json!({}))
+        .await;
+    // The warm sandbox of the folder's prompt is replaced by one of the version's.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let session = loop {
+        let session = server.session("prompted").await;
+        let hits = server.get("/health").await.1["pool"]["preWarmHits"].clone();
+        let prompt = server.exec(&session, "cat CLAUDE.md").await["stdout"].clone();
+        assert_eq!(
+            prompt, "from the version",
+            "a warm sandbox kept the old prompt"
+        );
+        if hits == 1 {
+            break session;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no warm sandbox of the version came"
+        );
+        warm_pool_holds(&server, 1).await;
+    };
+    assert_eq!(
+        server.exec(&session, "cat CLAUDE.md").await["stdout"],
+        "from the version"
+    );
+}

@@ -30,6 +30,9 @@ pub struct Agent {
     /// `preWarmCount` of it. Not shown with the agent, as in the reference API.
     #[serde(skip)]
     pub config: serde_json::Map<String, serde_json::Value>,
+    /// The number of its active named version (`/api/agents/:name/versions`), whose system
+    /// prompt new sessions start with.
+    pub active_version: Option<i64>,
     #[schema(format = DateTime)]
     pub created_at: String,
     #[schema(format = DateTime)]
@@ -82,6 +85,95 @@ pub fn merge_agent_config(
             serde_json::Value::Null => config.remove(key),
             value => config.insert(key.clone(), value.clone()),
         };
+    }
+}
+
+/// A named version of an agent (`/api/agents/:name/versions`): a system prompt with notes.
+/// New sessions of the agent start with its active version's prompt as their `CLAUDE.md`
+/// (a session's own `systemPrompt` comes first).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentVersion {
+    #[schema(format = Uuid)]
+    pub id: String,
+    pub tenant_id: String,
+    #[schema(value_type = String)]
+    pub agent_name: AgentName,
+    pub version_number: i64,
+    pub name: String,
+    pub system_prompt: Option<String>,
+    pub release_notes: Option<String>,
+    /// Whether it is the agent's active version (the agent's record says which is).
+    #[serde(default)]
+    pub is_active: bool,
+    /// Paths in the agent's folder the version names as its knowledge; kept for its clients.
+    pub knowledge_files: Option<Vec<String>>,
+    pub created_by: Option<String>,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    #[schema(format = DateTime)]
+    pub updated_at: String,
+}
+
+/// The most named versions one agent keeps.
+pub const MAX_AGENT_VERSIONS: usize = 1000;
+const MAX_VERSION_NAME: usize = 255;
+const MAX_SYSTEM_PROMPT: usize = 1_000_000;
+const MAX_RELEASE_NOTES: usize = 10_000;
+const MAX_KNOWLEDGE_FILES: usize = 1000;
+
+/// What a version is created or patched with; each field given replaces the version's.
+#[derive(Debug, Default, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionFields {
+    /// At most 255 bytes [default at create: `v<number>`].
+    pub name: Option<String>,
+    /// At most 1,000,000 bytes.
+    pub system_prompt: Option<String>,
+    /// At most 10,000 bytes.
+    pub release_notes: Option<String>,
+    /// At most 1,000 paths relative to the agent's folder.
+    pub knowledge_files: Option<Vec<String>>,
+}
+
+impl VersionFields {
+    pub fn check(&self) -> Result<(), CoreError> {
+        let long = |field: &str, text: &Option<String>, max: usize| match text {
+            Some(text) if text.len() > max => Err(CoreError::InvalidVersion(format!(
+                "{field} must be at most {max} bytes"
+            ))),
+            _ => Ok(()),
+        };
+        long("name", &self.name, MAX_VERSION_NAME)?;
+        long("systemPrompt", &self.system_prompt, MAX_SYSTEM_PROMPT)?;
+        long("releaseNotes", &self.release_notes, MAX_RELEASE_NOTES)?;
+        if let Some(files) = &self.knowledge_files {
+            if files.len() > MAX_KNOWLEDGE_FILES {
+                return Err(CoreError::InvalidVersion(format!(
+                    "knowledgeFiles holds at most {MAX_KNOWLEDGE_FILES} paths"
+                )));
+            }
+            for file in files {
+                RelativePath::parse(file)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the fields given into `version`.
+    pub fn apply(self, version: &mut AgentVersion) {
+        if let Some(name) = self.name {
+            version.name = name;
+        }
+        if self.system_prompt.is_some() {
+            version.system_prompt = self.system_prompt;
+        }
+        if self.release_notes.is_some() {
+            version.release_notes = self.release_notes;
+        }
+        if self.knowledge_files.is_some() {
+            version.knowledge_files = self.knowledge_files;
+        }
     }
 }
 

@@ -22,4 +22,6 @@ pub enum CoreError {
     SessionEnded,
     #[error("invalid config: {0}")]
     InvalidConfig(String),
+    #[error("invalid agent version: {0}")]
+    InvalidVersion(String),
 }

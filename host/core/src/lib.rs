@@ -14,9 +14,9 @@ mod session;
 mod storage;
 
 pub use agent::{
-    check_agent_config, merge_agent_config, Agent, AgentManifest, AgentName, LimitOverrides,
-    PoolSettings, RelativePath, MANIFEST_FILE, MAX_AGENT_CONFIG_BYTES, MAX_MANIFEST_BYTES,
-    MAX_PREWARM,
+    check_agent_config, merge_agent_config, Agent, AgentManifest, AgentName, AgentVersion,
+    LimitOverrides, PoolSettings, RelativePath, VersionFields, MANIFEST_FILE,
+    MAX_AGENT_CONFIG_BYTES, MAX_AGENT_VERSIONS, MAX_MANIFEST_BYTES, MAX_PREWARM,
 };
 pub use credential::{ApiKey, Credential, CredentialType};
 pub use error::CoreError;

@@ -5,9 +5,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ash_core::{Agent, AgentManifest, AgentName, SessionStatus, MANIFEST_FILE, MAX_MANIFEST_BYTES};
+use ash_core::{
+    Agent, AgentManifest, AgentName, RelativePath, SessionStatus, MANIFEST_FILE, MAX_MANIFEST_BYTES,
+};
+use ash_sandbox::{FileError, Workspace};
 
-use crate::{Runtime, RuntimeError};
+use crate::{Missing, Runtime, RuntimeError};
 
 /// The most file content an agent's folder sent to runners holds.
 const AGENT_LIMIT: u64 = 256 << 20;
@@ -55,11 +58,72 @@ impl Runtime {
         &self,
         agent: &Agent,
     ) -> Result<(PathBuf, AgentManifest), RuntimeError> {
-        let dir = match self.config.runner {
-            None => PathBuf::from(&agent.path),
-            Some(_) => self.fetched_agent(agent).await?,
-        };
+        let dir = self.agent_dir(agent).await?;
         Ok((dir.clone(), manifest_at(dir).await?))
+    }
+
+    /// The agent's folder as this node reads it: where it was deployed, or on a node of a
+    /// cluster, this node's copy of the version's folder from the snapshot store.
+    pub async fn agent_dir(&self, agent: &Agent) -> Result<PathBuf, RuntimeError> {
+        match self.config.cluster {
+            false => Ok(PathBuf::from(&agent.path)),
+            true => self.fetched_agent(agent).await,
+        }
+    }
+
+    /// Holds off every other change of a managed agent's folder on this node (deploys and
+    /// file changes) until dropped.
+    pub async fn agent_folder_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.agent_folders.lock().await
+    }
+
+    /// Changes the agent's files as its next version: its folder is copied, changed, checked
+    /// (`CLAUDE.md` stays, `ash.toml` parses and asks for nothing ungranted) and swapped in
+    /// whole, so a sandbox starts from one version or the other, never a mix. A folder on the
+    /// server (a path-mode deploy) is the operator's and is not changed. `_held` is
+    /// [`Self::agent_folder_lock`]'s guard, held until the new version is sent on.
+    pub async fn change_agent_files(
+        &self,
+        _held: &tokio::sync::MutexGuard<'_, ()>,
+        name: &AgentName,
+        changes: Vec<FileChange>,
+    ) -> Result<Agent, RuntimeError> {
+        let agent = self
+            .store
+            .get_agent(name)
+            .await?
+            .ok_or(RuntimeError::NotFound(Missing::Agent))?;
+        let root = self.managed_agents();
+        if !self.config.cluster && Path::new(&agent.path).parent() != Some(root.as_path()) {
+            return Err(RuntimeError::Conflict(format!(
+                "agent {name} is deployed from a folder on the server ({}), which Ash does not change; change the files there and deploy again",
+                agent.path
+            )));
+        }
+        let base = self.agent_dir(&agent).await?;
+        let grants = self.config.sandbox_grant_syscalls.clone();
+        let target = name.clone();
+        let dir = blocking(move || {
+            let staging = root.join(format!(".staging-{}", uuid::Uuid::new_v4()));
+            let changed = changed_copy(&base, &root, &staging, changes, &grants);
+            match changed {
+                Ok(()) => Ok(place_folder(&root, &target, &staging)?),
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&staging);
+                    Err(e)
+                }
+            }
+        })
+        .await?;
+        let replaced = self
+            .store
+            .replace_agent_folder(name, &dir.to_string_lossy(), agent.version)
+            .await?;
+        replaced.ok_or_else(|| {
+            RuntimeError::Conflict(format!(
+                "agent {name} changed while its files were being written; read them again and retry"
+            ))
+        })
     }
 
     /// The runner's copy of the agent version's folder, fetched from the snapshot store when
@@ -205,14 +269,79 @@ impl Runtime {
 
     /// Refuses a manifest asking for syscalls the operator has not granted.
     pub fn check_grants(&self, manifest: &AgentManifest) -> Result<(), RuntimeError> {
-        let granted = &self.config.sandbox_grant_syscalls;
-        match manifest.sandbox.syscalls.iter().find(|asked| !granted.contains(asked)) {
-            None => Ok(()),
-            Some(asked) => Err(RuntimeError::Forbidden(format!(
-                "ash.toml asks for syscall {asked:?}, which this server's operator has not granted (sandbox_grant_syscalls in its settings)"
-            ))),
-        }
+        check_grants(manifest, &self.config.sandbox_grant_syscalls)
     }
+}
+
+fn check_grants(manifest: &AgentManifest, granted: &[String]) -> Result<(), RuntimeError> {
+    match manifest.sandbox.syscalls.iter().find(|asked| !granted.contains(asked)) {
+        None => Ok(()),
+        Some(asked) => Err(RuntimeError::Forbidden(format!(
+            "ash.toml asks for syscall {asked:?}, which this server's operator has not granted (sandbox_grant_syscalls in its settings)"
+        ))),
+    }
+}
+
+/// A change to one of an agent's files.
+pub enum FileChange {
+    Write(RelativePath, Vec<u8>),
+    Delete(RelativePath),
+}
+
+/// Copies the agent's folder `base` to `staging` (under `root`) and applies `changes` there,
+/// each confined to the folder; then checks what the agent would be.
+fn changed_copy(
+    base: &Path,
+    root: &Path,
+    staging: &Path,
+    changes: Vec<FileChange>,
+    grants: &[String],
+) -> Result<(), RuntimeError> {
+    let opened = |dir: &Path| {
+        Workspace::open(dir)
+            .map_err(|e| RuntimeError::internal("cannot open the agent's folder", e))
+    };
+    let bundle = opened(base)?.pack_all(AGENT_LIMIT).map_err(file_error)?;
+    std::fs::create_dir_all(root)?;
+    std::fs::create_dir(staging)?;
+    let folder = opened(staging)?;
+    folder.unpack(&bundle, AGENT_LIMIT).map_err(file_error)?;
+    for change in changes {
+        match change {
+            FileChange::Write(path, bytes) => folder.write(&path, &bytes, false),
+            FileChange::Delete(path) => folder.remove(&path),
+        }
+        .map_err(file_error)?;
+    }
+    if !staging.join("CLAUDE.md").is_file() {
+        return Err(RuntimeError::invalid(
+            "an agent's folder must keep its CLAUDE.md",
+        ));
+    }
+    let manifest = AgentManifest::parse(read_manifest(staging)?.as_deref())?;
+    check_grants(&manifest, grants)
+}
+
+fn file_error(e: FileError) -> RuntimeError {
+    match e {
+        FileError::NotFound(_) => RuntimeError::NotFound(Missing::AgentFile),
+        FileError::TooLarge { .. } => RuntimeError::TooLarge(e.to_string()),
+        FileError::Io(e) => RuntimeError::Io(e),
+        e => RuntimeError::invalid(e.to_string()),
+    }
+}
+
+/// Swaps the folder at `staging` in for the agent's folder under `root`, whole, and returns
+/// where it is; the folder it replaces is deleted.
+pub fn place_folder(root: &Path, name: &AgentName, staging: &Path) -> std::io::Result<PathBuf> {
+    let target = root.join(name.as_str());
+    let old = root.join(format!(".old-{}", uuid::Uuid::new_v4()));
+    let had_old = std::fs::rename(&target, &old).is_ok();
+    std::fs::rename(staging, &target)?;
+    if had_old {
+        std::fs::remove_dir_all(&old)?;
+    }
+    Ok(target)
 }
 
 /// Checks env names (`[A-Za-z_][A-Za-z0-9_]*`) and values (64 KiB, no NUL).

@@ -22,6 +22,9 @@ pub enum RuntimeError {
     /// The session's turn lock is held: a turn, or a pause, stop, resume or fork of it, runs.
     #[error("The session is busy (a turn, or a pause, stop or fork of it, is running); wait for its done event, or interrupt it")]
     Busy,
+    /// The thing's state forbids it now; the message says what to do first.
+    #[error("{0}")]
+    Conflict(String),
     /// The session ended, so what is asked cannot be done any more.
     #[error("{0}")]
     Gone(&'static str),
@@ -89,6 +92,8 @@ pub enum Missing {
     /// The session has neither a workspace nor a snapshot.
     Workspace,
     Attachment,
+    AgentVersion,
+    AgentFile,
 }
 
 impl std::fmt::Display for Missing {
@@ -98,6 +103,8 @@ impl std::fmt::Display for Missing {
             Self::Agent => "Agent not found",
             Self::Workspace => "No workspace available for this session",
             Self::Attachment => "Attachment not found",
+            Self::AgentVersion => "Agent version not found",
+            Self::AgentFile => "File not found in the agent's folder",
         })
     }
 }

@@ -39,7 +39,7 @@ use ash_store::{Appended, Appends, Store};
 /// How long a stop waits for snapshot uploads in flight.
 const UPLOAD_WAIT: Duration = Duration::from_secs(10);
 
-pub use agents::{blocking, read_manifest, validate_env};
+pub use agents::{blocking, place_folder, read_manifest, validate_env, FileChange};
 pub use attachments::NewAttachment;
 pub use cluster::{Cluster, Placement};
 pub use credentials::Sealer;
@@ -82,6 +82,9 @@ pub struct RuntimeConfig {
     /// The runner id this node holds sandboxes as in a cluster (its sessions' `runnerId`);
     /// `None` for the single process.
     pub runner: Option<String>,
+    /// A node of a cluster (a coordinator or a runner): agents' folders are read from the
+    /// snapshot store, where every coordinator sends them.
+    pub cluster: bool,
 }
 
 /// Caps on what an agent's events may add to the log; a turn past one ends with a `limit`
@@ -132,6 +135,8 @@ pub struct Runtime {
     uploads: tokio_util::task::TaskTracker,
     /// Other servers' appends, until [`Self::start`] follows them.
     appends: std::sync::Mutex<Option<Appends>>,
+    /// Held while a managed agent's folder changes ([`Self::agent_folder_lock`]).
+    agent_folders: tokio::sync::Mutex<()>,
 }
 
 /// What the runtime is built from.
@@ -197,6 +202,7 @@ impl Runtime {
             snapshots,
             uploads: Default::default(),
             appends: std::sync::Mutex::new(appends),
+            agent_folders: tokio::sync::Mutex::default(),
         })
     }
 

@@ -97,6 +97,11 @@ impl Runtime {
             .get_agent(&agent_name)
             .await?
             .ok_or(RuntimeError::NotFound(Missing::Agent))?;
+        // The session's own prompt, else the agent's active version's.
+        let system_prompt = match new.system_prompt {
+            Some(prompt) => Some(prompt),
+            None => self.store.active_prompt(&agent).await?,
+        };
         let now = now();
         let id = SessionId::new();
         let session = Session {
@@ -114,7 +119,7 @@ impl Runtime {
             last_active_at: now,
             logged_bytes: 0,
         };
-        self.place(&session, &agent, new.system_prompt.as_deref())
+        self.place(&session, &agent, system_prompt.as_deref())
             .await?;
         if let Err(e) = self.store.insert_session(&session).await {
             self.sessions.end(id).await;

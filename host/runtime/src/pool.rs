@@ -1,13 +1,14 @@
 //! The warm pool: sandboxes started ahead of time for agents whose `ash.toml` asks for them
 //! (`[pool] prewarm = N`), so a new session starts without waiting for bwrap.
 //!
-//! A warm sandbox is started with only the agent's own settings, so it serves only a session
-//! that asks for nothing of its own (no `extraEnv`, no `systemPrompt`); any other session gets
-//! a fresh sandbox — a warm one never silently drops a session's settings. Warm sandboxes of an
-//! older version of the agent are stopped, never handed out. They hold capacity like any
+//! A warm sandbox is started with only the agent's own settings and its active version's
+//! prompt, so it serves only a session that asks for nothing of its own (no `extraEnv`, no
+//! credential, no other `systemPrompt`); any other session gets a fresh sandbox — a warm one
+//! never silently drops a session's settings. Warm sandboxes of an older version of the agent,
+//! or of another active prompt, are stopped, never handed out. They hold capacity like any
 //! sandbox and are the first to go when the node is full.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -22,23 +23,29 @@ pub(crate) const WARM_PREFIX: &str = "warm-";
 struct Warm {
     id: String,
     version: i64,
+    /// The `CLAUDE.md` it started with, when not the folder's.
+    prompt: Option<String>,
     live: Arc<Live>,
 }
 
 #[derive(Default)]
 pub(crate) struct Pool {
     warm: Mutex<HashMap<AgentName, Vec<Warm>>>,
-    filling: Mutex<HashSet<AgentName>>,
+    /// Agents whose pool is being filled, each with whether it was asked again meanwhile.
+    filling: Mutex<HashMap<AgentName, bool>>,
     /// Warm sandboxes being started.
     warming: AtomicUsize,
 }
 
 impl Pool {
-    /// Takes a warm sandbox of this agent version: (its id, the sandbox).
-    pub(crate) fn claim(&self, agent: &Agent) -> Option<(String, Arc<Live>)> {
+    /// Takes a warm sandbox of this agent version started with this prompt: (its id, the
+    /// sandbox).
+    pub(crate) fn claim(&self, agent: &Agent, prompt: Option<&str>) -> Option<(String, Arc<Live>)> {
         let mut warm = self.warm.lock().expect("lock");
         let list = warm.get_mut(&agent.name)?;
-        let at = list.iter().position(|w| w.version == agent.version)?;
+        let at = list
+            .iter()
+            .position(|w| w.version == agent.version && w.prompt.as_deref() == prompt)?;
         let taken = list.swap_remove(at);
         Some((taken.id, taken.live))
     }
@@ -77,32 +84,33 @@ impl Pool {
 }
 
 /// Brings the agent's warm pool to its `prewarm` count, stopping sandboxes of older versions.
-/// One fill per agent at a time; failures are logged, never fatal.
+/// One fill per agent at a time: a fill asked for while one runs makes that one go round
+/// again, so a change that lands mid-fill is never lost. Failures are logged, never fatal.
 pub(crate) async fn fill(runtime: Arc<Runtime>, name: AgentName) {
     // A node that holds no sandboxes (a coordinator) keeps no pool.
     if runtime.config.max_sandboxes == 0 {
         return;
     }
-    if !runtime
-        .sessions
-        .pool()
-        .filling
-        .lock()
-        .expect("lock")
-        .insert(name.clone())
+    let filling = &runtime.sessions.pool().filling;
     {
-        return;
+        let mut filling = filling.lock().expect("lock");
+        if let Some(again) = filling.get_mut(&name) {
+            *again = true;
+            return;
+        }
+        filling.insert(name.clone(), false);
     }
-    if let Err(e) = top_up(&runtime, &name).await {
-        tracing::warn!(agent = %name, "cannot pre-warm sandboxes: {e}");
+    loop {
+        if let Err(e) = top_up(&runtime, &name).await {
+            tracing::warn!(agent = %name, "cannot pre-warm sandboxes: {e}");
+        }
+        let mut filling = filling.lock().expect("lock");
+        let again = filling.get_mut(&name).expect("held by this fill");
+        if !std::mem::take(again) {
+            filling.remove(&name);
+            return;
+        }
     }
-    runtime
-        .sessions
-        .pool()
-        .filling
-        .lock()
-        .expect("lock")
-        .remove(&name);
 }
 
 async fn top_up(runtime: &Runtime, name: &AgentName) -> Result<(), RuntimeError> {
@@ -117,12 +125,13 @@ async fn top_up(runtime: &Runtime, name: &AgentName) -> Result<(), RuntimeError>
         Some(count) => count,
         None => runtime.agent_files(&agent).await?.1.pool.prewarm,
     } as usize;
+    let prompt = runtime.store.active_prompt(&agent).await?;
     let stale: Vec<Warm> = {
         let mut warm = pool.warm.lock().expect("lock");
         let list = warm.entry(name.clone()).or_default();
         let (mut keep, mut stale): (Vec<Warm>, Vec<Warm>) = std::mem::take(list)
             .into_iter()
-            .partition(|w| w.version == agent.version);
+            .partition(|w| w.version == agent.version && w.prompt == prompt);
         if keep.len() > want {
             stale.extend(keep.split_off(want));
         }
@@ -145,7 +154,7 @@ async fn top_up(runtime: &Runtime, name: &AgentName) -> Result<(), RuntimeError>
         let id = format!("{WARM_PREFIX}{}", uuid::Uuid::new_v4());
         pool.warming.fetch_add(1, Ordering::Relaxed);
         let started = runtime
-            .start_sandbox(&id, &agent, &agent.env, None, Room::OnlyIfFree)
+            .start_sandbox(&id, &agent, &agent.env, prompt.as_deref(), Room::OnlyIfFree)
             .await;
         pool.warming.fetch_sub(1, Ordering::Relaxed);
         let live = started?;
@@ -157,6 +166,7 @@ async fn top_up(runtime: &Runtime, name: &AgentName) -> Result<(), RuntimeError>
             .push(Warm {
                 id,
                 version: agent.version,
+                prompt: prompt.clone(),
                 live,
             });
     }

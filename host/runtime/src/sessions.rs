@@ -537,7 +537,8 @@ impl Runtime {
     }
 
     /// Starts a new session's sandbox: a warm one from the agent's pool when the session asks
-    /// for nothing of its own (no env, no prompt), else a fresh one.
+    /// for nothing of its own (no env, no credential) and its prompt is the one the warm
+    /// sandbox started with (the active version's, or none), else a fresh one.
     pub(crate) async fn place(
         self: &Arc<Self>,
         session: &Session,
@@ -545,8 +546,8 @@ impl Runtime {
         system_prompt: Option<&str>,
     ) -> Result<(), RuntimeError> {
         let sessions = &self.sessions;
-        if session.env.is_empty() && session.credential_id.is_none() && system_prompt.is_none() {
-            if let Some((warm, live)) = sessions.pool.claim(agent) {
+        if session.env.is_empty() && session.credential_id.is_none() {
+            if let Some((warm, live)) = sessions.pool.claim(agent, system_prompt) {
                 let (from, to) = (
                     sessions.host.root.join(&warm),
                     sessions.host.root.join(session.id.to_string()),

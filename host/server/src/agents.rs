@@ -93,28 +93,22 @@ pub(crate) async fn patch_config(
     }))
 }
 
-/// Changes the agent, checking the config it would have; its warm pool follows (a new env is
-/// a new version, which a coordinator sends to the runners).
+/// Changes the agent (the store checks the config it would have); its warm pool follows (a
+/// new env is a new version, which a coordinator sends to the runners).
 async fn patched(
     state: &AppState,
     name: &AgentName,
     env: Option<&BTreeMap<String, String>>,
     config: Option<&serde_json::Map<String, serde_json::Value>>,
 ) -> Result<ash_core::Agent, ApiError> {
-    let current = stored(state, name).await?;
-    let version = current.version;
-    if let Some(patch) = config {
-        let mut merged = current.config;
-        ash_core::merge_agent_config(&mut merged, patch);
-        ash_core::check_agent_config(&merged)?;
-    }
     let agent = state
         .store
         .patch_agent(name, env, config)
         .await?
         .ok_or_else(agent_not_found)?;
+    let from = agent.version - i64::from(env.is_some());
     // The runners hear of it too: a new version's folder, or a new warm pool size.
-    changed(state, &agent, Change::Patched { from: version }).await?;
+    changed(state, &agent, Change::Patched { from }).await?;
     tracing::info!(agent = %name, version = agent.version, "agent changed");
     state.runtime.agent_deployed(name.clone());
     Ok(agent)
@@ -135,8 +129,9 @@ pub(crate) struct DeployBody {
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub(crate) struct FileBody {
-    path: String,
-    content: String,
+    pub(crate) path: String,
+    /// Base64.
+    pub(crate) content: String,
 }
 
 #[utoipa::path(post, path = "/api/agents", tag = "agents", request_body = DeployBody,
@@ -147,6 +142,7 @@ pub(crate) async fn deploy(
 ) -> Result<(StatusCode, Json<AgentReply>), ApiError> {
     let name = AgentName::try_from(body.name)?;
     validate_env(&body.env)?;
+    let _one = state.runtime.agent_folder_lock().await;
     let dir = match body.path {
         Some(path) if body.files.is_none() && body.system_prompt.is_none() => {
             let (dir, manifest) = path_mode(&state.config, &path).await?;
@@ -207,7 +203,7 @@ pub(crate) async fn remove(
 }
 
 /// What happened to an agent, for [`changed`].
-enum Change {
+pub(crate) enum Change {
     /// Its folder here is the new version.
     Deployed,
     /// Changed in place from version `from` (the same folder).
@@ -220,7 +216,7 @@ enum Change {
 /// On a coordinator, the snapshot store gets the agent's new version (a deleted one's leaves
 /// it), and the runners hear of it: they fill or empty its warm pool, and stop the sandboxes
 /// of a deleted agent's sessions.
-async fn changed(
+pub(crate) async fn changed(
     state: &AppState,
     agent: &ash_core::Agent,
     change: Change,
@@ -260,6 +256,7 @@ pub(crate) async fn seed(state: &AppState, seed: crate::SeedAgent) -> Result<(),
         files,
     };
     let root = state.runtime.managed_agents();
+    let _one = state.runtime.agent_folder_lock().await;
     let dir = blocking(move || Ok::<_, ApiError>(write_managed(&root, upload)?)).await?;
     let agent = state
         .store
@@ -269,7 +266,10 @@ pub(crate) async fn seed(state: &AppState, seed: crate::SeedAgent) -> Result<(),
 }
 
 /// The agent of this name, or 404.
-async fn stored(state: &AppState, name: &AgentName) -> Result<ash_core::Agent, ApiError> {
+pub(crate) async fn stored(
+    state: &AppState,
+    name: &AgentName,
+) -> Result<ash_core::Agent, ApiError> {
     state
         .store
         .get_agent(name)
@@ -382,12 +382,5 @@ fn write_managed(root: &Path, upload: Upload) -> std::io::Result<PathBuf> {
         std::fs::create_dir_all(target.parent().expect("a file path has a parent"))?;
         std::fs::write(&target, bytes)?;
     }
-    let target = root.join(upload.name.as_str());
-    let old = root.join(format!(".old-{}", uuid::Uuid::new_v4()));
-    let had_old = std::fs::rename(&target, &old).is_ok();
-    std::fs::rename(&staging, &target)?;
-    if had_old {
-        std::fs::remove_dir_all(&old)?;
-    }
-    Ok(target)
+    ash_runtime::place_folder(root, &upload.name, &staging)
 }

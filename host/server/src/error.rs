@@ -121,7 +121,7 @@ impl From<RuntimeError> for ApiError {
             RuntimeError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             RuntimeError::NotFound(_) => StatusCode::NOT_FOUND,
             RuntimeError::Forbidden(_) => StatusCode::FORBIDDEN,
-            RuntimeError::Busy => StatusCode::CONFLICT,
+            RuntimeError::Busy | RuntimeError::Conflict(_) => StatusCode::CONFLICT,
             RuntimeError::Gone(_) => StatusCode::GONE,
             RuntimeError::AgentUnusable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             RuntimeError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -153,10 +153,58 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
-/// `axum::Json` whose rejections use [`ApiError`]'s body.
-#[derive(axum::extract::FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// `axum::Json` whose rejections use [`ApiError`]'s body, and which takes only a JSON
+/// object: serde reads a struct from an array too (`[null, null]` would pass as `{}`), so any
+/// other body is refused before it is parsed. Every request body of the API is an object.
 pub struct Json<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        if !json_content_type(request.headers()) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "send the body as JSON with Content-Type: application/json",
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| match rejection.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request body is too large for this endpoint",
+                ),
+                status => ApiError::new(status, rejection.body_text()),
+            })?;
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid JSON body: it must be a JSON object",
+            ));
+        }
+        let axum::Json(value) = axum::Json::from_bytes(&bytes)?;
+        Ok(Self(value))
+    }
+}
+
+/// `application/json`, or a `+json` type.
+fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
 
 /// `axum::extract::Query` whose rejections use [`ApiError`]'s body.
 #[derive(axum::extract::FromRequestParts)]

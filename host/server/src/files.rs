@@ -40,12 +40,16 @@ const MAX_BUNDLE_CONTENT: u64 = 100 * 1024 * 1024;
 const WORKSPACE_BODY_LIMIT: usize = 134 * 1024 * 1024;
 const MAX_UNPACKED: u64 = 512 * 1024 * 1024;
 
-/// `/api/sessions/{id}/files/{*path}`: axum's wildcard takes the rest of the path, which
-/// OpenAPI cannot say, so the document names it `{path}` and the router `{*path}`.
-fn any_file() -> OpenApiRouter<Arc<AppState>> {
-    let (schemas, paths, _) = routes!(read, remove);
-    let method_router = axum::routing::get(read).delete(remove);
-    let mut router = OpenApiRouter::new().route("/api/sessions/{id}/files/{*path}", method_router);
+/// A route ending in `{*path}`: axum's wildcard takes the rest of the path, which OpenAPI
+/// cannot say, so the document names it `{path}` (`documented`: the handlers' `routes!`) and
+/// the router `{*path}`.
+pub(crate) fn wildcard(
+    route: &str,
+    method_router: axum::routing::MethodRouter<Arc<AppState>>,
+    documented: utoipa_axum::router::UtoipaMethodRouter<Arc<AppState>>,
+) -> OpenApiRouter<Arc<AppState>> {
+    let (schemas, paths, _) = documented;
+    let mut router = OpenApiRouter::new().route(route, method_router);
     let openapi = router.get_openapi_mut();
     openapi.paths.paths.extend(paths.paths);
     let components = openapi.components.get_or_insert_with(Default::default);
@@ -56,7 +60,11 @@ fn any_file() -> OpenApiRouter<Arc<AppState>> {
 pub(crate) fn routes() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::new()
         .routes(routes!(list, upload).layer(DefaultBodyLimit::max(FILES_BODY_LIMIT)))
-        .merge(any_file())
+        .merge(wildcard(
+            "/api/sessions/{id}/files/{*path}",
+            axum::routing::get(read).delete(remove),
+            routes!(read, remove),
+        ))
         .routes(routes!(download, restore).layer(DefaultBodyLimit::max(WORKSPACE_BODY_LIMIT)))
 }
 
@@ -93,7 +101,7 @@ fn no_workspace() -> ApiError {
 }
 
 /// Runs blocking file work off the async runtime, in the opened workspace.
-async fn in_workspace<T: Send + 'static>(
+pub(crate) async fn in_workspace<T: Send + 'static>(
     dir: PathBuf,
     work: impl FnOnce(Workspace) -> Result<T, FileError> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -107,7 +115,7 @@ async fn in_workspace<T: Send + 'static>(
     .map_err(|e| ApiError::internal("file task failed", e))?
 }
 
-fn file_error(e: FileError) -> ApiError {
+pub(crate) fn file_error(e: FileError) -> ApiError {
     match e {
         FileError::NotFound(_) => ApiError::not_found(e.to_string()),
         FileError::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => ApiError::new(
@@ -119,7 +127,7 @@ fn file_error(e: FileError) -> ApiError {
     }
 }
 
-fn relative(raw: &str) -> Result<RelativePath, ApiError> {
+pub(crate) fn relative(raw: &str) -> Result<RelativePath, ApiError> {
     RelativePath::parse(raw).map_err(|_| {
         ApiError::bad_request(format!(
             "Invalid path {raw:?}: give a path relative to the workspace, without '..'"
@@ -128,6 +136,7 @@ fn relative(raw: &str) -> Result<RelativePath, ApiError> {
 }
 
 #[derive(Deserialize, ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct ListQuery {
     /// Include tool folders such as `.cache`, `.venv` and `tmp` [default: true].
@@ -170,6 +179,19 @@ pub(crate) async fn list(
         }
     };
     let (dir, source) = readable(&state, &id).await?;
+    let (files, truncated) = listing(dir, include_hidden).await?;
+    Ok(Json(FileList {
+        files,
+        source,
+        truncated,
+    }))
+}
+
+/// The folder's regular files (at most 10,000), and whether there were more.
+pub(crate) async fn listing(
+    dir: PathBuf,
+    include_hidden: bool,
+) -> Result<(Vec<FileInfo>, bool), ApiError> {
     let (found, truncated) =
         in_workspace(dir, move |w| Ok(w.list(include_hidden, MAX_LISTED)?)).await?;
     let files = found
@@ -181,17 +203,14 @@ pub(crate) async fn list(
                 .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         })
         .collect();
-    Ok(Json(FileList {
-        files,
-        source,
-        truncated,
-    }))
+    Ok((files, truncated))
 }
 
 #[derive(Deserialize, ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ReadQuery {
     /// `raw` (the bytes, the default) or `json` (UTF-8 text up to 1 MiB).
-    format: Option<String>,
+    pub(crate) format: Option<String>,
 }
 
 /// A text file's content.
@@ -213,40 +232,60 @@ pub(crate) async fn read(
     UrlPath((id, path)): UrlPath<(String, String)>,
     Query(query): Query<ReadQuery>,
 ) -> Result<Response, ApiError> {
-    let json = match query.format.as_deref() {
-        None | Some("raw") => false,
-        Some("json") => true,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "format must be raw or json, not {other:?}"
-            )))
-        }
-    };
+    let json = json_format(query.format.as_deref(), false)?;
     let path = relative(&path)?;
     let (dir, source) = readable(&state, &id).await?;
-    let shown = path.as_path().display().to_string();
-    let opened = path.clone();
     if json {
-        let (bytes, size) = in_workspace(dir, move |w| {
-            let (file, size) = w.open_file(&opened, MAX_JSON_READ)?;
-            let mut bytes = Vec::new();
-            std::io::Read::read_to_end(&mut std::io::Read::take(file, size), &mut bytes)?;
-            Ok((bytes, size))
-        })
-        .await?;
-        let content = String::from_utf8(bytes).map_err(|_| {
-            ApiError::bad_request(format!(
-                "{shown} is not UTF-8 text; read it with format=raw"
-            ))
-        })?;
+        let (content, size) = text(dir, &path).await?;
         return Ok(Json(FileContent {
-            path: shown,
+            path: path.as_path().display().to_string(),
             content,
             size,
             source,
         })
         .into_response());
     }
+    let mut response = raw(dir, &path).await?;
+    response
+        .headers_mut()
+        .insert("x-ash-source", HeaderValue::from_static(source.name()));
+    Ok(response)
+}
+
+/// `format=raw` or `format=json` (the default named), for [`text`] and [`raw`].
+pub(crate) fn json_format(format: Option<&str>, default_json: bool) -> Result<bool, ApiError> {
+    match format {
+        None => Ok(default_json),
+        Some("raw") => Ok(false),
+        Some("json") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "format must be raw or json, not {other:?}"
+        ))),
+    }
+}
+
+/// A file of the folder as UTF-8 text (at most 1 MiB), and its size.
+pub(crate) async fn text(dir: PathBuf, path: &RelativePath) -> Result<(String, u64), ApiError> {
+    let opened = path.clone();
+    let (bytes, size) = in_workspace(dir, move |w| {
+        let (file, size) = w.open_file(&opened, MAX_JSON_READ)?;
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(file, size), &mut bytes)?;
+        Ok((bytes, size))
+    })
+    .await?;
+    let content = String::from_utf8(bytes).map_err(|_| {
+        ApiError::bad_request(format!(
+            "{} is not UTF-8 text; read it with format=raw",
+            path.as_path().display()
+        ))
+    })?;
+    Ok((content, size))
+}
+
+/// A file of the folder as a download (at most 100 MiB, streamed), its type from its name.
+pub(crate) async fn raw(dir: PathBuf, path: &RelativePath) -> Result<Response, ApiError> {
+    let opened = path.clone();
     let (file, size) = in_workspace(dir, move |w| w.open_file(&opened, MAX_RAW_READ)).await?;
     let body = tokio::io::AsyncReadExt::take(tokio::fs::File::from_std(file), size);
     let name = path
@@ -265,15 +304,11 @@ pub(crate) async fn read(
             format!("attachment; filename=\"{name}\""),
         ),
     ];
-    let mut response = (
+    Ok((
         headers,
         Body::from_stream(tokio_util::io::ReaderStream::new(body)),
     )
-        .into_response();
-    response
-        .headers_mut()
-        .insert("x-ash-source", HeaderValue::from_static(source.name()));
-    Ok(response)
+        .into_response())
 }
 
 /// The content type for a file name's extension; `application/octet-stream` when unknown.

@@ -6,6 +6,7 @@
 //! storage and sandbox failures are logged in full and answered without internals. Every
 //! request body has a size cap.
 
+mod agent_files;
 mod agents;
 mod attachments;
 mod auth;
@@ -23,6 +24,7 @@ mod runner;
 mod sessions;
 mod state;
 mod trace;
+mod versions;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -289,6 +291,8 @@ fn routes() -> (Routes, Routes) {
     use utoipa_axum::routes;
     let keyed = Routes::new()
         .merge(agents::routes())
+        .merge(agent_files::routes())
+        .merge(versions::routes())
         .merge(sessions::routes())
         .merge(lifecycle::routes())
         .merge(files::routes())

@@ -177,4 +177,26 @@ mod tests {
             "docs/openapi.json is stale: run `cargo run -p ash-cli --bin ash -- openapi > docs/openapi.json`"
         );
     }
+
+    /// A query struct without `#[into_params(parameter_in = Query)]` is documented as a
+    /// required path parameter, which clients then put in the path.
+    #[test]
+    fn every_path_parameter_is_in_its_path() {
+        let document: serde_json::Value = serde_json::from_str(&super::document()).unwrap();
+        let mut misplaced = Vec::new();
+        for (path, operations) in document["paths"].as_object().unwrap() {
+            for (method, operation) in operations.as_object().unwrap() {
+                for parameter in operation["parameters"].as_array().into_iter().flatten() {
+                    let name = parameter["name"].as_str().unwrap();
+                    if parameter["in"] == "path" && !path.contains(&format!("{{{name}}}")) {
+                        misplaced.push(format!("{method} {path}: {name}"));
+                    }
+                }
+            }
+        }
+        assert!(
+            misplaced.is_empty(),
+            "query parameters documented in the path: {misplaced:?}"
+        );
+    }
 }

@@ -118,6 +118,7 @@ pub(crate) async fn show(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct LogsQuery {
     /// Lines after this index [default: -1, all kept].
     #[param(minimum = -1)]

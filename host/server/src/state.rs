@@ -70,6 +70,7 @@ impl AppState {
             }) => {
                 // Sessions run on the runners, never here.
                 config.runtime.max_sandboxes = 0;
+                config.runtime.cluster = true;
                 let runners = runners.expect("checked above");
                 let cluster = ash_runtime::Cluster { runners, ttl };
                 coordinator = Some(Coordinator::new(cluster, token));
@@ -82,6 +83,7 @@ impl AppState {
                 },
             }) => {
                 config.runtime.runner = Some(node.clone());
+                config.runtime.cluster = true;
                 let capacity = config.runtime.max_sandboxes as u64;
                 let m = Membership::new(node.clone(), coordinators, address, token, capacity);
                 membership = Some(Arc::new(m));

@@ -5,7 +5,7 @@
 //! source held. The source is only read: a failed copy loses nothing, and an empty destination
 //! can be dropped and the copy run again.
 
-use ash_core::{Attachment, Storage};
+use ash_core::{AgentVersion, Attachment, Storage};
 
 use crate::log::{events_stream, messages_stream, STREAM_PAGE};
 use crate::records::{parse, AgentRecord, ApiKeyRecord, CredentialRecord, Record, SessionRecord};
@@ -15,6 +15,7 @@ use crate::{Store, StoreError};
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Copied {
     pub agents: u64,
+    pub agent_versions: u64,
     pub sessions: u64,
     pub api_keys: u64,
     pub credentials: u64,
@@ -27,6 +28,7 @@ impl Copied {
     /// Documents and stream entries together.
     pub fn total(&self) -> u64 {
         self.agents
+            + self.agent_versions
             + self.sessions
             + self.api_keys
             + self.credentials
@@ -35,9 +37,10 @@ impl Copied {
             + self.events
     }
 
-    fn rows(&self) -> [(&'static str, u64); 7] {
+    fn rows(&self) -> [(&'static str, u64); 8] {
         [
             ("agents", self.agents),
+            ("agent versions", self.agent_versions),
             ("sessions", self.sessions),
             ("API keys", self.api_keys),
             ("credentials", self.credentials),
@@ -96,6 +99,7 @@ impl Store {
     pub async fn count(&self) -> Result<Copied, StoreError> {
         let mut count = Copied {
             agents: self.count_documents(AgentRecord::COLLECTION).await?,
+            agent_versions: self.count_documents(AgentVersion::COLLECTION).await?,
             api_keys: self.count_documents(ApiKeyRecord::COLLECTION).await?,
             credentials: self.count_documents(CredentialRecord::COLLECTION).await?,
             attachments: self.count_documents(Attachment::COLLECTION).await?,
@@ -140,6 +144,7 @@ impl Store {
             report: progress,
         };
         copy_documents::<AgentRecord>(self, to, &mut progress).await?;
+        copy_documents::<AgentVersion>(self, to, &mut progress).await?;
         copy_documents::<ApiKeyRecord>(self, to, &mut progress).await?;
         copy_documents::<CredentialRecord>(self, to, &mut progress).await?;
         copy_documents::<Attachment>(self, to, &mut progress).await?;

@@ -3,6 +3,7 @@
 //! | collection | key | index entries |
 //! |---|---|---|
 //! | `agents` | `<tenant>/<name>` | — |
+//! | `agent-versions` | `<tenant>/<agent>/<number, 10 digits>` | — |
 //! | `sessions` | `<tenant>/<id>` | `agent` = `<tenant>/<agent>`, `status` = `<tenant>/<status>`, `turn` = the node that began it (`open` for a store that names none) while a turn is in flight |
 //! | `api-keys` | the key's SHA-256 (hex) | — |
 //! | `credentials` | `<tenant>/<id>` | — |
@@ -17,9 +18,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use ash_core::{
-    Agent, AgentName, ApiKey, Attachment, Credential, CredentialType, Document, Session,
-    SessionConfig, SessionId, SessionStatus, Storage, StorageError, Transition, Write,
-    DEFAULT_TENANT,
+    Agent, AgentName, AgentVersion, ApiKey, Attachment, CoreError, Credential, CredentialType,
+    Document, Session, SessionConfig, SessionId, SessionStatus, Storage, StorageError, Transition,
+    Write, DEFAULT_TENANT,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -234,6 +235,8 @@ pub(crate) struct AgentRecord {
     env: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     config: serde_json::Map<String, serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    active_version: Option<i64>,
     created_at: String,
     updated_at: String,
 }
@@ -252,6 +255,7 @@ impl From<AgentRecord> for Agent {
             path: r.path,
             env: r.env,
             config: r.config,
+            active_version: r.active_version,
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -289,6 +293,7 @@ impl Store {
                         path: path.to_owned(),
                         env: env.clone(),
                         config: serde_json::Map::new(),
+                        active_version: None,
                         created_at: now.clone(),
                         updated_at: now,
                     },
@@ -300,13 +305,16 @@ impl Store {
 
     /// Changes an agent in place: a new `env` replaces its own and bumps its version (its
     /// sandboxes start differently from now on); `config` is merged into its own, key by key,
-    /// a `null` removing the key. `None` when there is no such agent.
+    /// a `null` removing the key, and the result must pass [`ash_core::check_agent_config`]
+    /// (checked on the record as it is written, so two patches cannot pass a cap together).
+    /// `None` when there is no such agent.
     pub async fn patch_agent(
         &self,
         name: &AgentName,
         env: Option<&BTreeMap<String, String>>,
         config: Option<&serde_json::Map<String, serde_json::Value>>,
     ) -> Result<Option<Agent>, StoreError> {
+        let mut refused = None;
         let changed = self
             .change(&agent_key(name), |current: Option<AgentRecord>| {
                 let mut agent = current?;
@@ -316,9 +324,38 @@ impl Store {
                 }
                 if let Some(patch) = config {
                     ash_core::merge_agent_config(&mut agent.config, patch);
+                    if let Err(e) = ash_core::check_agent_config(&agent.config) {
+                        refused = Some(e);
+                        return None;
+                    }
                 }
                 agent.updated_at = now();
                 Some(agent)
+            })
+            .await?;
+        match refused {
+            Some(e) => Err(StoreError::Refused(e)),
+            None => Ok(changed.map(Agent::from)),
+        }
+    }
+
+    /// Points the agent at a new folder holding its changed files, as its next version,
+    /// when it is still at version `from`; `None` when it is not (or is gone).
+    pub async fn replace_agent_folder(
+        &self,
+        name: &AgentName,
+        path: &str,
+        from: i64,
+    ) -> Result<Option<Agent>, StoreError> {
+        let changed = self
+            .change(&agent_key(name), |current: Option<AgentRecord>| {
+                let agent = current.filter(|a| a.version == from)?;
+                Some(AgentRecord {
+                    version: from + 1,
+                    path: path.to_owned(),
+                    updated_at: now(),
+                    ..agent
+                })
             })
             .await?;
         Ok(changed.map(Agent::from))
@@ -337,9 +374,237 @@ impl Store {
         Ok(agents.into_iter().map(Agent::from).collect())
     }
 
-    /// Removes the agent; `false` if there was none.
+    /// Removes the agent and its named versions; `false` if there was none.
     pub async fn delete_agent(&self, name: &AgentName) -> Result<bool, StoreError> {
+        // Versions first: a failure midway leaves an agent with fewer versions, never
+        // versions without an agent that a new agent of the name would inherit.
+        for version in self.scan::<AgentVersion>(&versions_prefix(name)).await? {
+            self.remove::<AgentVersion>(&version_key(name, version.version_number))
+                .await?;
+        }
         self.remove::<AgentRecord>(&agent_key(name)).await
+    }
+}
+
+impl Record for AgentVersion {
+    const COLLECTION: &'static str = "agent-versions";
+}
+
+fn versions_prefix(agent: &AgentName) -> String {
+    format!("{DEFAULT_TENANT}/{agent}/")
+}
+
+fn version_key(agent: &AgentName, number: i64) -> String {
+    format!("{DEFAULT_TENANT}/{agent}/{number:010}")
+}
+
+fn put<T: Record>(key: &str, record: &T, expected: u64) -> Write {
+    Write::Put {
+        collection: T::COLLECTION.to_owned(),
+        key: key.to_owned(),
+        data: json(record),
+        expected,
+        index: record.index(),
+    }
+}
+
+/// A refusal of a version change, as the client is told.
+fn refused(why: String) -> StoreError {
+    StoreError::Refused(CoreError::InvalidVersion(why))
+}
+
+/// Agent versions: the agent's record says which one is active, and every change that could
+/// contradict it (activating, deleting) writes the agent's record too, in one commit under the
+/// revisions it read, so an activation and a delete of the same version never both succeed.
+impl Store {
+    /// The agent's versions, newest first, each marked active or not; `None`: no such agent.
+    pub async fn list_versions(
+        &self,
+        agent: &AgentName,
+    ) -> Result<Option<Vec<AgentVersion>>, StoreError> {
+        let Some((record, _)) = self.read::<AgentRecord>(&agent_key(agent)).await? else {
+            return Ok(None);
+        };
+        let mut versions = self.scan::<AgentVersion>(&versions_prefix(agent)).await?;
+        versions.reverse();
+        for version in &mut versions {
+            version.is_active = record.active_version == Some(version.version_number);
+        }
+        Ok(Some(versions))
+    }
+
+    /// The version, marked active or not; `None`: no such agent or version.
+    pub async fn get_version(
+        &self,
+        agent: &AgentName,
+        number: i64,
+    ) -> Result<Option<AgentVersion>, StoreError> {
+        let Some((record, _)) = self.read::<AgentRecord>(&agent_key(agent)).await? else {
+            return Ok(None);
+        };
+        let found = self
+            .read::<AgentVersion>(&version_key(agent, number))
+            .await?;
+        Ok(found.map(|(mut version, _)| {
+            version.is_active = record.active_version == Some(number);
+            version
+        }))
+    }
+
+    /// Creates the agent's next version (the highest number plus one), with the fields given;
+    /// with `clone_from`, the system prompt and knowledge files it does not give come from that
+    /// version. `None`: no such agent.
+    pub async fn create_version(
+        &self,
+        agent: &AgentName,
+        fields: ash_core::VersionFields,
+        clone_from: Option<i64>,
+    ) -> Result<Option<AgentVersion>, StoreError> {
+        for _ in 0..ATTEMPTS {
+            if self.read::<AgentRecord>(&agent_key(agent)).await?.is_none() {
+                return Ok(None);
+            }
+            let versions = self.scan::<AgentVersion>(&versions_prefix(agent)).await?;
+            if versions.len() >= ash_core::MAX_AGENT_VERSIONS {
+                return Err(refused(format!(
+                    "an agent keeps at most {} versions; delete old ones first",
+                    ash_core::MAX_AGENT_VERSIONS
+                )));
+            }
+            let source = match clone_from {
+                None => None,
+                Some(from) => Some(
+                    versions
+                        .iter()
+                        .find(|v| v.version_number == from)
+                        .ok_or_else(|| {
+                            refused(format!("cloneFrom: version {from} does not exist"))
+                        })?,
+                ),
+            };
+            let number = versions.last().map_or(1, |v| v.version_number + 1);
+            let now = now();
+            let mut version = AgentVersion {
+                id: uuid::Uuid::new_v4().to_string(),
+                tenant_id: DEFAULT_TENANT.to_owned(),
+                agent_name: agent.clone(),
+                version_number: number,
+                name: format!("v{number}"),
+                system_prompt: source.and_then(|v| v.system_prompt.clone()),
+                release_notes: None,
+                is_active: false,
+                knowledge_files: source.and_then(|v| v.knowledge_files.clone()),
+                created_by: None,
+                created_at: now.clone(),
+                updated_at: now,
+            };
+            fields.clone().apply(&mut version);
+            match self.create(&version_key(agent, number), &version).await {
+                Ok(()) => return Ok(Some(version)),
+                // Another create took the number: count again.
+                Err(StoreError::Storage(StorageError::Conflict(_))) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(too_busy(AgentVersion::COLLECTION, &versions_prefix(agent)))
+    }
+
+    /// Replaces the fields given; `None`: no such agent or version.
+    pub async fn patch_version(
+        &self,
+        agent: &AgentName,
+        number: i64,
+        fields: ash_core::VersionFields,
+    ) -> Result<Option<AgentVersion>, StoreError> {
+        let changed = self
+            .change(
+                &version_key(agent, number),
+                |current: Option<AgentVersion>| {
+                    let mut version = current?;
+                    fields.clone().apply(&mut version);
+                    version.updated_at = now();
+                    Some(version)
+                },
+            )
+            .await?;
+        match changed {
+            None => Ok(None),
+            Some(_) => self.get_version(agent, number).await,
+        }
+    }
+
+    /// Makes the version the agent's active one; `None`: no such agent or version (one
+    /// deleted meanwhile included).
+    pub async fn activate_version(
+        &self,
+        agent: &AgentName,
+        number: i64,
+    ) -> Result<Option<AgentVersion>, StoreError> {
+        self.with_version(agent, number, |record, version, version_revision| {
+            record.active_version = Some(number);
+            // Written back unchanged, so a delete that read the same revision fails.
+            put(&version_key(agent, number), version, version_revision)
+        })
+        .await?;
+        self.get_version(agent, number).await
+    }
+
+    /// Deletes the version; the active one's agent has no active version afterwards (its
+    /// sessions start with the folder's `CLAUDE.md`). `false`: no such agent or version.
+    pub async fn delete_version(&self, agent: &AgentName, number: i64) -> Result<bool, StoreError> {
+        let done = self
+            .with_version(agent, number, |record, _, version_revision| {
+                if record.active_version == Some(number) {
+                    record.active_version = None;
+                }
+                Write::Delete {
+                    collection: AgentVersion::COLLECTION.to_owned(),
+                    key: version_key(agent, number),
+                    expected: version_revision,
+                }
+            })
+            .await?;
+        Ok(done.is_some())
+    }
+
+    /// Commits `write` (the version's) with the agent's record as `change` leaves it, both
+    /// under the revisions read; `None` when the agent or the version is missing.
+    async fn with_version(
+        &self,
+        agent: &AgentName,
+        number: i64,
+        mut change: impl FnMut(&mut AgentRecord, &AgentVersion, u64) -> Write,
+    ) -> Result<Option<()>, StoreError> {
+        let (agent_key, key) = (agent_key(agent), version_key(agent, number));
+        for _ in 0..ATTEMPTS {
+            let Some((mut record, agent_revision)) = self.read::<AgentRecord>(&agent_key).await?
+            else {
+                return Ok(None);
+            };
+            let Some((version, version_revision)) = self.read::<AgentVersion>(&key).await? else {
+                return Ok(None);
+            };
+            let write = change(&mut record, &version, version_revision);
+            record.updated_at = now();
+            let writes = [write, put(&agent_key, &record, agent_revision)];
+            match self.storage.commit(&writes).await {
+                Ok(_) => return Ok(Some(())),
+                Err(StorageError::Conflict(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(too_busy(AgentVersion::COLLECTION, &key))
+    }
+
+    /// The active version's system prompt, if the agent has an active version with one.
+    pub async fn active_prompt(&self, agent: &Agent) -> Result<Option<String>, StoreError> {
+        let Some(number) = agent.active_version else {
+            return Ok(None);
+        };
+        let found = self
+            .read::<AgentVersion>(&version_key(&agent.name, number))
+            .await?;
+        Ok(found.and_then(|(version, _)| version.system_prompt))
     }
 }
 

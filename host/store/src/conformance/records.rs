@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use ash_core::{
     AgentName, Attachment, CoreError, Credential, CredentialType, Role, Session, SessionConfig,
-    SessionId, SessionStatus, Transition, DEFAULT_TENANT,
+    SessionId, SessionStatus, Transition, VersionFields, DEFAULT_TENANT,
 };
 use futures_util::future::join_all;
 
@@ -15,6 +15,7 @@ use crate::{CopyError, SealedKey, Store, TurnMark};
 /// Runs every record check on `store`, then copies it into `empty` (of the same backend).
 pub async fn run_records(store: &Store, empty: &Store) {
     agents_upsert_and_go(store).await;
+    versions_number_up_and_one_is_active(store).await;
     sessions_list_newest_first_and_keep_their_settings(store).await;
     concurrent_appends_stay_gap_free(store).await;
     events_page_filter_and_mark_turns(store).await;
@@ -80,6 +81,124 @@ async fn agents_upsert_and_go(s: &Store) {
     assert!(s.delete_agent(&name("c")).await.unwrap());
     assert!(!s.delete_agent(&name("c")).await.unwrap());
     assert!(s.get_agent(&name("c")).await.unwrap().is_none());
+}
+
+async fn versions_number_up_and_one_is_active(s: &Store) {
+    let agent = name("versioned");
+    let fields = |prompt: &str| VersionFields {
+        system_prompt: Some(prompt.into()),
+        knowledge_files: Some(vec!["docs/a.md".into()]),
+        ..VersionFields::default()
+    };
+    assert!(
+        s.create_version(&agent, fields("p"), None)
+            .await
+            .unwrap()
+            .is_none(),
+        "no agent"
+    );
+    s.upsert_agent(&agent, "/v", &BTreeMap::new())
+        .await
+        .unwrap();
+    let first = s
+        .create_version(&agent, fields("one"), None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((first.version_number, first.name.as_str()), (1, "v1"));
+    let renamed = VersionFields {
+        name: Some("second".into()),
+        ..VersionFields::default()
+    };
+    let second = s
+        .create_version(&agent, renamed, Some(1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            second.version_number,
+            second.system_prompt.as_deref(),
+            &second.knowledge_files
+        ),
+        (2, Some("one"), &first.knowledge_files),
+        "a clone takes what it does not give"
+    );
+    let missing = s
+        .create_version(&agent, VersionFields::default(), Some(9))
+        .await;
+    assert!(
+        matches!(missing, Err(crate::StoreError::Refused(_))),
+        "{missing:?}"
+    );
+
+    let active = s.activate_version(&agent, 2).await.unwrap().unwrap();
+    assert!(active.is_active);
+    let got = s.get_agent(&agent).await.unwrap().unwrap();
+    assert_eq!(got.active_version, Some(2));
+    assert_eq!(s.active_prompt(&got).await.unwrap().as_deref(), Some("one"));
+    s.activate_version(&agent, 1).await.unwrap().unwrap();
+    let listed = s.list_versions(&agent).await.unwrap().unwrap();
+    let shown: Vec<(i64, bool)> = listed
+        .iter()
+        .map(|v| (v.version_number, v.is_active))
+        .collect();
+    assert_eq!(shown, [(2, false), (1, true)], "newest first, one active");
+    let patched = s
+        .patch_version(&agent, 1, fields("new"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (patched.system_prompt.as_deref(), patched.is_active),
+        (Some("new"), true)
+    );
+    assert!(s
+        .patch_version(&agent, 7, fields("x"))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(s.activate_version(&agent, 7).await.unwrap().is_none());
+
+    // Activating and deleting one version at once: whichever lands second sees the first.
+    let (activated, deleted) =
+        futures_util::future::join(s.activate_version(&agent, 2), s.delete_version(&agent, 2))
+            .await;
+    let (activated, deleted) = (activated.unwrap(), deleted.unwrap());
+    assert!(deleted, "the delete lands either way");
+    let after = s.get_agent(&agent).await.unwrap().unwrap();
+    assert_ne!(
+        after.active_version,
+        Some(2),
+        "a deleted version is never active ({activated:?})"
+    );
+    assert!(s.get_version(&agent, 2).await.unwrap().is_none());
+
+    // Deleting the active version leaves the agent with none.
+    assert!(s.delete_version(&agent, 1).await.unwrap());
+    assert!(!s.delete_version(&agent, 1).await.unwrap());
+    let after = s.get_agent(&agent).await.unwrap().unwrap();
+    assert_eq!(after.active_version, None);
+    assert_eq!(s.active_prompt(&after).await.unwrap(), None);
+    let third = s
+        .create_version(&agent, fields("3"), None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(third.version_number, 1, "numbers follow the highest kept");
+    assert!(s.delete_agent(&agent).await.unwrap());
+    s.upsert_agent(&agent, "/v", &BTreeMap::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        s.list_versions(&agent).await.unwrap().unwrap(),
+        [],
+        "a new agent of the name has none of the old one's versions"
+    );
+    s.create_version(&agent, fields("kept"), None)
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 async fn sessions_list_newest_first_and_keep_their_settings(s: &Store) {
@@ -344,11 +463,12 @@ async fn a_copy_moves_everything_and_checks_the_count(from: &Store, to: &Store) 
     assert_eq!(
         (
             source.agents,
+            source.agent_versions,
             source.sessions,
             source.api_keys,
             source.credentials
         ),
-        (2, 8, 1, 1)
+        (3, 1, 8, 1, 1)
     );
     assert_eq!((source.messages, source.events), (51, 2_548));
 
