@@ -1204,6 +1204,32 @@ async fn an_agent_deployed_through_one_coordinator_is_changed_through_the_other(
         out.starts_with("from-b\n") && out.contains("v1.txt"),
         "{out}"
     );
+
+    // Its files and named versions too: a file written through B (into the version it has
+    // only in the store) is read through A, and a session started through B begins with it
+    // and with the prompt of the version A activates.
+    use base64::Engine;
+    let content = base64::engine::general_purpose::STANDARD.encode("3");
+    let (status, body) = b
+        .post(
+            "/api/agents/shared/files",
+            json!({"files": [{"path": "v3.txt", "content": content}]}),
+        )
+        .await;
+    assert_eq!((status, &body["version"]), (200, &json!(3)), "{body}");
+    let (_, listed) = a.get("/api/agents/shared/files").await;
+    assert!(listed.to_string().contains("v3.txt"), "{listed}");
+    let (status, body) = a
+        .post("/api/agents/shared/versions", json!({"systemPrompt": "from a"}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    a.post("/api/agents/shared/versions/1/activate", json!({}))
+        .await;
+    let later = b.session("shared").await;
+    assert_eq!(
+        b.exec(&later, "cat v3.txt CLAUDE.md").await["stdout"],
+        "3from a"
+    );
     cluster.drop_all().await;
 }
 
