@@ -73,7 +73,9 @@ async fn converse(turn: &Turn, events: &Events) -> Result<(), Failure> {
         messages.push(json!({"role": "system", "content": system}));
     }
     messages.extend(history.iter().cloned());
-    let body = json!({"model": model, "stream": true, "messages": messages});
+    // The last chunk carries the tokens the endpoint counted, reported in the turn's `result`.
+    let body = json!({"model": model, "stream": true, "stream_options": {"include_usage": true},
+        "messages": messages});
 
     let mut response = post("/chat/completions", body.to_string()).await?;
     let status = response.status();
@@ -86,6 +88,7 @@ async fn converse(turn: &Turn, events: &Events) -> Result<(), Failure> {
         ));
     }
     let mut reply = String::new();
+    let mut usage = json!({});
     let mut lines = Lines::default();
     let mut finished = false;
     while let Some(frame) = response.frame().await {
@@ -113,6 +116,13 @@ async fn converse(turn: &Turn, events: &Events) -> Result<(), Failure> {
                     cut(&error.to_string())
                 )
                 .into());
+            }
+            if let Some(counted) = chunk.get("usage").filter(|u| u.is_object()) {
+                usage = json!({
+                    "input_tokens": counted["prompt_tokens"],
+                    "output_tokens": counted["completion_tokens"],
+                    "cache_read_input_tokens": counted["prompt_tokens_details"]["cached_tokens"],
+                });
             }
             let piece = chunk["choices"][0]["delta"]["content"]
                 .as_str()
@@ -154,7 +164,7 @@ async fn converse(turn: &Turn, events: &Events) -> Result<(), Failure> {
     .await?;
     send(
         json!({"type": "result", "subtype": "success", "is_error": false, "num_turns": turns,
-        "result": reply, "session_id": turn.session_id}),
+        "result": reply, "session_id": turn.session_id, "usage": usage}),
     )
     .await?;
     Ok(())

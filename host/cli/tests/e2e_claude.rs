@@ -276,6 +276,21 @@ async fn fake_anthropic_claude_code_converses_runs_tools_survives_a_cold_resume_
     assert_eq!(assistant_text(&tool), "Tool said: sandboxed-uid-1000");
     let proof = std::fs::read_to_string(server.workspace(&session).join("tool-proof.txt")).unwrap();
     assert_eq!(proof.trim(), "sandboxed-uid-1000");
+    // The CLI's own usage reports (from the fake's token counts) are the turns' usage.
+    let (_, usage) = server
+        .get(&format!("/api/usage/stats?sessionId={session}"))
+        .await;
+    let stats = &usage["stats"];
+    assert_eq!(
+        (&stats["totalToolCalls"], &stats["totalMessages"]),
+        (&json!(1), &json!(3)),
+        "{usage}"
+    );
+    assert!(
+        stats["totalInputTokens"].as_u64().unwrap() >= 15
+            && stats["totalOutputTokens"].as_u64().unwrap() >= 21,
+        "{usage}"
+    );
 
     for action in ["stop", "resume"] {
         let (status, body) = server

@@ -89,6 +89,13 @@ async fn complete(
         _ => {
             let reply = format!("You said: {last} ({} messages)", messages.len());
             let mut text: String = reply.split_inclusive(' ').map(chunk).collect();
+            // As OpenAI does when asked: a last chunk with no choices and the token counts.
+            if body["stream_options"]["include_usage"] == true {
+                let usage = json!({"id": "c1", "object": "chat.completion.chunk", "choices": [],
+                    "usage": {"prompt_tokens": 10 * messages.len(), "completion_tokens": 7,
+                        "prompt_tokens_details": {"cached_tokens": 3}}});
+                text.push_str(&format!("data: {usage}\n\n"));
+            }
             text.push_str("data: [DONE]\n\n");
             sse(Body::from(text))
         }
@@ -133,6 +140,21 @@ async fn fake_openai_multi_turn_conversation_survives_a_cold_resume_and_the_key_
     assert_eq!(assistant_text(&first), "You said: hello (2 messages)");
     let second = server.message(&session, "again").await;
     assert_eq!(assistant_text(&second), "You said: again (4 messages)");
+    // The endpoint's token counts are the turns' usage.
+    let (_, usage) = server
+        .get(&format!("/api/usage/stats?sessionId={session}"))
+        .await;
+    let stats = &usage["stats"];
+    assert_eq!(
+        (
+            &stats["totalInputTokens"],
+            &stats["totalOutputTokens"],
+            &stats["totalCacheReadTokens"],
+            &stats["totalMessages"]
+        ),
+        (&json!(60), &json!(14), &json!(6), &json!(2)),
+        "{usage}"
+    );
 
     for action in ["stop", "resume"] {
         let (status, body) = server

@@ -1220,7 +1220,10 @@ async fn an_agent_deployed_through_one_coordinator_is_changed_through_the_other(
     let (_, listed) = a.get("/api/agents/shared/files").await;
     assert!(listed.to_string().contains("v3.txt"), "{listed}");
     let (status, body) = a
-        .post("/api/agents/shared/versions", json!({"systemPrompt": "from a"}))
+        .post(
+            "/api/agents/shared/versions",
+            json!({"systemPrompt": "from a"}),
+        )
         .await;
     assert_eq!(status, 201, "{body}");
     a.post("/api/agents/shared/versions/1/activate", json!({}))

@@ -12,6 +12,7 @@ mod frame;
 mod hook;
 mod session;
 mod storage;
+mod usage;
 
 pub use agent::{
     check_agent_config, merge_agent_config, Agent, AgentManifest, AgentName, AgentVersion,
@@ -32,3 +33,4 @@ pub use storage::{
     Document, Entry, Storage, StorageError, Write, MAX_DATA_BYTES, MAX_INDEX_ENTRIES, MAX_LIMIT,
     MAX_NAME_BYTES, MAX_WRITES,
 };
+pub use usage::{TurnUsage, UsageCounts, UsageEvent, UsageKind};

@@ -19,7 +19,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ash_core::{FrameKind, Role, SessionEvent, SessionId, TurnOutcome};
+use ash_core::{FrameKind, Role, SessionEvent, SessionId, TurnOutcome, TurnUsage};
 use ash_store::TurnMark;
 use serde_json::json;
 use tokio::sync::{broadcast, mpsc, watch};
@@ -151,6 +151,7 @@ pub(crate) async fn publish(
     mark: Option<TurnMark>,
 ) -> Result<Vec<Arc<SessionEvent>>, RuntimeError> {
     let order = hub.lock().await?;
+    let mark = (mark, None);
     append_and_send(runtime, hub, session, (messages, frames), mark, &order).await
 }
 
@@ -164,10 +165,11 @@ pub(crate) async fn publish_ending(
     messages: &[(Role, String)],
     frames: &[(FrameKind, String)],
     guard: TurnGuard,
+    usage: Option<TurnUsage>,
 ) {
     let order = hub.order.lock().await;
     drop(guard);
-    let ends = Some(TurnMark::Ends);
+    let ends = (Some(TurnMark::Ends), usage.as_ref());
     match append_and_send(runtime, hub, session, (messages, frames), ends, &order).await {
         Ok(_) => {}
         Err(RuntimeError::Store(ash_store::StoreError::TurnClosed(_))) => {
@@ -186,17 +188,19 @@ pub(crate) async fn publish_ending(
 /// What one append logs: messages, then frames.
 type Entries<'a> = (&'a [(Role, String)], &'a [(FrameKind, String)]);
 
+/// Logs and publishes the entries, with the turn mark and the usage record (of the turn it
+/// ends) given.
 async fn append_and_send(
     runtime: &Runtime,
     hub: &Hub,
     session: SessionId,
     (messages, frames): Entries<'_>,
-    mark: Option<TurnMark>,
+    (mark, usage): (Option<TurnMark>, Option<&TurnUsage>),
     _order: &tokio::sync::MutexGuard<'_, ()>,
 ) -> Result<Vec<Arc<SessionEvent>>, RuntimeError> {
     let stored = runtime
         .store
-        .append(session, messages, frames, mark)
+        .append_with_usage(session, messages, frames, mark, usage)
         .await?;
     let stored: Vec<_> = stored.into_iter().map(Arc::new).collect();
     for event in &stored {
@@ -231,7 +235,7 @@ pub(crate) async fn close_when_stored(
     let mut wait = Duration::from_millis(50);
     loop {
         tokio::time::sleep(wait).await;
-        let ends = Some(TurnMark::Ends);
+        let ends = (Some(TurnMark::Ends), None);
         match append_and_send(runtime, hub, session, (&[], &frames), ends, &order).await {
             Ok(_) => break,
             Err(e) => match e.store_fault().filter(|f| f.passes()) {

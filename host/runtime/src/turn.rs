@@ -5,7 +5,10 @@
 
 use std::sync::Arc;
 
-use ash_core::{FrameKind, HookPoint, LimitKind, Role, SessionId, TurnOutcome};
+use ash_core::{
+    FrameKind, HookPoint, LimitKind, Role, SessionId, TurnOutcome, TurnUsage, UsageCounts,
+    DEFAULT_TENANT,
+};
 use ash_protocol::{Event, QueryOptions};
 use ash_sandbox::{Sandbox, Turn};
 use ash_store::TurnMark;
@@ -95,6 +98,7 @@ impl Runtime {
                 match live.sandbox.query(content, id.to_string(), options).await {
                     Ok(turn) => {
                         live.running(turn.id());
+                        let agent = (agent, session.agent_name.clone());
                         run_turn(runtime, id, agent, hub, turn, guard, logged).await;
                     }
                     Err(e) => {
@@ -102,7 +106,7 @@ impl Runtime {
                         runtime.sessions.discard(id).await;
                         let error = "the sandbox is not available; send the message again";
                         let frames = closing(id, Some(error));
-                        publish_ending(&runtime, &hub, id, &[], &frames, guard).await;
+                        publish_ending(&runtime, &hub, id, &[], &frames, guard, None).await;
                     }
                 }
             }
@@ -160,18 +164,35 @@ fn validate_content(content: &Value) -> Result<(), RuntimeError> {
 }
 
 /// Drives one turn to its end: logs and publishes everything the bridge sends, and a `limit`
-/// frame for each resource limit the sandbox hit, just before the turn's closing frames.
+/// frame for each resource limit the sandbox hit, just before the turn's closing frames; the
+/// turn's usage (what its backend reported, its seconds) is stored with its end.
 /// `logged` is the session log's length when the turn began and `logged_bytes` its bytes
 /// before it (the session caps count from there).
 async fn run_turn(
     runtime: Arc<Runtime>,
     session: SessionId,
-    agent: String,
+    (agent, agent_name): (String, ash_core::AgentName),
     hub: Hub,
     mut turn: Turn,
     guard: TurnGuard,
     (logged, logged_bytes): (i64, u64),
 ) {
+    let began = std::time::Instant::now();
+    let mut used = UsageCounts {
+        messages: 1,
+        ..UsageCounts::default()
+    };
+    let usage = |used: &UsageCounts| TurnUsage {
+        id: uuid::Uuid::new_v4().to_string(),
+        tenant_id: DEFAULT_TENANT.to_owned(),
+        session_id: session,
+        agent_name: agent_name.clone(),
+        counts: UsageCounts {
+            compute_seconds: began.elapsed().as_secs_f64(),
+            ..*used
+        },
+        created_at: crate::now(),
+    };
     let caps = runtime.config.event_caps;
     let mut spent = Spent {
         logged,
@@ -182,7 +203,10 @@ async fn run_turn(
     loop {
         let next = tokio::select! {
             next = turn.next() => next,
-            () = runtime.drain.deadline() => return end_at_shutdown(&runtime, &hub, session, guard).await,
+            () = runtime.drain.deadline() => {
+                used.add(&batch.used);
+                return end_at_shutdown(&runtime, &hub, session, guard, usage(&used)).await;
+            }
         };
         let Some(first) = next else {
             break;
@@ -194,8 +218,9 @@ async fn run_turn(
                 None => break,
             }
         }
+        used.add(&batch.used);
         if let Some(cap) = spent.over(&batch, caps) {
-            end_at_cap(&runtime, &hub, session, cap, &turn, guard).await;
+            end_at_cap(&runtime, &hub, session, cap, &turn, guard, usage(&used)).await;
             return runtime.snapshot_later(session);
         }
         if let (Some(at), Some(outcome)) = (batch.closing_at, batch.outcome) {
@@ -209,6 +234,7 @@ async fn run_turn(
                 &batch.messages,
                 &batch.frames,
                 guard,
+                Some(usage(&used)),
             )
             .await;
             return runtime.snapshot_later(session);
@@ -243,7 +269,17 @@ async fn run_turn(
     frames.extend(closing(session, Some(error)));
     runtime.sessions.discard(session).await;
     runtime.metrics.turn_ended(TurnOutcome::SandboxLost);
-    publish_ending(&runtime, &hub, session, &batch.messages, &frames, guard).await;
+    let usage = Some(usage(&used));
+    publish_ending(
+        &runtime,
+        &hub,
+        session,
+        &batch.messages,
+        &frames,
+        guard,
+        usage,
+    )
+    .await;
 }
 
 /// What a turn has logged so far, against the event caps.
@@ -286,6 +322,7 @@ async fn end_at_cap(
     (kind, limit): (LimitKind, u64),
     turn: &Turn,
     guard: TurnGuard,
+    usage: TurnUsage,
 ) {
     let message = match kind {
         LimitKind::EventBytes => format!("the turn's events reached the cap of {} MiB per turn; the rest was dropped and the turn stopped", limit >> 20),
@@ -303,23 +340,22 @@ async fn end_at_cap(
     frames.push((FrameKind::Limit, data.to_string()));
     frames.extend(closing(session, Some(&message)));
     runtime.metrics.turn_ended(TurnOutcome::Limit);
-    publish_ending(runtime, hub, session, &[], &frames, guard).await;
+    publish_ending(runtime, hub, session, &[], &frames, guard, Some(usage)).await;
 }
 
 /// Ends a turn still running when a stop's grace period is over; the sandbox is stopped
 /// with the server.
-async fn end_at_shutdown(runtime: &Runtime, hub: &Hub, session: SessionId, guard: TurnGuard) {
+async fn end_at_shutdown(
+    runtime: &Runtime,
+    hub: &Hub,
+    session: SessionId,
+    guard: TurnGuard,
+    usage: TurnUsage,
+) {
     let error = "the server shut down during this turn; send the message again";
     runtime.metrics.turn_ended(TurnOutcome::Shutdown);
-    publish_ending(
-        runtime,
-        hub,
-        session,
-        &[],
-        &closing(session, Some(error)),
-        guard,
-    )
-    .await;
+    let frames = closing(session, Some(error));
+    publish_ending(runtime, hub, session, &[], &frames, guard, Some(usage)).await;
 }
 
 /// A `limit` frame (and a metric) for each limit the sandbox hit since the last look.
@@ -346,6 +382,8 @@ struct Batch<'a> {
     runtime: &'a Runtime,
     messages: Vec<(Role, String)>,
     frames: Vec<(FrameKind, String)>,
+    /// What the backend reported in these messages (before any transformer).
+    used: UsageCounts,
     outcome: Option<TurnOutcome>,
     /// Where the turn's closing frames (`error`, `done`) start, once they are in.
     closing_at: Option<usize>,
@@ -359,6 +397,7 @@ impl<'a> Batch<'a> {
             runtime,
             messages: Vec::new(),
             frames: Vec::new(),
+            used: UsageCounts::default(),
             outcome: None,
             closing_at: None,
         }
@@ -367,6 +406,7 @@ impl<'a> Batch<'a> {
     fn add(&mut self, event: Event) {
         match event {
             Event::Message { data, .. } => {
+                self.used.add_reported(&data);
                 let Some(data) = self.transformed(data) else {
                     return;
                 };

@@ -24,6 +24,7 @@ mod runner;
 mod sessions;
 mod state;
 mod trace;
+mod usage;
 mod versions;
 
 use std::net::SocketAddr;
@@ -293,6 +294,7 @@ fn routes() -> (Routes, Routes) {
         .merge(agents::routes())
         .merge(agent_files::routes())
         .merge(versions::routes())
+        .merge(usage::routes())
         .merge(sessions::routes())
         .merge(lifecycle::routes())
         .merge(files::routes())

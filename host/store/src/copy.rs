@@ -5,7 +5,7 @@
 //! source held. The source is only read: a failed copy loses nothing, and an empty destination
 //! can be dropped and the copy run again.
 
-use ash_core::{AgentVersion, Attachment, Storage};
+use ash_core::{AgentVersion, Attachment, Storage, TurnUsage};
 
 use crate::log::{events_stream, messages_stream, STREAM_PAGE};
 use crate::records::{parse, AgentRecord, ApiKeyRecord, CredentialRecord, Record, SessionRecord};
@@ -20,6 +20,7 @@ pub struct Copied {
     pub api_keys: u64,
     pub credentials: u64,
     pub attachments: u64,
+    pub usage: u64,
     pub messages: u64,
     pub events: u64,
 }
@@ -33,11 +34,12 @@ impl Copied {
             + self.api_keys
             + self.credentials
             + self.attachments
+            + self.usage
             + self.messages
             + self.events
     }
 
-    fn rows(&self) -> [(&'static str, u64); 8] {
+    fn rows(&self) -> [(&'static str, u64); 9] {
         [
             ("agents", self.agents),
             ("agent versions", self.agent_versions),
@@ -45,6 +47,7 @@ impl Copied {
             ("API keys", self.api_keys),
             ("credentials", self.credentials),
             ("attachments", self.attachments),
+            ("usage records", self.usage),
             ("messages", self.messages),
             ("events", self.events),
         ]
@@ -103,6 +106,7 @@ impl Store {
             api_keys: self.count_documents(ApiKeyRecord::COLLECTION).await?,
             credentials: self.count_documents(CredentialRecord::COLLECTION).await?,
             attachments: self.count_documents(Attachment::COLLECTION).await?,
+            usage: self.count_documents(TurnUsage::COLLECTION).await?,
             ..Copied::default()
         };
         for session in self.scan::<SessionRecord>("").await? {
@@ -148,6 +152,7 @@ impl Store {
         copy_documents::<ApiKeyRecord>(self, to, &mut progress).await?;
         copy_documents::<CredentialRecord>(self, to, &mut progress).await?;
         copy_documents::<Attachment>(self, to, &mut progress).await?;
+        copy_documents::<TurnUsage>(self, to, &mut progress).await?;
         for session in copy_documents::<SessionRecord>(self, to, &mut progress).await? {
             for stream in [messages_stream(session.id()), events_stream(session.id())] {
                 copy_stream(&*self.storage, &*to.storage, &stream, &mut progress).await?;

@@ -13,7 +13,8 @@
 //! looks at what the frames are.
 
 use ash_core::{
-    Entry, Message, Role, SessionEvent, SessionId, StorageError, Write, DEFAULT_TENANT, MAX_LIMIT,
+    Entry, Message, Role, SessionEvent, SessionId, StorageError, TurnUsage, Write, DEFAULT_TENANT,
+    MAX_LIMIT,
 };
 use serde::{Deserialize, Serialize};
 
@@ -102,6 +103,20 @@ impl Store {
         events: &[(K, String)],
         turn: Option<TurnMark>,
     ) -> Result<Vec<SessionEvent>, StoreError> {
+        self.append_with_usage(session, messages, events, turn, None)
+            .await
+    }
+
+    /// [`Self::append`], writing the usage record of the turn it ends in the same commit, so
+    /// a turn's end and its usage are stored together or not at all.
+    pub async fn append_with_usage<K: AsRef<str> + Sync>(
+        &self,
+        session: SessionId,
+        messages: &[(Role, String)],
+        events: &[(K, String)],
+        turn: Option<TurnMark>,
+        usage: Option<&TurnUsage>,
+    ) -> Result<Vec<SessionEvent>, StoreError> {
         let bytes = messages.iter().map(|(_, c)| c.len()).sum::<usize>()
             + events.iter().map(|(_, d)| d.len()).sum::<usize>();
         let now = now();
@@ -127,12 +142,15 @@ impl Store {
                 created_at: now.clone(),
             })
             .collect();
-        let mut writes = Vec::with_capacity(3);
+        let mut writes = Vec::with_capacity(4);
         if !said.is_empty() {
             writes.push(Write::Append {
                 stream: messages_stream(session),
                 entries: said,
             });
+        }
+        if let Some(usage) = usage {
+            writes.push(crate::records::usage_write(usage));
         }
         if !entries.is_empty() {
             writes.push(Write::Append {

@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | `agents` | `<tenant>/<name>` | — |
 //! | `agent-versions` | `<tenant>/<agent>/<number, 10 digits>` | — |
+//! | `usage` | `<tenant>/<13 digits: 9999999999999 − ms since 1970>/<id>` (newest first) | `session` = its id, `agent` = its name |
 //! | `sessions` | `<tenant>/<id>` | `agent` = `<tenant>/<agent>`, `status` = `<tenant>/<status>`, `turn` = the node that began it (`open` for a store that names none) while a turn is in flight |
 //! | `api-keys` | the key's SHA-256 (hex) | — |
 //! | `credentials` | `<tenant>/<id>` | — |
@@ -20,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use ash_core::{
     Agent, AgentName, AgentVersion, ApiKey, Attachment, CoreError, Credential, CredentialType,
     Document, Session, SessionConfig, SessionId, SessionStatus, Storage, StorageError, Transition,
-    Write, DEFAULT_TENANT,
+    TurnUsage, UsageCounts, UsageEvent, Write, DEFAULT_TENANT,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -1156,5 +1157,110 @@ impl Store {
 
     pub async fn delete_credential(&self, id: &str) -> Result<bool, StoreError> {
         self.remove::<CredentialRecord>(&credential_key(id)).await
+    }
+}
+
+impl Record for TurnUsage {
+    const COLLECTION: &'static str = "usage";
+
+    fn index(&self) -> Vec<(String, String)> {
+        vec![
+            ("session".to_owned(), self.session_id.to_string()),
+            ("agent".to_owned(), self.agent_name.to_string()),
+        ]
+    }
+}
+
+/// Keys sort newest first: the time counts down.
+fn usage_key(usage: &TurnUsage) -> String {
+    let millis = chrono::DateTime::parse_from_rfc3339(&usage.created_at)
+        .map_or(0, |t| t.timestamp_millis().clamp(0, 9_999_999_999_999));
+    format!(
+        "{DEFAULT_TENANT}/{:013}/{}",
+        9_999_999_999_999 - millis,
+        usage.id
+    )
+}
+
+/// The write that stores a turn's usage (with the commit that ends the turn).
+pub(crate) fn usage_write(usage: &TurnUsage) -> Write {
+    put(&usage_key(usage), usage, 0)
+}
+
+/// Which usage records a query covers: a session's or an agent's (not both), created in
+/// `[after, before)` (RFC 3339 times as the store writes them: UTC, milliseconds).
+#[derive(Debug, Default, Clone)]
+pub struct UsageFilter {
+    pub session: Option<SessionId>,
+    pub agent: Option<AgentName>,
+    pub after: Option<String>,
+    pub before: Option<String>,
+}
+
+impl UsageFilter {
+    fn takes(&self, usage: &TurnUsage) -> bool {
+        self.session.is_none_or(|s| s == usage.session_id)
+            && self.agent.as_ref().is_none_or(|a| *a == usage.agent_name)
+            && self.before.as_ref().is_none_or(|b| usage.created_at < *b)
+    }
+
+    /// The record is older than the range: every later one is too.
+    fn past(&self, usage: &TurnUsage) -> bool {
+        self.after.as_ref().is_some_and(|a| usage.created_at < *a)
+    }
+}
+
+impl Store {
+    /// Calls `take` with each usage record the filter covers, newest first, until it says stop.
+    async fn each_usage(
+        &self,
+        filter: &UsageFilter,
+        mut take: impl FnMut(TurnUsage) -> bool,
+    ) -> Result<(), StoreError> {
+        let session = filter.session.map(|s| s.to_string());
+        let index = match (&session, &filter.agent) {
+            (Some(session), _) => Some(("session", session.as_str())),
+            (None, Some(agent)) => Some(("agent", agent.as_str())),
+            (None, None) => None,
+        };
+        let mut pages = self.pages(TurnUsage::COLLECTION, index, "");
+        while let Some(page) = pages.next().await? {
+            for doc in &page {
+                let usage: TurnUsage = parse(doc)?;
+                if filter.past(&usage) {
+                    return Ok(());
+                }
+                if filter.takes(&usage) && !take(usage) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The usage events the filter covers, newest first, at most `limit`.
+    pub async fn list_usage(
+        &self,
+        filter: &UsageFilter,
+        limit: usize,
+    ) -> Result<Vec<UsageEvent>, StoreError> {
+        let mut events = Vec::new();
+        self.each_usage(filter, |usage| {
+            events.extend(usage.events().take(limit - events.len()));
+            events.len() < limit
+        })
+        .await?;
+        Ok(events)
+    }
+
+    /// The usage the filter covers, added up.
+    pub async fn usage_stats(&self, filter: &UsageFilter) -> Result<UsageCounts, StoreError> {
+        let mut total = UsageCounts::default();
+        self.each_usage(filter, |usage| {
+            total.add(&usage.counts);
+            true
+        })
+        .await?;
+        Ok(total)
     }
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use ash_core::{
     AgentName, Attachment, CoreError, Credential, CredentialType, Role, Session, SessionConfig,
-    SessionId, SessionStatus, Transition, VersionFields, DEFAULT_TENANT,
+    SessionId, SessionStatus, Transition, TurnUsage, UsageCounts, VersionFields, DEFAULT_TENANT,
 };
 use futures_util::future::join_all;
 
@@ -23,6 +23,7 @@ pub async fn run_records(store: &Store, empty: &Store) {
     forks_copy_messages_with_their_numbers(store).await;
     keys_and_credentials(store).await;
     attachments_by_session(store).await;
+    usage_ends_with_its_turn_and_is_filtered(store).await;
     a_copy_moves_everything_and_checks_the_count(store, empty).await;
 }
 
@@ -466,11 +467,12 @@ async fn a_copy_moves_everything_and_checks_the_count(from: &Store, to: &Store) 
             source.agent_versions,
             source.sessions,
             source.api_keys,
-            source.credentials
+            source.credentials,
+            source.usage
         ),
-        (3, 1, 8, 1, 1)
+        (3, 1, 10, 1, 1, 3)
     );
-    assert_eq!((source.messages, source.events), (51, 2_548));
+    assert_eq!((source.messages, source.events), (51, 2_554));
 
     let reported = std::sync::atomic::AtomicU64::new(0);
     let copied = from
@@ -503,7 +505,16 @@ async fn a_copy_moves_everything_and_checks_the_count(from: &Store, to: &Store) 
     );
     assert!(to.get_credential("c1").await.unwrap().is_some());
     let of_a = to.list_sessions(Some(&name("a"))).await.unwrap();
-    assert_eq!(of_a.len(), 7, "index entries are rebuilt");
+    assert_eq!(of_a.len(), 8, "index entries are rebuilt");
+    let of_b = crate::UsageFilter {
+        agent: Some(name("b")),
+        ..Default::default()
+    };
+    assert_eq!(
+        to.usage_stats(&of_b).await.unwrap(),
+        from.usage_stats(&of_b).await.unwrap(),
+        "usage is found by its index after a copy"
+    );
 
     let again = from.copy_to(to, &|_, _| {}).await.unwrap_err();
     assert!(matches!(again, CopyError::NotEmpty(_)), "{again}");
@@ -512,6 +523,90 @@ async fn a_copy_moves_everything_and_checks_the_count(from: &Store, to: &Store) 
         copied,
         "a refused copy writes nothing"
     );
+}
+
+async fn usage_ends_with_its_turn_and_is_filtered(s: &Store) {
+    let (one, two) = (
+        session("a", "2026-02-01T00:00:00.000Z"),
+        session("b", "2026-02-01T00:00:00.000Z"),
+    );
+    let turn = |session: &Session, at: &str, tokens: u64| TurnUsage {
+        id: uuid::Uuid::new_v4().to_string(),
+        tenant_id: DEFAULT_TENANT.into(),
+        session_id: session.id,
+        agent_name: session.agent_name.clone(),
+        counts: UsageCounts {
+            input_tokens: tokens,
+            output_tokens: 1,
+            messages: 1,
+            compute_seconds: 0.5,
+            ..UsageCounts::default()
+        },
+        created_at: at.into(),
+    };
+    let early = turn(&one, "2026-02-01T00:00:01.000Z", 10);
+    let late = turn(&one, "2026-02-01T00:00:03.000Z", 20);
+    let other = turn(&two, "2026-02-01T00:00:02.000Z", 40);
+    for (session, usage) in [(&one, &early), (&two, &other), (&one, &late)] {
+        if s.get_session(session.id).await.unwrap().is_none() {
+            s.insert_session(session).await.unwrap();
+        }
+        let start = [("session_start", "{}".to_owned())];
+        s.append(session.id, &[], &start, Some(TurnMark::Begins))
+            .await
+            .unwrap();
+        let done = [("done", "{}".to_owned())];
+        s.append_with_usage(session.id, &[], &done, Some(TurnMark::Ends), Some(usage))
+            .await
+            .unwrap();
+    }
+    let all = crate::UsageFilter::default();
+    let events = s.list_usage(&all, 100).await.unwrap();
+    assert_eq!(events.len(), 12, "four kinds of each of three turns");
+    let order: Vec<&str> = events
+        .iter()
+        .step_by(4)
+        .map(|e| e.created_at.as_str())
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "2026-02-01T00:00:03.000Z",
+            "2026-02-01T00:00:02.000Z",
+            "2026-02-01T00:00:01.000Z"
+        ],
+        "newest first"
+    );
+    assert_eq!(
+        s.list_usage(&all, 5).await.unwrap().len(),
+        5,
+        "the limit counts events"
+    );
+    let of_one = crate::UsageFilter {
+        session: Some(one.id),
+        ..Default::default()
+    };
+    let stats = s.usage_stats(&of_one).await.unwrap();
+    assert_eq!(
+        (stats.input_tokens, stats.messages, stats.compute_seconds),
+        (30, 2, 1.0)
+    );
+    let of_b = crate::UsageFilter {
+        agent: Some(name("b")),
+        ..Default::default()
+    };
+    assert_eq!(s.usage_stats(&of_b).await.unwrap().input_tokens, 40);
+    let window = crate::UsageFilter {
+        after: Some("2026-02-01T00:00:02.000Z".into()),
+        before: Some("2026-02-01T00:00:03.000Z".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        s.usage_stats(&window).await.unwrap().input_tokens,
+        40,
+        "after is in, before is out"
+    );
+    assert_eq!(s.usage_stats(&all).await.unwrap().input_tokens, 70);
 }
 
 async fn attachments_by_session(s: &Store) {
