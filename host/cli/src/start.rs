@@ -71,6 +71,8 @@ pub(crate) struct FileSettings {
     sandbox_grant_syscalls: Vec<String>,
     idle_timeout_ms: Option<u64>,
     shutdown_grace_secs: Option<u64>,
+    /// The wait before a failed queue item's first retry, doubled for each one after (5000).
+    queue_retry_base_ms: Option<u64>,
     credential_key: Option<String>,
     /// Where workspace snapshots go: `s3://<bucket>[/<prefix>]` or an absolute folder.
     snapshot_store: Option<String>,
@@ -305,6 +307,11 @@ fn config(args: StartArgs) -> anyhow::Result<(ServerConfig, FileSettings)> {
             env("ASH_SHUTDOWN_GRACE_SECS")?
                 .or(file.shutdown_grace_secs)
                 .unwrap_or(10),
+        ),
+        queue_retry_base: std::time::Duration::from_millis(
+            env("ASH_QUEUE_RETRY_BASE_MS")?
+                .or(file.queue_retry_base_ms)
+                .unwrap_or(5000),
         ),
         max_sandboxes: args
             .max_sandboxes

@@ -24,4 +24,6 @@ pub enum CoreError {
     InvalidConfig(String),
     #[error("invalid agent version: {0}")]
     InvalidVersion(String),
+    #[error("{0}")]
+    InvalidQueueItem(String),
 }

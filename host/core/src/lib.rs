@@ -10,6 +10,7 @@ mod credential;
 mod error;
 mod frame;
 mod hook;
+mod queue;
 mod session;
 mod storage;
 mod usage;
@@ -23,6 +24,10 @@ pub use credential::{ApiKey, Credential, CredentialType};
 pub use error::CoreError;
 pub use frame::FrameKind;
 pub use hook::HookPoint;
+pub use queue::{
+    check_queue_item, retry_wait, runs_before, QueueItem, QueueStatus, MAX_QUEUE_PRIORITY,
+    MAX_QUEUE_PROMPT_CHARS, MAX_QUEUE_RETRIES,
+};
 pub use session::{
     check_attachment_name, Attachment, LimitKind, LogLevel, LogLine, Message, ParkReason,
     ResumePath, Role, Session, SessionConfig, SessionEvent, SessionId, SessionStatus, Transition,

@@ -37,6 +37,11 @@ impl Drain {
         self.began.is_cancelled()
     }
 
+    /// Resolves when the stop begins.
+    pub(crate) async fn began_now(&self) {
+        self.began.cancelled().await
+    }
+
     /// Resolves when running turns must end.
     pub(crate) async fn deadline(&self) {
         self.deadline.cancelled().await

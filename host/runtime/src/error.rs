@@ -94,6 +94,7 @@ pub enum Missing {
     Attachment,
     AgentVersion,
     AgentFile,
+    QueueItem,
 }
 
 impl std::fmt::Display for Missing {
@@ -105,6 +106,7 @@ impl std::fmt::Display for Missing {
             Self::Attachment => "Attachment not found",
             Self::AgentVersion => "Agent version not found",
             Self::AgentFile => "File not found in the agent's folder",
+            Self::QueueItem => "Queue item not found",
         })
     }
 }

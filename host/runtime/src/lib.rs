@@ -22,6 +22,7 @@ mod hooks;
 mod lifecycle;
 mod metrics;
 mod pool;
+mod queue;
 mod sessions;
 mod snapshots;
 mod stream;
@@ -46,6 +47,7 @@ pub use credentials::Sealer;
 pub use error::{Missing, RuntimeError, StoreFault};
 pub use lifecycle::{now, ExecOutcome, Files, NewSession, EXEC_MAX, MAX_COMMAND_BYTES};
 pub use metrics::Metrics;
+pub use queue::NewQueueItem;
 pub use stream::{Frame, FrameStream};
 pub use turn::{MAX_CONTENT_BLOCKS, MAX_CONTENT_CHARS};
 
@@ -62,6 +64,8 @@ pub struct RuntimeConfig {
     /// How long a stop waits for running turns to end before it ends them
     /// (`shutdown_grace_secs`).
     pub shutdown_grace: Duration,
+    /// The wait before a failed queue item's first retry (`queue_retry_base_ms`).
+    pub queue_retry_base: Duration,
     pub bwrap: PathBuf,
     pub bridge: PathBuf,
     /// The host uids a root server gives its sandboxes, one each (`sandbox_uids`); `None`
@@ -137,6 +141,8 @@ pub struct Runtime {
     appends: std::sync::Mutex<Option<Appends>>,
     /// Held while a managed agent's folder changes ([`Self::agent_folder_lock`]).
     agent_folders: tokio::sync::Mutex<()>,
+    /// Told of each new queue item, so the queue runs it without waiting for its next look.
+    queued: tokio::sync::Notify,
 }
 
 /// What the runtime is built from.
@@ -203,6 +209,7 @@ impl Runtime {
             uploads: Default::default(),
             appends: std::sync::Mutex::new(appends),
             agent_folders: tokio::sync::Mutex::default(),
+            queued: tokio::sync::Notify::new(),
         })
     }
 
@@ -243,6 +250,10 @@ impl Runtime {
         });
         if let Some(appends) = self.appends.lock().expect("lock").take() {
             tokio::spawn(wake_followers(self.clone(), appends));
+        }
+        // A node that holds sandboxes runs queue items (a coordinator's go to its runners).
+        if self.config.max_sandboxes > 0 {
+            tokio::spawn(queue::run(self.clone()));
         }
         tokio::spawn(sweep_idle(self.clone()))
     }

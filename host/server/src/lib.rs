@@ -20,6 +20,7 @@ mod health;
 mod keys;
 mod lifecycle;
 mod openapi;
+mod queue;
 mod runner;
 mod sessions;
 mod state;
@@ -295,6 +296,7 @@ fn routes() -> (Routes, Routes) {
         .merge(agent_files::routes())
         .merge(versions::routes())
         .merge(usage::routes())
+        .merge(queue::routes())
         .merge(sessions::routes())
         .merge(lifecycle::routes())
         .merge(files::routes())

@@ -5,7 +5,7 @@
 //! source held. The source is only read: a failed copy loses nothing, and an empty destination
 //! can be dropped and the copy run again.
 
-use ash_core::{AgentVersion, Attachment, Storage, TurnUsage};
+use ash_core::{AgentVersion, Attachment, QueueItem, Storage, TurnUsage};
 
 use crate::log::{events_stream, messages_stream, STREAM_PAGE};
 use crate::records::{parse, AgentRecord, ApiKeyRecord, CredentialRecord, Record, SessionRecord};
@@ -21,6 +21,7 @@ pub struct Copied {
     pub credentials: u64,
     pub attachments: u64,
     pub usage: u64,
+    pub queue: u64,
     pub messages: u64,
     pub events: u64,
 }
@@ -35,11 +36,12 @@ impl Copied {
             + self.credentials
             + self.attachments
             + self.usage
+            + self.queue
             + self.messages
             + self.events
     }
 
-    fn rows(&self) -> [(&'static str, u64); 9] {
+    fn rows(&self) -> [(&'static str, u64); 10] {
         [
             ("agents", self.agents),
             ("agent versions", self.agent_versions),
@@ -48,6 +50,7 @@ impl Copied {
             ("credentials", self.credentials),
             ("attachments", self.attachments),
             ("usage records", self.usage),
+            ("queue items", self.queue),
             ("messages", self.messages),
             ("events", self.events),
         ]
@@ -107,6 +110,7 @@ impl Store {
             credentials: self.count_documents(CredentialRecord::COLLECTION).await?,
             attachments: self.count_documents(Attachment::COLLECTION).await?,
             usage: self.count_documents(TurnUsage::COLLECTION).await?,
+            queue: self.count_documents(QueueItem::COLLECTION).await?,
             ..Copied::default()
         };
         for session in self.scan::<SessionRecord>("").await? {
@@ -153,6 +157,7 @@ impl Store {
         copy_documents::<CredentialRecord>(self, to, &mut progress).await?;
         copy_documents::<Attachment>(self, to, &mut progress).await?;
         copy_documents::<TurnUsage>(self, to, &mut progress).await?;
+        copy_documents::<QueueItem>(self, to, &mut progress).await?;
         for session in copy_documents::<SessionRecord>(self, to, &mut progress).await? {
             for stream in [messages_stream(session.id()), events_stream(session.id())] {
                 copy_stream(&*self.storage, &*to.storage, &stream, &mut progress).await?;

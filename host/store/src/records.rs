@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | `agents` | `<tenant>/<name>` | — |
 //! | `agent-versions` | `<tenant>/<agent>/<number, 10 digits>` | — |
+//! | `queue` | `<tenant>/<13 digits: 9999999999999 − ms since 1970>/<id>` (newest first) | `id`, `status` |
 //! | `usage` | `<tenant>/<13 digits: 9999999999999 − ms since 1970>/<id>` (newest first) | `session` = its id, `agent` = its name |
 //! | `sessions` | `<tenant>/<id>` | `agent` = `<tenant>/<agent>`, `status` = `<tenant>/<status>`, `turn` = the node that began it (`open` for a store that names none) while a turn is in flight |
 //! | `api-keys` | the key's SHA-256 (hex) | — |
@@ -20,8 +21,8 @@ use std::sync::{Arc, Mutex};
 
 use ash_core::{
     Agent, AgentName, AgentVersion, ApiKey, Attachment, CoreError, Credential, CredentialType,
-    Document, Session, SessionConfig, SessionId, SessionStatus, Storage, StorageError, Transition,
-    TurnUsage, UsageCounts, UsageEvent, Write, DEFAULT_TENANT,
+    Document, QueueItem, QueueStatus, Session, SessionConfig, SessionId, SessionStatus, Storage,
+    StorageError, Transition, TurnUsage, UsageCounts, UsageEvent, Write, DEFAULT_TENANT,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -93,6 +94,11 @@ impl Store {
             node: Arc::from(node),
             ..self
         }
+    }
+
+    /// The server whose turns (and queue items) this store marks as its own.
+    pub fn node(&self) -> &str {
+        &self.node
     }
 
     async fn read<T: Record>(&self, key: &str) -> Result<Option<(T, u64)>, StoreError> {
@@ -1171,15 +1177,15 @@ impl Record for TurnUsage {
     }
 }
 
-/// Keys sort newest first: the time counts down.
-fn usage_key(usage: &TurnUsage) -> String {
-    let millis = chrono::DateTime::parse_from_rfc3339(&usage.created_at)
+/// A key under which records sort newest first: the time counts down.
+fn newest_first_key(created_at: &str, id: &str) -> String {
+    let millis = chrono::DateTime::parse_from_rfc3339(created_at)
         .map_or(0, |t| t.timestamp_millis().clamp(0, 9_999_999_999_999));
-    format!(
-        "{DEFAULT_TENANT}/{:013}/{}",
-        9_999_999_999_999 - millis,
-        usage.id
-    )
+    format!("{DEFAULT_TENANT}/{:013}/{id}", 9_999_999_999_999 - millis)
+}
+
+fn usage_key(usage: &TurnUsage) -> String {
+    newest_first_key(&usage.created_at, &usage.id)
 }
 
 /// The write that stores a turn's usage (with the commit that ends the turn).
@@ -1262,5 +1268,230 @@ impl Store {
         })
         .await?;
         Ok(total)
+    }
+}
+
+impl Record for QueueItem {
+    const COLLECTION: &'static str = "queue";
+
+    fn index(&self) -> Vec<(String, String)> {
+        vec![
+            ("id".to_owned(), self.id.clone()),
+            ("status".to_owned(), self.status.as_str().to_owned()),
+        ]
+    }
+}
+
+fn queue_key(item: &QueueItem) -> String {
+    newest_first_key(&item.created_at, &item.id)
+}
+
+/// How a queue item's try ended.
+pub enum Tried {
+    Completed,
+    /// It failed with this error; it is tried again after `wait` while it has retries left.
+    Failed {
+        error: String,
+        wait: std::time::Duration,
+    },
+    /// It was stopped before its end (its server is stopping): it is pending again, the try
+    /// not counted.
+    Interrupted,
+}
+
+impl Store {
+    pub async fn insert_queue_item(&self, item: &QueueItem) -> Result<(), StoreError> {
+        self.create(&queue_key(item), item).await
+    }
+
+    pub async fn get_queue_item(&self, id: &str) -> Result<Option<QueueItem>, StoreError> {
+        let found = self.find_all::<QueueItem>("id", id).await?;
+        Ok(found.into_iter().next())
+    }
+
+    /// Items newest first, of one status if given, at most `limit`.
+    pub async fn list_queue(
+        &self,
+        status: Option<QueueStatus>,
+        limit: usize,
+    ) -> Result<Vec<QueueItem>, StoreError> {
+        let index = status.map(|s| ("status", s.as_str()));
+        let (mut items, mut pages) = (Vec::new(), self.pages(QueueItem::COLLECTION, index, ""));
+        while let Some(page) = pages.next().await? {
+            for doc in &page {
+                if items.len() == limit {
+                    return Ok(items);
+                }
+                items.push(parse(doc)?);
+            }
+        }
+        Ok(items)
+    }
+
+    /// How many items each status holds.
+    pub async fn count_queue(&self) -> Result<Vec<(QueueStatus, u64)>, StoreError> {
+        let mut counts = Vec::with_capacity(QueueStatus::ALL.len());
+        for status in QueueStatus::ALL {
+            let mut pages =
+                self.pages(QueueItem::COLLECTION, Some(("status", status.as_str())), "");
+            let mut n = 0;
+            while let Some(page) = pages.next().await? {
+                n += page.len() as u64;
+            }
+            counts.push((status, n));
+        }
+        Ok(counts)
+    }
+
+    /// The pending items, the one to run first first (whether due or waiting for a retry).
+    pub async fn pending_queue_items(&self) -> Result<Vec<QueueItem>, StoreError> {
+        let mut pending = self
+            .find_all::<QueueItem>("status", QueueStatus::Pending.as_str())
+            .await?;
+        pending.sort_by(ash_core::runs_before);
+        Ok(pending)
+    }
+
+    /// Writes what `change` makes of the item (`None`: leave it); the item as written.
+    async fn change_queue_item(
+        &self,
+        item: &QueueItem,
+        mut change: impl FnMut(QueueItem) -> Option<QueueItem>,
+    ) -> Result<Option<QueueItem>, StoreError> {
+        self.change(&queue_key(item), |current: Option<QueueItem>| {
+            change(current?)
+        })
+        .await
+    }
+
+    /// Takes the item for `node` if it is still pending: only one server ever gets it.
+    pub async fn claim_queue_item(
+        &self,
+        item: &QueueItem,
+        node: &str,
+    ) -> Result<Option<QueueItem>, StoreError> {
+        self.change_queue_item(item, |current| {
+            (current.status == QueueStatus::Pending).then(|| QueueItem {
+                status: QueueStatus::Processing,
+                started_at: Some(now()),
+                claimed_by: Some(node.to_owned()),
+                retry_after: None,
+                ..current
+            })
+        })
+        .await
+    }
+
+    /// Records the session a claimed item's prompt goes to.
+    pub async fn queue_item_session(
+        &self,
+        item: &QueueItem,
+        session: ash_core::SessionId,
+    ) -> Result<(), StoreError> {
+        self.change_queue_item(item, |current| {
+            Some(QueueItem {
+                session_id: Some(session),
+                ..current
+            })
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Ends `node`'s try of the item: completed, failed (pending again after a wait while it
+    /// has retries left), or pending again uncounted. `None` when `node` does not hold it.
+    pub async fn finish_queue_item(
+        &self,
+        item: &QueueItem,
+        node: &str,
+        tried: Tried,
+    ) -> Result<Option<QueueItem>, StoreError> {
+        self.change_queue_item(item, |current| {
+            let held = current.status == QueueStatus::Processing
+                && current.claimed_by.as_deref() == Some(node);
+            if !held {
+                return None;
+            }
+            let now = now();
+            let mut next = QueueItem {
+                claimed_by: None,
+                ..current
+            };
+            match &tried {
+                Tried::Completed => {
+                    next.status = QueueStatus::Completed;
+                    next.completed_at = Some(now);
+                    next.error = None;
+                }
+                Tried::Failed { error, .. } if next.retry_count >= next.max_retries => {
+                    next.status = QueueStatus::Failed;
+                    next.completed_at = Some(now);
+                    next.error = Some(error.clone());
+                }
+                Tried::Failed { error, wait } => {
+                    next.status = QueueStatus::Pending;
+                    next.retry_count += 1;
+                    next.error = Some(error.clone());
+                    let at = chrono::Utc::now()
+                        + chrono::Duration::from_std(*wait).unwrap_or(chrono::Duration::zero());
+                    next.retry_after =
+                        Some(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+                }
+                Tried::Interrupted => next.status = QueueStatus::Pending,
+            }
+            Some(next)
+        })
+        .await
+    }
+
+    /// Cancels a pending item; refused for any other status. `None`: no such item.
+    pub async fn cancel_queue_item(&self, id: &str) -> Result<Option<QueueItem>, StoreError> {
+        let Some(item) = self.get_queue_item(id).await? else {
+            return Ok(None);
+        };
+        let mut refused = None;
+        let cancelled = self
+            .change_queue_item(&item, |current| {
+                if current.status != QueueStatus::Pending {
+                    refused = Some(current.status);
+                    return None;
+                }
+                Some(QueueItem {
+                    status: QueueStatus::Cancelled,
+                    completed_at: Some(now()),
+                    retry_after: None,
+                    ..current
+                })
+            })
+            .await?;
+        match refused {
+            Some(status) => Err(StoreError::Refused(CoreError::InvalidQueueItem(format!(
+                "only a pending item can be cancelled; this one is {}",
+                status.as_str()
+            )))),
+            None => Ok(cancelled),
+        }
+    }
+
+    /// Puts the items `node` was running back to pending (it stopped before their end: a
+    /// crash), so they run again; returns how many.
+    pub async fn requeue_claimed(&self, node: &str) -> Result<usize, StoreError> {
+        let mut requeued = 0;
+        let running = self
+            .find_all::<QueueItem>("status", QueueStatus::Processing.as_str())
+            .await?;
+        for item in running
+            .iter()
+            .filter(|i| i.claimed_by.as_deref() == Some(node))
+        {
+            if self
+                .finish_queue_item(item, node, Tried::Interrupted)
+                .await?
+                .is_some()
+            {
+                requeued += 1;
+            }
+        }
+        Ok(requeued)
     }
 }

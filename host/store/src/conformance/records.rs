@@ -24,6 +24,7 @@ pub async fn run_records(store: &Store, empty: &Store) {
     keys_and_credentials(store).await;
     attachments_by_session(store).await;
     usage_ends_with_its_turn_and_is_filtered(store).await;
+    queue_items_are_claimed_once_and_retried(store).await;
     a_copy_moves_everything_and_checks_the_count(store, empty).await;
 }
 
@@ -468,9 +469,10 @@ async fn a_copy_moves_everything_and_checks_the_count(from: &Store, to: &Store) 
             source.sessions,
             source.api_keys,
             source.credentials,
-            source.usage
+            source.usage,
+            source.queue
         ),
-        (3, 1, 10, 1, 1, 3)
+        (3, 1, 10, 1, 1, 3, 3)
     );
     assert_eq!((source.messages, source.events), (51, 2_554));
 
@@ -607,6 +609,136 @@ async fn usage_ends_with_its_turn_and_is_filtered(s: &Store) {
         "after is in, before is out"
     );
     assert_eq!(s.usage_stats(&all).await.unwrap().input_tokens, 70);
+}
+
+async fn queue_items_are_claimed_once_and_retried(s: &Store) {
+    let item = |prompt: &str, priority: u32, at: &str| ash_core::QueueItem {
+        id: uuid::Uuid::new_v4().to_string(),
+        tenant_id: DEFAULT_TENANT.into(),
+        session_id: None,
+        agent_name: name("a"),
+        prompt: prompt.into(),
+        status: ash_core::QueueStatus::Pending,
+        priority,
+        retry_count: 0,
+        max_retries: 1,
+        error: None,
+        created_at: at.into(),
+        started_at: None,
+        completed_at: None,
+        retry_after: None,
+        claimed_by: None,
+    };
+    let old = item("old", 0, "2026-03-01T00:00:01.000Z");
+    let new = item("new", 0, "2026-03-01T00:00:02.000Z");
+    let urgent = item("urgent", 7, "2026-03-01T00:00:03.000Z");
+    for it in [&old, &new, &urgent] {
+        s.insert_queue_item(it).await.unwrap();
+    }
+    let order: Vec<String> = s
+        .pending_queue_items()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.prompt)
+        .collect();
+    assert_eq!(order, ["urgent", "old", "new"], "priority, then age");
+    let listed = s.list_queue(None, 2).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|i| i.prompt.as_str()).collect::<Vec<_>>(),
+        ["urgent", "new"],
+        "listed newest first"
+    );
+
+    // Two servers claim one item at once: exactly one gets it.
+    let (first, second) = futures_util::future::join(
+        s.claim_queue_item(&old, "n1"),
+        s.claim_queue_item(&old, "n2"),
+    )
+    .await;
+    let winners: Vec<_> = [first.unwrap(), second.unwrap()]
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    let winner = winners[0].claimed_by.clone().unwrap();
+    let loser = if winner == "n1" { "n2" } else { "n1" };
+    let failed = crate::Tried::Failed {
+        error: "e".into(),
+        wait: std::time::Duration::from_secs(60),
+    };
+    assert!(
+        s.finish_queue_item(&old, loser, failed)
+            .await
+            .unwrap()
+            .is_none(),
+        "only its holder ends a try"
+    );
+    let failed = crate::Tried::Failed {
+        error: "first".into(),
+        wait: std::time::Duration::from_secs(60),
+    };
+    let retried = s
+        .finish_queue_item(&old, &winner, failed)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            retried.status,
+            retried.retry_count,
+            retried.error.as_deref()
+        ),
+        (ash_core::QueueStatus::Pending, 1, Some("first"))
+    );
+    assert!(retried.retry_after.is_some(), "it waits before its retry");
+    s.claim_queue_item(&old, &winner).await.unwrap().unwrap();
+    let failed = crate::Tried::Failed {
+        error: "second".into(),
+        wait: std::time::Duration::from_secs(60),
+    };
+    let out = s
+        .finish_queue_item(&old, &winner, failed)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (out.status, out.retry_count),
+        (ash_core::QueueStatus::Failed, 1),
+        "no retries left"
+    );
+
+    // A crash leaves an item processing: only its server's start puts it back.
+    s.claim_queue_item(&new, "crashed").await.unwrap().unwrap();
+    assert_eq!(s.requeue_claimed("other").await.unwrap(), 0);
+    assert_eq!(s.requeue_claimed("crashed").await.unwrap(), 1);
+    let back = s.get_queue_item(&new.id).await.unwrap().unwrap();
+    assert_eq!(
+        (back.status, back.retry_count, back.claimed_by),
+        (ash_core::QueueStatus::Pending, 0, None)
+    );
+
+    let cancelled = s.cancel_queue_item(&urgent.id).await.unwrap().unwrap();
+    assert_eq!(cancelled.status, ash_core::QueueStatus::Cancelled);
+    assert!(matches!(
+        s.cancel_queue_item(&urgent.id).await,
+        Err(crate::StoreError::Refused(_))
+    ));
+    assert!(s.cancel_queue_item("none").await.unwrap().is_none());
+    assert!(
+        s.claim_queue_item(&urgent, "n1").await.unwrap().is_none(),
+        "a cancelled item never runs"
+    );
+    let counts = s.count_queue().await.unwrap();
+    let of = |status| counts.iter().find(|(st, _)| *st == status).unwrap().1;
+    assert_eq!(
+        (
+            of(ash_core::QueueStatus::Pending),
+            of(ash_core::QueueStatus::Failed),
+            of(ash_core::QueueStatus::Cancelled)
+        ),
+        (1, 1, 1)
+    );
 }
 
 async fn attachments_by_session(s: &Store) {
