@@ -150,7 +150,9 @@ async fn storage_copy_moves_a_populated_sqlite_store_to_postgres_which_then_serv
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        stdout.contains("copied 1 agents, 2 sessions, 1 API keys, 0 credentials, "),
+        stdout.contains(
+            "copied 1 agents, 0 agent versions, 2 sessions, 1 API keys, 0 credentials, 0 attachments, 3 usage records, 0 queue items, "
+        ),
         "{stdout}"
     );
 
