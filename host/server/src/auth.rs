@@ -84,12 +84,7 @@ impl Keys {
 
 /// A new key and the hash it is stored under.
 pub(crate) fn mint() -> (String, String) {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).expect("the OS random source works");
-    let key = format!(
-        "ash_{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    );
+    let key = format!("ash_{}", token());
     let hash = hex(&digest(&key));
     (key, hash)
 }
@@ -128,12 +123,14 @@ pub(crate) async fn require_key(
             .ok_or("Invalid Authorization header format: use 'Bearer <api key>'"),
     };
     if let Ok(key) = bearer {
-        let hash = digest(key);
-        let env_match = state
-            .keys
-            .env_key
-            .is_some_and(|env| bool::from(env.ct_eq(&hash)));
-        if env_match || state.store.api_key_tenant(&hex(&hash)).await?.is_some() {
+        if accepted(&state, key).await?.is_some() {
+            return Ok(next.run(request).await);
+        }
+    }
+    // The dashboard's own requests carry its sign-in cookie instead of a key.
+    if request.headers().get(header::AUTHORIZATION).is_none() {
+        if let Some(token) = crate::dashboard::cookie(request.headers()) {
+            crate::dashboard::check(&state, &token, request.method(), request.headers()).await?;
             return Ok(next.run(request).await);
         }
     }
@@ -175,6 +172,34 @@ pub(crate) async fn require_key(
     }
     state.runtime.metrics.auth_failures.inc();
     Err(unauthorized(bearer.err().unwrap_or("Invalid API key")))
+}
+
+/// The hash (hex) `key` is known by when it is an accepted API key.
+pub(crate) async fn accepted(state: &AppState, key: &str) -> Result<Option<String>, ApiError> {
+    let hash = hex(&digest(key));
+    Ok(still_accepted(state, &hash).await?.then_some(hash))
+}
+
+/// The key with this hash (hex) is accepted: the one in `ASH_API_KEY`, or a stored one not
+/// deleted.
+pub(crate) async fn still_accepted(state: &AppState, hash: &str) -> Result<bool, ApiError> {
+    let env_match = state
+        .keys
+        .env_key
+        .is_some_and(|env| bool::from(hex(&env).as_bytes().ct_eq(hash.as_bytes())));
+    Ok(env_match || state.store.api_key_tenant(hash).await?.is_some())
+}
+
+/// A new random token: 32 bytes, base64url.
+pub(crate) fn token() -> String {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the OS random source works");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The SHA-256 (hex) a token is stored under.
+pub(crate) fn token_hash(token: &str) -> String {
+    hex(&digest(token))
 }
 
 /// The request carries `Authorization: Bearer <token>` (compared in constant time).

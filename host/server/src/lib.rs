@@ -12,6 +12,7 @@ mod attachments;
 mod auth;
 mod coordinator;
 mod credentials;
+mod dashboard;
 mod drain;
 mod error;
 mod explorer;
@@ -315,7 +316,8 @@ fn router(state: Arc<AppState>) -> Router {
     let api = Router::from(keyed);
     let app = Router::from(public)
         .route("/docs/json", axum::routing::get(openapi::serve))
-        .merge(explorer::routes());
+        .merge(explorer::routes())
+        .merge(dashboard::routes());
     let app = if state.membership.is_some() {
         // A runner: coordinators only, every route behind the cluster token.
         app.merge(api)

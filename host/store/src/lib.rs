@@ -17,7 +17,7 @@ mod sql;
 
 pub use copy::{Copied, CopyError};
 pub use log::TurnMark;
-pub use records::{SealedKey, Store, Tried, UsageFilter};
+pub use records::{DashboardSession, SealedKey, Store, Tried, UsageFilter};
 pub use runners::{Beat, Load, Runner, RunnerState, Runners};
 pub use sql::{redact, Appended, Appends, Database, SqlStorage};
 

@@ -5,6 +5,7 @@
 //! | `agents` | `<tenant>/<name>` | — |
 //! | `agent-versions` | `<tenant>/<agent>/<number, 10 digits>` | — |
 //! | `queue` | `<tenant>/<13 digits: 9999999999999 − ms since 1970>/<id>` (newest first) | `id`, `status` |
+//! | `dashboard-sessions` | the sign-in token's SHA-256 (hex) | — |
 //! | `usage` | `<tenant>/<13 digits: 9999999999999 − ms since 1970>/<id>` (newest first) | `session` = its id, `agent` = its name |
 //! | `sessions` | `<tenant>/<id>` | `agent` = `<tenant>/<agent>`, `status` = `<tenant>/<status>`, `turn` = the node that began it (`open` for a store that names none) while a turn is in flight |
 //! | `api-keys` | the key's SHA-256 (hex) | — |
@@ -1493,5 +1494,51 @@ impl Store {
             }
         }
         Ok(requeued)
+    }
+}
+
+/// A dashboard sign-in: the API key it was made with (by hash, so deleting the key ends it),
+/// the CSRF token its page sends with every change, and when it ends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DashboardSession {
+    pub key_hash: String,
+    pub csrf_token: String,
+    pub created_at: String,
+    pub expires_at: String,
+}
+
+impl Record for DashboardSession {
+    const COLLECTION: &'static str = "dashboard-sessions";
+}
+
+impl Store {
+    /// Keeps a sign-in under its token's hash.
+    pub async fn insert_dashboard_session(
+        &self,
+        token_hash: &str,
+        session: &DashboardSession,
+    ) -> Result<(), StoreError> {
+        self.create(token_hash, session).await
+    }
+
+    /// The sign-in under this token hash, if it has not ended (one that has is deleted).
+    pub async fn dashboard_session(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<DashboardSession>, StoreError> {
+        let Some((session, _)) = self.read::<DashboardSession>(token_hash).await? else {
+            return Ok(None);
+        };
+        if session.expires_at <= now() {
+            self.remove::<DashboardSession>(token_hash).await?;
+            return Ok(None);
+        }
+        Ok(Some(session))
+    }
+
+    /// Ends a sign-in; `false` when there was none.
+    pub async fn delete_dashboard_session(&self, token_hash: &str) -> Result<bool, StoreError> {
+        self.remove::<DashboardSession>(token_hash).await
     }
 }

@@ -25,6 +25,7 @@ pub async fn run_records(store: &Store, empty: &Store) {
     attachments_by_session(store).await;
     usage_ends_with_its_turn_and_is_filtered(store).await;
     queue_items_are_claimed_once_and_retried(store).await;
+    dashboard_sign_ins_end_when_they_expire(store).await;
     a_copy_moves_everything_and_checks_the_count(store, empty).await;
 }
 
@@ -739,6 +740,28 @@ async fn queue_items_are_claimed_once_and_retried(s: &Store) {
         ),
         (1, 1, 1)
     );
+}
+
+async fn dashboard_sign_ins_end_when_they_expire(s: &Store) {
+    let sign_in = |expires_at: &str| crate::DashboardSession {
+        key_hash: "k".into(),
+        csrf_token: "c".into(),
+        created_at: "2026-01-01T00:00:00.000Z".into(),
+        expires_at: expires_at.into(),
+    };
+    let lasting = sign_in("2999-01-01T00:00:00.000Z");
+    s.insert_dashboard_session("t1", &lasting).await.unwrap();
+    s.insert_dashboard_session("t2", &sign_in("2000-01-01T00:00:00.000Z"))
+        .await
+        .unwrap();
+    assert_eq!(s.dashboard_session("t1").await.unwrap(), Some(lasting));
+    assert_eq!(s.dashboard_session("t2").await.unwrap(), None, "expired");
+    assert!(
+        !s.delete_dashboard_session("t2").await.unwrap(),
+        "an expired one is deleted when read"
+    );
+    assert!(s.delete_dashboard_session("t1").await.unwrap());
+    assert_eq!(s.dashboard_session("t1").await.unwrap(), None);
 }
 
 async fn attachments_by_session(s: &Store) {
