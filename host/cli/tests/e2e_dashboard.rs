@@ -242,7 +242,12 @@ async fn the_page_and_its_assets_are_served_under_a_strict_policy_without_the_ke
 
 #[tokio::test]
 async fn the_dashboard_runs_ash_in_chromium_its_stream_resumes_after_a_reload() {
-    let server = Server::start().await;
+    // A transformer sees every message of the agents: its calls move with each turn.
+    let settings = format!(
+        "[[plugins]]\npath = {:?}\n[plugins.config]\npatterns = \"ACME-[0-9]{{6}}\"\n",
+        common::plugin("transform-redact")
+    );
+    let server = common::start_with(&settings).await;
     let files = [("agent.sh", GATED_AGENT), ("ash.toml", COMMAND_TOML)];
     assert_eq!(server.deploy("gated", &files).await.0, 201);
     server
@@ -335,6 +340,12 @@ async fn the_dashboard_runs_ash_in_chromium_its_stream_resumes_after_a_reload() 
         (&seen["keyServed"], &seen["keyInPage"], &seen["outside"]),
         (&json!(false), &json!(false), &json!([])),
         "{seen}"
+    );
+    let (before, after) = (&seen["pluginsBefore"][0], &seen["pluginsAfter"][0]);
+    assert_eq!(before[0], "transform-redact", "{seen}");
+    assert!(
+        after[1].as_u64().unwrap() > before[1].as_u64().unwrap(),
+        "the plugin's calls moved with the turns: {seen}"
     );
     let usage = seen["usage"].as_array().unwrap();
     assert!(

@@ -1,6 +1,6 @@
 // Drives the dashboard at /dashboard in Debian's Chromium, against a server the test set up:
-// an agent `gated` with one named version, and a session of it whose turn waits at a gate
-// (ASH_GATED). The script asks the test to open the gate by printing {"ask":"gate"} and reads
+// a transform plugin loaded, an agent `gated` with one named version, and a session of it
+// whose turn waits at a gate (ASH_GATED). The script asks the test to open the gate by printing {"ask":"gate"} and reads
 // "ok" back on stdin. At the end it prints what it saw as one JSON line.
 import { chromium } from "playwright-core";
 import * as readline from "node:readline";
@@ -49,7 +49,16 @@ try {
   seen.scriptSeesCookie = await page.evaluate(() => document.cookie);
   seen.storage = await page.evaluate(() => JSON.stringify(localStorage) + JSON.stringify(sessionStorage));
 
+  // A plugin's counters, before the turns below.
+  const pluginCalls = async () => {
+    await page.goto(`${url}/dashboard#/plugins`);
+    await page.waitForSelector("main table tbody tr");
+    return page.$$eval("main table tbody tr", (rows) => rows.map((r) => [r.children[0].textContent, Number(r.children[3].textContent)]));
+  };
+  seen.pluginsBefore = await pluginCalls();
+
   // An agent and its versions: activate one.
+  await page.goto(`${url}/dashboard#/agents`);
   await page.click("a[href='#/agents/gated']");
   await page.waitForSelector("button.activate");
   await page.click("button.activate");
@@ -93,12 +102,12 @@ try {
   await page.fill("#enqueue input[name=prompt]", "queued from the browser");
   await page.click("#enqueue button");
   await page.waitForFunction(() => document.querySelector("main")?.textContent.includes("queued from the browser"));
-  for (const view of ["plugins", "pool", "usage"]) {
+  seen.pluginsAfter = await pluginCalls();
+  for (const view of ["pool", "usage"]) {
     await page.goto(`${url}/dashboard#/${view}`);
     await page.waitForFunction((v) => document.querySelector("main h1")?.textContent.toLowerCase().startsWith(v.slice(0, 4)), view);
   }
   seen.usage = await page.$eval("main table tbody tr", (row) => [...row.children].map((c) => c.textContent));
-  seen.plugins = await (await page.request.get(`${url}/health`)).json().then((h) => h.plugins.length);
 
   // Signing out ends the sign-in on the server: the old cookie is refused.
   await page.click("#sign-out");
