@@ -47,6 +47,8 @@ fi
 "$(dirname "$0")"/install-claude.sh
 # The snapshot store's tests use an S3-compatible server on loopback.
 "$(dirname "$0")"/install-moto.sh
+# The MCP frontend's tests use the official MCP Python SDK as their client.
+"$(dirname "$0")"/install-mcp-clients.sh
 # The browser tests drive Debian's Chromium with playwright-core.
 "$(dirname "$0")"/install-browser.sh
 

@@ -59,6 +59,25 @@ pub enum KeyCommand {
 }
 
 #[derive(clap::Subcommand)]
+pub enum ToolCommand {
+    /// List the tools.
+    List,
+    /// Show one tool.
+    Show { name: String },
+    /// Store a tool from a JSON file (its record, as `GET /api/tools/:name` shows it); one of
+    /// that name is replaced, as its next version.
+    Put { file: PathBuf },
+    /// Call a tool with JSON arguments (`{}` when none are given).
+    Call {
+        name: String,
+        #[arg(default_value = "{}")]
+        arguments: String,
+    },
+    /// Delete a tool.
+    Delete { name: String },
+}
+
+#[derive(clap::Subcommand)]
 pub enum SessionCommand {
     /// Start a session with an agent; prints the session.
     Create {
@@ -299,6 +318,35 @@ pub async fn run(server: Option<String>, command: Command) -> anyhow::Result<Exi
         Command::Session(SessionCommand::Logs { id, after }) => {
             let path = format!("/api/sessions/{id}/logs?after={after}");
             client.call(Method::GET, &path, None).await?
+        }
+        Command::Tool(ToolCommand::List) => client.call(Method::GET, "/api/tools", None).await?,
+        Command::Tool(ToolCommand::Show { name }) => {
+            client
+                .call(Method::GET, &format!("/api/tools/{name}"), None)
+                .await?
+        }
+        Command::Tool(ToolCommand::Put { file }) => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let tool: Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not JSON", file.display()))?;
+            let Some(name) = tool["name"].as_str() else {
+                bail!("{} names no tool (its \"name\")", file.display());
+            };
+            let path = format!("/api/tools/{name}");
+            client.call(Method::PUT, &path, Some(&tool)).await?
+        }
+        Command::Tool(ToolCommand::Call { name, arguments }) => {
+            let arguments: Value =
+                serde_json::from_str(&arguments).context("the arguments are not JSON")?;
+            let body = json!({ "arguments": arguments });
+            let path = format!("/api/tools/{name}/call");
+            client.call(Method::POST, &path, Some(&body)).await?
+        }
+        Command::Tool(ToolCommand::Delete { name }) => {
+            client
+                .call(Method::DELETE, &format!("/api/tools/{name}"), None)
+                .await?
         }
         Command::Key(KeyCommand::List) => client.call(Method::GET, "/api/api-keys", None).await?,
         Command::Key(KeyCommand::Create { label }) => {

@@ -40,6 +40,9 @@ enum Command {
     /// List, make or delete API keys.
     #[command(subcommand)]
     Key(commands::KeyCommand),
+    /// List, show, store, call or delete the registry's tools.
+    #[command(subcommand)]
+    Tool(commands::ToolCommand),
     /// Chat with an agent: interactive without MESSAGE, one reply with it.
     Chat(commands::ChatArgs),
     /// Show the server's health.

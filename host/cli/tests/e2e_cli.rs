@@ -3,7 +3,7 @@
 mod common;
 
 use common::{Server, ASH};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 fn json_out(output: &std::process::Output) -> Value {
     assert!(
@@ -335,4 +335,56 @@ async fn keys_are_made_listed_and_deleted_and_a_sessions_log_is_shown_from_the_c
         .unwrap()
         .iter()
         .all(|l| l["index"].as_u64() > Some(0)));
+}
+
+#[tokio::test]
+async fn tools_are_stored_listed_called_and_deleted_from_the_cli() {
+    let app = axum::Router::new().route(
+        "/add/{a}/{b}",
+        axum::routing::get(
+            |axum::extract::Path((a, b)): axum::extract::Path<(i64, i64)>| async move {
+                axum::Json(json!({ "sum": a + b }))
+            },
+        ),
+    );
+    let upstream = common::serve(app).await;
+    let server = Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("add.json");
+    let tool = json!({
+        "name": "add", "description": "adds two numbers",
+        "inputSchema": {"type": "object", "required": ["a", "b"],
+            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}},
+        "kind": "http",
+        "http": {"method": "GET", "url": format!("http://{upstream}/add/{{a}}/{{b}}"), "resultPointer": "/sum"},
+    });
+    std::fs::write(&file, tool.to_string()).unwrap();
+    let stored = json_out(
+        &server
+            .cli(&["tool", "put", file.to_str().unwrap()], None)
+            .await,
+    );
+    assert_eq!(stored["tool"]["version"], 1, "{stored}");
+    let listed = json_out(&server.cli(&["tool", "list"], None).await);
+    assert_eq!(listed["tools"][0]["name"], "add");
+    let called = json_out(
+        &server
+            .cli(&["tool", "call", "add", r#"{"a": 2, "b": 40}"#], None)
+            .await,
+    );
+    assert_eq!(called, json!({"result": 42, "isError": false}));
+    let refused = server
+        .cli(&["tool", "call", "add", r#"{"a": "two"}"#], None)
+        .await;
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("input schema"));
+    let shown = json_out(&server.cli(&["tool", "show", "add"], None).await);
+    assert_eq!(shown["tool"]["description"], "adds two numbers");
+    assert!(server
+        .cli(&["tool", "delete", "add"], None)
+        .await
+        .status
+        .success());
+    let gone = server.cli(&["tool", "show", "add"], None).await;
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("Tool not found"));
 }

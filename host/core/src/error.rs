@@ -26,4 +26,6 @@ pub enum CoreError {
     InvalidVersion(String),
     #[error("{0}")]
     InvalidQueueItem(String),
+    #[error("invalid tool: {0}")]
+    InvalidTool(String),
 }

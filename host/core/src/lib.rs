@@ -13,6 +13,7 @@ mod hook;
 mod queue;
 mod session;
 mod storage;
+mod tool;
 mod usage;
 
 pub use agent::{
@@ -37,5 +38,9 @@ pub use storage::{
     check_append, check_commit, check_data, check_find, check_limit, check_name, check_put,
     Document, Entry, Storage, StorageError, Write, MAX_DATA_BYTES, MAX_INDEX_ENTRIES, MAX_LIMIT,
     MAX_NAME_BYTES, MAX_WRITES,
+};
+pub use tool::{
+    check_tool_name, CredentialHeader, HttpConnector, Tool, ToolKind, DEFAULT_TOOL_RESULT_BYTES,
+    DEFAULT_TOOL_TIMEOUT_MS, MAX_TOOL_RESULT_BYTES, MAX_TOOL_TIMEOUT_MS,
 };
 pub use usage::{TurnUsage, UsageCounts, UsageEvent, UsageKind};

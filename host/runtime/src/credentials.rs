@@ -114,14 +114,25 @@ impl Runtime {
         &self,
         id: &str,
     ) -> Result<(&'static str, String), RuntimeError> {
-        let gone = || {
+        let (kind, key) = self.open_credential(id).await?.ok_or_else(|| {
             RuntimeError::invalid(format!(
                 "the session's credential {id} does not exist or is inactive; create the session again with another credentialId"
             ))
+        })?;
+        Ok((kind.env_var(), key))
+    }
+
+    /// A stored credential's type and key (its use recorded); `None` when it does not exist
+    /// or is inactive.
+    pub(crate) async fn open_credential(
+        &self,
+        id: &str,
+    ) -> Result<Option<(ash_core::CredentialType, String)>, RuntimeError> {
+        let Some((credential, sealed)) = self.store.get_credential(id).await? else {
+            return Ok(None);
         };
-        let (credential, sealed) = self.store.get_credential(id).await?.ok_or_else(gone)?;
         if !credential.active {
-            return Err(gone());
+            return Ok(None);
         }
         let key = self.sealer()?.open(id, &sealed).map_err(|why| {
             RuntimeError::Unavailable(format!("credential {id} cannot be used: {why}"))
@@ -129,7 +140,7 @@ impl Runtime {
         if let Err(e) = self.store.touch_credential(id).await {
             tracing::warn!("cannot record the use of credential {id}: {e}");
         }
-        Ok((credential.kind.env_var(), key))
+        Ok(Some((credential.kind, key)))
     }
 }
 

@@ -95,6 +95,7 @@ pub enum Missing {
     AgentVersion,
     AgentFile,
     QueueItem,
+    Tool,
 }
 
 impl std::fmt::Display for Missing {
@@ -107,6 +108,7 @@ impl std::fmt::Display for Missing {
             Self::AgentVersion => "Agent version not found",
             Self::AgentFile => "File not found in the agent's folder",
             Self::QueueItem => "Queue item not found",
+            Self::Tool => "Tool not found",
         })
     }
 }

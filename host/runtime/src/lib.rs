@@ -26,6 +26,7 @@ mod queue;
 mod sessions;
 mod snapshots;
 mod stream;
+mod tools;
 mod turn;
 
 use std::path::PathBuf;
@@ -49,6 +50,7 @@ pub use lifecycle::{now, ExecOutcome, Files, NewSession, EXEC_MAX, MAX_COMMAND_B
 pub use metrics::Metrics;
 pub use queue::NewQueueItem;
 pub use stream::{Frame, FrameStream};
+pub use tools::{Caller, ToolOutput};
 pub use turn::{MAX_CONTENT_BLOCKS, MAX_CONTENT_CHARS};
 
 /// What the runtime needs to know; the CLI fills it from flags, env and the settings file.
@@ -143,6 +145,10 @@ pub struct Runtime {
     agent_folders: tokio::sync::Mutex<()>,
     /// Told of each new queue item, so the queue runs it without waiting for its next look.
     queued: tokio::sync::Notify,
+    /// The tools' compiled input schemas.
+    schemas: tools::Schemas,
+    /// The client of `http` tools: no redirects (a redirect could lead off the allowed hosts).
+    http: reqwest::Client,
 }
 
 /// What the runtime is built from.
@@ -210,6 +216,11 @@ impl Runtime {
             appends: std::sync::Mutex::new(appends),
             agent_folders: tokio::sync::Mutex::default(),
             queued: tokio::sync::Notify::new(),
+            schemas: tools::Schemas::default(),
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("the HTTP client builds"),
         })
     }
 

@@ -25,6 +25,9 @@ pub struct Metrics {
     pub snapshot_restores: IntCounterVec,
     pub prewarm_hits: IntCounter,
     pub auth_failures: IntCounter,
+    /// Tool calls by tool and outcome, and their time.
+    pub tool_calls: IntCounterVec,
+    pub tool_seconds: prometheus::HistogramVec,
     pub plugin_transform: Histogram,
     pub plugin_auth: Histogram,
     /// Agent messages withheld because a transformer failed under the `drop` policy.
@@ -125,6 +128,25 @@ impl Metrics {
             "Requests refused by the auth chain (bad or missing API key, denied or failed authenticator)",
         )
         .expect("valid metric");
+        let tool_calls = IntCounterVec::new(
+            Opts::new(
+                "ash_tool_calls_total",
+                "Tool calls through the invoker, by tool and outcome (ok, error: the tool failed, invalid: refused before it ran, timeout)",
+            ),
+            &["tool", "outcome"],
+        )
+        .expect("valid metric");
+        let tool_seconds = prometheus::HistogramVec::new(
+            HistogramOpts::new(
+                "ash_tool_call_seconds",
+                "Time of tool calls through the invoker, from the call to its result",
+            )
+            .buckets(vec![
+                0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0,
+            ]),
+            &["tool"],
+        )
+        .expect("valid metric");
         let hook = |name: &str, help: &str| {
             let buckets = vec![
                 0.000_002, 0.000_005, 0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.01, 0.1,
@@ -193,6 +215,8 @@ impl Metrics {
             Box::new(snapshot_restores.clone()),
             Box::new(prewarm_hits.clone()),
             Box::new(auth_failures.clone()),
+            Box::new(tool_calls.clone()),
+            Box::new(tool_seconds.clone()),
         ] {
             registry.register(m).expect("unique metric");
         }
@@ -216,6 +240,8 @@ impl Metrics {
             snapshot_restores,
             prewarm_hits,
             auth_failures,
+            tool_calls,
+            tool_seconds,
             plugin_transform,
             plugin_auth,
             plugin_withheld,

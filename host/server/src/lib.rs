@@ -20,11 +20,13 @@ mod files;
 mod health;
 mod keys;
 mod lifecycle;
+mod mcp;
 mod openapi;
 mod queue;
 mod runner;
 mod sessions;
 mod state;
+mod tools;
 mod trace;
 mod usage;
 mod versions;
@@ -298,6 +300,7 @@ fn routes() -> (Routes, Routes) {
         .merge(versions::routes())
         .merge(usage::routes())
         .merge(queue::routes())
+        .merge(tools::routes())
         .merge(sessions::routes())
         .merge(lifecycle::routes())
         .merge(files::routes())
@@ -313,7 +316,7 @@ fn routes() -> (Routes, Routes) {
 fn router(state: Arc<AppState>) -> Router {
     use axum::middleware::from_fn_with_state;
     let (keyed, public) = routes();
-    let api = Router::from(keyed);
+    let api = Router::from(keyed).nest_service("/mcp", mcp::service(state.clone()));
     let app = Router::from(public)
         .route("/docs/json", axum::routing::get(openapi::serve))
         .merge(explorer::routes())

@@ -5,7 +5,7 @@
 //! source held. The source is only read: a failed copy loses nothing, and an empty destination
 //! can be dropped and the copy run again.
 
-use ash_core::{AgentVersion, Attachment, QueueItem, Storage, TurnUsage};
+use ash_core::{AgentVersion, Attachment, QueueItem, Storage, Tool, TurnUsage};
 
 use crate::log::{events_stream, messages_stream, STREAM_PAGE};
 use crate::records::{parse, AgentRecord, ApiKeyRecord, CredentialRecord, Record, SessionRecord};
@@ -22,6 +22,7 @@ pub struct Copied {
     pub attachments: u64,
     pub usage: u64,
     pub queue: u64,
+    pub tools: u64,
     pub messages: u64,
     pub events: u64,
 }
@@ -37,11 +38,12 @@ impl Copied {
             + self.attachments
             + self.usage
             + self.queue
+            + self.tools
             + self.messages
             + self.events
     }
 
-    fn rows(&self) -> [(&'static str, u64); 10] {
+    fn rows(&self) -> [(&'static str, u64); 11] {
         [
             ("agents", self.agents),
             ("agent versions", self.agent_versions),
@@ -51,6 +53,7 @@ impl Copied {
             ("attachments", self.attachments),
             ("usage records", self.usage),
             ("queue items", self.queue),
+            ("tools", self.tools),
             ("messages", self.messages),
             ("events", self.events),
         ]
@@ -111,6 +114,7 @@ impl Store {
             attachments: self.count_documents(Attachment::COLLECTION).await?,
             usage: self.count_documents(TurnUsage::COLLECTION).await?,
             queue: self.count_documents(QueueItem::COLLECTION).await?,
+            tools: self.count_documents(Tool::COLLECTION).await?,
             ..Copied::default()
         };
         for session in self.scan::<SessionRecord>("").await? {
@@ -158,6 +162,7 @@ impl Store {
         copy_documents::<Attachment>(self, to, &mut progress).await?;
         copy_documents::<TurnUsage>(self, to, &mut progress).await?;
         copy_documents::<QueueItem>(self, to, &mut progress).await?;
+        copy_documents::<Tool>(self, to, &mut progress).await?;
         for session in copy_documents::<SessionRecord>(self, to, &mut progress).await? {
             for stream in [messages_stream(session.id()), events_stream(session.id())] {
                 copy_stream(&*self.storage, &*to.storage, &stream, &mut progress).await?;

@@ -6,6 +6,7 @@
 //! | `agent-versions` | `<tenant>/<agent>/<number, 10 digits>` | — |
 //! | `queue` | `<tenant>/<13 digits: 9999999999999 − ms since 1970>/<id>` (newest first) | `id`, `status` |
 //! | `dashboard-sessions` | the sign-in token's SHA-256 (hex) | — |
+//! | `tools` | `<tenant>/<name>` | — |
 //! | `usage` | `<tenant>/<13 digits: 9999999999999 − ms since 1970>/<id>` (newest first) | `session` = its id, `agent` = its name |
 //! | `sessions` | `<tenant>/<id>` | `agent` = `<tenant>/<agent>`, `status` = `<tenant>/<status>`, `turn` = the node that began it (`open` for a store that names none) while a turn is in flight |
 //! | `api-keys` | the key's SHA-256 (hex) | — |
@@ -1540,5 +1541,57 @@ impl Store {
     /// Ends a sign-in; `false` when there was none.
     pub async fn delete_dashboard_session(&self, token_hash: &str) -> Result<bool, StoreError> {
         self.remove::<DashboardSession>(token_hash).await
+    }
+}
+
+impl Record for ash_core::Tool {
+    const COLLECTION: &'static str = "tools";
+}
+
+fn tool_key(name: &str) -> String {
+    format!("{DEFAULT_TENANT}/{name}")
+}
+
+impl Store {
+    /// Creates the tool (version 1) or replaces it (its version one more, its creation time
+    /// kept).
+    pub async fn put_tool(&self, tool: &ash_core::Tool) -> Result<ash_core::Tool, StoreError> {
+        let written = self
+            .change(&tool_key(&tool.name), |current: Option<ash_core::Tool>| {
+                let now = now();
+                Some(match current {
+                    Some(old) => ash_core::Tool {
+                        version: old.version + 1,
+                        created_at: old.created_at,
+                        updated_at: now,
+                        ..tool.clone()
+                    },
+                    None => ash_core::Tool {
+                        version: 1,
+                        created_at: now.clone(),
+                        updated_at: now,
+                        ..tool.clone()
+                    },
+                })
+            })
+            .await?;
+        Ok(written.expect("a put always writes"))
+    }
+
+    pub async fn get_tool(&self, name: &str) -> Result<Option<ash_core::Tool>, StoreError> {
+        Ok(self
+            .read::<ash_core::Tool>(&tool_key(name))
+            .await?
+            .map(|(tool, _)| tool))
+    }
+
+    /// Tools in name order.
+    pub async fn list_tools(&self) -> Result<Vec<ash_core::Tool>, StoreError> {
+        self.scan::<ash_core::Tool>(&format!("{DEFAULT_TENANT}/"))
+            .await
+    }
+
+    pub async fn delete_tool(&self, name: &str) -> Result<bool, StoreError> {
+        self.remove::<ash_core::Tool>(&tool_key(name)).await
     }
 }

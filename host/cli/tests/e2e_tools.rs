@@ -1,0 +1,343 @@
+//! The tool registry and the invoker end to end: `http` tools against the tests' own upstream
+//! on loopback (a real HTTP server), called through REST and through `/mcp` by the official
+//! MCP Python SDK, against the real `ash` binary.
+
+mod common;
+
+use axum::extract::Path;
+use axum::http::HeaderMap;
+use axum::response::IntoResponse;
+use common::Server;
+use serde_json::{json, Value};
+
+const MASTER: &str = "a-master-key-for-tests-0123456789abcdef";
+const SECRET: &str = "upstream-secret-0123456789";
+
+/// The upstream the tools call: answers by path; `/slow` never answers, `/huge` streams 100 MB.
+async fn upstream() -> String {
+    let app = axum::Router::new()
+        .route(
+            "/greet/{name}",
+            axum::routing::get(|Path(name): Path<String>, headers: HeaderMap| async move {
+                let signed = headers.get("authorization").and_then(|v| v.to_str().ok())
+                    == Some(&format!("Bearer {SECRET}"));
+                axum::Json(json!({"greeting": format!("Hello, {name}"), "signed": signed}))
+            }),
+        )
+        .route(
+            "/echo-auth",
+            axum::routing::get(|headers: HeaderMap| async move {
+                format!("you sent {:?}", headers.get("authorization"))
+            }),
+        )
+        .route("/slow", axum::routing::get(std::future::pending::<String>))
+        .route(
+            "/huge",
+            axum::routing::get(|| async {
+                let chunk = bytes::Bytes::from(vec![b'x'; 1 << 20]);
+                let body = futures_util::stream::iter(
+                    (0..100).map(move |_| Ok::<_, std::io::Error>(chunk.clone())),
+                );
+                axum::body::Body::from_stream(body)
+            }),
+        )
+        .route("/garbage", axum::routing::get(|| async { "<<not json>>" }))
+        .route(
+            "/fail",
+            axum::routing::get(|| async {
+                (axum::http::StatusCode::BAD_GATEWAY, "upstream broke").into_response()
+            }),
+        )
+        .route(
+            "/redirect",
+            axum::routing::get(|| async {
+                axum::response::Redirect::temporary("http://example.com/elsewhere")
+            }),
+        );
+    let addr = common::serve(app).await;
+    format!("http://{addr}")
+}
+
+/// A port nothing listens on.
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn tool(name: &str, url: &str, extra: Value) -> Value {
+    let mut tool = json!({
+        "name": name,
+        "description": format!("the {name} tool"),
+        "inputSchema": {"type": "object", "properties": {"name": {"type": "string"}}},
+        "kind": "http",
+        "http": {"method": "GET", "url": url},
+    });
+    for (key, value) in extra.as_object().unwrap() {
+        match (key.as_str(), value) {
+            ("http", Value::Object(fields)) => {
+                tool["http"].as_object_mut().unwrap().extend(fields.clone())
+            }
+            _ => {
+                tool[key] = value.clone();
+            }
+        }
+    }
+    tool
+}
+
+async fn call(server: &Server, name: &str, arguments: Value) -> (u16, Value) {
+    server
+        .post(
+            &format!("/api/tools/{name}/call"),
+            json!({ "arguments": arguments }),
+        )
+        .await
+}
+
+/// A server with a credential and the tools of the upstream at `base`.
+async fn with_tools(base: &str) -> Server {
+    let server = Server::start_with_env(&[("ASH_CREDENTIAL_KEY", MASTER)]).await;
+    let (status, body) = server
+        .post(
+            "/api/credentials",
+            json!({"type": "openai", "key": SECRET, "label": "upstream"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let credential = body["credential"]["id"].as_str().unwrap().to_owned();
+    let signed = json!({"credential": {"id": credential}});
+    let down = format!("http://127.0.0.1:{}/greet/x", closed_port());
+    for tool in [
+        tool(
+            "greet",
+            &format!("{base}/greet/{{name}}"),
+            json!({"inputSchema": {"type": "object", "required": ["name"],
+                "properties": {"name": {"type": "string", "maxLength": 40}}},
+                "http": {"credential": signed["credential"]}}),
+        ),
+        tool(
+            "whoami",
+            &format!("{base}/echo-auth"),
+            json!({"http": signed}),
+        ),
+        tool("slow", &format!("{base}/slow"), json!({"timeoutMs": 200})),
+        tool("huge", &format!("{base}/huge"), json!({})),
+        tool("garbage", &format!("{base}/garbage"), json!({})),
+        tool(
+            "garbage-pointer",
+            &format!("{base}/garbage"),
+            json!({"http": {"resultPointer": "/a"}}),
+        ),
+        tool("fail", &format!("{base}/fail"), json!({})),
+        tool("redirect", &format!("{base}/redirect"), json!({})),
+        tool("down", &down, json!({})),
+    ] {
+        let (status, body) = server.post("/api/tools", tool).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    server
+}
+
+#[tokio::test]
+async fn http_tools_are_called_with_their_credential_added_on_the_host_and_their_failures_are_results(
+) {
+    let base = upstream().await;
+    let server = with_tools(&base).await;
+    assert_eq!(
+        call(&server, "greet", json!({"name": "Ada"})).await,
+        (
+            200,
+            json!({"result": {"greeting": "Hello, Ada", "signed": true}, "isError": false})
+        )
+    );
+    let (_, whoami) = call(&server, "whoami", json!({})).await;
+    assert!(
+        whoami["result"]
+            .as_str()
+            .unwrap()
+            .contains("Bearer [credential]"),
+        "the key is masked in what comes back: {whoami}"
+    );
+    // Control: the upstream did get the key (it answered `signed` above), and echoes it.
+    assert!(!whoami.to_string().contains(SECRET), "{whoami}");
+
+    for (name, said) in [
+        ("slow", "timeout of 200 ms"),
+        ("huge", "maxResultBytes"),
+        ("garbage-pointer", "not JSON"),
+        ("fail", "502"),
+        ("redirect", "307"),
+        ("down", "cannot connect"),
+    ] {
+        let (status, reply) = call(&server, name, json!({})).await;
+        assert_eq!(
+            (status, &reply["isError"]),
+            (200, &json!(true)),
+            "{name}: {reply}"
+        );
+        assert!(
+            reply["result"].as_str().unwrap().contains(said),
+            "{name}: {reply}"
+        );
+    }
+    assert_eq!(
+        call(&server, "garbage", json!({})).await.1,
+        json!({"result": "<<not json>>", "isError": false})
+    );
+
+    // Refusals before the tool runs.
+    let (status, reply) = call(&server, "greet", json!({"name": 7})).await;
+    assert_eq!(status, 400, "{reply}");
+    assert!(
+        reply["error"].as_str().unwrap().contains("at /name"),
+        "{reply}"
+    );
+    let (status, reply) = call(&server, "greet", json!({})).await;
+    assert_eq!(status, 400, "{reply}");
+    let (status, _) = call(&server, "nothing-here", json!({})).await;
+    assert_eq!(status, 404);
+
+    let metrics = server.metrics().await;
+    for series in [
+        "ash_tool_calls_total{outcome=\"ok\",tool=\"greet\"} 1",
+        "ash_tool_calls_total{outcome=\"invalid\",tool=\"greet\"} 2",
+        "ash_tool_calls_total{outcome=\"timeout\",tool=\"slow\"} 1",
+        "ash_tool_calls_total{outcome=\"error\",tool=\"huge\"} 1",
+    ] {
+        assert!(metrics.contains(series), "{series} in\n{metrics}");
+    }
+    let (_, listed) = server.get("/api/tools").await;
+    assert_eq!(listed["tools"].as_array().unwrap().len(), 9);
+    assert!(!listed.to_string().contains(SECRET));
+    assert_eq!(
+        server.get("/health").await.0,
+        200,
+        "the server kept serving"
+    );
+}
+
+#[tokio::test]
+async fn bad_tools_are_refused_when_stored_and_a_change_is_a_new_version() {
+    let base = upstream().await;
+    let server = Server::start().await;
+    let good = tool("t", &format!("{base}/greet/{{name}}"), json!({}));
+    let (status, made) = server.post("/api/tools", good.clone()).await;
+    assert_eq!(
+        (status, &made["tool"]["version"]),
+        (201, &json!(1)),
+        "{made}"
+    );
+    assert_eq!(server.post("/api/tools", good.clone()).await.0, 409);
+    let mut changed = good.clone();
+    changed["description"] = json!("changed");
+    let (status, replaced) = server
+        .call(reqwest::Method::PUT, "/api/tools/t", Some(changed))
+        .await;
+    assert_eq!(
+        (
+            status,
+            &replaced["tool"]["version"],
+            &replaced["tool"]["createdAt"]
+        ),
+        (200, &json!(2), &made["tool"]["createdAt"])
+    );
+    for (bad, want) in [
+        (tool("bad name", &format!("{base}/x"), json!({})), 400),
+        (tool("t2", "http://{host}/x", json!({})), 400),
+        (tool("t2", "file:///etc/passwd", json!({})), 400),
+        (
+            tool(
+                "t2",
+                &format!("{base}/x"),
+                json!({"inputSchema": {"type": 5}}),
+            ),
+            400,
+        ),
+        (
+            tool("t2", &format!("{base}/x"), json!({"inputSchema": []})),
+            400,
+        ),
+        (
+            tool("t2", &format!("{base}/x"), json!({"timeoutMs": 0})),
+            400,
+        ),
+        (
+            tool(
+                "t2",
+                &format!("{base}/x"),
+                json!({"http": {"method": "TRACE"}}),
+            ),
+            400,
+        ),
+        (
+            tool("t2", &format!("{base}/x"), json!({"kind": "teleport"})),
+            422,
+        ),
+        (json!({"name": "t2"}), 422),
+    ] {
+        let (status, reply) = server.post("/api/tools", bad.clone()).await;
+        assert_eq!(status, want, "{bad}: {reply}");
+        assert!(reply["error"].is_string(), "{reply}");
+    }
+    let (status, _) = server
+        .call(reqwest::Method::PUT, "/api/tools/other", Some(good))
+        .await;
+    assert_eq!(status, 400, "the body names another tool");
+    assert_eq!(server.delete("/api/tools/t").await.0, 200);
+    assert_eq!(server.delete("/api/tools/t").await.0, 404);
+    assert_eq!(server.get("/api/tools").await.1, json!({"tools": []}));
+}
+
+#[tokio::test]
+async fn the_official_mcp_python_sdk_lists_and_calls_the_registry_tools_over_streamable_http() {
+    let base = upstream().await;
+    let server = with_tools(&base).await;
+    let python = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../target/mcp-python/bin/python"
+    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp/client.py");
+    let run = tokio::process::Command::new(python)
+        .arg(script)
+        .env("ASH_URL", &server.url)
+        .env("ASH_KEY", &server.key)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(120), run)
+        .await
+        .expect("the client finished")
+        .expect("python runs: scripts/install-mcp-clients.sh installs the SDK");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen["server"], "ash", "{seen}");
+    assert_eq!(
+        seen["tools"]["greet"]["required"],
+        json!(["name"]),
+        "the tool's schema as stored: {seen}"
+    );
+    assert_eq!(
+        seen["ok"],
+        json!({"isError": false, "text": "{\"greeting\":\"Hello, Ada\",\"signed\":true}"})
+    );
+    assert_eq!(seen["down"]["isError"], true, "{seen}");
+    // JSON-RPC's invalid params: bad arguments, and a tool that does not exist.
+    assert_eq!(seen["badArguments"]["code"], -32602, "{seen}");
+    assert!(seen["badArguments"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("/name"));
+    assert_eq!(seen["unknown"]["code"], -32602, "{seen}");
+
+    // Without the key, /mcp is refused like any route.
+    let response = reqwest::Client::new()
+        .post(format!("{}/mcp", server.url))
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+}
