@@ -47,10 +47,10 @@ fi
 "$(dirname "$0")"/install-claude.sh
 # The snapshot store's tests use an S3-compatible server on loopback.
 "$(dirname "$0")"/install-moto.sh
-# The MCP frontend's tests use the official MCP Python SDK as their client.
-"$(dirname "$0")"/install-mcp-clients.sh
 # The browser tests drive Debian's Chromium with playwright-core.
 "$(dirname "$0")"/install-browser.sh
+# The MCP frontend's tests use the official MCP SDKs (Python, TypeScript) as their clients.
+"$(dirname "$0")"/install-mcp-clients.sh
 
 # bwrap must be able to create a user namespace; say so plainly if the host forbids it.
 if ! bwrap --unshare-all --unshare-user --ro-bind / / -- true 2>/dev/null; then

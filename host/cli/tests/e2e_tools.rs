@@ -300,19 +300,40 @@ async fn the_official_mcp_python_sdk_lists_and_calls_the_registry_tools_over_str
         "/../../target/mcp-python/bin/python"
     );
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp/client.py");
-    let run = tokio::process::Command::new(python)
+    let mut client = tokio::process::Command::new(python)
         .arg(script)
         .env("ASH_URL", &server.url)
         .env("ASH_KEY", &server.key)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(std::time::Duration::from_secs(120), run)
-        .await
-        .expect("the client finished")
+        .spawn()
         .expect("python runs: scripts/install-mcp-clients.sh installs the SDK");
-    let said = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{said}");
-    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut stdin = client.stdin.take().unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(client.stdout.take().unwrap()));
+    let seen = tokio::time::timeout(std::time::Duration::from_secs(120), async {
+        loop {
+            let line = lines
+                .next_line()
+                .await
+                .unwrap()
+                .expect("the client says what it saw");
+            let said: Value = serde_json::from_str(&line).unwrap();
+            if said["ask"] != "change" {
+                return said;
+            }
+            // The registry changes while the client is connected: it is told.
+            let added = tool("added-later", &format!("{base}/garbage"), json!({}));
+            assert_eq!(server.post("/api/tools", added).await.0, 201);
+            tokio::io::AsyncWriteExt::write_all(&mut stdin, b"ok\n")
+                .await
+                .unwrap();
+        }
+    })
+    .await
+    .expect("the client finished");
+    assert!(client.wait().await.unwrap().success(), "{seen}");
     assert_eq!(seen["server"], "ash", "{seen}");
     assert_eq!(
         seen["tools"]["greet"]["required"],
@@ -331,6 +352,10 @@ async fn the_official_mcp_python_sdk_lists_and_calls_the_registry_tools_over_str
         .unwrap()
         .contains("/name"));
     assert_eq!(seen["unknown"]["code"], -32602, "{seen}");
+    assert!(
+        seen["afterChange"].to_string().contains("added-later"),
+        "told of the change, the client listed the new tool: {seen}"
+    );
 
     // Without the key, /mcp is refused like any route.
     let response = reqwest::Client::new()
@@ -340,4 +365,37 @@ async fn the_official_mcp_python_sdk_lists_and_calls_the_registry_tools_over_str
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 401);
+}
+
+#[tokio::test]
+async fn the_official_mcp_typescript_sdk_calls_the_registry_tools_and_reconnects() {
+    let base = upstream().await;
+    let server = with_tools(&base).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp/client.mjs");
+    let run = tokio::process::Command::new("node")
+        .arg(script)
+        .env("ASH_URL", &server.url)
+        .env("ASH_KEY", &server.key)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(120), run)
+        .await
+        .expect("the client finished")
+        .expect("node runs: scripts/install-mcp-clients.sh installs the SDK");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen["server"], "ash", "{seen}");
+    assert!(seen["tools"].to_string().contains("greet"), "{seen}");
+    assert_eq!(
+        seen["ok"]["text"], "{\"greeting\":\"Hello, Grace\",\"signed\":true}",
+        "{seen}"
+    );
+    assert_eq!(seen["badArguments"]["code"], -32602, "{seen}");
+    assert!(seen["sessionId"].is_string() && seen["secondSessionId"].is_string());
+    assert_ne!(seen["sessionId"], seen["secondSessionId"], "a new session");
+    assert!(
+        seen["again"].as_str().unwrap().contains("Hello, Lin"),
+        "{seen}"
+    );
 }

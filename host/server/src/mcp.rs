@@ -10,7 +10,7 @@ use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
     ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
 };
-use rmcp::service::{RequestContext, RoleServer};
+use rmcp::service::{NotificationContext, Peer, RequestContext, RoleServer};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ErrorData, ServerHandler};
@@ -37,6 +37,30 @@ pub(crate) fn service(
     )
 }
 
+/// The MCP sessions connected to this server, to tell of registry changes.
+#[derive(Default)]
+pub(crate) struct Clients(std::sync::Mutex<Vec<Peer<RoleServer>>>);
+
+/// Sends `notifications/tools/list_changed` to every MCP session connected here, forgetting
+/// the ones that went away. It does not wait for them.
+pub(crate) fn tools_changed(state: &AppState) {
+    let peers: Vec<Peer<RoleServer>> = {
+        let mut peers = state.mcp_clients.0.lock().expect("lock");
+        peers.retain(|peer| !peer.is_transport_closed());
+        peers.clone()
+    };
+    if peers.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        for peer in peers {
+            if let Err(e) = peer.notify_tool_list_changed().await {
+                tracing::debug!("an MCP session missed a tools/list_changed: {e}");
+            }
+        }
+    });
+}
+
 /// One MCP session's handler.
 #[derive(Clone)]
 pub(crate) struct Frontend {
@@ -45,9 +69,19 @@ pub(crate) struct Frontend {
 
 impl ServerHandler for Frontend {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+        let capabilities = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_tool_list_changed()
+            .build();
+        ServerConfig::new(capabilities)
             .with_server_info(Implementation::new("ash", env!("CARGO_PKG_VERSION")))
             .with_instructions("Ash: the tools of this server's registry.")
+    }
+
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        let mut peers = self.state.mcp_clients.0.lock().expect("lock");
+        peers.retain(|peer| !peer.is_transport_closed());
+        peers.push(context.peer);
     }
 
     async fn list_tools(

@@ -26,6 +26,8 @@ pub struct AppState {
     pub(crate) coordinator: Option<Coordinator>,
     /// Set on a runner: its place in the cluster.
     pub(crate) membership: Option<Arc<Membership>>,
+    /// The MCP clients connected here, told when the tool registry changes.
+    pub(crate) mcp_clients: crate::mcp::Clients,
 }
 
 impl AppState {
@@ -120,6 +122,7 @@ impl AppState {
             disk_low: Default::default(),
             coordinator,
             membership,
+            mcp_clients: Default::default(),
         };
         Ok((state, new_key))
     }

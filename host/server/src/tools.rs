@@ -76,6 +76,7 @@ pub(crate) async fn create(
     }
     let tool = state.store.put_tool(&tool).await?;
     tracing::info!(tool = %tool.name, version = tool.version, "tool stored");
+    crate::mcp::tools_changed(&state);
     Ok((StatusCode::CREATED, Json(ToolReply { tool })))
 }
 
@@ -113,6 +114,7 @@ pub(crate) async fn replace(
     state.runtime.check_tool(&tool)?;
     let tool = state.store.put_tool(&tool).await?;
     tracing::info!(tool = %tool.name, version = tool.version, "tool stored");
+    crate::mcp::tools_changed(&state);
     Ok(Json(ToolReply { tool }))
 }
 
@@ -125,6 +127,7 @@ pub(crate) async fn remove(
     if !state.store.delete_tool(&name).await? {
         return Err(not_found());
     }
+    crate::mcp::tools_changed(&state);
     Ok(Json(Deleted { ok: true }))
 }
 

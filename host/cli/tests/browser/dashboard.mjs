@@ -52,7 +52,8 @@ try {
   // A plugin's counters, before the turns below.
   const pluginCalls = async () => {
     await page.goto(`${url}/dashboard#/plugins`);
-    await page.waitForSelector("main table tbody tr");
+    // The view is drawn once its heading is (the page before may still show a table).
+    await page.waitForFunction(() => document.querySelector("main h1")?.textContent === "Plugins");
     return page.$$eval("main table tbody tr", (rows) => rows.map((r) => [r.children[0].textContent, Number(r.children[3].textContent)]));
   };
   seen.pluginsBefore = await pluginCalls();
