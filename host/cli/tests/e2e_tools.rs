@@ -399,3 +399,53 @@ async fn the_official_mcp_typescript_sdk_calls_the_registry_tools_and_reconnects
         "{seen}"
     );
 }
+
+#[tokio::test]
+async fn agents_and_sessions_are_mcp_tools_and_an_agents_reply_streams_as_progress() {
+    let server = Server::start().await;
+    let python = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../target/mcp-python/bin/python"
+    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp/agents.py");
+    let run = tokio::process::Command::new(python)
+        .arg(script)
+        .env("ASH_URL", &server.url)
+        .env("ASH_KEY", &server.key)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(120), run)
+        .await
+        .expect("the client finished")
+        .expect("python runs: scripts/install-mcp-clients.sh installs the SDK");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for name in ["agent.hello-agent", "ash.sessions.list", "ash.session.end"] {
+        assert!(seen["tools"].to_string().contains(name), "{name}: {seen}");
+    }
+    assert_eq!(seen["first"]["reply"], "Echo: hi there", "{seen}");
+    let streamed: String = seen["progress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(
+        streamed, "Echo: hi there",
+        "the reply streamed as progress, piece by piece: {seen}"
+    );
+    assert!(seen["progress"].as_array().unwrap().len() >= 2, "{seen}");
+    let session = seen["first"]["sessionId"].as_str().unwrap();
+    assert_eq!(
+        seen["second"],
+        json!({"sessionId": session, "reply": "Echo: again (turn 2, previous: hi there)", "error": null})
+    );
+    assert_eq!(seen["sessions"], json!([session]));
+    assert_eq!(seen["ended"], "ended");
+    let (_, shown) = server.get(&format!("/api/sessions/{session}")).await;
+    assert_eq!(shown["session"]["status"], "ended");
+    for refusal in ["noAgent", "noMessage", "noSession"] {
+        assert_eq!(seen[refusal]["code"], -32602, "{refusal}: {seen}");
+    }
+}

@@ -130,13 +130,18 @@ pub fn check_tool_name(name: &str) -> Result<(), CoreError> {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(CoreError::InvalidTool(format!(
+    if !ok {
+        return Err(CoreError::InvalidTool(format!(
             "name {name:?} must be 1-128 characters of A-Z, a-z, 0-9, '_', '-' and '.'"
-        )))
+        )));
     }
+    // Names the MCP frontend gives its own tools: the agents, and session management.
+    if name.starts_with("agent.") || name.starts_with("ash.") {
+        return Err(CoreError::InvalidTool(format!(
+            "name {name:?}: names starting with agent. or ash. are Ash's own"
+        )));
+    }
+    Ok(())
 }
 
 impl Tool {
@@ -279,7 +284,14 @@ mod tests {
     #[test]
     fn names_are_checked() {
         assert!(check_tool_name("weather.get-now_2").is_ok());
-        for name in ["", "a b", "a/b", &"x".repeat(129)] {
+        for name in [
+            "",
+            "a b",
+            "a/b",
+            &"x".repeat(129),
+            "agent.x",
+            "ash.sessions.list",
+        ] {
             assert!(check_tool_name(name).is_err(), "{name}");
         }
     }

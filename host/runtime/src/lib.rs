@@ -51,7 +51,7 @@ pub use metrics::Metrics;
 pub use queue::NewQueueItem;
 pub use stream::{Frame, FrameStream};
 pub use tools::{Caller, ToolOutput};
-pub use turn::{MAX_CONTENT_BLOCKS, MAX_CONTENT_CHARS};
+pub use turn::{Answer, MAX_CONTENT_BLOCKS, MAX_CONTENT_CHARS};
 
 /// What the runtime needs to know; the CLI fills it from flags, env and the settings file.
 #[derive(Debug, Clone)]

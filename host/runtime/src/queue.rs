@@ -11,13 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ash_core::{
-    check_queue_item, retry_wait, AgentName, FrameKind, QueueItem, QueueStatus, SessionStatus,
-    DEFAULT_TENANT,
+    check_queue_item, retry_wait, AgentName, QueueItem, QueueStatus, SessionStatus, DEFAULT_TENANT,
 };
 use ash_store::Tried;
 
 use crate::lifecycle::now;
-use crate::stream::Frame;
 use crate::{Missing, NewSession, Runtime, RuntimeError};
 
 /// How often the queue looks for due items besides being told of new ones (retries come due,
@@ -175,29 +173,12 @@ impl Runtime {
             self.resume(&id).await.map_err(|e| e.to_string())?;
         }
         let prompt = serde_json::Value::String(item.prompt.clone());
-        let mut frames = self
-            .send(&id, prompt, ash_protocol::QueryOptions::default())
+        let options = ash_protocol::QueryOptions::default();
+        let answer = self
+            .answer(&id, prompt, options, |_| {})
             .await
-            .map_err(|e| e.to_string())?
-            .into_inner();
-        let mut error = None;
-        while let Some(frame) = frames.recv().await {
-            let (kind, data) = match &frame {
-                Frame::Logged(event) => (&event.kind, event.data.as_deref().unwrap_or("{}")),
-                Frame::Unlogged { kind, data, .. } => (kind, data.as_str()),
-            };
-            match kind {
-                FrameKind::Error => {
-                    let data: serde_json::Value = serde_json::from_str(data).unwrap_or_default();
-                    let said = data["error"].as_str().unwrap_or("the turn failed");
-                    error = Some(said.to_owned());
-                }
-                FrameKind::Shutdown => return Err("the server stopped during the turn".into()),
-                FrameKind::Done => break,
-                _ => {}
-            }
-        }
-        error.map_or(Ok(()), Err)
+            .map_err(|e| e.to_string())?;
+        answer.error.map_or(Ok(()), Err)
     }
 }
 

@@ -19,7 +19,7 @@ use crate::hooks;
 use crate::sessions::{Origin, TurnGuard};
 use crate::stream::{
     broken, close_when_stored, closing, closing_with, error_frame, follow, publish, publish_ending,
-    FrameStream, Hub,
+    Frame, FrameStream, Hub,
 };
 use crate::{EventCaps, Runtime, RuntimeError};
 
@@ -116,12 +116,65 @@ impl Runtime {
         Ok(follow(self.clone(), session.id, followers, begun - 1, true))
     }
 
+    /// Sends `content` to the session and reads its turn to the end, for frontends that want
+    /// the whole answer (the queue, agents as tools): `progress` sees each text delta as it
+    /// comes (asked for when `options` asks for partial messages).
+    pub async fn answer(
+        self: &Arc<Self>,
+        raw_id: &str,
+        content: Value,
+        options: QueryOptions,
+        mut progress: impl FnMut(&str),
+    ) -> Result<Answer, RuntimeError> {
+        let mut frames = self.send(raw_id, content, options).await?.into_inner();
+        let mut answer = Answer::default();
+        while let Some(frame) = frames.recv().await {
+            let (kind, data) = match &frame {
+                Frame::Logged(event) => (&event.kind, event.data.as_deref().unwrap_or("{}")),
+                Frame::Unlogged { kind, data, .. } => (kind, data.as_str()),
+            };
+            let data: Value = serde_json::from_str(data).unwrap_or_default();
+            match kind {
+                FrameKind::TextDelta => progress(data["delta"].as_str().unwrap_or_default()),
+                FrameKind::Message if data["type"] == "assistant" => {
+                    let blocks = data["message"]["content"].as_array();
+                    for text in blocks
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|b| b["text"].as_str())
+                    {
+                        answer.text.push_str(text);
+                    }
+                }
+                FrameKind::Error => {
+                    let said = data["error"].as_str().unwrap_or("the turn failed");
+                    answer.error = Some(said.to_owned());
+                }
+                FrameKind::Shutdown => {
+                    answer.error = Some("the server stopped during the turn".into());
+                    break;
+                }
+                FrameKind::Done => break,
+                _ => {}
+            }
+        }
+        Ok(answer)
+    }
+
     /// Stops the session's running turn, which ends with `error` + `done`; `false` when none
     /// is running.
     pub async fn interrupt(&self, raw_id: &str) -> Result<bool, RuntimeError> {
         let session = self.session(raw_id).await?;
         self.sessions.interrupt(session.id).await
     }
+}
+
+/// What a whole turn said ([`Runtime::answer`]): the agent's text, and the error the turn
+/// ended with, if it did.
+#[derive(Debug, Default)]
+pub struct Answer {
+    pub text: String,
+    pub error: Option<String>,
 }
 
 /// The current span's W3C `traceparent`, when traces are exported.

@@ -178,7 +178,7 @@ function frameLine(sequence, kind, data) {
   let text = data;
   try {
     const parsed = JSON.parse(data);
-    text = parsed.delta?.text ?? parsed.text ?? parsed.error ?? parsed.message?.content?.map?.((b) => b.text || b.type).join(" ") ?? data;
+    text = (typeof parsed.delta === "string" ? parsed.delta : parsed.delta?.text) ?? parsed.text ?? parsed.error ?? parsed.message?.content?.map?.((b) => b.text || b.type).join(" ") ?? data;
   } catch { /* shown as sent */ }
   return h("li", { "data-seq": sequence }, h("span", { class: "kind" }, `${sequence} ${kind}`), String(text).slice(0, 400));
 }
