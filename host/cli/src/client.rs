@@ -72,7 +72,8 @@ impl Client {
         Ok(Self::new(&base, key))
     }
 
-    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    /// A request to `path` on the server, with the key.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let request = self.http.request(method, format!("{}{path}", self.base));
         match &self.key {
             Some(key) => request.bearer_auth(key),

@@ -278,6 +278,7 @@ pub async fn run(server: Option<String>, command: Command) -> anyhow::Result<Exi
         Command::Start(_)
         | Command::Runner(_)
         | Command::Openapi
+        | Command::Mcp
         | Command::Bench(_)
         | Command::Doctor(_)
         | Command::Storage(_)

@@ -2,6 +2,7 @@
 
 mod bench;
 mod commands;
+mod mcp;
 mod scaffold;
 mod start;
 mod storage;
@@ -45,6 +46,8 @@ enum Command {
     Tool(commands::ToolCommand),
     /// Chat with an agent: interactive without MESSAGE, one reply with it.
     Chat(commands::ChatArgs),
+    /// Serve the server's MCP tools on stdio, for MCP clients that start a local process.
+    Mcp,
     /// Show the server's health.
     Health,
     /// Measure a server (one it starts, or --server) against the performance budgets.
@@ -110,6 +113,7 @@ fn main() -> std::process::ExitCode {
             Command::Plugin(commands::PluginCommand::New { name, kind }) => {
                 scaffold::new_plugin(&name, kind.into())
             }
+            Command::Mcp => mcp::run(ash_cli::client::Client::discover(cli.server)?).await,
             Command::Openapi => {
                 println!("{}", ash_server::openapi_document());
                 Ok(std::process::ExitCode::SUCCESS)

@@ -449,3 +449,114 @@ async fn agents_and_sessions_are_mcp_tools_and_an_agents_reply_streams_as_progre
         assert_eq!(seen[refusal]["code"], -32602, "{refusal}: {seen}");
     }
 }
+
+#[tokio::test]
+async fn ash_mcp_bridges_a_desktop_clients_stdio_to_the_server() {
+    let base = upstream().await;
+    let server = Server::start().await;
+    let python = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../target/mcp-python/bin/python"
+    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp/stdio.py");
+    let mut client = tokio::process::Command::new(python)
+        .arg(script)
+        .env("ASH_BIN", common::ASH)
+        .env("ASH_URL", &server.url)
+        .env("ASH_KEY", &server.key)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python runs: scripts/install-mcp-clients.sh installs the SDK");
+    let mut stdin = client.stdin.take().unwrap();
+    let mut asks =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(client.stderr.take().unwrap()));
+    let stdout = client.stdout.take().unwrap();
+    let said = tokio::time::timeout(std::time::Duration::from_secs(120), async {
+        while let Some(line) = asks.next_line().await.unwrap() {
+            if line.contains("\"ask\"") {
+                let added = tool("added-over-stdio", &format!("{base}/garbage"), json!({}));
+                assert_eq!(server.post("/api/tools", added).await.0, 201);
+                tokio::io::AsyncWriteExt::write_all(&mut stdin, b"ok\n")
+                    .await
+                    .unwrap();
+                break;
+            }
+            eprintln!("{line}");
+        }
+        let mut out = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut tokio::io::BufReader::new(stdout), &mut out)
+            .await
+            .unwrap();
+        out
+    })
+    .await
+    .expect("the client finished");
+    assert!(client.wait().await.unwrap().success(), "{said}");
+    let seen: Value = serde_json::from_str(said.trim()).unwrap();
+    assert_eq!(seen["server"], "ash", "{seen}");
+    assert!(
+        seen["tools"].to_string().contains("agent.hello-agent"),
+        "{seen}"
+    );
+    assert_eq!(seen["reply"], "Echo: over stdio", "{seen}");
+    assert!(seen["progress"].as_u64().unwrap() >= 2, "{seen}");
+    assert!(
+        seen["afterChange"].to_string().contains("added-over-stdio"),
+        "{seen}"
+    );
+}
+
+#[tokio::test]
+async fn ash_mcp_answers_garbage_and_refusals_as_json_rpc_errors_on_stdout() {
+    let server = Server::start().await;
+    let bridge = |key: &str| {
+        tokio::process::Command::new(common::ASH)
+            .args(["--server", &server.url, "mcp"])
+            .env("ASH_API_KEY", key)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}});
+    let exchange = |mut child: tokio::process::Child, input: String| async move {
+        let mut stdin = child.stdin.take().unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut stdin, input.as_bytes())
+            .await
+            .unwrap();
+        drop(stdin);
+        let out =
+            tokio::time::timeout(std::time::Duration::from_secs(60), child.wait_with_output())
+                .await
+                .expect("the bridge ends with its stdin")
+                .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).expect("only JSON-RPC on stdout"))
+            .collect::<Vec<_>>()
+    };
+    let input = format!("this is not json\n{initialize}\n");
+    let replies = exchange(bridge(&server.key), input).await;
+    assert_eq!(replies[0]["error"]["code"], -32700, "{replies:?}");
+    assert_eq!(
+        replies[1]["result"]["serverInfo"]["name"], "ash",
+        "{replies:?}"
+    );
+    // Control: with a wrong key the same initialize is refused, as a JSON-RPC error.
+    let replies = exchange(bridge("ash_wrong"), format!("{initialize}\n")).await;
+    assert_eq!(replies[0]["id"], 1, "{replies:?}");
+    assert!(
+        replies[0]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("401"),
+        "{replies:?}"
+    );
+}
