@@ -2,6 +2,8 @@
 //! with the `echo` backend, and prints — or writes with `--report` — a dated Markdown table
 //! against the budgets of DESIGN §6.
 
+mod tools;
+
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -32,6 +34,10 @@ pub struct BenchArgs {
     /// Live streams to hold open on one session while one more turn runs (0 skips this).
     #[arg(long, default_value_t = 0)]
     streams: usize,
+    /// Tool calls to measure: an `http` tool against an upstream on loopback this process
+    /// starts (the invoker's overhead), and MCP `tools/call` throughput (0 skips this).
+    #[arg(long, default_value_t = 0)]
+    tools: usize,
     /// Write the report (with date, machine and command) to this file as well.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -227,6 +233,9 @@ pub async fn run(server: Option<String>, args: BenchArgs) -> anyhow::Result<()> 
         client
             .call(Method::DELETE, &format!("/api/sessions/{id}"), None)
             .await?;
+    }
+    if args.tools > 0 {
+        rows.extend(tools::rows(&client, args.tools).await?);
     }
 
     let mut table =
