@@ -560,3 +560,71 @@ async fn ash_mcp_answers_garbage_and_refusals_as_json_rpc_errors_on_stdout() {
         "{replies:?}"
     );
 }
+
+#[tokio::test]
+async fn an_agent_tool_is_one_turn_in_a_new_or_a_named_session() {
+    let server = Server::start().await;
+    let asker = json!({
+        "name": "ask-echo", "description": "asks the echo agent",
+        "inputSchema": {"type": "object", "required": ["topic"], "properties": {
+            "topic": {"type": "string"}, "sessionId": {"type": "string"}}},
+        "kind": "agent", "agent": {"name": "hello-agent", "prompt": "tell me about {topic}"},
+    });
+    let (status, body) = server.post("/api/tools", asker).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, first) = call(&server, "ask-echo", json!({"topic": "owls"})).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(
+        first["result"]["reply"], "Echo: tell me about owls",
+        "{first}"
+    );
+    let session = first["result"]["sessionId"].as_str().unwrap();
+    let (_, second) = call(
+        &server,
+        "ask-echo",
+        json!({"topic": "bats", "sessionId": session}),
+    )
+    .await;
+    assert_eq!(
+        second["result"]["reply"],
+        "Echo: tell me about bats (turn 2, previous: tell me about owls)",
+        "the named session went on: {second}"
+    );
+    let (_, other) = server
+        .post("/api/sessions", json!({"agent": "hello-agent"}))
+        .await;
+    let other = other["session"]["id"].as_str().unwrap();
+    assert_eq!(
+        server.delete(&format!("/api/sessions/{other}")).await.0,
+        200
+    );
+    let (status, ended) = call(
+        &server,
+        "ask-echo",
+        json!({"topic": "x", "sessionId": other}),
+    )
+    .await;
+    assert_eq!((status, &ended["isError"]), (200, &json!(true)), "{ended}");
+
+    // An agent tool naming no valid agent is refused when stored; one whose agent went is a
+    // tool error when called.
+    let bad = json!({"name": "bad", "description": "", "inputSchema": {"type": "object"},
+        "kind": "agent", "agent": {"name": "no spaces allowed"}});
+    assert_eq!(server.post("/api/tools", bad).await.0, 400);
+    server.deploy("brief", &[("CLAUDE.md", "# brief")]).await;
+    let gone = json!({"name": "ask-brief", "description": "", "inputSchema": {"type": "object"},
+        "kind": "agent", "agent": {"name": "brief"}});
+    assert_eq!(server.post("/api/tools", gone).await.0, 201);
+    let (_, asked) = call(&server, "ask-brief", json!({"message": "hi"})).await;
+    assert_eq!(asked["result"]["reply"], "Echo: hi", "{asked}");
+    server.delete("/api/agents/brief").await;
+    let (status, asked) = call(&server, "ask-brief", json!({"message": "hi"})).await;
+    assert_eq!((status, &asked["isError"]), (200, &json!(true)), "{asked}");
+    assert!(
+        asked["result"]
+            .as_str()
+            .unwrap()
+            .contains("Agent not found"),
+        "{asked}"
+    );
+}

@@ -40,7 +40,7 @@ pub use storage::{
     MAX_NAME_BYTES, MAX_WRITES,
 };
 pub use tool::{
-    check_tool_name, CredentialHeader, HttpConnector, Tool, ToolKind, DEFAULT_TOOL_RESULT_BYTES,
-    DEFAULT_TOOL_TIMEOUT_MS, MAX_TOOL_RESULT_BYTES, MAX_TOOL_TIMEOUT_MS,
+    check_tool_name, AgentTool, CredentialHeader, HttpConnector, Tool, ToolKind,
+    DEFAULT_TOOL_RESULT_BYTES, DEFAULT_TOOL_TIMEOUT_MS, MAX_TOOL_RESULT_BYTES, MAX_TOOL_TIMEOUT_MS,
 };
 pub use usage::{TurnUsage, UsageCounts, UsageEvent, UsageKind};

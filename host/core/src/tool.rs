@@ -1,6 +1,7 @@
 //! Tools of the registry (`/api/tools`): a name, a description, the JSON Schema its arguments
-//! must meet, and what runs it — for now an `http` connector (a request built from the
-//! arguments, to hosts the tool allows, with a credential the host adds).
+//! must meet, and what runs it: an `http` connector (a request built from the arguments, to
+//! hosts the tool allows, with a credential the host adds), or an `agent` (one turn of an Ash
+//! agent).
 
 use std::collections::BTreeMap;
 
@@ -65,14 +66,26 @@ fn default_result_bytes() -> u64 {
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum ToolKind {
     Http { http: HttpConnector },
+    Agent { agent: AgentTool },
 }
 
 impl ToolKind {
     pub fn as_str(&self) -> &'static str {
         match self {
             Self::Http { .. } => "http",
+            Self::Agent { .. } => "agent",
         }
     }
+}
+
+/// One turn of an Ash agent: in a new session, or in the one the `sessionId` argument names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentTool {
+    /// The agent's name.
+    pub name: String,
+    /// The message, where `{arg}` takes that argument [default: the `message` argument].
+    pub prompt: Option<String>,
 }
 
 /// An outbound HTTP request made from a call's arguments.
@@ -174,6 +187,15 @@ impl Tool {
         }
         match &self.kind {
             ToolKind::Http { http } => http.check(),
+            ToolKind::Agent { agent } => {
+                crate::AgentName::try_from(agent.name.clone())?;
+                match &agent.prompt {
+                    Some(prompt) if prompt.len() > MAX_DESCRIPTION => bad(format!(
+                        "agent.prompt must be at most {MAX_DESCRIPTION} bytes"
+                    )),
+                    _ => Ok(()),
+                }
+            }
         }
     }
 }

@@ -6,13 +6,14 @@
 //!
 //! An `http` tool is a request built from the arguments to a host the tool allows, with a
 //! stored credential's key added on the host: the key never appears in a result (any echo of
-//! it is masked), an event or a log.
+//! it is masked), an event or a log. An `agent` tool is one turn of an Ash agent, in a new
+//! session or the one its `sessionId` argument names; its result is `{sessionId, reply}`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ash_core::{HookPoint, HttpConnector, Tool, ToolKind};
+use ash_core::{AgentTool, HookPoint, HttpConnector, Tool, ToolKind};
 use serde_json::Value;
 
 use crate::{Missing, Runtime, RuntimeError};
@@ -86,7 +87,7 @@ impl Runtime {
 
     /// Calls the tool `name` with `arguments`.
     pub async fn call_tool(
-        &self,
+        self: &Arc<Self>,
         name: &str,
         arguments: Value,
         caller: &Caller,
@@ -116,8 +117,14 @@ impl Runtime {
             }
         };
         let limit = Duration::from_millis(tool.timeout_ms);
-        let run = match &tool.kind {
-            ToolKind::Http { http } => self.call_http(http, &arguments, tool.max_result_bytes),
+        let run = async {
+            match &tool.kind {
+                ToolKind::Http { http } => {
+                    self.call_http(http, &arguments, tool.max_result_bytes)
+                        .await
+                }
+                ToolKind::Agent { agent } => self.call_agent(agent, &arguments).await,
+            }
         };
         let (output, outcome) = match tokio::time::timeout(limit, run).await {
             Ok(output) if output.is_error => (output, Outcome::Error),
@@ -235,7 +242,7 @@ impl Runtime {
         arguments: &Value,
         cap: u64,
     ) -> Result<ToolOutput, String> {
-        let url = expand(&http.url, arguments)?;
+        let url = expand(&http.url, arguments, percent_encode)?;
         let host = http.host().map_err(|e| e.to_string())?;
         let allowed = if http.allow_hosts.is_empty() {
             std::slice::from_ref(&host)
@@ -309,6 +316,55 @@ impl Runtime {
         })
     }
 
+    /// Runs an `agent` tool: one turn, in a new session or the named one. A turn still running
+    /// at the tool's timeout goes on in its session.
+    async fn call_agent(self: &Arc<Self>, tool: &AgentTool, arguments: &Value) -> ToolOutput {
+        let message = match &tool.prompt {
+            Some(prompt) => expand(prompt, arguments, str::to_owned),
+            None => match arguments.get("message") {
+                Some(Value::String(message)) => Ok(message.clone()),
+                _ => Err("the tool needs a message argument".to_owned()),
+            },
+        };
+        let message = match message {
+            Ok(message) => message,
+            Err(why) => return ToolOutput::failed(why),
+        };
+        let session = match arguments.get("sessionId").and_then(Value::as_str) {
+            Some(id) => match self.session(id).await {
+                Ok(session) if session.agent_name.as_str() == tool.name => Ok(session),
+                Ok(session) => Err(format!(
+                    "session {id} is of agent {}, not {}",
+                    session.agent_name, tool.name
+                )),
+                Err(e) => Err(e.to_string()),
+            },
+            None => {
+                let new = crate::NewSession {
+                    agent: tool.name.clone(),
+                    ..crate::NewSession::default()
+                };
+                self.create(new).await.map_err(|e| e.to_string())
+            }
+        };
+        let session = match session {
+            Ok(session) => session,
+            Err(why) => return ToolOutput::failed(why),
+        };
+        let id = session.id.to_string();
+        let options = ash_protocol::QueryOptions::default();
+        match self
+            .answer(&id, Value::String(message), options, |_| {})
+            .await
+        {
+            Ok(answer) => ToolOutput {
+                is_error: answer.error.is_some(),
+                result: serde_json::json!({"sessionId": id, "reply": answer.text, "error": answer.error}),
+            },
+            Err(e) => ToolOutput::failed(e.to_string()),
+        }
+    }
+
     /// A stored credential's key, for a tool's request.
     async fn credential_key(&self, id: &str) -> Result<String, RuntimeError> {
         let opened = self.open_credential(id).await?;
@@ -321,8 +377,8 @@ impl Runtime {
     }
 }
 
-/// The URL with each `{name}` replaced by that argument, percent-encoded.
-fn expand(template: &str, arguments: &Value) -> Result<String, String> {
+/// The template with each `{name}` replaced by that argument, through `encode`.
+fn expand(template: &str, arguments: &Value, encode: fn(&str) -> String) -> Result<String, String> {
     let mut url = String::with_capacity(template.len());
     let mut rest = template;
     while let Some(open) = rest.find('{') {
@@ -333,10 +389,10 @@ fn expand(template: &str, arguments: &Value) -> Result<String, String> {
         let name = &rest[open + 1..open + close];
         let value = match arguments.get(name) {
             Some(Value::String(s)) => s.clone(),
-            Some(Value::Null) | None => return Err(format!("the url needs argument {name}")),
+            Some(Value::Null) | None => return Err(format!("the tool needs argument {name}")),
             Some(other) => other.to_string(),
         };
-        url.push_str(&percent_encode(&value));
+        url.push_str(&encode(&value));
         rest = &rest[open + close + 1..];
     }
     url.push_str(rest);
@@ -387,11 +443,15 @@ mod tests {
     fn arguments_fill_the_url_percent_encoded() {
         let args = json!({"city": "São Paulo/../x", "n": 3});
         assert_eq!(
-            expand("http://h/w/{city}?n={n}", &args).unwrap(),
+            expand("http://h/w/{city}?n={n}", &args, percent_encode).unwrap(),
             "http://h/w/S%C3%A3o%20Paulo%2F..%2Fx?n=3"
         );
-        assert!(expand("http://h/{missing}", &args).is_err());
-        assert!(expand("http://h/{open", &args).is_err());
+        assert_eq!(
+            expand("Weather in {city}", &args, str::to_owned).unwrap(),
+            "Weather in São Paulo/../x"
+        );
+        assert!(expand("http://h/{missing}", &args, percent_encode).is_err());
+        assert!(expand("http://h/{open", &args, percent_encode).is_err());
     }
 
     #[test]
