@@ -73,6 +73,8 @@ pub(crate) struct FileSettings {
     shutdown_grace_secs: Option<u64>,
     /// The wait before a failed queue item's first retry, doubled for each one after (5000).
     queue_retry_base_ms: Option<u64>,
+    /// Log each tool call's arguments and result too (false).
+    tool_log_payloads: Option<bool>,
     credential_key: Option<String>,
     /// Where workspace snapshots go: `s3://<bucket>[/<prefix>]` or an absolute folder.
     snapshot_store: Option<String>,
@@ -313,6 +315,9 @@ fn config(args: StartArgs) -> anyhow::Result<(ServerConfig, FileSettings)> {
                 .or(file.queue_retry_base_ms)
                 .unwrap_or(5000),
         ),
+        tool_log_payloads: env("ASH_TOOL_LOG_PAYLOADS")?
+            .or(file.tool_log_payloads)
+            .unwrap_or(false),
         max_sandboxes: args
             .max_sandboxes
             .or(env("ASH_MAX_SANDBOXES")?)

@@ -43,6 +43,12 @@ async fn upstream() -> String {
         )
         .route("/garbage", axum::routing::get(|| async { "<<not json>>" }))
         .route(
+            "/echo-body",
+            axum::routing::post(|axum::Json(body): axum::Json<Value>| async move {
+                axum::Json(json!({ "received": body }))
+            }),
+        )
+        .route(
             "/fail",
             axum::routing::get(|| async {
                 (axum::http::StatusCode::BAD_GATEWAY, "upstream broke").into_response()
@@ -626,5 +632,121 @@ async fn an_agent_tool_is_one_turn_in_a_new_or_a_named_session() {
             .unwrap()
             .contains("Agent not found"),
         "{asked}"
+    );
+}
+
+#[tokio::test]
+async fn plugins_rewrite_a_tool_calls_arguments_before_it_runs_and_observe_every_call() {
+    let base = upstream().await;
+    let audit = tempfile::tempdir().unwrap();
+    let settings = format!(
+        "[[plugins]]\npath = {:?}\n[plugins.config]\npatterns = \"ACME-[0-9]{{6}}\"\n\n[[plugins]]\npath = {:?}\ndata_dir = {:?}\n",
+        common::plugin("transform-redact"),
+        common::plugin("observe-audit"),
+        audit.path()
+    );
+    let server = common::start_with(&settings).await;
+    let echo = json!({"name": "echo-body", "description": "sends its arguments back",
+        "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}},
+        "kind": "http", "http": {"method": "POST", "url": format!("{base}/echo-body")}});
+    assert_eq!(server.post("/api/tools", echo).await.0, 201);
+    let (_, redacted) = call(
+        &server,
+        "echo-body",
+        json!({"text": "order ACME-123456 now"}),
+    )
+    .await;
+    assert_eq!(
+        redacted["result"]["received"],
+        json!({"text": "order [REDACTED] now"}),
+        "the upstream got the rewritten arguments: {redacted}"
+    );
+    // Control: what the pattern does not match reaches the upstream as sent.
+    let (_, plain) = call(&server, "echo-body", json!({"text": "order 123456 now"})).await;
+    assert_eq!(
+        plain["result"]["received"],
+        json!({"text": "order 123456 now"})
+    );
+    let _ = server.stop().await;
+
+    let trail = std::fs::read_to_string(audit.path().join("audit.jsonl")).unwrap();
+    let hooks: Vec<(String, String)> = trail
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|l| l["hook"].as_str().unwrap().starts_with("tool-"))
+        .map(|l| {
+            (
+                l["hook"].as_str().unwrap().to_owned(),
+                l["name"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let tool = |hook: &str| (hook.to_owned(), "echo-body".to_owned());
+    assert_eq!(
+        hooks,
+        [
+            tool("tool-pre-invoke"),
+            tool("tool-post-invoke"),
+            tool("tool-pre-invoke"),
+            tool("tool-post-invoke")
+        ],
+        "{trail}"
+    );
+    assert!(
+        !trail.contains("ACME-123456"),
+        "the trail holds no arguments: {trail}"
+    );
+}
+
+/// Runs `ash start` with `env`, calls the `echo-body` tool once, stops it: its log.
+async fn log_of_a_call(base: &str, env: &[(&str, &str)]) -> String {
+    let data = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(common::ASH)
+        .args(["start", "--port", "0"])
+        .env("ASH_DATA_DIR", data.path())
+        .env("ASH_API_KEY", "a-key-for-the-log-test")
+        .env("ASH_LOG", "info")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let (url, _) = common::listening(&mut child).await;
+    let http = reqwest::Client::new();
+    let echo = json!({"name": "echo-body", "description": "", "inputSchema": {"type": "object"},
+        "kind": "http", "http": {"method": "POST", "url": format!("{base}/echo-body")}});
+    for (path, body) in [
+        ("/api/tools".to_owned(), echo),
+        (
+            "/api/tools/echo-body/call".to_owned(),
+            json!({"arguments": {"text": "logged-argument"}}),
+        ),
+    ] {
+        let response = http
+            .post(format!("{url}{path}"))
+            .bearer_auth("a-key-for-the-log-test")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success());
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().await.unwrap();
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn a_tool_calls_arguments_and_result_are_logged_only_when_the_operator_asks() {
+    let base = upstream().await;
+    let quiet = log_of_a_call(&base, &[]).await;
+    assert!(quiet.contains("tool called"), "{quiet}");
+    assert!(!quiet.contains("logged-argument"), "{quiet}");
+    let told = log_of_a_call(&base, &[("ASH_TOOL_LOG_PAYLOADS", "true")]).await;
+    assert!(
+        told.contains("tool called") && told.contains("logged-argument"),
+        "{told}"
     );
 }

@@ -68,6 +68,8 @@ pub struct RuntimeConfig {
     pub shutdown_grace: Duration,
     /// The wait before a failed queue item's first retry (`queue_retry_base_ms`).
     pub queue_retry_base: Duration,
+    /// Log each tool call's arguments and result too, each cut at 4 KiB (`tool_log_payloads`).
+    pub tool_log_payloads: bool,
     pub bwrap: PathBuf,
     pub bridge: PathBuf,
     /// The host uids a root server gives its sandboxes, one each (`sandbox_uids`); `None`

@@ -143,7 +143,13 @@ impl Runtime {
                 "ms": started.elapsed().as_millis() as u64, "via": caller.via})
             .to_string()
         });
-        tracing::info!(tool = %tool.name, via = caller.via, outcome = outcome.as_str(), ms = started.elapsed().as_millis() as u64, "tool called");
+        let ms = started.elapsed().as_millis() as u64;
+        if self.config.tool_log_payloads {
+            let (arguments, result) = (cut(&arguments), cut(&output.result));
+            tracing::info!(tool = %tool.name, via = caller.via, outcome = outcome.as_str(), ms, %arguments, %result, "tool called");
+        } else {
+            tracing::info!(tool = %tool.name, via = caller.via, outcome = outcome.as_str(), ms, "tool called");
+        }
         Ok(output)
     }
 
@@ -409,6 +415,15 @@ fn percent_encode(value: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// A value as JSON text, cut at 4 KiB, for the log.
+fn cut(value: &Value) -> String {
+    let text = value.to_string();
+    match text.char_indices().nth(4096) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text,
+    }
 }
 
 /// `example.com`, or `*.example.com` for its subdomains.
