@@ -740,19 +740,7 @@ async fn the_api_explorer_is_served_from_the_binary_and_calls_nothing_but_this_s
 async fn the_api_explorer_renders_and_tries_a_call_with_the_key_in_chromium() {
     let server = Server::start().await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/docs.mjs");
-    let run = tokio::process::Command::new("node")
-        .arg(script)
-        .env("ASH_URL", &server.url)
-        .env("ASH_KEY", &server.key)
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(std::time::Duration::from_secs(120), run)
-        .await
-        .expect("the browser finished")
-        .expect("node runs: scripts/install-browser.sh installs it");
-    let said = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{said}");
-    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let seen = common::run_client("node", script, &server).await;
     let tags = seen["tags"].as_array().unwrap();
     assert!(
         tags.contains(&json!("api-keys")) && tags.contains(&json!("sessions")),

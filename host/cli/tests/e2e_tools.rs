@@ -301,12 +301,8 @@ async fn bad_tools_are_refused_when_stored_and_a_change_is_a_new_version() {
 async fn the_official_mcp_python_sdk_lists_and_calls_the_registry_tools_over_streamable_http() {
     let base = upstream().await;
     let server = with_tools(&base).await;
-    let python = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../target/mcp-python/bin/python"
-    );
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp/client.py");
-    let mut client = tokio::process::Command::new(python)
+    let mut client = tokio::process::Command::new(common::MCP_PYTHON)
         .arg(script)
         .env("ASH_URL", &server.url)
         .env("ASH_KEY", &server.key)
@@ -378,19 +374,7 @@ async fn the_official_mcp_typescript_sdk_calls_the_registry_tools_and_reconnects
     let base = upstream().await;
     let server = with_tools(&base).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp/client.mjs");
-    let run = tokio::process::Command::new("node")
-        .arg(script)
-        .env("ASH_URL", &server.url)
-        .env("ASH_KEY", &server.key)
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(std::time::Duration::from_secs(120), run)
-        .await
-        .expect("the client finished")
-        .expect("node runs: scripts/install-mcp-clients.sh installs the SDK");
-    let said = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{said}");
-    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let seen = common::run_client("node", script, &server).await;
     assert_eq!(seen["server"], "ash", "{seen}");
     assert!(seen["tools"].to_string().contains("greet"), "{seen}");
     assert_eq!(
@@ -409,24 +393,8 @@ async fn the_official_mcp_typescript_sdk_calls_the_registry_tools_and_reconnects
 #[tokio::test]
 async fn agents_and_sessions_are_mcp_tools_and_an_agents_reply_streams_as_progress() {
     let server = Server::start().await;
-    let python = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../target/mcp-python/bin/python"
-    );
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp/agents.py");
-    let run = tokio::process::Command::new(python)
-        .arg(script)
-        .env("ASH_URL", &server.url)
-        .env("ASH_KEY", &server.key)
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(std::time::Duration::from_secs(120), run)
-        .await
-        .expect("the client finished")
-        .expect("python runs: scripts/install-mcp-clients.sh installs the SDK");
-    let said = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{said}");
-    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let seen = common::run_client(common::MCP_PYTHON, script, &server).await;
     for name in ["agent.hello-agent", "ash.sessions.list", "ash.session.end"] {
         assert!(seen["tools"].to_string().contains(name), "{name}: {seen}");
     }
@@ -460,12 +428,8 @@ async fn agents_and_sessions_are_mcp_tools_and_an_agents_reply_streams_as_progre
 async fn ash_mcp_bridges_a_desktop_clients_stdio_to_the_server() {
     let base = upstream().await;
     let server = Server::start().await;
-    let python = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../target/mcp-python/bin/python"
-    );
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp/stdio.py");
-    let mut client = tokio::process::Command::new(python)
+    let mut client = tokio::process::Command::new(common::MCP_PYTHON)
         .arg(script)
         .env("ASH_BIN", common::ASH)
         .env("ASH_URL", &server.url)

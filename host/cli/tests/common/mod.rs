@@ -490,6 +490,31 @@ pub async fn refused(args: &[&str], env: &[(&str, String)]) -> (bool, String) {
     )
 }
 
+/// The MCP Python SDK's interpreter (`scripts/install-mcp-clients.sh` installs it).
+pub const MCP_PYTHON: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../target/mcp-python/bin/python"
+);
+
+/// Runs a client script (`program script`, e.g. `node` and a playwright or MCP SDK script)
+/// against the server, with its URL and key in `ASH_URL` and `ASH_KEY`; asserts it succeeded
+/// within two minutes and returns the JSON line it printed.
+pub async fn run_client(program: &str, script: &str, server: &Server) -> Value {
+    let run = tokio::process::Command::new(program)
+        .arg(script)
+        .env("ASH_URL", &server.url)
+        .env("ASH_KEY", &server.key)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the client finished")
+        .unwrap_or_else(|e| panic!("{program} runs (scripts/setup.sh installs it): {e}"));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {said}"))
+}
+
 /// Reads an `ash` process's stdout until it says where it listens; returns that URL and the
 /// lines so far, and drains the rest.
 pub async fn listening(child: &mut tokio::process::Child) -> (String, Vec<String>) {

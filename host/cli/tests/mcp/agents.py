@@ -6,18 +6,10 @@ import asyncio
 import json
 import os
 
+from ashmcp import refused
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
-from mcp.shared.exceptions import MCPError
-
-
-async def refused(session, name, arguments):
-    try:
-        await session.call_tool(name, arguments)
-    except MCPError as e:
-        return {"code": e.code, "message": e.message}
-    return None
 
 
 async def main():

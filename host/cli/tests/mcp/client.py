@@ -8,32 +8,17 @@ import json
 import os
 import sys
 
-import anyio
-import mcp_types
-
+from ashmcp import after_a_registry_change, list_changed_watch, refused
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
-from mcp.shared.exceptions import MCPError
-
-
-async def refused(session, name, arguments):
-    try:
-        await session.call_tool(name, arguments)
-    except MCPError as e:
-        return {"code": e.code, "message": e.message}
-    return None
 
 
 async def main():
     url = os.environ["ASH_URL"] + "/mcp"
     headers = {"Authorization": f"Bearer {os.environ['ASH_KEY']}"}
     seen = {}
-    changed = anyio.Event()
-
-    async def notified(message):
-        if isinstance(message, mcp_types.ToolListChangedNotification):
-            changed.set()
+    changed, notified = list_changed_watch()
 
     async with create_mcp_http_client(headers=headers) as http:
         async with streamable_http_client(url, http_client=http) as (read, write):
@@ -49,12 +34,7 @@ async def main():
                 seen["down"] = {"isError": down.is_error, "text": down.content[0].text}
                 seen["badArguments"] = await refused(session, "greet", {"name": 7})
                 seen["unknown"] = await refused(session, "nothing-here", {})
-                print(json.dumps({"ask": "change"}), flush=True)
-                await anyio.to_thread.run_sync(sys.stdin.readline)
-                with anyio.fail_after(30):
-                    await changed.wait()
-                relisted = await session.list_tools()
-                seen["afterChange"] = sorted(t.name for t in relisted.tools)
+                seen["afterChange"] = await after_a_registry_change(session, changed, sys.stdout)
     print(json.dumps(seen))
 
 

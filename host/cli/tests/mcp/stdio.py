@@ -8,8 +8,7 @@ import json
 import os
 import sys
 
-import anyio
-import mcp_types
+from ashmcp import after_a_registry_change, list_changed_watch
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
@@ -21,11 +20,7 @@ async def main():
         env={"ASH_API_KEY": os.environ["ASH_KEY"]},
     )
     seen = {"progress": 0}
-    changed = anyio.Event()
-
-    async def notified(message):
-        if isinstance(message, mcp_types.ToolListChangedNotification):
-            changed.set()
+    changed, notified = list_changed_watch()
 
     async def progressed(progress, total, message):
         seen["progress"] += 1
@@ -40,12 +35,7 @@ async def main():
                 "agent.hello-agent", {"message": "over stdio"}, progress_callback=progressed
             )
             seen["reply"] = asked.structured_content["reply"]
-            print(json.dumps({"ask": "change"}), file=sys.stderr, flush=True)
-            await anyio.to_thread.run_sync(sys.stdin.readline)
-            with anyio.fail_after(30):
-                await changed.wait()
-            relisted = await session.list_tools()
-            seen["afterChange"] = sorted(t.name for t in relisted.tools)
+            seen["afterChange"] = await after_a_registry_change(session, changed, sys.stderr)
     print(json.dumps(seen))
 
 
