@@ -224,6 +224,11 @@ async fn the_dashboard_runs_ash_in_chromium_its_stream_resumes_after_a_reload() 
             json!({"systemPrompt": "gated v1"}),
         )
         .await;
+    // A tool for the page to call: an agent tool, so no upstream is needed.
+    let tool = json!({"name": "echo-args", "description": "asks the echo agent",
+        "inputSchema": {"type": "object", "properties": {"word": {"type": "string"}}},
+        "kind": "agent", "agent": {"name": "hello-agent", "prompt": "{word}"}});
+    assert_eq!(server.post("/api/tools", tool).await.0, 201);
     let gated = server.session("gated").await;
     let mut turn = server.open_stream(&gated, json!({"content": "go"})).await;
     Server::read_until(&mut turn, |f| f.event == "message").await;
@@ -291,8 +296,8 @@ async fn the_dashboard_runs_ash_in_chromium_its_stream_resumes_after_a_reload() 
         "after the reload the page showed the whole log once, the live part included"
     );
     assert_eq!(
-        (&seen["echoed"], &seen["fileShown"]),
-        (&json!(true), &json!(true))
+        (&seen["echoed"], &seen["fileShown"], &seen["toolCalled"]),
+        (&json!(true), &json!(true), &json!(true))
     );
     assert_eq!(
         server.get("/api/agents/gated").await.1["agent"]["activeVersion"],

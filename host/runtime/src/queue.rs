@@ -15,7 +15,6 @@ use ash_core::{
 };
 use ash_store::Tried;
 
-use crate::lifecycle::now;
 use crate::{Missing, NewSession, Runtime, RuntimeError};
 
 /// How often the queue looks for due items besides being told of new ones (retries come due,
@@ -82,7 +81,8 @@ impl Runtime {
             retry_count: 0,
             max_retries: new.max_retries,
             error: None,
-            created_at: now(),
+            // To the microsecond: items queued in one millisecond still list newest first.
+            created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             started_at: None,
             completed_at: None,
             retry_after: None,

@@ -4,10 +4,10 @@
 //! |---|---|---|
 //! | `agents` | `<tenant>/<name>` | — |
 //! | `agent-versions` | `<tenant>/<agent>/<number, 10 digits>` | — |
-//! | `queue` | `<tenant>/<13 digits: 9999999999999 − ms since 1970>/<id>` (newest first) | `id`, `status` |
+//! | `queue` | `<tenant>/<16 digits: 9999999999999999 − µs since 1970>/<id>` (newest first) | `id`, `status` |
 //! | `dashboard-sessions` | the sign-in token's SHA-256 (hex) | — |
 //! | `tools` | `<tenant>/<name>` | — |
-//! | `usage` | `<tenant>/<13 digits: 9999999999999 − ms since 1970>/<id>` (newest first) | `session` = its id, `agent` = its name |
+//! | `usage` | `<tenant>/<16 digits: 9999999999999999 − µs since 1970>/<id>` (newest first) | `session` = its id, `agent` = its name |
 //! | `sessions` | `<tenant>/<id>` | `agent` = `<tenant>/<agent>`, `status` = `<tenant>/<status>`, `turn` = the node that began it (`open` for a store that names none) while a turn is in flight |
 //! | `api-keys` | the key's SHA-256 (hex) | — |
 //! | `credentials` | `<tenant>/<id>` | — |
@@ -1179,11 +1179,13 @@ impl Record for TurnUsage {
     }
 }
 
-/// A key under which records sort newest first: the time counts down.
+/// A key under which records sort newest first: the time, to the microsecond its record
+/// holds, counts down.
 fn newest_first_key(created_at: &str, id: &str) -> String {
-    let millis = chrono::DateTime::parse_from_rfc3339(created_at)
-        .map_or(0, |t| t.timestamp_millis().clamp(0, 9_999_999_999_999));
-    format!("{DEFAULT_TENANT}/{:013}/{id}", 9_999_999_999_999 - millis)
+    const LAST: i64 = 9_999_999_999_999_999;
+    let micros = chrono::DateTime::parse_from_rfc3339(created_at)
+        .map_or(0, |t| t.timestamp_micros().clamp(0, LAST));
+    format!("{DEFAULT_TENANT}/{:016}/{id}", LAST - micros)
 }
 
 fn usage_key(usage: &TurnUsage) -> String {

@@ -96,6 +96,15 @@ try {
   await page.waitForFunction(() => document.querySelector("#file")?.textContent.length > 0);
   seen.fileShown = true;
 
+  // The registry's tools: one called from the page (the test stored `echo-args`).
+  await page.goto(`${url}/dashboard#/tools`);
+  await page.waitForSelector("#call-tool");
+  await page.selectOption("#call-tool select", "echo-args");
+  await page.fill("#call-tool input", '{"word": "from the page"}');
+  await page.click("#call-tool button");
+  await page.waitForFunction(() => document.querySelector("#tool-result")?.textContent.includes("from the page"));
+  seen.toolCalled = true;
+
   // The other views.
   await page.goto(`${url}/dashboard#/queue`);
   await page.waitForSelector("#enqueue");

@@ -286,6 +286,30 @@ async function pool() {
       ])));
 }
 
+async function tools() {
+  const { tools: all } = await api("GET", "/api/tools");
+  const output = h("pre", { id: "tool-result" });
+  const said = h("p", { role: "status" });
+  const name = h("select", { name: "tool" }, all.map((t) => h("option", { value: t.name }, t.name)));
+  const args = h("input", { name: "arguments", class: "wide", value: "{}" });
+  const form = h("form", {
+    id: "call-tool", onsubmit: async (event) => {
+      event.preventDefault();
+      said.textContent = "";
+      let parsed;
+      try { parsed = JSON.parse(args.value); } catch { said.textContent = "The arguments are not JSON."; return; }
+      try {
+        const reply = await api("POST", `/api/tools/${encodeURIComponent(name.value)}/call`, { arguments: parsed });
+        output.textContent = (reply.isError ? "error: " : "") + JSON.stringify(reply.result, null, 2);
+      } catch (e) { said.textContent = e.message; }
+    },
+  }, name, args, h("button", { type: "submit" }, "Call"));
+  show(h("h1", {}, "Tools"),
+    all.length === 0 ? h("p", { class: "muted" }, "The registry holds no tools (docs/tools.md).") :
+      table(["name", "kind", "version", "description"], all.map((t) => [t.name, t.kind, t.version, t.description])),
+    all.length === 0 ? null : form, said, output);
+}
+
 async function queue() {
   const [{ stats }, { items }] = await Promise.all([api("GET", "/api/queue/stats"), api("GET", "/api/queue?limit=100")]);
   const said = h("p", { role: "status" });
@@ -348,6 +372,7 @@ async function route() {
     else if (parts[0] === "sessions") await sessions(params);
     else if (parts[0] === "plugins") await plugins();
     else if (parts[0] === "pool") await pool();
+    else if (parts[0] === "tools") await tools();
     else if (parts[0] === "queue") await queue();
     else if (parts[0] === "usage") await usage();
     else await agents();
