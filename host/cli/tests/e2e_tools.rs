@@ -576,6 +576,13 @@ async fn an_agent_tool_is_one_turn_in_a_new_or_a_named_session() {
     .await;
     assert_eq!((status, &ended["isError"]), (200, &json!(true)), "{ended}");
 
+    // The example the README's tour stores works as shown there.
+    let example: Value =
+        serde_json::from_str(include_str!("../../../examples/tools/ask-hello.json")).unwrap();
+    assert_eq!(server.post("/api/tools", example).await.0, 201);
+    let (_, hi) = call(&server, "ask-hello", json!({"message": "hi"})).await;
+    assert_eq!(hi["result"]["reply"], "Echo: hi", "{hi}");
+
     // An agent tool naming no valid agent is refused when stored; one whose agent went is a
     // tool error when called.
     let bad = json!({"name": "bad", "description": "", "inputSchema": {"type": "object"},
