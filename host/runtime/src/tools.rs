@@ -336,34 +336,13 @@ impl Runtime {
             Ok(message) => message,
             Err(why) => return ToolOutput::failed(why),
         };
-        let session = match arguments.get("sessionId").and_then(Value::as_str) {
-            Some(id) => match self.session(id).await {
-                Ok(session) if session.agent_name.as_str() == tool.name => Ok(session),
-                Ok(session) => Err(format!(
-                    "session {id} is of agent {}, not {}",
-                    session.agent_name, tool.name
-                )),
-                Err(e) => Err(e.to_string()),
-            },
-            None => {
-                let new = crate::NewSession {
-                    agent: tool.name.clone(),
-                    ..crate::NewSession::default()
-                };
-                self.create(new).await.map_err(|e| e.to_string())
-            }
-        };
-        let session = match session {
-            Ok(session) => session,
-            Err(why) => return ToolOutput::failed(why),
-        };
-        let id = session.id.to_string();
+        let session = arguments.get("sessionId").and_then(Value::as_str);
         let options = ash_protocol::QueryOptions::default();
         match self
-            .answer(&id, Value::String(message), options, |_| {})
+            .ask_agent(&tool.name, session, message, options, |_| {})
             .await
         {
-            Ok(answer) => ToolOutput {
+            Ok((id, answer)) => ToolOutput {
                 is_error: answer.error.is_some(),
                 result: serde_json::json!({"sessionId": id, "reply": answer.text, "error": answer.error}),
             },

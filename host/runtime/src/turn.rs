@@ -161,6 +161,42 @@ impl Runtime {
         Ok(answer)
     }
 
+    /// One turn of `agent` ([`Self::answer`]): in the session `session` names, which must be
+    /// the agent's, or in a new one. The session's id and what its turn said.
+    pub async fn ask_agent(
+        self: &Arc<Self>,
+        agent: &str,
+        session: Option<&str>,
+        message: String,
+        options: QueryOptions,
+        progress: impl FnMut(&str),
+    ) -> Result<(SessionId, Answer), RuntimeError> {
+        let session = match session {
+            Some(id) => {
+                let session = self.session(id).await?;
+                if session.agent_name.as_str() != agent {
+                    return Err(RuntimeError::invalid(format!(
+                        "session {id} is of agent {}, not {agent}",
+                        session.agent_name
+                    )));
+                }
+                session
+            }
+            None => {
+                let new = crate::NewSession {
+                    agent: agent.to_owned(),
+                    ..crate::NewSession::default()
+                };
+                self.create(new).await?
+            }
+        };
+        let id = session.id.to_string();
+        let answer = self
+            .answer(&id, Value::String(message), options, progress)
+            .await?;
+        Ok((session.id, answer))
+    }
+
     /// Stops the session's running turn, which ends with `error` + `done`; `false` when none
     /// is running.
     pub async fn interrupt(&self, raw_id: &str) -> Result<bool, RuntimeError> {

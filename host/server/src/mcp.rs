@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use ash_runtime::{Caller, Missing, NewSession, RuntimeError};
+use ash_runtime::{Caller, Missing, RuntimeError};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
     ListToolsResult, PaginatedRequestParams, ProgressNotificationParam, ServerCapabilities,
@@ -234,28 +234,7 @@ impl Frontend {
                     None,
                 )
             })?;
-        let session = match text_argument(arguments, "sessionId")? {
-            Some(id) => {
-                let session = runtime.session(id).await.map_err(protocol_error)?;
-                if session.agent_name.as_str() != agent {
-                    return Err(ErrorData::invalid_params(
-                        format!(
-                            "session {id} is of agent {}, not {agent}",
-                            session.agent_name
-                        ),
-                        None,
-                    ));
-                }
-                session
-            }
-            None => {
-                let new = NewSession {
-                    agent: agent.to_owned(),
-                    ..NewSession::default()
-                };
-                runtime.create(new).await.map_err(protocol_error)?
-            }
-        };
+        let session = text_argument(arguments, "sessionId")?;
         let token = context.meta.get_progress_token();
         let options = ash_protocol::QueryOptions {
             include_partial_messages: token.is_some(),
@@ -275,16 +254,14 @@ impl Frontend {
                 }
             }
         });
-        let id = session.id.to_string();
-        let prompt = Value::String(message.to_owned());
-        let answer = runtime
-            .answer(&id, prompt, options, |delta| {
+        let asked = runtime
+            .ask_agent(agent, session, message.to_owned(), options, |delta| {
                 let _ = deltas.send(delta.to_owned());
             })
             .await;
         drop(deltas);
         let _ = forward.await;
-        let answer = answer.map_err(protocol_error)?;
+        let (id, answer) = asked.map_err(protocol_error)?;
         let reply = json!({"sessionId": id, "reply": answer.text, "error": answer.error});
         Ok(match answer.error {
             Some(_) => CallToolResult::structured_error(reply),
