@@ -21,7 +21,7 @@ use crate::{Missing, NewSession, Runtime, RuntimeError};
 /// other servers enqueue).
 const POLL: Duration = Duration::from_secs(1);
 /// The most pending items the queue holds.
-pub const MAX_PENDING: usize = 10_000;
+pub const MAX_PENDING: u64 = 10_000;
 
 /// What `POST /api/queue` asks for.
 #[derive(Debug)]
@@ -61,11 +61,8 @@ impl Runtime {
                 Some(session.id)
             }
         };
-        let pending = self
-            .store
-            .list_queue(Some(QueueStatus::Pending), MAX_PENDING)
-            .await?;
-        if pending.len() >= MAX_PENDING {
+        let pending = self.store.count_queue_status(QueueStatus::Pending).await?;
+        if pending >= MAX_PENDING {
             return Err(RuntimeError::Unavailable(format!(
                 "the queue holds {MAX_PENDING} pending items; try again once some have run"
             )));

@@ -126,7 +126,17 @@ impl Store {
     }
 
     async fn count_documents(&self, collection: &str) -> Result<u64, StoreError> {
-        let (mut n, mut pages) = (0, self.pages(collection, None, ""));
+        self.count_found(collection, None).await
+    }
+
+    /// How many documents of the collection there are (with the index entry, when given),
+    /// read page by page and none parsed.
+    pub(crate) async fn count_found(
+        &self,
+        collection: &str,
+        index: Option<(&str, &str)>,
+    ) -> Result<u64, StoreError> {
+        let (mut n, mut pages) = (0, self.pages(collection, index, ""));
         while let Some(page) = pages.next().await? {
             n += page.len() as u64;
         }

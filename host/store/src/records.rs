@@ -1336,15 +1336,15 @@ impl Store {
     pub async fn count_queue(&self) -> Result<Vec<(QueueStatus, u64)>, StoreError> {
         let mut counts = Vec::with_capacity(QueueStatus::ALL.len());
         for status in QueueStatus::ALL {
-            let mut pages =
-                self.pages(QueueItem::COLLECTION, Some(("status", status.as_str())), "");
-            let mut n = 0;
-            while let Some(page) = pages.next().await? {
-                n += page.len() as u64;
-            }
-            counts.push((status, n));
+            counts.push((status, self.count_queue_status(status).await?));
         }
         Ok(counts)
+    }
+
+    /// How many items have this status.
+    pub async fn count_queue_status(&self, status: QueueStatus) -> Result<u64, StoreError> {
+        let index = Some(("status", status.as_str()));
+        self.count_found(QueueItem::COLLECTION, index).await
     }
 
     /// The pending items, the one to run first first (whether due or waiting for a retry).
