@@ -58,16 +58,7 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
 }
 
 fn asset(kind: &'static str, body: &'static str) -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, kind),
-            (header::CONTENT_SECURITY_POLICY, POLICY),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        body,
-    )
-        .into_response()
+    crate::explorer::page_asset(kind, body, POLICY)
 }
 
 #[derive(Deserialize)]

@@ -41,11 +41,18 @@ pub(crate) fn routes() -> Router<Arc<AppState>> {
 }
 
 fn asset(kind: &'static str, body: &'static str) -> Response {
+    page_asset(kind, body, POLICY)
+}
+
+/// A file of a page the binary serves (`/docs`, `/dashboard`), under its content security
+/// policy, never sniffed, checked again at each load.
+pub(crate) fn page_asset(kind: &'static str, body: &'static str, policy: &'static str) -> Response {
     (
         [
             (header::CONTENT_TYPE, kind),
-            (header::CONTENT_SECURITY_POLICY, POLICY),
+            (header::CONTENT_SECURITY_POLICY, policy),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::CACHE_CONTROL, "no-cache"),
         ],
         body,
     )
